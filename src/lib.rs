@@ -1,0 +1,19 @@
+//! # cotext
+//!
+//! Complement Objective Training (COT, Chen et al., ICLR 2019) for text models on
+//! [candle](https://github.com/huggingface/candle).
+//!
+//! The crate is split into rooms, one concern each:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`loss`] | cross-entropy, complement entropy, GCE, HCOT, the chunked token-level path |
+//!
+//! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
+//! any candle model without the rest of cotext.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod loss;
+
+pub use error::{Error, Result};

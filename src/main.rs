@@ -1,0 +1,24 @@
+//! The `cotext` binary: parse, validate, dispatch, map errors to exit codes.
+//!
+//! Exit codes: 0 success, 1 internal failure, 2 bad input (a malformed file,
+//! flag or config value), as the error says.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (`cotext ... | head`) is not a failure.
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(cli::exit_code(&err))
+        }
+    }
+}
