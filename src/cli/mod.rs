@@ -16,8 +16,7 @@ enum Command {}
 
 /// Parses the process arguments and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {}
+    match Cli::parse().command {}
 }
 
 /// The exit code for an error: 2 for bad user input, 1 otherwise.
