@@ -37,6 +37,7 @@ enum Kind {
 }
 
 /// Per-row statistics of the streaming passes, in f64.
+#[derive(Debug, Clone, Copy, Default)]
 struct RowStats {
     /// The row's loss (before normalization).
     value: f64,
@@ -134,23 +135,30 @@ fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result
 }
 
 /// Forward op: `(logits [n, V], targets [n] u32) → per-row values [n]`, 0 for ignored rows.
+/// The row statistics of the forward pass are kept for the backward pass, which
+/// then needs one sweep over the logits instead of three.
 struct RowLossOp {
     kind: Kind,
     ignore_index: Option<u32>,
+    stats: std::sync::Mutex<Vec<RowStats>>,
 }
 
 impl RowLossOp {
     fn values<T: Float + Send + Sync>(&self, z: &[T], targets: &[u32], v: usize) -> Vec<T> {
-        z.par_chunks(v)
+        let stats: Vec<RowStats> = z
+            .par_chunks(v)
             .zip(targets.par_iter())
             .map(|(row, &g)| {
                 if self.ignore_index == Some(g) {
-                    T::zero()
+                    RowStats::default()
                 } else {
-                    T::from(row_stats(row, g as usize, self.kind).value).unwrap_or(T::nan())
+                    row_stats(row, g as usize, self.kind)
                 }
             })
-            .collect()
+            .collect();
+        let values = stats.iter().map(|s| T::from(s.value).unwrap_or(T::nan())).collect();
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        values
     }
 }
 
@@ -191,12 +199,14 @@ impl CustomOp2 for RowLossOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_res = grad_res.to_dtype(DType::F64)?.contiguous()?;
+        let stats = std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()));
         let grad = logits.apply_op3_no_bwd(
             targets,
             &grad_res,
             &RowGradOp {
                 kind: self.kind,
                 ignore_index: self.ignore_index,
+                stats,
             },
         )?;
         Ok((Some(grad), None))
@@ -207,6 +217,9 @@ impl CustomOp2 for RowLossOp {
 struct RowGradOp {
     kind: Kind,
     ignore_index: Option<u32>,
+    /// The forward pass's statistics, or empty to recompute them (a second
+    /// backward through the same graph).
+    stats: Vec<RowStats>,
 }
 
 impl RowGradOp {
@@ -218,12 +231,18 @@ impl RowGradOp {
         v: usize,
     ) -> Vec<T> {
         let mut out = vec![T::zero(); z.len()];
+        let cached = self.stats.len() == targets.len();
         out.par_chunks_mut(v)
             .zip(z.par_chunks(v))
             .zip(targets.par_iter().zip(upstream.par_iter()))
-            .for_each(|((o, row), (&g, &up))| {
+            .enumerate()
+            .for_each(|(i, ((o, row), (&g, &up)))| {
                 if self.ignore_index != Some(g) {
-                    let st = row_stats(row, g as usize, self.kind);
+                    let st = if cached {
+                        self.stats[i]
+                    } else {
+                        row_stats(row, g as usize, self.kind)
+                    };
                     row_grad(row, g as usize, self.kind, &st, up, o);
                 }
             });
@@ -292,7 +311,14 @@ fn row_loss_sum(
     )?;
     let values = flat
         .contiguous()?
-        .apply_op2(&targets, RowLossOp { kind, ignore_index })?;
+        .apply_op2(
+            &targets,
+            RowLossOp {
+                kind,
+                ignore_index,
+                stats: Default::default(),
+            },
+        )?;
     Ok((values.sum_all()?, count, classes))
 }
 

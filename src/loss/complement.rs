@@ -102,9 +102,9 @@ impl ComplementOptions {
     }
 }
 
-/// Per-row `Σ_{j≠g} q_j log q_j = −H_c` (`[n]`) and, for the reference form, the
-/// softmax probability of the target `p_g` (`[n]`), which GCE needs.
-pub(crate) fn neg_complement_rows(rows: &Rows, form: Form) -> Result<(Tensor, Tensor)> {
+/// Per-row `Σ_{j≠g} q_j log q_j = −H_c` (`[n]`) and, when `guided`, what GCE's
+/// guiding factor needs: `log p_g` for the exact form, `p_g` for the reference form.
+pub(crate) fn neg_complement_rows(rows: &Rows, form: Form, guided: bool) -> Result<(Tensor, Option<Tensor>)> {
     let z = &rows.logits;
     let device = z.device();
     let target_mask = one_hot_mask(&rows.targets, rows.classes, device)?;
@@ -112,12 +112,15 @@ pub(crate) fn neg_complement_rows(rows: &Rows, form: Form) -> Result<(Tensor, Te
         Form::Exact => {
             let keep = target_mask.eq(0u8)?;
             let h = masked_entropy(z, &keep, false)?;
+            if !guided {
+                return Ok((h.neg()?, None));
+            }
             // log p_g = z_g − logsumexp(z), for GCE's guiding factor.
             let max = z.max_keepdim(1)?.detach();
             let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?;
             let zg = z.gather(&rows.targets.unsqueeze(1)?, 1)?;
             let log_pg = (zg - lse)?.squeeze(1)?;
-            Ok((h.neg()?, log_pg))
+            Ok((h.neg()?, Some(log_pg)))
         }
         Form::Reference => {
             // Line for line after the authors' `ComplementEntropy.forward`.
@@ -128,7 +131,7 @@ pub(crate) fn neg_complement_rows(rows: &Rows, form: Form) -> Result<(Tensor, Te
             let px_log = (&px + 1e-10)?.log()?;
             let zerohot = target_mask.eq(0u8)?.to_dtype(z.dtype())?;
             let output = ((px * px_log)? * zerohot)?;
-            Ok((output.sum(1)?, yg.squeeze(1)?))
+            Ok((output.sum(1)?, Some(yg.squeeze(1)?)))
         }
     }
 }
@@ -174,7 +177,7 @@ pub fn complement_entropy_sum(
     if rows.count == 0 {
         return empty_sum(&rows);
     }
-    let (neg_h, _) = neg_complement_rows(&rows, opts.form)?;
+    let (neg_h, _) = neg_complement_rows(&rows, opts.form, false)?;
     Ok(LossSum {
         sum: neg_h.sum_all()?.affine(1.0 / divisor, 0.0)?,
         count: rows.count,
@@ -226,7 +229,8 @@ pub fn guided_complement_entropy_sum(
     if rows.count == 0 {
         return empty_sum(&rows);
     }
-    let (neg_h, pg) = neg_complement_rows(&rows, opts.form)?;
+    let (neg_h, pg) = neg_complement_rows(&rows, opts.form, true)?;
+    let pg = pg.expect("guided rows carry p_g");
     let factor = match opts.form {
         Form::Exact => pg.affine(alpha, 0.0)?.exp()?,
         Form::Reference => (pg + 1e-7)?.powf(alpha)?,
