@@ -8,6 +8,8 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`loss`] | cross-entropy, complement entropy, GCE, HCOT, the chunked token-level path |
+//! | [`train`] | optimizers with saveable state, LR schedules, clipping, atomic checkpoints |
+//! | [`metrics`] | accuracy, macro-F1, confusion matrices |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
@@ -15,5 +17,7 @@
 
 pub mod error;
 pub mod loss;
+pub mod metrics;
+pub mod train;
 
 pub use error::{Error, Result};
