@@ -5,6 +5,8 @@
 pub mod checkpoint;
 mod optim;
 mod schedule;
+mod step;
 
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
+pub use step::{LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};
