@@ -32,6 +32,19 @@ pub enum Error {
     /// A configuration value or command-line argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Training produced a NaN or infinite loss; the weights of that step were not
+    /// applied and the last checkpoint on disk is the last good one.
+    #[error("the {what} became {value} at step {step}; training stopped and the last good checkpoint in {} is kept", kept.display())]
+    NonFinite {
+        /// The update (1-based) whose loss was not finite.
+        step: u64,
+        /// Which loss.
+        what: String,
+        /// Its value.
+        value: f64,
+        /// The run directory holding the last good checkpoint.
+        kept: PathBuf,
+    },
 }
 
 impl Error {
