@@ -45,14 +45,87 @@ pub enum Error {
         /// The run directory holding the last good checkpoint.
         kept: PathBuf,
     },
+    /// A user-supplied file is malformed as a whole (no single line is to blame:
+    /// an empty file, a bad `tokenizer.json`, a TOML card, an archive).
+    #[error("{}: {msg}", path.display())]
+    InvalidFile {
+        /// The file that was being read.
+        path: PathBuf,
+        /// What was expected and what was found.
+        msg: String,
+    },
+    /// Two files that must be line-aligned (parallel text, an IMDB TSV and its
+    /// `.source.tsv`) have different numbers of lines.
+    #[error(
+        "line counts differ: {} has {left_lines} lines but {} has {right_lines}",
+        left.display(),
+        right.display()
+    )]
+    LineCountMismatch {
+        /// The first file.
+        left: PathBuf,
+        /// Its number of lines.
+        left_lines: usize,
+        /// The second file.
+        right: PathBuf,
+        /// Its number of lines.
+        right_lines: usize,
+    },
+    /// A data file's content differs from what its dataset card promises
+    /// (sha256, byte size or record count).
+    #[error("{}: {what}: expected {expected}, found {found}", path.display())]
+    Mismatch {
+        /// The file (or folder) that was checked.
+        path: PathBuf,
+        /// What was compared (`sha256`, `records in split train`, ...).
+        what: String,
+        /// The value the card gives.
+        expected: String,
+        /// The value found on disk.
+        found: String,
+    },
+    /// A dataset could not be found locally; the message says where cotext
+    /// looked and how to get it.
+    #[error("dataset `{name}` not found; looked in:\n{}\n{hint}", bullets(.looked))]
+    DatasetNotFound {
+        /// The dataset name (a card in `datasets/`).
+        name: String,
+        /// Every place that was searched, with why it did not match.
+        looked: Vec<String>,
+        /// How to get the data (`cotext data fetch ...`, `--data-dir ...`).
+        hint: String,
+    },
+    /// Downloading from the Hugging Face hub or a URL failed.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// The `tokenizers` library reported an error (training, encoding, decoding).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
 }
 
 impl Error {
     /// Whether the error is the user's input (a bad file, flag or config value):
     /// the CLI exits with code 2 for these and 1 for everything else.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Parse { .. } | Error::Config(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Parse { .. }
+                | Error::Config(_)
+                | Error::Io { .. }
+                | Error::InvalidFile { .. }
+                | Error::LineCountMismatch { .. }
+                | Error::Mismatch { .. }
+                | Error::DatasetNotFound { .. }
+        )
     }
+}
+
+fn bullets(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("  - {item}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Result with the cotext [`Error`].
