@@ -26,6 +26,7 @@ pub mod hub;
 pub mod imdb;
 pub mod lines;
 pub mod parallel;
+pub mod pretrained;
 pub mod rng;
 pub mod sst;
 pub mod stats;

@@ -154,7 +154,7 @@ pub fn encode(tokenizer: &TextTokenizer, config: &RunConfig, examples: &[crate::
 fn build_tokenizer(config: &RunConfig, train: &[crate::data::Example]) -> Result<TextTokenizer> {
     match &config.tokenizer {
         TokenizerSource::File { path } => TextTokenizer::from_file(path),
-        TokenizerSource::Model => match &config.model {
+        TokenizerSource::Model => match resolved_model(config)? {
             ModelConfig::Bert(b) => TextTokenizer::from_file(&b.path.join("tokenizer.json")),
             _ => Err(Error::Config("tokenizer.source = \"model\" needs model.kind = \"bert\"".into())),
         },
@@ -275,7 +275,20 @@ fn save_checkpoint(run: &Path, model: &Model, stepper: &Stepper, state: &RunStat
 }
 
 fn build_model(config: &RunConfig, vocab: usize, classes: usize, device: &Device) -> Result<Model> {
-    config.model.build(vocab, classes, DType::F32, device, config.train.seed)
+    resolved_model(config)?.build(vocab, classes, DType::F32, device, config.train.seed)
+}
+
+/// The model config with a BERT `path` resolved to a local folder (a hub id is
+/// looked up in the HF cache, then downloaded).
+fn resolved_model(config: &RunConfig) -> Result<ModelConfig> {
+    Ok(match &config.model {
+        ModelConfig::Bert(b) => {
+            let mut b = b.clone();
+            b.path = crate::data::pretrained::resolve_model_dir(&b.path)?;
+            ModelConfig::Bert(b)
+        }
+        other => other.clone(),
+    })
 }
 
 /// Loads what a run directory holds for evaluation or prediction: the setup and
@@ -314,7 +327,22 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     let dataset = open_dataset(config)?;
     let labels = dataset.label_names(&load_options(config));
     let classes = labels.len();
-    let train_examples = load_split(&dataset, config, &config.data.train_split, config.data.train_limit)?;
+    let mut train_examples = load_split(&dataset, config, &config.data.train_split, None)?;
+    // The dev hold-out is taken before the training limit so it does not depend on it.
+    let dev_name = &config.data.dev_split;
+    let holdout = match config.data.dev_holdout {
+        Some(n) if dev_name.is_empty() || !dataset.has_split(dev_name) => {
+            if n >= train_examples.len() {
+                return Err(Error::Config(format!("data.dev_holdout ({n}) must be below the {} training examples", train_examples.len())));
+            }
+            let mut rng = crate::data::SplitMix64::stream(config.train.seed, 0xDE7);
+            rng.shuffle(&mut train_examples);
+            let dev = train_examples.split_off(train_examples.len() - n);
+            Some(subset(dev, config.data.eval_limit, config.train.seed))
+        }
+        _ => None,
+    };
+    let train_examples = subset(train_examples, config.data.train_limit, config.train.seed);
     if train_examples.is_empty() {
         return Err(Error::Config(format!("the {} split of {} is empty", config.data.train_split, config.data.dataset)));
     }
@@ -335,7 +363,10 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         }
         Ok(Some(encode(&tokenizer, config, &load_split(&dataset, config, name, config.data.eval_limit)?)?))
     };
-    let dev = eval_split(&config.data.dev_split)?;
+    let dev = match holdout {
+        Some(examples) => Some(encode(&tokenizer, config, &examples)?),
+        None => eval_split(&config.data.dev_split)?,
+    };
     let test = eval_split(&config.data.test_split)?;
 
     let objective = objective(config, classes)?;

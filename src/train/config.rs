@@ -64,6 +64,11 @@ pub struct DataConfig {
     /// Default `"test"`.
     #[serde(default = "default_test_split")]
     pub test_split: String,
+    /// Hold out this many (seeded, random) training examples as the dev split, for
+    /// data sets without one (IMDB). Used when `dev_split` is `""` or absent from
+    /// the data set. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_holdout: Option<usize>,
     /// Use a seeded random subset of this many training examples. Default: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
