@@ -323,7 +323,8 @@ mod tests {
         std::fs::write(&source, &s).unwrap();
         let from_tsv = read_imdb_tsv(&data, &source).unwrap();
         assert_eq!(from_tsv.len(), 3);
-        assert_eq!(from_tsv[1], reviews[0].clone().with_text("Meh meh."));
+        assert_eq!(from_tsv[0], reviews[0].clone().with_text("Meh meh."));
+        assert_eq!(from_tsv[1..], reviews[1..]);
 
         // A label that contradicts the rating names the data file and line.
         std::fs::write(&data, d.replacen("Dull.<br />Very dull.\t0", "Dull.<br />Very dull.\t1", 1)).unwrap();

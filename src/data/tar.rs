@@ -80,7 +80,7 @@ pub fn unpack_tar<R: Read>(mut reader: R, origin: &Path, dest: &Path) -> Result<
         if header.iter().all(|&b| b == 0) {
             return Ok(files);
         }
-        let stored: u64 = octal(&header[148..156]).ok_or_else(|| invalid(origin, "bad header checksum field".into()))?;
+        let stored: u64 = octal(&header[148..156]).ok_or_else(|| invalid(origin, "bad header checksum field: not a tar archive or corrupt".into()))?;
         let sum: u64 = header
             .iter()
             .enumerate()
