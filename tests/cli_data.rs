@@ -11,11 +11,16 @@ fn fixtures() -> PathBuf {
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("COTEXT_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
+        });
     if dir.join("README.md").is_file() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        eprintln!(
+            "skipped: no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -42,12 +47,24 @@ fn stderr(out: &Output) -> String {
 }
 
 fn assert_ok(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
     stdout(out)
 }
 
 fn assert_exit_2(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
     stderr(out)
 }
 
@@ -69,36 +86,76 @@ fn info_prints_readme_counts_for_every_dataset() {
     let run = |args: &[&str]| assert_ok(&cotext(tmp.path(), tmp.path(), args));
 
     let out = run(&["data", "info", "sst2", "--data-dir", dir]);
-    assert!(row(&out, "train").starts_with("train 6920 6920 ok 3310 (47.8%) 3610 (52.2%)"), "{out}");
+    assert!(
+        row(&out, "train").starts_with("train 6920 6920 ok 3310 (47.8%) 3610 (52.2%)"),
+        "{out}"
+    );
     assert!(row(&out, "dev").starts_with("dev 872 872 ok 428"), "{out}");
-    assert!(row(&out, "test").starts_with("test 1821 1821 ok 912"), "{out}");
+    assert!(
+        row(&out, "test").starts_with("test 1821 1821 ok 912"),
+        "{out}"
+    );
 
     let out = run(&["data", "info", "sst5", "--data-dir", dir]);
-    assert!(row(&out, "train").starts_with("train 8544 8544 ok 1092 (12.8%) 2218 (26.0%) 1624 (19.0%) 2322 (27.2%) 1288 (15.1%)"), "{out}");
+    assert!(
+        row(&out, "train").starts_with(
+            "train 8544 8544 ok 1092 (12.8%) 2218 (26.0%) 1624 (19.0%) 2322 (27.2%) 1288 (15.1%)"
+        ),
+        "{out}"
+    );
     assert!(row(&out, "dev").starts_with("dev 1101 1101 ok"), "{out}");
     assert!(row(&out, "test").starts_with("test 2210 2210 ok"), "{out}");
 
     let out = run(&["data", "info", "imdb", "--data-dir", dir]);
-    assert!(row(&out, "train").starts_with("train 25000 25000 ok 12500 (50.0%) 12500 (50.0%)"), "{out}");
-    let out = run(&["data", "info", "imdb", "--labels", "rating", "--data-dir", dir]);
-    assert!(row(&out, "split").starts_with("split examples card 1 2 3 4 7 8 9 10"), "{out}");
+    assert!(
+        row(&out, "train").starts_with("train 25000 25000 ok 12500 (50.0%) 12500 (50.0%)"),
+        "{out}"
+    );
+    let out = run(&[
+        "data",
+        "info",
+        "imdb",
+        "--labels",
+        "rating",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(
+        row(&out, "split").starts_with("split examples card 1 2 3 4 7 8 9 10"),
+        "{out}"
+    );
     assert!(
         row(&out, "train").starts_with("train 25000 25000 ok 5100 (20.4%) 2284 (9.1%) 2420 (9.7%) 2696 (10.8%) 2496 (10.0%) 3009 (12.0%) 2263 (9.1%) 4732 (18.9%)"),
         "{out}"
     );
-    assert!(row(&out, "test").starts_with("test 25000 25000 ok 5022 (20.1%)"), "{out}");
+    assert!(
+        row(&out, "test").starts_with("test 25000 25000 ok 5022 (20.1%)"),
+        "{out}"
+    );
 
     let out = run(&["data", "info", "multi30k-en-de", "--data-dir", dir]);
     for (split, n) in [("train", 29000), ("val", 1014), ("test", 1000)] {
-        assert!(row(&out, split).starts_with(&format!("{split} {n} {n} ok")), "{out}");
+        assert!(
+            row(&out, split).starts_with(&format!("{split} {n} {n} ok")),
+            "{out}"
+        );
     }
     let out = run(&["data", "info", "iwslt15-en-vi", "--data-dir", dir]);
-    assert!(row(&out, "tst2012").starts_with("tst2012 1553 1553 ok"), "{out}");
-    assert!(row(&out, "tst2013").starts_with("tst2013 1268 1268 ok"), "{out}");
+    assert!(
+        row(&out, "tst2012").starts_with("tst2012 1553 1553 ok"),
+        "{out}"
+    );
+    assert!(
+        row(&out, "tst2013").starts_with("tst2013 1268 1268 ok"),
+        "{out}"
+    );
     assert_eq!(row(&out, "train"), "train missing 133317");
 
     let out = run(&["data", "fetch", "sst5", "--data-dir", dir]);
-    assert!(out.contains("trees/train.txt: sha256 ok") && out.contains("test: 2210 examples ok"), "{out}");
+    assert!(
+        out.contains("trees/train.txt: sha256 ok") && out.contains("test: 2210 examples ok"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -106,12 +163,25 @@ fn bad_label_exits_2_naming_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = fixtures().join("bad-sst");
     let card = bad.join("card.toml");
-    let out = cotext(tmp.path(), tmp.path(), &["data", "info", card.to_str().unwrap(), "--data-dir", bad.to_str().unwrap()]);
+    let out = cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "data",
+            "info",
+            card.to_str().unwrap(),
+            "--data-dir",
+            bad.to_str().unwrap(),
+        ],
+    );
     let err = assert_exit_2(&out);
     let file = bad.join("bad-sst/train.tsv");
     assert_eq!(
         err.trim(),
-        format!("error: {}:3: bad label \"7\": expected an integer 0-4", file.display())
+        format!(
+            "error: {}:3: bad label \"7\": expected an integer 0-4",
+            file.display()
+        )
     );
 }
 
@@ -125,11 +195,22 @@ fn fixture_dataset_with_trees_and_phrases() {
         let mut args = vec!["data", "info", card, "--data-dir", dir];
         args.extend_from_slice(extra);
         let out = assert_ok(&cotext(tmp.path(), tmp.path(), &args));
-        assert!(row(&out, "train").starts_with("train 4 4 ok 1 (25.0%) 0 (0.0%) 1 (25.0%) 1 (25.0%) 1 (25.0%)"), "{out}");
-        assert!(row(&out, "dev").starts_with("dev 2 2 ok 0 (0.0%) 1 (50.0%)"), "{out}");
+        assert!(
+            row(&out, "train")
+                .starts_with("train 4 4 ok 1 (25.0%) 0 (0.0%) 1 (25.0%) 1 (25.0%) 1 (25.0%)"),
+            "{out}"
+        );
+        assert!(
+            row(&out, "dev").starts_with("dev 2 2 ok 0 (0.0%) 1 (50.0%)"),
+            "{out}"
+        );
     }
     // Phrase level: the distinct phrases of the four train trees.
-    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &["data", "info", card, "--data-dir", dir, "--phrases"]));
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "info", card, "--data-dir", dir, "--phrases"],
+    ));
     assert!(row(&out, "train").starts_with("train 33 phrases"), "{out}");
 }
 
@@ -138,21 +219,53 @@ fn missing_dataset_offline_says_where_it_looked_and_how_to_get_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out = cotext(tmp.path(), tmp.path(), &["data", "info", "sst2"]);
     let err = assert_exit_2(&out);
-    assert!(err.contains("dataset `sst2` not found; looked in:"), "{err}");
-    assert!(err.contains("neither --data-dir nor COTEXT_DATA given"), "{err}");
+    assert!(
+        err.contains("dataset `sst2` not found; looked in:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("neither --data-dir nor COTEXT_DATA given"),
+        "{err}"
+    );
     let hub = tmp.path().join("hub/datasets--SetFit--sst2");
-    assert!(err.contains(&format!("HF cache: {} (no files of revision 00ea8ccb7a54b4e3780a3e51aa3f80361ff849c0)", hub.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "HF cache: {} (no files of revision 00ea8ccb7a54b4e3780a3e51aa3f80361ff849c0)",
+            hub.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("cotext data fetch sst2"), "{err}");
     assert!(err.contains("--data-dir DIR"), "{err}");
 
-    let out = cotext(tmp.path(), tmp.path(), &["data", "info", "sst2", "--data-dir", tmp.path().to_str().unwrap()]);
+    let out = cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "data",
+            "info",
+            "sst2",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
     let err = assert_exit_2(&out);
-    assert!(err.contains(&format!("--data-dir: {} (no complete split of train.tsv, dev.tsv, test.tsv)", tmp.path().join("sst2").display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--data-dir: {} (no complete split of train.tsv, dev.tsv, test.tsv)",
+            tmp.path().join("sst2").display()
+        )),
+        "{err}"
+    );
 
     // Offline fetch fails with a download error (exit 1), not a hang or a panic.
     let out = cotext(tmp.path(), tmp.path(), &["data", "fetch", "sst2"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("download failed: train.jsonl from hub dataset SetFit/sst2"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("download failed: train.jsonl from hub dataset SetFit/sst2"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = cotext(tmp.path(), tmp.path(), &["data", "info", "sst3"]);
     assert!(assert_exit_2(&out).contains("unknown dataset \"sst3\""));
@@ -162,7 +275,9 @@ fn missing_dataset_offline_says_where_it_looked_and_how_to_get_it() {
 /// commit, snapshots/COMMIT/PATH the files.
 fn fake_hub_cache(home: &Path, repo: &str, revision: &str, files: &[(&str, String)]) {
     let commit = "0123456789abcdef0123456789abcdef01234567";
-    let root = home.join("hub").join(format!("datasets--{}", repo.replace('/', "--")));
+    let root = home
+        .join("hub")
+        .join(format!("datasets--{}", repo.replace('/', "--")));
     std::fs::create_dir_all(root.join("refs")).unwrap();
     std::fs::write(root.join("refs").join(revision), commit).unwrap();
     let snapshot = root.join("snapshots").join(commit);
@@ -187,7 +302,10 @@ fn hf_cache_hit_needs_no_network() {
         "cotext-tests/tiny-sst",
         "main",
         &[
-            ("train.jsonl", jsonl(&[("a", 0), ("b", 2), ("c", 3), ("d", 4)])),
+            (
+                "train.jsonl",
+                jsonl(&[("a", 0), ("b", 2), ("c", 3), ("d", 4)]),
+            ),
             ("dev.jsonl", jsonl(&[("e", 1), ("f", 4)])),
             ("test.jsonl", jsonl(&[("g", 3)])),
         ],
@@ -195,7 +313,10 @@ fn hf_cache_hit_needs_no_network() {
     let card = fixtures().join("tiny-sst/card.toml");
     let card = card.to_str().unwrap();
     let out = assert_ok(&cotext(tmp.path(), &home, &["data", "info", card]));
-    assert!(out.contains("HF cache (hub dataset cotext-tests/tiny-sst@main)"), "{out}");
+    assert!(
+        out.contains("HF cache (hub dataset cotext-tests/tiny-sst@main)"),
+        "{out}"
+    );
     assert!(row(&out, "train").starts_with("train 4 4 ok"), "{out}");
     // fetch goes through hf-hub's Api (HF_ENDPOINT unreachable): a cache hit.
     let out = assert_ok(&cotext(tmp.path(), &home, &["data", "fetch", card]));
@@ -213,7 +334,10 @@ fn hf_cache_hit_needs_no_network() {
         ],
     );
     let err = assert_exit_2(&cotext(tmp.path(), &home, &["data", "fetch", "sst5"]));
-    assert!(err.contains("train.jsonl: size in bytes: expected 1323698, found"), "{err}");
+    assert!(
+        err.contains("train.jsonl: size in bytes: expected 1323698, found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -225,9 +349,16 @@ fn url_download_cache_is_used_offline() {
     for name in ["tst2012.en", "tst2012.vi", "tst2013.en", "tst2013.vi"] {
         std::fs::copy(data.join("iwslt15-en-vi").join(name), cache.join(name)).unwrap();
     }
-    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &["data", "info", "iwslt15-en-vi"]));
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "info", "iwslt15-en-vi"],
+    ));
     assert!(out.contains("download cache"), "{out}");
-    assert!(row(&out, "tst2013").starts_with("tst2013 1268 1268 ok"), "{out}");
+    assert!(
+        row(&out, "tst2013").starts_with("tst2013 1268 1268 ok"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -235,7 +366,11 @@ fn unequal_parallel_files_exit_2_with_both_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("par");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures().join("tiny-parallel/train.en"), dir.join("train.en")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-parallel/train.en"),
+        dir.join("train.en"),
+    )
+    .unwrap();
     std::fs::write(dir.join("train.de"), "Ein Hund.\nZwei Kinder.\n").unwrap();
     let card = tmp.path().join("par.toml");
     std::fs::write(
@@ -260,7 +395,13 @@ files = [{ split = "train", path = "train.en", role = "en" }, { split = "train",
 "#,
     )
     .unwrap();
-    let args = ["data", "info", card.to_str().unwrap(), "--data-dir", tmp.path().to_str().unwrap()];
+    let args = [
+        "data",
+        "info",
+        card.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ];
     let err = assert_exit_2(&cotext(tmp.path(), tmp.path(), &args));
     assert!(
         err.contains(&format!(
@@ -279,31 +420,126 @@ fn tokenizer_train_encode_decode_round_trip_from_the_cli() {
     let tok = tmp.path().join("tok.json");
     let (text, tok_s) = (text.to_str().unwrap(), tok.to_str().unwrap());
     for kind in ["bpe", "unigram"] {
-        let out = assert_ok(&cotext(tmp.path(), tmp.path(), &[
-            "tokenizer", "train", "--text", text, "--kind", kind, "--vocab-size", "300", "--min-frequency", "1", "--out", tok_s,
-        ]));
-        assert!(out.starts_with("trained ") && out.contains("on 3 texts of"), "{out}");
-        let out = assert_ok(&cotext(tmp.path(), tmp.path(), &["tokenizer", "roundtrip", "--tokenizer", tok_s, "--text", text]));
+        let out = assert_ok(&cotext(
+            tmp.path(),
+            tmp.path(),
+            &[
+                "tokenizer",
+                "train",
+                "--text",
+                text,
+                "--kind",
+                kind,
+                "--vocab-size",
+                "300",
+                "--min-frequency",
+                "1",
+                "--out",
+                tok_s,
+            ],
+        ));
+        assert!(
+            out.starts_with(&format!("trained {kind} tokenizer on 3 texts of")),
+            "{out}"
+        );
+        let out = assert_ok(&cotext(
+            tmp.path(),
+            tmp.path(),
+            &[
+                "tokenizer",
+                "roundtrip",
+                "--tokenizer",
+                tok_s,
+                "--text",
+                text,
+            ],
+        ));
         assert!(out.starts_with("3/3 texts of"), "{kind}: {out}");
     }
-    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &["tokenizer", "encode", "--tokenizer", tok_s, "--specials", "A dog runs."]));
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            tok_s,
+            "--specials",
+            "A dog runs.",
+        ],
+    ));
     let ids: Vec<&str> = out.lines().next().unwrap().split(' ').collect();
     assert_eq!((ids[0], *ids.last().unwrap()), ("1", "2"), "{out}");
     let mut args = vec!["tokenizer", "decode", "--tokenizer", tok_s];
     args.extend(ids.iter().copied());
-    assert_eq!(assert_ok(&cotext(tmp.path(), tmp.path(), &args)), "A dog runs.\n");
+    assert_eq!(
+        assert_ok(&cotext(tmp.path(), tmp.path(), &args)),
+        "A dog runs.\n"
+    );
+    let err = assert_exit_2(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["tokenizer", "decode", "--tokenizer", tok_s, "1", "99999"],
+    ));
+    assert!(
+        err.contains("token id 99999 (position 2) is not in the vocabulary"),
+        "{err}"
+    );
 
     // A file that is not a tokenizer is bad input: exit 2, naming it.
     let not_tok = fixtures().join("tiny-sst/card.toml");
-    let err = assert_exit_2(&cotext(tmp.path(), tmp.path(), &["tokenizer", "encode", "--tokenizer", not_tok.to_str().unwrap(), "x"]));
-    assert!(err.contains(&format!("{}: not a tokenizer.json", not_tok.display())), "{err}");
+    let err = assert_exit_2(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            not_tok.to_str().unwrap(),
+            "x",
+        ],
+    ));
+    assert!(
+        err.contains(&format!("{}: not a tokenizer.json", not_tok.display())),
+        "{err}"
+    );
     // Word-level does not round-trip: exit 1 with the count.
-    assert_ok(&cotext(tmp.path(), tmp.path(), &[
-        "tokenizer", "train", "--text", text, "--kind", "word-level", "--vocab-size", "100", "--min-frequency", "1", "--out", tok_s,
-    ]));
-    let out = cotext(tmp.path(), tmp.path(), &["tokenizer", "roundtrip", "--tokenizer", tok_s, "--text", text]);
+    assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "tokenizer",
+            "train",
+            "--text",
+            text,
+            "--kind",
+            "word-level",
+            "--vocab-size",
+            "100",
+            "--min-frequency",
+            "1",
+            "--out",
+            tok_s,
+        ],
+    ));
+    let out = cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "tokenizer",
+            "roundtrip",
+            "--tokenizer",
+            tok_s,
+            "--text",
+            text,
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("texts do not round-trip"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("texts do not round-trip"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -313,16 +549,56 @@ fn tokenizer_on_multi30k_from_the_cli() {
     let dir = data.to_str().unwrap();
     let tok = tmp.path().join("bpe.json");
     let tok = tok.to_str().unwrap();
-    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &[
-        "tokenizer", "train", "--data", "multi30k-en-de", "--data-dir", dir, "--kind", "bpe", "--vocab-size", "8000", "--out", tok,
-    ]));
-    assert!(out.contains("on 58000 texts of multi30k-en-de/train") && out.contains("vocab 8000"), "{out}");
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &[
+            "tokenizer",
+            "train",
+            "--data",
+            "multi30k-en-de",
+            "--data-dir",
+            dir,
+            "--kind",
+            "bpe",
+            "--vocab-size",
+            "8000",
+            "--out",
+            tok,
+        ],
+    ));
+    assert!(
+        out.contains("on 58000 texts of multi30k-en-de/train") && out.contains("vocab 8000"),
+        "{out}"
+    );
     for split in ["train", "val", "test"] {
-        let out = assert_ok(&cotext(tmp.path(), tmp.path(), &[
-            "tokenizer", "roundtrip", "--tokenizer", tok, "--data", "multi30k-en-de", "--split", split, "--data-dir", dir,
-        ]));
-        let n = match split { "train" => 58000, "val" => 2028, _ => 2000 };
-        assert!(out.starts_with(&format!("{n}/{n} texts of multi30k-en-de/{split} round-trip exactly")), "{out}");
+        let out = assert_ok(&cotext(
+            tmp.path(),
+            tmp.path(),
+            &[
+                "tokenizer",
+                "roundtrip",
+                "--tokenizer",
+                tok,
+                "--data",
+                "multi30k-en-de",
+                "--split",
+                split,
+                "--data-dir",
+                dir,
+            ],
+        ));
+        let n = match split {
+            "train" => 58000,
+            "val" => 2028,
+            _ => 2000,
+        };
+        assert!(
+            out.starts_with(&format!(
+                "{n}/{n} texts of multi30k-en-de/{split} round-trip exactly"
+            )),
+            "{out}"
+        );
     }
 }
 
@@ -333,5 +609,8 @@ fn list_shows_every_card() {
     for name in ["sst2", "sst5", "imdb", "multi30k-en-de", "iwslt15-en-vi"] {
         assert!(out.lines().any(|l| l.starts_with(name)), "{name}: {out}");
     }
-    assert!(out.contains("hub dataset SetFit/sst2@00ea8ccb7a54b4e3780a3e51aa3f80361ff849c0"), "{out}");
+    assert!(
+        out.contains("hub dataset SetFit/sst2@00ea8ccb7a54b4e3780a3e51aa3f80361ff849c0"),
+        "{out}"
+    );
 }

@@ -12,11 +12,16 @@ use cotext::data::{DataDir, Dataset, Example, LabelScheme, LoadOptions, SplitDat
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("COTEXT_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
+        });
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        eprintln!(
+            "skipped: no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -26,7 +31,9 @@ fn open(dir: &std::path::Path, name: &str) -> Dataset {
 }
 
 fn label_counts(data: &SplitData, k: usize) -> Vec<usize> {
-    let SplitData::Classification(examples) = data else { panic!("not classification") };
+    let SplitData::Classification(examples) = data else {
+        panic!("not classification")
+    };
     let mut counts = vec![0; k];
     for e in examples {
         counts[e.label as usize] += 1;
@@ -40,14 +47,21 @@ fn sst_counts_match_readmes() {
     let Some(dir) = shared() else { return };
     let sst2 = open(&dir, "sst2");
     let sst5 = open(&dir, "sst5");
-    let readme2 = [("train", [3310, 3610]), ("dev", [428, 444]), ("test", [912, 909])];
+    let readme2 = [
+        ("train", [3310, 3610]),
+        ("dev", [428, 444]),
+        ("test", [912, 909]),
+    ];
     let readme5 = [
         ("train", [1092, 2218, 1624, 2322, 1288]),
         ("dev", [139, 289, 229, 279, 165]),
         ("test", [279, 633, 389, 510, 399]),
     ];
     for trees in [false, true] {
-        let options = LoadOptions { trees, ..LoadOptions::default() };
+        let options = LoadOptions {
+            trees,
+            ..LoadOptions::default()
+        };
         for (split, counts) in readme2 {
             let data = sst2.load(split, &options).unwrap();
             assert_eq!(label_counts(&data, 2), counts, "sst2 {split} trees={trees}");
@@ -67,7 +81,11 @@ fn sst_counts_match_readmes() {
 fn multiset(examples: &[Example], lower: bool) -> HashMap<(String, u32), usize> {
     let mut out = HashMap::new();
     for e in examples {
-        let text = if lower { e.text.to_lowercase() } else { e.text.clone() };
+        let text = if lower {
+            e.text.to_lowercase()
+        } else {
+            e.text.clone()
+        };
         *out.entry((text, e.label)).or_insert(0) += 1;
     }
     out
@@ -75,7 +93,9 @@ fn multiset(examples: &[Example], lower: bool) -> HashMap<(String, u32), usize> 
 
 /// How many (sentence, label) pairs of `a` also occur in `b`, as multisets.
 fn overlap(a: &HashMap<(String, u32), usize>, b: &HashMap<(String, u32), usize>) -> usize {
-    a.iter().map(|(k, n)| (*n).min(*b.get(k).unwrap_or(&0))).sum()
+    a.iter()
+        .map(|(k, n)| (*n).min(*b.get(k).unwrap_or(&0)))
+        .sum()
 }
 
 /// The READMEs: with root labels and lower-cased leaves, the trees' (label,
@@ -100,17 +120,28 @@ fn tree_labels_equal_tsv_labels() {
         let tsv = read_sst_tsv(&dir.join(folder).join(format!("{split}.tsv")), classes).unwrap();
         let trees = read_sst_trees(&dir.join("sst5/trees").join(format!("{split}.txt"))).unwrap();
         let from_trees = sentence_examples(&trees, classes == 2);
-        assert_eq!((tsv.len(), from_trees.len()), (total, total), "sst{classes} {split}");
+        assert_eq!(
+            (tsv.len(), from_trees.len()),
+            (total, total),
+            "sst{classes} {split}"
+        );
         let got = overlap(&multiset(&from_trees, true), &multiset(&tsv, false));
         assert_eq!(got, matching, "sst{classes} {split}");
     }
     let train = read_sst_trees(&dir.join("sst5/trees/train.txt")).unwrap();
-    let nbsp = train.iter().filter(|t| t.words.iter().any(|w| w.contains('\u{a0}'))).count();
+    let nbsp = train
+        .iter()
+        .filter(|t| t.words.iter().any(|w| w.contains('\u{a0}')))
+        .count();
     assert_eq!(nbsp, 3, "the README's 3 differing train sentences");
     // Every node has a label 0-4 and the phrase-level set keeps all roots' labels.
     let trees = read_sst_trees(&dir.join("sst5/trees/dev.txt")).unwrap();
-    assert!(trees.iter().all(|t| t.spans.iter().all(|s| s.label <= 4 && s.start < s.end)));
-    assert!(trees.iter().all(|t| t.spans[0].start == 0 && t.spans[0].end == t.words.len()));
+    assert!(trees
+        .iter()
+        .all(|t| t.spans.iter().all(|s| s.label <= 4 && s.start < s.end)));
+    assert!(trees
+        .iter()
+        .all(|t| t.spans[0].start == 0 && t.spans[0].end == t.words.len()));
 }
 
 #[test]
@@ -122,14 +153,27 @@ fn imdb_counts_match_readme_in_both_schemes() {
         ("test", [5022, 2302, 2541, 2635, 2307, 2850, 2344, 4999]),
     ];
     for (split, counts) in ratings {
-        let rating = imdb.load(split, &LoadOptions { scheme: LabelScheme::Rating, ..LoadOptions::default() }).unwrap();
+        let rating = imdb
+            .load(
+                split,
+                &LoadOptions {
+                    scheme: LabelScheme::Rating,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
         assert_eq!(rating.len(), 25000);
         assert_eq!(label_counts(&rating, 8), counts, "{split}");
         let binary = imdb.load(split, &LoadOptions::default()).unwrap();
         assert_eq!(label_counts(&binary, 2), [12500, 12500], "{split}");
         // The README: reviews contain U+0085, which must not split a record.
-        let SplitData::Classification(examples) = binary else { unreachable!() };
-        let nel = examples.iter().filter(|e| e.text.contains('\u{85}')).count();
+        let SplitData::Classification(examples) = binary else {
+            unreachable!()
+        };
+        let nel = examples
+            .iter()
+            .filter(|e| e.text.contains('\u{85}'))
+            .count();
         assert_eq!(nel, if split == "train" { 350 } else { 331 });
     }
 }
@@ -139,17 +183,28 @@ fn parallel_counts_match_readmes() {
     let Some(dir) = shared() else { return };
     let multi30k = open(&dir, "multi30k-en-de");
     for (split, n) in [("train", 29000), ("val", 1014), ("test", 1000)] {
-        assert_eq!(multi30k.load(split, &LoadOptions::default()).unwrap().len(), n, "{split}");
+        assert_eq!(
+            multi30k.load(split, &LoadOptions::default()).unwrap().len(),
+            n,
+            "{split}"
+        );
     }
     let iwslt = open(&dir, "iwslt15-en-vi");
     for (split, n) in [("tst2012", 1553), ("tst2013", 1268)] {
-        assert_eq!(iwslt.load(split, &LoadOptions::default()).unwrap().len(), n, "{split}");
+        assert_eq!(
+            iwslt.load(split, &LoadOptions::default()).unwrap().len(),
+            n,
+            "{split}"
+        );
     }
     // The shared copy has no training set: a clear error, not an empty split.
     assert_eq!(iwslt.missing_splits(), ["train"]);
     let err = iwslt.load("train", &LoadOptions::default()).unwrap_err();
     assert!(err.is_user_error());
-    assert!(err.to_string().contains("cotext data fetch iwslt15-en-vi"), "{err}");
+    assert!(
+        err.to_string().contains("cotext data fetch iwslt15-en-vi"),
+        "{err}"
+    );
 }
 
 /// Sizes and sha256 of every file, and every count, against the cards.

@@ -6,16 +6,23 @@ use std::path::{Path, PathBuf};
 
 use cotext::data::parallel::read_lines;
 use cotext::data::{DataDir, Dataset, LoadOptions, SplitData};
-use cotext::tokenize::{train, EncodeOptions, TextTokenizer, TokenizerKind, TrainConfig, Truncation};
+use cotext::tokenize::{
+    train, EncodeOptions, TextTokenizer, TokenizerKind, TrainConfig, Truncation,
+};
 
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("COTEXT_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
+        });
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        eprintln!(
+            "skipped: no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -46,15 +53,26 @@ fn byte_level_bpe_round_trips_every_multi30k_line() {
     let lines = multi30k_lines(&dir);
     // Trained on train only; val and test lines are unseen text.
     let train_lines = &lines[..58000];
-    let config = TrainConfig { kind: TokenizerKind::Bpe, vocab_size: 8000, ..TrainConfig::default() };
+    let config = TrainConfig {
+        kind: TokenizerKind::Bpe,
+        vocab_size: 8000,
+        ..TrainConfig::default()
+    };
     let tokenizer = train(train_lines.iter().map(String::as_str), &config).unwrap();
     assert_eq!(tokenizer.vocab_size(), 8000);
     assert_round_trip(&tokenizer, &lines);
     // Never unknown: byte-level BPE covers every byte.
     let unk = tokenizer.unk_id().unwrap();
-    assert!(lines.iter().all(|l| !tokenizer.encode(l).unwrap().contains(&unk)));
+    assert!(lines
+        .iter()
+        .all(|l| !tokenizer.encode(l).unwrap().contains(&unk)));
     // Also text it has never seen: other scripts, emoji, control characters.
-    let odd = ["Ẩm thực Việt Nam 🍜", "tab\there  two  spaces ", "\u{85}NEL and \u{8} backspace", ""];
+    let odd = [
+        "Ẩm thực Việt Nam 🍜",
+        "tab\there  two  spaces ",
+        "\u{85}NEL and \u{8} backspace",
+        "",
+    ];
     assert_round_trip(&tokenizer, &odd.map(String::from));
 }
 
@@ -64,8 +82,17 @@ fn unigram_round_trips_its_training_slice() {
     // Unigram training is slow (about 2 minutes on 13 MB): a 600-line slice.
     let mut slice = read_lines(&dir.join("multi30k/train.en")).unwrap();
     slice.truncate(300);
-    slice.extend(read_lines(&dir.join("multi30k/train.de")).unwrap().into_iter().take(300));
-    let config = TrainConfig { kind: TokenizerKind::Unigram, vocab_size: 1000, ..TrainConfig::default() };
+    slice.extend(
+        read_lines(&dir.join("multi30k/train.de"))
+            .unwrap()
+            .into_iter()
+            .take(300),
+    );
+    let config = TrainConfig {
+        kind: TokenizerKind::Unigram,
+        vocab_size: 1000,
+        ..TrainConfig::default()
+    };
     let tokenizer = train(slice.iter().map(String::as_str), &config).unwrap();
     assert!(tokenizer.vocab_size() <= 1000);
     assert_round_trip(&tokenizer, &slice);
@@ -78,16 +105,28 @@ fn unigram_round_trips_its_training_slice() {
 fn head_tail_truncation_on_long_imdb_reviews() {
     let Some(dir) = shared() else { return };
     let imdb = Dataset::open("imdb", &DataDir::Flag(dir)).unwrap();
-    let SplitData::Classification(examples) = imdb.load("test", &LoadOptions::default()).unwrap() else {
+    let SplitData::Classification(examples) = imdb.load("test", &LoadOptions::default()).unwrap()
+    else {
         unreachable!()
     };
-    let texts: Vec<&str> = examples.iter().take(2000).map(|e| e.text.as_str()).collect();
-    let config = TrainConfig { kind: TokenizerKind::Bpe, vocab_size: 4000, ..TrainConfig::default() };
+    let texts: Vec<&str> = examples
+        .iter()
+        .take(2000)
+        .map(|e| e.text.as_str())
+        .collect();
+    let config = TrainConfig {
+        kind: TokenizerKind::Bpe,
+        vocab_size: 4000,
+        ..TrainConfig::default()
+    };
     let tokenizer = train(texts.iter().copied(), &config).unwrap();
     let options = EncodeOptions {
         add_bos: true,
         add_eos: true,
-        truncation: Truncation::HeadTail { max_len: 512, head: 128 },
+        truncation: Truncation::HeadTail {
+            max_len: 512,
+            head: 128,
+        },
     };
     let batch = tokenizer.encode_batch(&texts[..64], &options).unwrap();
     assert_eq!(batch.rows, 64);
@@ -105,7 +144,13 @@ fn head_tail_truncation_on_long_imdb_reviews() {
         } else {
             assert_eq!(&row[1..row.len() - 1], &full[..]);
         }
-        assert!(batch.mask[r * batch.cols..(r + 1) * batch.cols].iter().map(|&m| m as usize).sum::<usize>() == row.len());
+        assert!(
+            batch.mask[r * batch.cols..(r + 1) * batch.cols]
+                .iter()
+                .map(|&m| m as usize)
+                .sum::<usize>()
+                == row.len()
+        );
     }
     assert!(long > 0, "some reviews are longer than 512 tokens");
     assert_eq!(batch.cols, batch.lengths.iter().copied().max().unwrap());
@@ -113,9 +158,18 @@ fn head_tail_truncation_on_long_imdb_reviews() {
 
 #[test]
 fn word_level_and_wordpiece_train_and_map_unknowns() {
-    let texts = ["the cat sat on the mat .", "the dog sat on the log .", "a cat and a dog ."];
+    let texts = [
+        "the cat sat on the mat .",
+        "the dog sat on the log .",
+        "a cat and a dog .",
+    ];
     for kind in [TokenizerKind::WordLevel, TokenizerKind::WordPiece] {
-        let config = TrainConfig { kind, vocab_size: 60, min_frequency: 1, ..TrainConfig::default() };
+        let config = TrainConfig {
+            kind,
+            vocab_size: 60,
+            min_frequency: 1,
+            ..TrainConfig::default()
+        };
         let tokenizer = train(texts.iter().copied(), &config).unwrap();
         let ids = tokenizer.encode("the cat sat .").unwrap();
         assert_eq!(ids.len(), 4, "{kind:?}");
@@ -128,6 +182,13 @@ fn word_level_and_wordpiece_train_and_map_unknowns() {
         let loaded = TextTokenizer::from_file(&path).unwrap();
         assert_eq!(loaded.encode("the cat sat .").unwrap(), ids, "{kind:?}");
     }
-    let err = train(texts.iter().copied(), &TrainConfig { vocab_size: 100, ..TrainConfig::default() }).unwrap_err();
+    let err = train(
+        texts.iter().copied(),
+        &TrainConfig {
+            vocab_size: 100,
+            ..TrainConfig::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
