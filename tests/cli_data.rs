@@ -614,3 +614,245 @@ fn list_shows_every_card() {
         "{out}"
     );
 }
+
+/// A tiny HTTP/1.1 server on the loopback interface serving `files` by path,
+/// for at most `max_requests` connections (then its thread ends).
+fn serve(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max_requests) {
+            let Ok(mut stream) = stream else { continue };
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                match reader.read_line(&mut header) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if header == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let path = request
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let response = match files.iter().find(|(p, _)| p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    base
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn url_fetch_downloads_verifies_and_caches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let en = b"A dog runs.\nTwo cats sleep.\n".to_vec();
+    let de = "Ein Hund läuft.\nZwei Katzen schlafen.\n"
+        .as_bytes()
+        .to_vec();
+    let base = serve(
+        vec![("d/t.en".into(), en.clone()), ("d/t.de".into(), de.clone())],
+        2,
+    );
+    let card = |name: &str, de_sha: &str| {
+        format!(
+            r#"name = "{name}"
+title = "served parallel fixture"
+task = "translation"
+languages = ["en", "de"]
+license = "test"
+citation = "none"
+splits = [{{ name = "t", count = 2 }}]
+[[sources]]
+kind = "local"
+dir = "{name}"
+format = "parallel"
+files = [{{ split = "t", path = "t.en", role = "en" }}, {{ split = "t", path = "t.de", role = "de" }}]
+[[sources]]
+kind = "url"
+base_url = "{base}d/"
+format = "parallel"
+files = [
+  {{ split = "t", path = "t.en", role = "en", bytes = {}, sha256 = "{}" }},
+  {{ split = "t", path = "t.de", role = "de", sha256 = "{de_sha}" }},
+]
+"#,
+            en.len(),
+            sha256_hex(&en)
+        )
+    };
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, card("served", &sha256_hex(&de))).unwrap();
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "fetch", good.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("t.en: sha256 ok") && out.contains("t: 2 examples ok"),
+        "{out}"
+    );
+    let cached = tmp.path().join("cotext/served");
+    assert_eq!(std::fs::read(cached.join("t.de")).unwrap(), de);
+    // The server has stopped: the cache answers, for fetch and for info.
+    assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "fetch", good.to_str().unwrap()],
+    ));
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "info", good.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("download cache") && row(&out, "t").starts_with("t 2 2 ok"),
+        "{out}"
+    );
+
+    // A download whose sha256 differs is rejected and leaves nothing behind.
+    let base2 = serve(
+        vec![("d/t.en".into(), en.clone()), ("d/t.de".into(), de.clone())],
+        2,
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        card("served-bad", &"0".repeat(64)).replace(&base, &base2),
+    )
+    .unwrap();
+    let err = assert_exit_2(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "fetch", bad.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains(&format!(
+            "sha256 of {base2}d/t.de: expected {}",
+            "0".repeat(64)
+        )),
+        "{err}"
+    );
+    let dir = tmp.path().join("cotext/served-bad");
+    assert!(
+        dir.join("t.en").is_file() && !dir.join("t.de").exists() && !dir.join("t.part").exists()
+    );
+}
+
+/// A ustar header block for `name` (regular file `b'0'` or folder `b'5'`).
+fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8], kind: u8) {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+#[test]
+fn aclimdb_archive_is_downloaded_and_unpacked() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tar = Vec::new();
+    tar_entry(&mut tar, "aclImdb/", b"", b'5');
+    let reviews = [
+        ("train/neg/0_3.txt", "Dull."),
+        ("train/neg/1_1.txt", "Awful<br />film."),
+        ("train/pos/0_10.txt", "Loved it."),
+        ("train/unsup/0_0.txt", "unlabelled"),
+        ("test/neg/0_2.txt", "Boring."),
+        ("test/pos/0_8.txt", "Fine."),
+        ("test/pos/1_7.txt", "Good."),
+    ];
+    for (path, text) in reviews {
+        tar_entry(&mut tar, &format!("aclImdb/{path}"), text.as_bytes(), b'0');
+    }
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let archive = gz.finish().unwrap();
+    let base = serve(vec![("imdb/acl.tar.gz".into(), archive.clone())], 1);
+    let card = tmp.path().join("acl.toml");
+    std::fs::write(
+        &card,
+        format!(
+            r#"name = "acl"
+title = "served aclImdb fixture"
+task = "classification"
+labels = ["negative", "positive"]
+license = "test"
+citation = "none"
+splits = [
+  {{ name = "train", count = 3, label_counts = [2, 1], rating_counts = [1, 0, 1, 0, 0, 0, 0, 1] }},
+  {{ name = "test", count = 3, label_counts = [1, 2], rating_counts = [0, 1, 0, 0, 1, 1, 0, 0] }},
+]
+[[sources]]
+kind = "local"
+dir = ""
+format = "aclimdb"
+files = [{{ split = "train", path = "aclImdb" }}, {{ split = "test", path = "aclImdb" }}]
+[[sources]]
+kind = "url"
+base_url = "{base}imdb/"
+format = "aclimdb"
+archive = {{ split = "train", path = "acl.tar.gz", sha256 = "{}" }}
+files = [{{ split = "train", path = "aclImdb" }}, {{ split = "test", path = "aclImdb" }}]
+"#,
+            sha256_hex(&archive)
+        ),
+    )
+    .unwrap();
+    let card = card.to_str().unwrap();
+    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &["data", "fetch", card]));
+    assert!(
+        out.contains("train: 3 examples ok") && out.contains("test: 3 examples ok"),
+        "{out}"
+    );
+    let root = tmp.path().join("cotext/acl");
+    assert!(root.join("aclImdb/train/pos/0_10.txt").is_file());
+    assert!(!root.join("acl.tar.gz").exists() && !root.join(".partial").exists());
+    let out = assert_ok(&cotext(
+        tmp.path(),
+        tmp.path(),
+        &["data", "info", card, "--labels", "rating"],
+    ));
+    assert!(
+        row(&out, "test").starts_with("test 3 3 ok 0 (0.0%) 1 (33.3%)"),
+        "{out}"
+    );
+}

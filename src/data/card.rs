@@ -155,7 +155,10 @@ impl SourceCard {
     /// A one-line description: `local folder sst2`, `hub SetFit/sst2@00ea8cc`, `url …`.
     pub fn describe(&self) -> String {
         match self.kind {
-            SourceKind::Local => format!("local folder {:?}", self.dir.as_deref().unwrap_or("")),
+            SourceKind::Local => match self.dir.as_deref().unwrap_or("") {
+                "" => "local data folder itself".to_string(),
+                dir => format!("local folder {dir:?}"),
+            },
             SourceKind::Hub => format!(
                 "hub dataset {}@{}",
                 self.repo.as_deref().unwrap_or("?"),
