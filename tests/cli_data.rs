@@ -615,9 +615,13 @@ fn list_shows_every_card() {
     );
 }
 
-/// A tiny HTTP/1.1 server on the loopback interface serving `files` by path,
-/// for at most `max_requests` connections (then its thread ends).
-fn serve(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> String {
+/// A tiny HTTP/1.1 server on the loopback interface: `handler(path, range
+/// header)` gives the whole response; at most `max_requests` connections are
+/// served, then its thread ends.
+fn serve_with<F>(handler: F, max_requests: usize) -> String
+where
+    F: Fn(&str, Option<&str>) -> Vec<u8> + Send + 'static,
+{
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
@@ -632,12 +636,19 @@ fn serve(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> String {
             if reader.read_line(&mut request).is_err() {
                 continue;
             }
+            let mut range = None;
             loop {
                 let mut header = String::new();
                 match reader.read_line(&mut header) {
                     Ok(0) | Err(_) => break,
                     Ok(_) if header == "\r\n" => break,
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("range") {
+                                range = Some(value.trim().to_string());
+                            }
+                        }
+                    }
                 }
             }
             let path = request
@@ -645,23 +656,35 @@ fn serve(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> String {
                 .nth(1)
                 .unwrap_or("/")
                 .trim_start_matches('/');
-            let response = match files.iter().find(|(p, _)| p == path) {
-                Some((_, body)) => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(body);
-                    r
-                }
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-            };
-            let _ = stream.write_all(&response);
+            let _ = stream.write_all(&handler(path, range.as_deref()));
         }
     });
     base
+}
+
+fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        r.push_str(&format!("{name}: {value}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut r = r.into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Serves `files` by path (404 for anything else).
+fn serve(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> String {
+    serve_with(
+        move |path, _| match files.iter().find(|(p, _)| p == path) {
+            Some((_, body)) => response("200 OK", &[], body),
+            None => response("404 Not Found", &[], b""),
+        },
+        max_requests,
+    )
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -853,6 +876,93 @@ files = [{{ split = "train", path = "aclImdb" }}, {{ split = "test", path = "acl
     ));
     assert!(
         row(&out, "test").starts_with("test 3 3 ok 0 (0.0%) 1 (33.3%)"),
+        "{out}"
+    );
+}
+
+/// `cotext data fetch` through hf-hub's real download path, against a
+/// loopback server that answers like the hub (`HF_ENDPOINT`): a ranged
+/// metadata request (commit, etag, size), then the file. The files land in
+/// the HF cache layout, and a second fetch is a cache hit with no server.
+#[test]
+fn hub_fetch_downloads_into_the_hf_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "train.jsonl".into(),
+            jsonl(&[("a", 0), ("b", 2), ("c", 3), ("d", 4)]).into_bytes(),
+        ),
+        (
+            "dev.jsonl".into(),
+            jsonl(&[("e", 1), ("f", 4)]).into_bytes(),
+        ),
+        ("test.jsonl".into(), jsonl(&[("g", 3)]).into_bytes()),
+    ];
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let prefix = "datasets/cotext-tests/tiny-sst/resolve/main/";
+    let endpoint = serve_with(
+        move |path, range| {
+            let Some(name) = path.strip_prefix(prefix) else {
+                return response("404 Not Found", &[], b"");
+            };
+            let Some((_, body)) = files.iter().find(|(p, _)| p == name) else {
+                return response("404 Not Found", &[], b"");
+            };
+            let start: usize = range
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let end = if range == Some("bytes=0-0") {
+                1
+            } else {
+                body.len()
+            };
+            let headers = [
+                ("x-repo-commit", commit.to_string()),
+                ("etag", format!("\"{}\"", sha256_hex(body))),
+                (
+                    "content-range",
+                    format!("bytes {start}-{}/{}", end - 1, body.len()),
+                ),
+            ];
+            response("206 Partial Content", &headers, &body[start..end])
+        },
+        6,
+    );
+    let card = fixtures().join("tiny-sst/card.toml");
+    let card = card.to_str().unwrap();
+    let fetch = || {
+        Command::new(env!("CARGO_BIN_EXE_cotext"))
+            .args(["data", "fetch", card])
+            .current_dir(tmp.path())
+            .env_remove("COTEXT_DATA")
+            .env("HF_HOME", &home)
+            .env("HF_ENDPOINT", endpoint.trim_end_matches('/'))
+            .output()
+            .unwrap()
+    };
+    let out = assert_ok(&fetch());
+    assert!(
+        out.contains("train: 4 examples ok") && out.contains("test: 1 examples ok"),
+        "{out}"
+    );
+    let repo = home.join("hub/datasets--cotext-tests--tiny-sst");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        commit
+    );
+    assert!(repo
+        .join("snapshots")
+        .join(commit)
+        .join("dev.jsonl")
+        .is_file());
+    // The server is gone (it served its 6 requests): the cache answers.
+    assert_ok(&fetch());
+    let out = assert_ok(&cotext(tmp.path(), &home, &["data", "info", card]));
+    assert!(
+        out.contains("HF cache (hub dataset cotext-tests/tiny-sst@main)"),
         "{out}"
     );
 }
