@@ -966,3 +966,42 @@ fn hub_fetch_downloads_into_the_hf_cache() {
         "{out}"
     );
 }
+
+/// Translation pairs from a hub JSON Lines copy (`{"en", "de"}`); a split
+/// whose count differs from the card is flagged and the command exits 1.
+#[test]
+fn hub_translation_copy_and_count_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = |en: &str, de: &str| format!("{}\n", serde_json::json!({"en": en, "de": de}));
+    let two = line("A dog.", "Ein Hund.") + &line("Two cats sleep.", "Zwei Katzen schlafen.");
+    fake_hub_cache(
+        tmp.path(),
+        "bentrevett/multi30k",
+        "main",
+        &[
+            ("train.jsonl", two.clone()),
+            ("val.jsonl", two.clone()),
+            ("test.jsonl", two),
+        ],
+    );
+    let out = cotext(tmp.path(), tmp.path(), &["data", "info", "multi30k-en-de"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("HF cache (hub dataset bentrevett/multi30k@main)"),
+        "{text}"
+    );
+    assert_eq!(
+        row(&text, "train"),
+        "train 2 29000 MISMATCH 2/3/3/3/3 2/3/3/3/3"
+    );
+    assert!(
+        text.contains("MISMATCH train: 2 examples, card says 29000"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("3 split(s) differ from the card"),
+        "{}",
+        stderr(&out)
+    );
+}

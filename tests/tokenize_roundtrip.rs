@@ -192,3 +192,38 @@ fn word_level_and_wordpiece_train_and_map_unknowns() {
     .unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+/// A hand-written BERT-style `tokenizer.json` (lower-casing normalizer,
+/// WordPiece, `[PAD] [UNK] [CLS] [SEP]`): loads, finds BERT's special tokens,
+/// encodes with `##` pieces and decodes with the WordPiece decoder.
+#[test]
+fn loads_a_hugging_face_bert_tokenizer_json() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-bert/tokenizer.json");
+    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 13);
+    assert_eq!(tokenizer.special().pad, "[PAD]");
+    assert_eq!(
+        (
+            tokenizer.pad_id(),
+            tokenizer.bos_id(),
+            tokenizer.eos_id(),
+            tokenizer.unk_id()
+        ),
+        (0, Some(2), Some(3), Some(1))
+    );
+    let options = EncodeOptions {
+        add_bos: true,
+        add_eos: true,
+        truncation: Truncation::None,
+    };
+    let batch = tokenizer
+        .encode_batch(&["The film was UNBELIEVABLE!", "great zebra"], &options)
+        .unwrap();
+    assert_eq!(batch.row(0), [2, 4, 5, 6, 9, 10, 11, 8, 3]);
+    assert_eq!(batch.row(1), [2, 7, 1, 3]);
+    assert_eq!(&batch.ids[9..], [2, 7, 1, 3, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        tokenizer.decode(batch.row(0), true).unwrap(),
+        "the film was unbelievable!"
+    );
+}
