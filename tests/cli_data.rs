@@ -1005,3 +1005,80 @@ fn hub_translation_copy_and_count_mismatch() {
         stderr(&out)
     );
 }
+
+/// Your own data: a card with `format = "table"` over local CSV files whose
+/// labels are names from the card.
+#[test]
+fn own_csv_dataset_through_a_card() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("reviews");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("train.csv"),
+        "id,review,sentiment\n1,\"Loved it, \"\"truly\"\".\",pos\n2,Meh.,neg\n3,Great fun,pos\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test.csv"),
+        "id,review,sentiment\n4,Bad,neg\n5,Bad,maybe\n",
+    )
+    .unwrap();
+    let card = tmp.path().join("reviews.toml");
+    std::fs::write(
+        &card,
+        r#"name = "reviews"
+title = "my reviews"
+task = "classification"
+labels = ["neg", "pos"]
+license = "mine"
+citation = "none"
+splits = [{ name = "train", count = 3, label_counts = [1, 2] }, { name = "test", count = 2 }]
+[[sources]]
+kind = "local"
+dir = "reviews"
+format = "table"
+table_format = "csv"
+text_column = "review"
+label_column = "sentiment"
+files = [{ split = "train", path = "train.csv" }, { split = "test", path = "test.csv" }]
+[[sources]]
+kind = "url"
+base_url = "http://127.0.0.1:9/"
+format = "table"
+table_format = "csv"
+text_column = "review"
+label_column = "sentiment"
+files = [{ split = "train", path = "train.csv" }]
+"#,
+    )
+    .unwrap();
+    let args = [
+        "data",
+        "info",
+        card.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ];
+    let err = assert_exit_2(&cotext(tmp.path(), tmp.path(), &args));
+    assert!(
+        err.contains(&format!(
+            "{}:3: bad label \"maybe\": expected one of [\"neg\", \"pos\"] or an integer 0-1",
+            dir.join("test.csv").display()
+        )),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("test.csv"),
+        "id,review,sentiment\n4,Bad,neg\n5,Good,1\n",
+    )
+    .unwrap();
+    let out = assert_ok(&cotext(tmp.path(), tmp.path(), &args));
+    assert!(
+        row(&out, "train").starts_with("train 3 3 ok 1 (33.3%) 2 (66.7%) 2/3/3/3/3"),
+        "{out}"
+    );
+    assert!(
+        row(&out, "test").starts_with("test 2 2 ok 1 (50.0%) 1 (50.0%)"),
+        "{out}"
+    );
+}

@@ -48,7 +48,8 @@ pub enum Format {
     /// One file per language; the file's role is its language code.
     Parallel,
     /// A generic table ([`TableFormat`]) with `text_column`/`label_column`
-    /// (classification) or one column per language (translation).
+    /// (classification; a label is a name from the card's `labels` or an
+    /// integer index) or one column per language (translation).
     Table,
 }
 

@@ -235,7 +235,7 @@ impl Dataset {
                             format,
                             text_column: self.source.text_column.clone().expect("validated card"),
                             label_column: self.source.label_column.clone().expect("validated card"),
-                            labels: Vec::new(),
+                            labels: self.card.labels.clone(),
                         };
                         let examples = table::read_table(&path, &spec)?;
                         check_labels(&path, &examples, num_classes)?;
