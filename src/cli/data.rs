@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use cotext::data::card::{builtin_names, SourceKind, Task};
+use cotext::data::card::{builtin_names, Task};
 use cotext::data::stats::{split_stats, LengthStats};
 use cotext::data::{hub, DataDir, Dataset, DatasetCard, LabelScheme, LoadOptions};
 
@@ -95,12 +95,11 @@ fn list() -> anyhow::Result<()> {
         println!("{name:<16} {}", card.title);
         println!("{:<16} splits: {}", "", splits.join(", "));
         for source in &card.sources {
-            let kind = match source.kind {
-                SourceKind::Local => "local",
-                SourceKind::Hub => "hub",
-                SourceKind::Url => "url",
-            };
-            println!("{:<16} {kind:<5} {} ({:?})", "", source.describe(), source.format);
+            let mut format = source.format.name().to_string();
+            if let Some(table) = source.table_format {
+                format = format!("{table:?}").to_lowercase();
+            }
+            println!("{:<16} from {} ({format})", "", source.describe());
         }
     }
     Ok(())
@@ -121,7 +120,13 @@ fn lengths(s: &LengthStats) -> String {
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let line: Vec<String> = row
@@ -138,25 +143,6 @@ fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
     let options = source.options();
     let card = &dataset.card;
     let labels = dataset.label_names(&options);
-    println!("dataset   {} ({})", card.name, card.title);
-    println!(
-        "source    {} at {} [{}]",
-        dataset.source.describe(),
-        dataset.root.display(),
-        dataset.origin
-    );
-    if let Some(note) = &dataset.source.note {
-        println!("note      {note}");
-    }
-    match card.task {
-        Task::Classification => {
-            let names: Vec<String> = labels.iter().enumerate().map(|(i, l)| format!("{i}={l}")).collect();
-            println!("labels    {}", names.join(", "));
-        }
-        Task::Translation => println!("languages {} -> {}", card.languages[0], card.languages[1]),
-    }
-    println!("licence   {}", card.license);
-    println!();
     let rating = options.scheme == LabelScheme::Rating;
     let mut rows = Vec::new();
     let mut header = vec!["split".to_string(), "examples".into(), "card".into()];
@@ -174,7 +160,11 @@ fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
     let mut mismatches = Vec::new();
     for split in &card.splits {
         if !options.trees && !options.phrases && !dataset.has_split(&split.name) {
-            rows.push(vec![split.name.clone(), "missing".into(), split.count.to_string()]);
+            rows.push(vec![
+                split.name.clone(),
+                "missing".into(),
+                split.count.to_string(),
+            ]);
             continue;
         }
         let data = dataset.load(&split.name, &options)?;
@@ -185,13 +175,20 @@ fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
         } else if stats.count == split.count {
             format!("{} ok", split.count)
         } else {
-            mismatches.push(format!("{}: {} examples, card says {}", split.name, stats.count, split.count));
+            mismatches.push(format!(
+                "{}: {} examples, card says {}",
+                split.name, stats.count, split.count
+            ));
             format!("{} MISMATCH", split.count)
         };
         let mut row = vec![split.name.clone(), stats.count.to_string(), check];
         match card.task {
             Task::Classification => {
-                let expected = if rating { &split.rating_counts } else { &split.label_counts };
+                let expected = if rating {
+                    &split.rating_counts
+                } else {
+                    &split.label_counts
+                };
                 if !phrase_split && !expected.is_empty() && expected != &stats.label_counts {
                     mismatches.push(format!(
                         "{}: label counts {:?}, card says {:?}",
@@ -205,11 +202,36 @@ fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
             }
             Task::Translation => {
                 row.push(lengths(&stats.lengths));
-                row.push(lengths(stats.target_lengths.as_ref().expect("translation stats")));
+                row.push(lengths(
+                    stats.target_lengths.as_ref().expect("translation stats"),
+                ));
             }
         }
         rows.push(row);
     }
+    println!("dataset   {} ({})", card.name, card.title);
+    println!(
+        "source    {} at {} [{}]",
+        dataset.source.describe(),
+        dataset.root.display(),
+        dataset.origin
+    );
+    if let Some(note) = &dataset.source.note {
+        println!("note      {note}");
+    }
+    match card.task {
+        Task::Classification => {
+            let names: Vec<String> = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{i} {l:?}"))
+                .collect();
+            println!("labels    {}", names.join(", "));
+        }
+        Task::Translation => println!("languages {} -> {}", card.languages[0], card.languages[1]),
+    }
+    println!("licence   {}", card.license);
+    println!();
     print_table(&rows);
     let missing = dataset.missing_splits();
     if !missing.is_empty() && !options.trees && !options.phrases {

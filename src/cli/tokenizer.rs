@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use cotext::data::parallel::read_lines;
 use cotext::data::SplitData;
-use cotext::tokenize::{self, EncodeOptions, TextTokenizer, TokenizerKind, TrainConfig, Truncation};
+use cotext::tokenize::{
+    self, EncodeOptions, TextTokenizer, TokenizerKind, TrainConfig, Truncation,
+};
 
 use super::data::DataSource;
 
@@ -37,7 +39,12 @@ enum Side {
 #[derive(Debug, Args)]
 struct Corpus {
     /// Dataset name (see `cotext data list`) or path to a card (.toml).
-    #[arg(long, value_name = "NAME", required_unless_present = "text", conflicts_with = "text")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "text",
+        conflicts_with = "text"
+    )]
     data: Option<String>,
     /// A UTF-8 text file, one text per line, instead of a dataset.
     #[arg(long, value_name = "FILE")]
@@ -69,7 +76,9 @@ impl Corpus {
             (Some(name), _) => {
                 let dataset = self.source.open(name)?;
                 match dataset.load(&self.split, &self.source.options())? {
-                    SplitData::Classification(examples) => examples.into_iter().map(|e| e.text).collect(),
+                    SplitData::Classification(examples) => {
+                        examples.into_iter().map(|e| e.text).collect()
+                    }
                     SplitData::Translation(pairs) => pairs
                         .into_iter()
                         .flat_map(|p| match self.side {
@@ -151,7 +160,13 @@ enum TokenizerCommand {
 
 pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
     match args.command {
-        TokenizerCommand::Train { corpus, kind, vocab_size, min_frequency, out } => {
+        TokenizerCommand::Train {
+            corpus,
+            kind,
+            vocab_size,
+            min_frequency,
+            out,
+        } => {
             let texts = corpus.texts()?;
             let config = TrainConfig {
                 kind: match kind {
@@ -168,8 +183,8 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
             let tokenizer = tokenize::train(texts.iter().map(String::as_str), &config)?;
             tokenizer.save(&out)?;
             println!(
-                "trained {:?} tokenizer on {} texts of {} in {:.1} s: vocab {} -> {}",
-                config.kind,
+                "trained {} tokenizer on {} texts of {} in {:.1} s: vocab {} -> {}",
+                config.kind.name(),
                 texts.len(),
                 corpus.describe(),
                 start.elapsed().as_secs_f64(),
@@ -178,14 +193,24 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        TokenizerCommand::Encode { tokenizer, specials, max_len, head, texts } => {
+        TokenizerCommand::Encode {
+            tokenizer,
+            specials,
+            max_len,
+            head,
+            texts,
+        } => {
             let tokenizer = TextTokenizer::from_file(&tokenizer)?;
             let truncation = match (max_len, head) {
                 (None, _) => Truncation::None,
                 (Some(max_len), None) => Truncation::Head { max_len },
                 (Some(max_len), Some(head)) => Truncation::HeadTail { max_len, head },
             };
-            let options = EncodeOptions { add_bos: specials, add_eos: specials, truncation };
+            let options = EncodeOptions {
+                add_bos: specials,
+                add_eos: specials,
+                truncation,
+            };
             for text in &texts {
                 let ids = tokenizer.encode_with(text, &options)?;
                 let tokens: Vec<String> = ids
@@ -198,12 +223,19 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenizerCommand::Decode { tokenizer, keep_specials, ids } => {
+        TokenizerCommand::Decode {
+            tokenizer,
+            keep_specials,
+            ids,
+        } => {
             let tokenizer = TextTokenizer::from_file(&tokenizer)?;
             println!("{}", tokenizer.decode(&ids, !keep_specials)?);
             Ok(())
         }
-        TokenizerCommand::Roundtrip { tokenizer: path, corpus } => {
+        TokenizerCommand::Roundtrip {
+            tokenizer: path,
+            corpus,
+        } => {
             let tokenizer = TextTokenizer::from_file(&path)?;
             let texts = corpus.texts()?;
             let mut failures = 0usize;

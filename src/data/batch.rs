@@ -146,9 +146,15 @@ impl Batches<'_> {
     /// The position of the batch `next()` returns.
     pub fn cursor(&self) -> BatchCursor {
         if self.next >= self.batches.len() {
-            BatchCursor { epoch: self.epoch + 1, batch: 0 }
+            BatchCursor {
+                epoch: self.epoch + 1,
+                batch: 0,
+            }
         } else {
-            BatchCursor { epoch: self.epoch, batch: self.next }
+            BatchCursor {
+                epoch: self.epoch,
+                batch: self.next,
+            }
         }
     }
 }
@@ -166,10 +172,17 @@ impl Iterator for Batches<'_> {
             self.batches = batches;
             self.next = 0;
         }
-        let cursor = BatchCursor { epoch: self.epoch, batch: self.next };
+        let cursor = BatchCursor {
+            epoch: self.epoch,
+            batch: self.next,
+        };
         let indices = std::mem::take(&mut self.batches[self.next]);
         self.next += 1;
-        Some(Batch { cursor, next: self.cursor(), indices })
+        Some(Batch {
+            cursor,
+            next: self.cursor(),
+            indices,
+        })
     }
 }
 
@@ -191,15 +204,30 @@ mod tests {
     #[test]
     fn every_example_once_per_epoch() {
         for bucket in [None, Some(3)] {
-            let config = BatcherConfig { batch_size: 8, bucket, ..Default::default() };
+            let config = BatcherConfig {
+                batch_size: 8,
+                bucket,
+                ..Default::default()
+            };
             let batcher = Batcher::new(lengths(101), config).unwrap();
             for epoch in 0..3 {
                 let mut seen: Vec<usize> = batcher.epoch(epoch).concat();
                 seen.sort();
                 assert_eq!(seen, (0..101).collect::<Vec<_>>());
             }
-            assert_ne!(batcher.epoch(0), batcher.epoch(1), "epochs are shuffled differently");
-            let dropped = Batcher::new(lengths(101), BatcherConfig { drop_last: true, ..config }).unwrap();
+            assert_ne!(
+                batcher.epoch(0),
+                batcher.epoch(1),
+                "epochs are shuffled differently"
+            );
+            let dropped = Batcher::new(
+                lengths(101),
+                BatcherConfig {
+                    drop_last: true,
+                    ..config
+                },
+            )
+            .unwrap();
             assert!(dropped.epoch(0).iter().all(|b| b.len() == 8));
             assert_eq!(dropped.epoch(0).len(), 12);
         }
@@ -209,7 +237,11 @@ mod tests {
     fn bucketing_reduces_padding() {
         let lens = lengths(2000);
         let padding = |bucket| {
-            let config = BatcherConfig { batch_size: 16, bucket, ..Default::default() };
+            let config = BatcherConfig {
+                batch_size: 16,
+                bucket,
+                ..Default::default()
+            };
             let batcher = Batcher::new(lens.clone(), config).unwrap();
             batcher
                 .epoch(0)
@@ -226,13 +258,24 @@ mod tests {
 
     #[test]
     fn deterministic_for_a_seed_and_resumable() {
-        let config = BatcherConfig { batch_size: 7, seed: 1234, ..Default::default() };
+        let config = BatcherConfig {
+            batch_size: 7,
+            seed: 1234,
+            ..Default::default()
+        };
         let a = Batcher::new(lengths(50), config).unwrap();
         let b = Batcher::new(lengths(50), config).unwrap();
         let run: Vec<Batch> = a.iter_from(BatchCursor::default()).take(25).collect();
         let again: Vec<Batch> = b.iter_from(BatchCursor::default()).take(25).collect();
         assert_eq!(run, again);
-        let other = Batcher::new(lengths(50), BatcherConfig { seed: 1235, ..config }).unwrap();
+        let other = Batcher::new(
+            lengths(50),
+            BatcherConfig {
+                seed: 1235,
+                ..config
+            },
+        )
+        .unwrap();
         assert_ne!(other.epoch(0), a.epoch(0));
         // 50 examples in batches of 7: 8 batches per epoch, so 25 batches
         // cross three epoch boundaries. Stop after batch 10, save, resume.
@@ -254,6 +297,13 @@ mod tests {
         assert_eq!(batch.mask, [1, 0, 1, 1]);
         let empty = Batcher::new(vec![], BatcherConfig::default()).unwrap();
         assert_eq!(empty.iter_from(BatchCursor::default()).next(), None);
-        assert!(Batcher::new(vec![1], BatcherConfig { batch_size: 0, ..Default::default() }).is_err());
+        assert!(Batcher::new(
+            vec![1],
+            BatcherConfig {
+                batch_size: 0,
+                ..Default::default()
+            }
+        )
+        .is_err());
     }
 }

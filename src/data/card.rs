@@ -14,8 +14,14 @@ const BUILTIN: &[(&str, &str)] = &[
     ("sst2", include_str!("../../datasets/sst2.toml")),
     ("sst5", include_str!("../../datasets/sst5.toml")),
     ("imdb", include_str!("../../datasets/imdb.toml")),
-    ("multi30k-en-de", include_str!("../../datasets/multi30k-en-de.toml")),
-    ("iwslt15-en-vi", include_str!("../../datasets/iwslt15-en-vi.toml")),
+    (
+        "multi30k-en-de",
+        include_str!("../../datasets/multi30k-en-de.toml"),
+    ),
+    (
+        "iwslt15-en-vi",
+        include_str!("../../datasets/iwslt15-en-vi.toml"),
+    ),
 ];
 
 /// What the examples of a dataset are.
@@ -42,8 +48,22 @@ pub enum Format {
     /// One file per language; the file's role is its language code.
     Parallel,
     /// A generic table ([`TableFormat`]) with `text_column`/`label_column`
-    /// (classification) or one column per language (translation).
+    /// (classification; a label is a name from the card's `labels` or an
+    /// integer index) or one column per language (translation).
     Table,
+}
+
+impl Format {
+    /// The name used in cards: `sst-tsv`, `imdb-tsv`, `aclimdb`, `parallel`, `table`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::SstTsv => "sst-tsv",
+            Format::ImdbTsv => "imdb-tsv",
+            Format::Aclimdb => "aclimdb",
+            Format::Parallel => "parallel",
+            Format::Table => "table",
+        }
+    }
 }
 
 /// Where a source is found.
@@ -136,13 +156,16 @@ impl SourceCard {
     /// A one-line description: `local folder sst2`, `hub SetFit/sst2@00ea8cc`, `url …`.
     pub fn describe(&self) -> String {
         match self.kind {
-            SourceKind::Local => format!("local folder {:?}", self.dir.as_deref().unwrap_or("")),
+            SourceKind::Local => match self.dir.as_deref().unwrap_or("") {
+                "" => "local data folder itself".to_string(),
+                dir => format!("local folder {dir:?}"),
+            },
             SourceKind::Hub => format!(
                 "hub dataset {}@{}",
                 self.repo.as_deref().unwrap_or("?"),
                 self.revision.as_deref().unwrap_or("main")
             ),
-            SourceKind::Url => format!("{}", self.base_url.as_deref().unwrap_or("?")),
+            SourceKind::Url => self.base_url.as_deref().unwrap_or("?").to_string(),
         }
     }
 }
@@ -258,10 +281,16 @@ impl DatasetCard {
             }
             for file in &source.files {
                 if !self.splits.iter().any(|s| s.name == file.split) {
-                    return Err(format!("file {} is in undeclared split {:?}", file.path, file.split));
+                    return Err(format!(
+                        "file {} is in undeclared split {:?}",
+                        file.path, file.split
+                    ));
                 }
                 if file.path.split('/').any(|c| c == "..") && source.kind != SourceKind::Local {
-                    return Err(format!("file {}: `..` is only allowed in local sources", file.path));
+                    return Err(format!(
+                        "file {}: `..` is only allowed in local sources",
+                        file.path
+                    ));
                 }
             }
         }
@@ -312,12 +341,21 @@ mod tests {
         for name in builtin_names() {
             let card = DatasetCard::load(name).unwrap();
             assert_eq!(card.name, name);
-            assert!(card.sources.iter().any(|s| s.kind == SourceKind::Local), "{name}");
-            assert!(card.sources.iter().any(|s| s.kind != SourceKind::Local), "{name}: no download source");
+            assert!(
+                card.sources.iter().any(|s| s.kind == SourceKind::Local),
+                "{name}"
+            );
+            assert!(
+                card.sources.iter().any(|s| s.kind != SourceKind::Local),
+                "{name}: no download source"
+            );
             for source in &card.sources {
                 for file in &source.files {
                     if let Some(sha) = &file.sha256 {
-                        assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{name}: {sha}");
+                        assert!(
+                            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                            "{name}: {sha}"
+                        );
                     }
                 }
             }
@@ -326,13 +364,27 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_names_are_rejected() {
-        let text = include_str!("../../datasets/sst2.toml").replace("task =", "colour = \"red\"\ntask =");
-        let err = DatasetCard::from_toml(Path::new("x.toml"), &text).unwrap_err().to_string();
-        assert!(err.starts_with("x.toml: ") && err.contains("colour"), "{err}");
+        let text =
+            include_str!("../../datasets/sst2.toml").replace("task =", "colour = \"red\"\ntask =");
+        let err = DatasetCard::from_toml(Path::new("x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x.toml: ") && err.contains("colour"),
+            "{err}"
+        );
         let err = DatasetCard::load("sst3").unwrap_err().to_string();
-        assert!(err.contains("unknown dataset \"sst3\"") && err.contains("sst2, sst5"), "{err}");
+        assert!(
+            err.contains("unknown dataset \"sst3\"") && err.contains("sst2, sst5"),
+            "{err}"
+        );
         let text = include_str!("../../datasets/sst2.toml").replace("count = 6920", "count = 6921");
-        let err = DatasetCard::from_toml(Path::new("y.toml"), &text).unwrap_err().to_string();
-        assert!(err.contains("label counts add up to 6920, not 6921"), "{err}");
+        let err = DatasetCard::from_toml(Path::new("y.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("label counts add up to 6920, not 6921"),
+            "{err}"
+        );
     }
 }

@@ -120,7 +120,12 @@ impl Dataset {
             return Vec::new();
         }
         if self.source.format == Format::ImdbTsv || self.source.format == Format::Aclimdb {
-            return options.scheme.names().iter().map(|s| s.to_string()).collect();
+            return options
+                .scheme
+                .names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         }
         self.card.labels.clone()
     }
@@ -180,11 +185,13 @@ impl Dataset {
             Format::SstTsv if wants_trees => {
                 let trees = sst::read_sst_trees(&self.file(split, Some("trees"))?)?;
                 let binary = num_classes == 2;
-                Ok(SplitData::Classification(if options.phrases && split == "train" {
-                    sst::phrase_examples(&trees, binary)
-                } else {
-                    sst::sentence_examples(&trees, binary)
-                }))
+                Ok(SplitData::Classification(
+                    if options.phrases && split == "train" {
+                        sst::phrase_examples(&trees, binary)
+                    } else {
+                        sst::sentence_examples(&trees, binary)
+                    },
+                ))
             }
             Format::SstTsv => Ok(SplitData::Classification(sst::read_sst_tsv(
                 &self.file(split, None)?,
@@ -200,11 +207,17 @@ impl Dataset {
                     &self.file(split, Some("text"))?,
                     &self.file(split, Some("source"))?,
                 )?;
-                Ok(SplitData::Classification(imdb::examples(reviews, options.scheme)))
+                Ok(SplitData::Classification(imdb::examples(
+                    reviews,
+                    options.scheme,
+                )))
             }
             Format::Aclimdb => {
                 let reviews = imdb::read_aclimdb(&self.file(split, None)?, split)?;
-                Ok(SplitData::Classification(imdb::examples(reviews, options.scheme)))
+                Ok(SplitData::Classification(imdb::examples(
+                    reviews,
+                    options.scheme,
+                )))
             }
             Format::Parallel => {
                 let [src, tgt] = self.languages()?;
@@ -222,7 +235,7 @@ impl Dataset {
                             format,
                             text_column: self.source.text_column.clone().expect("validated card"),
                             label_column: self.source.label_column.clone().expect("validated card"),
-                            labels: Vec::new(),
+                            labels: self.card.labels.clone(),
                         };
                         let examples = table::read_table(&path, &spec)?;
                         check_labels(&path, &examples, num_classes)?;

@@ -64,7 +64,9 @@ pub fn split_present(source: &SourceCard, root: &Path, split: &str) -> bool {
     files.all(|f| {
         let path = root.join(&f.path);
         match source.format {
-            Format::Aclimdb => path.join(split).join("neg").is_dir() && path.join(split).join("pos").is_dir(),
+            Format::Aclimdb => {
+                path.join(split).join("neg").is_dir() && path.join(split).join("pos").is_dir()
+            }
             _ => path.is_file(),
         }
     })
@@ -140,7 +142,9 @@ fn hub_cached_root(source: &SourceCard) -> Option<PathBuf> {
 }
 
 fn any_split_present(card: &DatasetCard, source: &SourceCard, root: &Path) -> bool {
-    card.splits.iter().any(|s| split_present(source, root, &s.name))
+    card.splits
+        .iter()
+        .any(|s| split_present(source, root, &s.name))
 }
 
 /// Finds the data of `card` (see the module docs for the order).
@@ -175,7 +179,12 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
                 if any_split_present(card, source, &root) {
                     return Ok(found(source, root, format!("{how} {}", dir.display())));
                 }
-                let files: Vec<&str> = source.files.iter().filter(|f| f.role.as_deref() != Some("trees")).map(|f| f.path.as_str()).collect();
+                let files: Vec<&str> = source
+                    .files
+                    .iter()
+                    .filter(|f| f.role.as_deref() != Some("trees"))
+                    .map(|f| f.path.as_str())
+                    .collect();
                 looked.push(format!(
                     "{how}: {} (no complete split of {})",
                     root.display(),
@@ -198,7 +207,11 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
                 let repo = hub_repo(source);
                 if let Some(root) = hub_cached_root(source) {
                     if any_split_present(card, source, &root) {
-                        return Ok(found(source, root, format!("HF cache ({})", source.describe())));
+                        return Ok(found(
+                            source,
+                            root,
+                            format!("HF cache ({})", source.describe()),
+                        ));
                     }
                 }
                 looked.push(format!(
@@ -210,7 +223,11 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
             SourceKind::Url => {
                 let root = url_cache_dir(&card.name);
                 if any_split_present(card, source, &root) {
-                    return Ok(found(source, root, format!("download cache ({})", source.describe())));
+                    return Ok(found(
+                        source,
+                        root,
+                        format!("download cache ({})", source.describe()),
+                    ));
                 }
                 looked.push(format!("download cache: {} (empty)", root.display()));
             }
@@ -273,7 +290,10 @@ pub fn verify(dataset: &Dataset) -> Result<Vec<String>> {
         }
         if let Some(bytes) = file.bytes {
             let len = std::fs::metadata(&path)
-                .map_err(|source| Error::Io { path: path.clone(), source })?
+                .map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?
                 .len();
             if len != bytes {
                 return Err(Error::Mismatch {
@@ -298,13 +318,19 @@ pub fn verify(dataset: &Dataset) -> Result<Vec<String>> {
         }
     }
     for split in &splits {
-        let card = dataset.card.split(split).expect("present splits are card splits");
+        let card = dataset
+            .card
+            .split(split)
+            .expect("present splits are card splits");
         let schemes: &[LabelScheme] = match dataset.source.format {
             Format::ImdbTsv | Format::Aclimdb => &[LabelScheme::Binary, LabelScheme::Rating],
             _ => &[LabelScheme::Binary],
         };
         for &scheme in schemes {
-            let options = LoadOptions { scheme, ..LoadOptions::default() };
+            let options = LoadOptions {
+                scheme,
+                ..LoadOptions::default()
+            };
             let data = dataset.load(split, &options)?;
             let where_ = dataset.root.join(split);
             if data.len() != card.count {
@@ -403,22 +429,42 @@ fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
 
 fn fetch_url(card: &DatasetCard, source: &SourceCard) -> Result<PathBuf> {
     let root = url_cache_dir(&card.name);
-    std::fs::create_dir_all(&root).map_err(|e| Error::Io { path: root.clone(), source: e })?;
+    std::fs::create_dir_all(&root).map_err(|e| Error::Io {
+        path: root.clone(),
+        source: e,
+    })?;
     let base = source.base_url.as_deref().expect("validated card");
     if let Some(archive) = &source.archive {
-        if card.splits.iter().all(|s| split_present(source, &root, &s.name)) {
+        if card
+            .splits
+            .iter()
+            .all(|s| split_present(source, &root, &s.name))
+        {
             return Ok(root);
         }
         let archive_path = root.join(&archive.path);
-        download(&format!("{base}{}", archive.path), &archive_path, archive.sha256.as_deref())?;
+        download(
+            &format!("{base}{}", archive.path),
+            &archive_path,
+            archive.sha256.as_deref(),
+        )?;
         let partial = root.join(".partial");
         let _ = std::fs::remove_dir_all(&partial);
         super::tar::unpack_tar_gz(&archive_path, &partial)?;
-        for entry in std::fs::read_dir(&partial).map_err(|e| Error::Io { path: partial.clone(), source: e })? {
-            let entry = entry.map_err(|e| Error::Io { path: partial.clone(), source: e })?;
+        for entry in std::fs::read_dir(&partial).map_err(|e| Error::Io {
+            path: partial.clone(),
+            source: e,
+        })? {
+            let entry = entry.map_err(|e| Error::Io {
+                path: partial.clone(),
+                source: e,
+            })?;
             let target = root.join(entry.file_name());
             let _ = std::fs::remove_dir_all(&target);
-            std::fs::rename(entry.path(), &target).map_err(|e| Error::Io { path: target.clone(), source: e })?;
+            std::fs::rename(entry.path(), &target).map_err(|e| Error::Io {
+                path: target.clone(),
+                source: e,
+            })?;
         }
         let _ = std::fs::remove_dir_all(&partial);
         let _ = std::fs::remove_file(&archive_path);
@@ -429,7 +475,11 @@ fn fetch_url(card: &DatasetCard, source: &SourceCard) -> Result<PathBuf> {
         if path.is_file() {
             continue;
         }
-        download(&format!("{base}{}", file.path), &path, file.sha256.as_deref())?;
+        download(
+            &format!("{base}{}", file.path),
+            &path,
+            file.sha256.as_deref(),
+        )?;
     }
     Ok(root)
 }
@@ -496,7 +546,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;

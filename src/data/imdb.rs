@@ -65,7 +65,9 @@ pub fn examples(reviews: Vec<Review>, scheme: LabelScheme) -> Vec<Example> {
     reviews
         .into_iter()
         .map(|r| Example {
-            label: scheme.label(r.rating).expect("ratings are validated on read"),
+            label: scheme
+                .label(r.rating)
+                .expect("ratings are validated on read"),
             text: r.text,
         })
         .collect()
@@ -137,10 +139,11 @@ pub fn read_aclimdb(root: &Path, split: &str) -> Result<Vec<Review>> {
                 path: path.clone(),
                 msg: "file name is not UTF-8".into(),
             })?;
-            let (id, rating) = parse_file_name(name, polarity).map_err(|msg| Error::InvalidFile {
-                path: path.clone(),
-                msg,
-            })?;
+            let (id, rating) =
+                parse_file_name(name, polarity).map_err(|msg| Error::InvalidFile {
+                    path: path.clone(),
+                    msg,
+                })?;
             entries.push((id, rating, name.to_string(), path));
         }
         entries.sort_by_key(|e| e.0);
@@ -277,9 +280,15 @@ mod tests {
     #[test]
     fn label_schemes() {
         let ratings = [1u8, 2, 3, 4, 7, 8, 9, 10];
-        let binary: Vec<_> = ratings.iter().map(|&r| LabelScheme::Binary.label(r).unwrap()).collect();
+        let binary: Vec<_> = ratings
+            .iter()
+            .map(|&r| LabelScheme::Binary.label(r).unwrap())
+            .collect();
         assert_eq!(binary, [0, 0, 0, 0, 1, 1, 1, 1]);
-        let rating: Vec<_> = ratings.iter().map(|&r| LabelScheme::Rating.label(r).unwrap()).collect();
+        let rating: Vec<_> = ratings
+            .iter()
+            .map(|&r| LabelScheme::Rating.label(r).unwrap())
+            .collect();
         assert_eq!(rating, [0, 1, 2, 3, 4, 5, 6, 7]);
         for (r, l) in ratings.iter().zip(&rating) {
             assert_eq!(LabelScheme::Rating.names()[*l as usize], r.to_string());
@@ -307,8 +316,18 @@ mod tests {
         std::fs::write(root.join("train/urls_pos.txt"), "x").unwrap();
         let reviews = read_aclimdb(&root, "train").unwrap();
         let files: Vec<_> = reviews.iter().map(|r| r.file.as_str()).collect();
-        assert_eq!(files, ["train/neg/2_4.txt", "train/neg/10_2.txt", "train/pos/0_9.txt"]);
-        let labels: Vec<_> = examples(reviews.clone(), LabelScheme::Rating).iter().map(|e| e.label).collect();
+        assert_eq!(
+            files,
+            [
+                "train/neg/2_4.txt",
+                "train/neg/10_2.txt",
+                "train/pos/0_9.txt"
+            ]
+        );
+        let labels: Vec<_> = examples(reviews.clone(), LabelScheme::Rating)
+            .iter()
+            .map(|e| e.label)
+            .collect();
         assert_eq!(labels, [3, 1, 6]);
 
         let data = dir.path().join("train.tsv");
@@ -316,28 +335,58 @@ mod tests {
         let mut d = String::from("text\tlabel\n");
         let mut s = String::from("file\trating\n");
         for r in &reviews {
-            d.push_str(&format!("{}\t{}\n", r.text.replace('\t', " "), u32::from(r.rating >= 7)));
+            d.push_str(&format!(
+                "{}\t{}\n",
+                r.text.replace('\t', " "),
+                u32::from(r.rating >= 7)
+            ));
             s.push_str(&format!("{}\t{}\n", r.file, r.rating));
         }
         std::fs::write(&data, &d).unwrap();
         std::fs::write(&source, &s).unwrap();
         let from_tsv = read_imdb_tsv(&data, &source).unwrap();
         assert_eq!(from_tsv.len(), 3);
-        assert_eq!(from_tsv[1], reviews[0].clone().with_text("Meh meh."));
+        assert_eq!(from_tsv[0], reviews[0].clone().with_text("Meh meh."));
+        assert_eq!(from_tsv[1..], reviews[1..]);
 
         // A label that contradicts the rating names the data file and line.
-        std::fs::write(&data, d.replacen("Dull.<br />Very dull.\t0", "Dull.<br />Very dull.\t1", 1)).unwrap();
+        std::fs::write(
+            &data,
+            d.replacen("Dull.<br />Very dull.\t0", "Dull.<br />Very dull.\t1", 1),
+        )
+        .unwrap();
         let err = read_imdb_tsv(&data, &source).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{}:3: label 1 contradicts rating 2", data.display())), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "{}:3: label 1 contradicts rating 2",
+                data.display()
+            )),
+            "{err}"
+        );
         // Unequal files.
         std::fs::write(&data, &d).unwrap();
         std::fs::write(&source, s.rsplitn(2, "train/pos").last().unwrap()).unwrap();
         let err = read_imdb_tsv(&data, &source).unwrap_err();
-        assert!(matches!(err, Error::LineCountMismatch { left_lines: 4, right_lines: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::LineCountMismatch {
+                    left_lines: 4,
+                    right_lines: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // A rating that does not fit its folder.
         std::fs::write(root.join("train/pos/5_3.txt"), "x").unwrap();
         let err = read_aclimdb(&root, "train").unwrap_err().to_string();
-        assert!(err.ends_with("rating 3 in \"5_3.txt\" does not fit folder `pos` (neg: 1-4, pos: 7-10)"), "{err}");
+        assert!(
+            err.ends_with(
+                "rating 3 in \"5_3.txt\" does not fit folder `pos` (neg: 1-4, pos: 7-10)"
+            ),
+            "{err}"
+        );
     }
 
     impl Review {

@@ -74,7 +74,13 @@ mod tests {
         );
         std::fs::write(&de, "A\n\nC").unwrap();
         let pairs = read_parallel(&en, &de).unwrap();
-        assert_eq!(pairs[1], Pair { source: "b".into(), target: "".into() });
+        assert_eq!(
+            pairs[1],
+            Pair {
+                source: "b".into(),
+                target: "".into()
+            }
+        );
         assert_eq!(pairs[2].target, "C");
     }
 }

@@ -205,8 +205,8 @@ impl TreeParser<'_> {
                     self.pos += 1;
                 }
                 // Slicing at ASCII delimiters keeps UTF-8 boundaries intact.
-                let word = std::str::from_utf8(&self.text[begin..self.pos])
-                    .expect("split at ASCII bytes");
+                let word =
+                    std::str::from_utf8(&self.text[begin..self.pos]).expect("split at ASCII bytes");
                 self.words.push(word.to_string());
                 self.skip_ws();
             }
@@ -349,10 +349,24 @@ mod tests {
         ];
         let sentences = sentence_examples(&trees, true);
         assert_eq!(sentences.len(), 2);
-        assert_eq!((sentences[1].text.as_str(), sentences[1].label), ("great film", 1));
+        assert_eq!(
+            (sentences[1].text.as_str(), sentences[1].label),
+            ("great film", 1)
+        );
         let phrases = phrase_examples(&trees, false);
         let texts: Vec<_> = phrases.iter().map(|e| e.text.as_str()).collect();
-        assert_eq!(texts, ["not bad", "not", "bad", "meh", "great film", "great", "film"]);
+        assert_eq!(
+            texts,
+            [
+                "not bad",
+                "not",
+                "bad",
+                "meh",
+                "great film",
+                "great",
+                "film"
+            ]
+        );
         let binary = phrase_examples(&trees, true);
         let texts: Vec<_> = binary.iter().map(|e| e.text.as_str()).collect();
         assert_eq!(texts, ["not bad", "bad", "great film", "great"]);

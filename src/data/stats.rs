@@ -87,7 +87,9 @@ pub fn split_stats(data: &SplitData, num_labels: usize) -> SplitStats {
             count: pairs.len(),
             label_counts: Vec::new(),
             lengths: LengthStats::of_texts(pairs.iter().map(|p| p.source.as_str())),
-            target_lengths: Some(LengthStats::of_texts(pairs.iter().map(|p| p.target.as_str()))),
+            target_lengths: Some(LengthStats::of_texts(
+                pairs.iter().map(|p| p.target.as_str()),
+            )),
         },
     }
 }
@@ -100,7 +102,10 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let s = LengthStats::from_lengths((1..=100).rev().collect());
-        assert_eq!((s.min, s.p50, s.p90, s.p95, s.p99, s.max), (1, 50, 90, 95, 99, 100));
+        assert_eq!(
+            (s.min, s.p50, s.p90, s.p95, s.p99, s.max),
+            (1, 50, 90, 95, 99, 100)
+        );
         assert_eq!(s.mean, 50.5);
         let s = LengthStats::from_lengths(vec![7]);
         assert_eq!((s.p50, s.p99), (7, 7));
@@ -111,8 +116,14 @@ mod tests {
     #[test]
     fn label_counts_keep_out_of_range_labels() {
         let data = SplitData::Classification(vec![
-            Example { text: "a b".into(), label: 1 },
-            Example { text: "c".into(), label: 3 },
+            Example {
+                text: "a b".into(),
+                label: 1,
+            },
+            Example {
+                text: "c".into(),
+                label: 3,
+            },
         ]);
         let s = split_stats(&data, 2);
         assert_eq!(s.label_counts, [0, 1, 0, 1]);

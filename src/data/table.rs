@@ -108,11 +108,7 @@ fn resolve_label(path: &Path, line: usize, value: &str, labels: &[String]) -> Re
             let expected = if labels.is_empty() {
                 "a non-negative integer".to_string()
             } else {
-                format!(
-                    "one of {:?} or an integer 0-{}",
-                    labels,
-                    labels.len() - 1
-                )
+                format!("one of {:?} or an integer 0-{}", labels, labels.len() - 1)
             };
             Err(Error::Parse {
                 path: path.to_path_buf(),
@@ -124,11 +120,14 @@ fn resolve_label(path: &Path, line: usize, value: &str, labels: &[String]) -> Re
 }
 
 fn column_index(path: &Path, header: &[&str], name: &str) -> Result<usize> {
-    header.iter().position(|h| *h == name).ok_or_else(|| Error::Parse {
-        path: path.to_path_buf(),
-        line: 1,
-        msg: format!("missing column {name:?}: the header has {header:?}"),
-    })
+    header
+        .iter()
+        .position(|h| *h == name)
+        .ok_or_else(|| Error::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: format!("missing column {name:?}: the header has {header:?}"),
+        })
 }
 
 fn empty_file(path: &Path, expected: &str) -> Error {
@@ -265,7 +264,10 @@ fn read_csv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<Str
                 return Err(Error::Parse {
                     path: path.to_path_buf(),
                     line,
-                    msg: format!("field {} is longer than the limit of {MAX_LINE_BYTES} bytes", i + 1),
+                    msg: format!(
+                        "field {} is longer than the limit of {MAX_LINE_BYTES} bytes",
+                        i + 1
+                    ),
                 });
             }
             match std::str::from_utf8(field) {
@@ -341,7 +343,11 @@ fn read_jsonl_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<S
                 serde_json::Value::Bool(b) if i + 1 == columns.len() && columns.len() > 1 => {
                     b.to_string()
                 }
-                other => return Err(parse(format!("key {column:?}: expected a string, found {other}"))),
+                other => {
+                    return Err(parse(format!(
+                        "key {column:?}: expected a string, found {other}"
+                    )))
+                }
             };
             fields.push(field);
         }
@@ -375,20 +381,42 @@ mod tests {
     #[test]
     fn same_table_in_three_formats() {
         let dir = tempfile::tempdir().unwrap();
-        let tsv = write(dir.path(), "a.tsv", b"id\treview\tstars\n1\tsays \"hi\", ok\tpos\n2\tbad\t0\n");
-        let csv = write(dir.path(), "a.csv", b"id,review,stars\n1,\"says \"\"hi\"\", ok\",pos\n2,bad,0\n");
+        let tsv = write(
+            dir.path(),
+            "a.tsv",
+            b"id\treview\tstars\n1\tsays \"hi\", ok\tpos\n2\tbad\t0\n",
+        );
+        let csv = write(
+            dir.path(),
+            "a.csv",
+            b"id,review,stars\n1,\"says \"\"hi\"\", ok\",pos\n2,bad,0\n",
+        );
         let jsonl = write(
             dir.path(),
             "a.jsonl",
             b"{\"review\": \"says \\\"hi\\\", ok\", \"stars\": \"pos\"}\n\n{\"review\": \"bad\", \"stars\": 0}\n",
         );
         let want = vec![
-            Example { text: "says \"hi\", ok".into(), label: 1 },
-            Example { text: "bad".into(), label: 0 },
+            Example {
+                text: "says \"hi\", ok".into(),
+                label: 1,
+            },
+            Example {
+                text: "bad".into(),
+                label: 0,
+            },
         ];
-        for (path, format) in [(tsv, TableFormat::Tsv), (csv, TableFormat::Csv), (jsonl, TableFormat::Jsonl)] {
+        for (path, format) in [
+            (tsv, TableFormat::Tsv),
+            (csv, TableFormat::Csv),
+            (jsonl, TableFormat::Jsonl),
+        ] {
             assert_eq!(TableFormat::from_path(&path), Some(format));
-            assert_eq!(read_table(&path, &spec(format)).unwrap(), want, "{format:?}");
+            assert_eq!(
+                read_table(&path, &spec(format)).unwrap(),
+                want,
+                "{format:?}"
+            );
         }
     }
 
@@ -396,13 +424,48 @@ mod tests {
     fn errors_name_line_and_problem() {
         let dir = tempfile::tempdir().unwrap();
         let cases: [(&str, &[u8], TableFormat, &str); 7] = [
-            ("m.tsv", b"review\tother\nx\t1\n", TableFormat::Tsv, ":1: missing column \"stars\": the header has [\"review\", \"other\"]"),
-            ("c.tsv", b"review\tstars\nx\n", TableFormat::Tsv, ":2: expected 2 TAB-separated columns as in the header, found 1"),
-            ("l.tsv", b"review\tstars\nx\tpos\ny\tmaybe\n", TableFormat::Tsv, ":3: bad label \"maybe\": expected one of [\"neg\", \"pos\"] or an integer 0-1"),
-            ("i.tsv", b"review\tstars\nx\t2\n", TableFormat::Tsv, ":2: bad label \"2\""),
-            ("j.jsonl", b"{\"review\": \"a\", \"stars\": 1}\n{\"review\": 3, \"stars\": 1}\n", TableFormat::Jsonl, ":2: key \"review\": expected a string, found 3"),
-            ("k.jsonl", b"{\"review\": \"a\"\n", TableFormat::Jsonl, ":1: expected a JSON object"),
-            ("u.csv", b"review,stars\n\"caf\xe9\",1\n", TableFormat::Csv, ":2: invalid UTF-8 in field 1"),
+            (
+                "m.tsv",
+                b"review\tother\nx\t1\n",
+                TableFormat::Tsv,
+                ":1: missing column \"stars\": the header has [\"review\", \"other\"]",
+            ),
+            (
+                "c.tsv",
+                b"review\tstars\nx\n",
+                TableFormat::Tsv,
+                ":2: expected 2 TAB-separated columns as in the header, found 1",
+            ),
+            (
+                "l.tsv",
+                b"review\tstars\nx\tpos\ny\tmaybe\n",
+                TableFormat::Tsv,
+                ":3: bad label \"maybe\": expected one of [\"neg\", \"pos\"] or an integer 0-1",
+            ),
+            (
+                "i.tsv",
+                b"review\tstars\nx\t2\n",
+                TableFormat::Tsv,
+                ":2: bad label \"2\"",
+            ),
+            (
+                "j.jsonl",
+                b"{\"review\": \"a\", \"stars\": 1}\n{\"review\": 3, \"stars\": 1}\n",
+                TableFormat::Jsonl,
+                ":2: key \"review\": expected a string, found 3",
+            ),
+            (
+                "k.jsonl",
+                b"{\"review\": \"a\"\n",
+                TableFormat::Jsonl,
+                ":1: expected a JSON object",
+            ),
+            (
+                "u.csv",
+                b"review,stars\n\"caf\xe9\",1\n",
+                TableFormat::Csv,
+                ":2: invalid UTF-8 in field 1",
+            ),
         ];
         for (name, content, format, want) in cases {
             let path = write(dir.path(), name, content);
@@ -410,7 +473,11 @@ mod tests {
             assert!(err.contains(want), "{name}: {err}");
             assert!(err.starts_with(&path.display().to_string()), "{err}");
         }
-        for (name, format) in [("e.tsv", TableFormat::Tsv), ("e.csv", TableFormat::Csv), ("e.jsonl", TableFormat::Jsonl)] {
+        for (name, format) in [
+            ("e.tsv", TableFormat::Tsv),
+            ("e.csv", TableFormat::Csv),
+            ("e.jsonl", TableFormat::Jsonl),
+        ] {
             let path = write(dir.path(), name, b"");
             let err = read_table(&path, &spec(format)).unwrap_err();
             assert!(matches!(err, Error::InvalidFile { .. }), "{name}: {err}");
@@ -421,8 +488,18 @@ mod tests {
     #[test]
     fn pairs_from_jsonl() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "p.jsonl", "{\"en\": \"A dog.\", \"de\": \"Ein Hund.\"}\n".as_bytes());
+        let path = write(
+            dir.path(),
+            "p.jsonl",
+            "{\"en\": \"A dog.\", \"de\": \"Ein Hund.\"}\n".as_bytes(),
+        );
         let pairs = read_table_pairs(&path, TableFormat::Jsonl, "en", "de").unwrap();
-        assert_eq!(pairs, vec![Pair { source: "A dog.".into(), target: "Ein Hund.".into() }]);
+        assert_eq!(
+            pairs,
+            vec![Pair {
+                source: "A dog.".into(),
+                target: "Ein Hund.".into()
+            }]
+        );
     }
 }

@@ -55,7 +55,11 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<usize> {
         path: archive.to_path_buf(),
         source,
     })?;
-    unpack_tar(flate2::read::GzDecoder::new(std::io::BufReader::new(file)), archive, dest)
+    unpack_tar(
+        flate2::read::GzDecoder::new(std::io::BufReader::new(file)),
+        archive,
+        dest,
+    )
 }
 
 /// Unpacks an uncompressed tar stream; `origin` names it in errors. Returns
@@ -80,16 +84,28 @@ pub fn unpack_tar<R: Read>(mut reader: R, origin: &Path, dest: &Path) -> Result<
         if header.iter().all(|&b| b == 0) {
             return Ok(files);
         }
-        let stored: u64 = octal(&header[148..156]).ok_or_else(|| invalid(origin, "bad header checksum field".into()))?;
+        let stored: u64 = octal(&header[148..156]).ok_or_else(|| {
+            invalid(
+                origin,
+                "bad header checksum field: not a tar archive or corrupt".into(),
+            )
+        })?;
         let sum: u64 = header
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    u64::from(b' ')
+                } else {
+                    u64::from(b)
+                }
+            })
             .sum();
         if sum != stored {
             return Err(invalid(origin, format!("header checksum {sum} differs from stored {stored}: not a tar archive or corrupt")));
         }
-        let size = octal(&header[124..136]).ok_or_else(|| invalid(origin, "bad size field".into()))?;
+        let size =
+            octal(&header[124..136]).ok_or_else(|| invalid(origin, "bad size field".into()))?;
         let kind = header[156];
         let mut name = String::from_utf8_lossy(c_string(&header[0..100])).into_owned();
         if &header[257..262] == b"ustar" {
@@ -125,7 +141,10 @@ pub fn unpack_tar<R: Read>(mut reader: R, origin: &Path, dest: &Path) -> Result<
             }
             b'0' | b'\0' | b'5' => {
                 let relative = safe_relative(&name).ok_or_else(|| {
-                    invalid(origin, format!("entry {name:?} would be written outside the target folder"))
+                    invalid(
+                        origin,
+                        format!("entry {name:?} would be written outside the target folder"),
+                    )
                 })?;
                 let target = dest.join(relative);
                 let io = |path: &Path| {
@@ -134,23 +153,29 @@ pub fn unpack_tar<R: Read>(mut reader: R, origin: &Path, dest: &Path) -> Result<
                 };
                 if kind == b'5' {
                     std::fs::create_dir_all(&target).map_err(io(&target))?;
-                    std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink()).map_err(read_err)?;
+                    std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink())
+                        .map_err(read_err)?;
                 } else {
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(io(parent))?;
                     }
-                    let mut out = std::io::BufWriter::new(std::fs::File::create(&target).map_err(io(&target))?);
-                    let copied = std::io::copy(&mut (&mut reader).take(size), &mut out).map_err(read_err)?;
+                    let mut out = std::io::BufWriter::new(
+                        std::fs::File::create(&target).map_err(io(&target))?,
+                    );
+                    let copied =
+                        std::io::copy(&mut (&mut reader).take(size), &mut out).map_err(read_err)?;
                     if copied != size {
                         return Err(invalid(origin, format!("entry {name:?} is truncated")));
                     }
                     out.flush().map_err(io(&target))?;
-                    std::io::copy(&mut (&mut reader).take(padded - size), &mut std::io::sink()).map_err(read_err)?;
+                    std::io::copy(&mut (&mut reader).take(padded - size), &mut std::io::sink())
+                        .map_err(read_err)?;
                     files += 1;
                 }
             }
             _ => {
-                std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink()).map_err(read_err)?;
+                std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink())
+                    .map_err(read_err)?;
             }
         }
     }
@@ -186,14 +211,25 @@ mod tests {
         let mut tar = Vec::new();
         entry(&mut tar, "aclImdb/", b"", b'5');
         entry(&mut tar, "aclImdb/train/neg/0_3.txt", b"Bad film.", b'0');
-        entry(&mut tar, "././@LongLink", format!("{long}\0").as_bytes(), b'L');
+        entry(
+            &mut tar,
+            "././@LongLink",
+            format!("{long}\0").as_bytes(),
+            b'L',
+        );
         entry(&mut tar, "ignored-short-name", b"Great!", b'0');
         tar.extend_from_slice(&[0u8; 2 * BLOCK]);
         let dir = tempfile::tempdir().unwrap();
         let n = unpack_tar(&tar[..], Path::new("a.tar"), dir.path()).unwrap();
         assert_eq!(n, 2);
-        assert_eq!(std::fs::read_to_string(dir.path().join("aclImdb/train/neg/0_3.txt")).unwrap(), "Bad film.");
-        assert_eq!(std::fs::read_to_string(dir.path().join(&long)).unwrap(), "Great!");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("aclImdb/train/neg/0_3.txt")).unwrap(),
+            "Bad film."
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&long)).unwrap(),
+            "Great!"
+        );
     }
 
     #[test]
@@ -201,9 +237,13 @@ mod tests {
         let mut tar = Vec::new();
         entry(&mut tar, "../evil.txt", b"x", b'0');
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack_tar(&tar[..], Path::new("a.tar"), dir.path()).unwrap_err().to_string();
+        let err = unpack_tar(&tar[..], Path::new("a.tar"), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outside the target folder"), "{err}");
-        let err = unpack_tar(&[7u8; BLOCK][..], Path::new("a.tar"), dir.path()).unwrap_err().to_string();
+        let err = unpack_tar(&[7u8; BLOCK][..], Path::new("a.tar"), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a tar archive"), "{err}");
     }
 }

@@ -146,11 +146,12 @@ impl TextTokenizer {
             eos: "[SEP]".into(),
             unk: "[UNK]".into(),
         };
-        let special = if inner.token_to_id(&ours.pad).is_none() && inner.token_to_id(&bert.pad).is_some() {
-            bert
-        } else {
-            ours
-        };
+        let special =
+            if inner.token_to_id(&ours.pad).is_none() && inner.token_to_id(&bert.pad).is_some() {
+                bert
+            } else {
+                ours
+            };
         TextTokenizer::new(inner, special)
     }
 
@@ -160,7 +161,10 @@ impl TextTokenizer {
     /// # Errors
     /// [`Error::Io`] if the file cannot be written.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         crate::data::hub::write_atomic(path, json.as_bytes())
     }
 
@@ -225,11 +229,14 @@ impl TextTokenizer {
         let mut ids = self.encode(text)?;
         let specials = usize::from(options.add_bos) + usize::from(options.add_eos);
         let limit = |max_len: usize| {
-            max_len.checked_sub(specials).filter(|&n| n > 0).ok_or_else(|| {
-                Error::Config(format!(
+            max_len
+                .checked_sub(specials)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    Error::Config(format!(
                     "max length {max_len} leaves no room for text next to {specials} special tokens"
                 ))
-            })
+                })
         };
         match options.truncation {
             Truncation::None => {}
@@ -277,8 +284,20 @@ impl TextTokenizer {
     /// Text of `ids`; with `skip_special` the pad/bos/eos/unk tokens are dropped.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] if the decoder fails.
+    /// [`Error::Config`] for an id outside the vocabulary (the `tokenizers`
+    /// decoder would silently drop it); [`Error::Tokenizer`] if the decoder fails.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| self.inner.id_to_token(id).is_none())
+        {
+            return Err(Error::Config(format!(
+                "token id {id} (position {}) is not in the vocabulary of {} tokens",
+                i + 1,
+                self.vocab_size()
+            )));
+        }
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| Error::Tokenizer(e.to_string()))
@@ -291,10 +310,19 @@ mod tests {
     use super::*;
 
     fn bpe() -> TextTokenizer {
-        let texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"];
+        let texts = [
+            "the cat sat on the mat",
+            "the dog sat on the log",
+            "a cat and a dog",
+        ];
         train(
             texts.iter().copied(),
-            &TrainConfig { kind: TokenizerKind::Bpe, vocab_size: 300, min_frequency: 1, ..TrainConfig::default() },
+            &TrainConfig {
+                kind: TokenizerKind::Bpe,
+                vocab_size: 300,
+                min_frequency: 1,
+                ..TrainConfig::default()
+            },
         )
         .unwrap()
     }
@@ -312,13 +340,37 @@ mod tests {
     #[test]
     fn padding_and_head_tail_truncation() {
         let tok = bpe();
-        let digits: Vec<u32> = (0..10).map(|d| tok.encode(&d.to_string()).unwrap()[0]).collect();
+        let digits: Vec<u32> = (0..10)
+            .map(|d| tok.encode(&d.to_string()).unwrap()[0])
+            .collect();
         let text = "0123456789";
-        assert_eq!(tok.encode(text).unwrap(), digits, "digits are single bytes, never merged");
-        let options = EncodeOptions { add_bos: true, add_eos: true, truncation: Truncation::HeadTail { max_len: 7, head: 2 } };
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            digits,
+            "digits are single bytes, never merged"
+        );
+        let options = EncodeOptions {
+            add_bos: true,
+            add_eos: true,
+            truncation: Truncation::HeadTail {
+                max_len: 7,
+                head: 2,
+            },
+        };
         let ids = tok.encode_with(text, &options).unwrap();
-        assert_eq!(ids, [vec![1], digits[..2].to_vec(), digits[7..].to_vec(), vec![2]].concat());
-        let head = tok.encode_with(text, &EncodeOptions { truncation: Truncation::Head { max_len: 4 }, ..Default::default() }).unwrap();
+        assert_eq!(
+            ids,
+            [vec![1], digits[..2].to_vec(), digits[7..].to_vec(), vec![2]].concat()
+        );
+        let head = tok
+            .encode_with(
+                text,
+                &EncodeOptions {
+                    truncation: Truncation::Head { max_len: 4 },
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(head, digits[..4]);
         let short = tok.encode_with("01", &options).unwrap();
         assert_eq!(short, vec![1, digits[0], digits[1], 2]);
@@ -328,8 +380,19 @@ mod tests {
         assert_eq!(&batch.ids[..7], &[1, digits[0], digits[1], 2, 0, 0, 0]);
         assert_eq!(&batch.mask[..7], &[1, 1, 1, 1, 0, 0, 0]);
         assert_eq!(batch.row(1), &ids[..]);
-        let bad = EncodeOptions { add_bos: true, add_eos: true, truncation: Truncation::HeadTail { max_len: 5, head: 4 } };
-        assert!(tok.encode_with(text, &bad).unwrap_err().to_string().contains("head 4 is longer"));
+        let bad = EncodeOptions {
+            add_bos: true,
+            add_eos: true,
+            truncation: Truncation::HeadTail {
+                max_len: 5,
+                head: 4,
+            },
+        };
+        assert!(tok
+            .encode_with(text, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("head 4 is longer"));
     }
 
     #[test]
@@ -342,6 +405,11 @@ mod tests {
         assert_eq!(loaded.vocab_size(), tok.vocab_size());
         let text = "the cat, the dog!";
         assert_eq!(loaded.encode(text).unwrap(), tok.encode(text).unwrap());
+        let err = loaded.decode(&[1, 70000], true).unwrap_err().to_string();
+        assert!(
+            err.contains("token id 70000 (position 2) is not in the vocabulary"),
+            "{err}"
+        );
         std::fs::write(&path, "{\"version\": 1}").unwrap();
         let err = TextTokenizer::from_file(&path).unwrap_err();
         assert!(matches!(err, Error::InvalidFile { .. }), "{err}");

@@ -48,6 +48,18 @@ pub struct SpecialTokens {
     pub unk: String,
 }
 
+impl TokenizerKind {
+    /// The name used on the command line: `word-level`, `bpe`, `wordpiece`, `unigram`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::WordLevel => "word-level",
+            TokenizerKind::Bpe => "bpe",
+            TokenizerKind::WordPiece => "wordpiece",
+            TokenizerKind::Unigram => "unigram",
+        }
+    }
+}
+
 impl Default for SpecialTokens {
     fn default() -> Self {
         Self {
@@ -113,7 +125,12 @@ where
         .iter()
         .map(|t| AddedToken::from(t.to_string(), true))
         .collect();
-    let minimum = special.len() + if config.kind == TokenizerKind::Bpe { 256 } else { 1 };
+    let minimum = special.len()
+        + if config.kind == TokenizerKind::Bpe {
+            256
+        } else {
+            1
+        };
     if config.vocab_size < minimum {
         return Err(Error::Config(format!(
             "vocab size {} is too small for a {:?} tokenizer: at least {minimum}",
@@ -136,7 +153,10 @@ where
             (tokenizer, trainer.into())
         }
         TokenizerKind::WordPiece => {
-            let model = WordPiece::builder().unk_token(unk).build().map_err(tk_error)?;
+            let model = WordPiece::builder()
+                .unk_token(unk)
+                .build()
+                .map_err(tk_error)?;
             let mut tokenizer = Tokenizer::new(model);
             tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
             tokenizer.with_decoder(Some(WordPieceDecoder::default()));
@@ -149,7 +169,10 @@ where
             (tokenizer, trainer.into())
         }
         TokenizerKind::WordLevel => {
-            let model = WordLevel::builder().unk_token(unk).build().map_err(tk_error)?;
+            let model = WordLevel::builder()
+                .unk_token(unk)
+                .build()
+                .map_err(tk_error)?;
             let mut tokenizer = Tokenizer::new(model);
             tokenizer.with_pre_tokenizer(Some(Whitespace));
             let trainer = WordLevelTrainer::builder()
@@ -164,7 +187,11 @@ where
         TokenizerKind::Unigram => {
             let mut tokenizer = Tokenizer::new(Unigram::default());
             tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-            tokenizer.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+            tokenizer.with_decoder(Some(MetaspaceDecoder::new(
+                '▁',
+                PrependScheme::Always,
+                true,
+            )));
             let trainer = UnigramTrainer::builder()
                 .vocab_size(config.vocab_size as u32)
                 .show_progress(config.show_progress)
