@@ -32,13 +32,25 @@ pub enum Error {
     /// A configuration value or command-line argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A model checkpoint lacks a tensor the model needs, or has one of the wrong
+    /// shape or dtype.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Which tensor, and what was expected and found.
+        msg: String,
+    },
 }
 
 impl Error {
     /// Whether the error is the user's input (a bad file, flag or config value):
     /// the CLI exits with code 2 for these and 1 for everything else.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Parse { .. } | Error::Config(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Parse { .. } | Error::Config(_) | Error::Io { .. } | Error::Checkpoint { .. }
+        )
     }
 }
 

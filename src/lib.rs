@@ -8,6 +8,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`loss`] | cross-entropy, complement entropy, GCE, HCOT, the chunked token-level path |
+//! | [`models`] | BiLSTM, Transformer and BERT classifiers with layers that backpropagate, seeded init and dropout, HF-named weights |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
@@ -15,5 +16,6 @@
 
 pub mod error;
 pub mod loss;
+pub mod models;
 
 pub use error::{Error, Result};
