@@ -101,6 +101,15 @@ pub enum Error {
     /// The `tokenizers` library reported an error (training, encoding, decoding).
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A model checkpoint lacks a tensor the model needs, or has one of the wrong
+    /// shape or dtype.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Which tensor, and what was expected and found.
+        msg: String,
+    },
 }
 
 impl Error {
@@ -116,6 +125,7 @@ impl Error {
                 | Error::LineCountMismatch { .. }
                 | Error::Mismatch { .. }
                 | Error::DatasetNotFound { .. }
+                | Error::Checkpoint { .. }
         )
     }
 }

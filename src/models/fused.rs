@@ -1,0 +1,503 @@
+//! Fused CPU kernels with hand-written backward passes: layer norm and the LSTM cell.
+//!
+//! Written as candle custom ops whose `bwd` is itself one fused kernel, they replace
+//! a dozen elementwise ops (and their traced backward graph) with one pass each way.
+//! They run on the CPU for f32 and f64 only; [`supported`] says when, and the callers
+//! fall back to plain candle ops otherwise. Sums are accumulated in f64. Both are
+//! checked against the plain-op versions and against finite differences in f64.
+
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+/// Whether the fused kernels can run on `xs` (CPU, f32 or f64).
+pub fn supported(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("fused kernel: {what} must be contiguous"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Layer norm
+
+/// Fused layer norm over the last dimension of `xs` with weight `w` and bias `b`.
+pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = xs.dim(candle_core::D::Minus1)?;
+    if w.dims1()? != d || b.dims1()? != d {
+        candle_core::bail!(
+            "layer norm: input has {d} features, weight {:?}, bias {:?}",
+            w.dims(),
+            b.dims()
+        );
+    }
+    let w = w.to_dtype(xs.dtype())?;
+    let b = b.to_dtype(xs.dtype())?;
+    xs.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps })
+}
+
+struct LayerNormOp {
+    eps: f64,
+}
+
+fn ln_fwd<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut out = vec![T::from_f64(0.0); x.len()];
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, x)| {
+            let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / d as f64;
+            let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..d {
+                let xhat = (x[i].to_f64() - mean) * rstd;
+                o[i] = T::from_f64(xhat * w[i].to_f64() + b[i].to_f64());
+            }
+        });
+    out
+}
+
+/// Returns `[N + 2, D]`: rows `0..N` are dx, row N is dw, row N + 1 is db.
+fn ln_bwd<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let n = x.len() / d;
+    let mut dx = vec![T::from_f64(0.0); x.len()];
+    // Rows in blocks so each block keeps its own dw/db partial sums.
+    let block = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
+        .par_chunks_mut(block * d)
+        .zip(x.par_chunks(block * d).zip(dy.par_chunks(block * d)))
+        .map(|(dxb, (xb, dyb))| {
+            let mut dw = vec![0.0f64; d];
+            let mut db = vec![0.0f64; d];
+            let mut xhat = vec![0.0f64; d];
+            let mut g = vec![0.0f64; d];
+            for ((dxr, xr), dyr) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(dyb.chunks(d)) {
+                let mean = xr.iter().map(|v| v.to_f64()).sum::<f64>() / d as f64;
+                let var = xr.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d as f64;
+                let rstd = 1.0 / (var + eps).sqrt();
+                let (mut mg, mut mgx) = (0.0, 0.0);
+                for i in 0..d {
+                    xhat[i] = (xr[i].to_f64() - mean) * rstd;
+                    let dyi = dyr[i].to_f64();
+                    g[i] = dyi * w[i].to_f64();
+                    mg += g[i];
+                    mgx += g[i] * xhat[i];
+                    dw[i] += dyi * xhat[i];
+                    db[i] += dyi;
+                }
+                mg /= d as f64;
+                mgx /= d as f64;
+                for i in 0..d {
+                    dxr[i] = T::from_f64(rstd * (g[i] - mg - xhat[i] * mgx));
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0.0f64; d];
+    let mut db = vec![0.0f64; d];
+    for (pw, pb) in partials {
+        for i in 0..d {
+            dw[i] += pw[i];
+            db[i] += pb[i];
+        }
+    }
+    dx.extend(dw.into_iter().map(T::from_f64));
+    dx.extend(db.into_iter().map(T::from_f64));
+    dx
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "cotext-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(ln_fwd::<f32>(
+                slice(s1, l1, "x")?,
+                slice(s2, l2, "weight")?,
+                slice(s3, l3, "bias")?,
+                self.eps,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(ln_fwd::<f64>(
+                slice(s1, l1, "x")?,
+                slice(s2, l2, "weight")?,
+                slice(s3, l3, "bias")?,
+                self.eps,
+            )),
+            _ => candle_core::bail!("fused layer norm: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let n = x.elem_count() / d;
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.get(n)?;
+        let db = packed.get(n + 1)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LayerNormBwdOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = l2.shape().elem_count();
+        let n = l1.shape().elem_count() / d;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(ln_bwd::<f32>(
+                slice(s1, l1, "x")?,
+                slice(s2, l2, "weight")?,
+                slice(s3, l3, "grad")?,
+                self.eps,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(ln_bwd::<f64>(
+                slice(s1, l1, "x")?,
+                slice(s2, l2, "weight")?,
+                slice(s3, l3, "grad")?,
+                self.eps,
+            )),
+            _ => candle_core::bail!("fused layer norm: f32 or f64 only"),
+        };
+        Ok((out, Shape::from((n + 2, d))))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// LSTM cell
+
+/// One masked LSTM step for `N` sequences at once.
+///
+/// `gates [N, 4H]` are the pre-activations in PyTorch's order (input, forget, cell,
+/// output); `state [2, N, H]` holds the previous h and c; `keep[n]` says whether
+/// sequence `n` has a real token at this step. Returns the new `[2, N, H]` state:
+/// `c' = σ(f)·c + σ(i)·tanh(g)`, `h' = σ(o)·tanh(c')` where `keep`, the old state
+/// where not (so padding leaves the state untouched).
+pub fn lstm_cell(gates: &Tensor, state: &Tensor, keep: Arc<Vec<bool>>) -> Result<Tensor> {
+    let (n, h4) = gates.dims2()?;
+    let (two, n2, h) = state.dims3()?;
+    if two != 2 || n2 != n || h4 != 4 * h || keep.len() != n {
+        candle_core::bail!(
+            "lstm cell: gates {:?}, state {:?}, {} mask values",
+            gates.dims(),
+            state.dims(),
+            keep.len()
+        );
+    }
+    gates
+        .contiguous()?
+        .apply_op2(&state.to_dtype(gates.dtype())?.contiguous()?, LstmCellOp { keep })
+}
+
+struct LstmCellOp {
+    keep: Arc<Vec<bool>>,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn cell_fwd<T: WithDType>(gates: &[T], state: &[T], keep: &[bool]) -> Vec<T> {
+    let n = keep.len();
+    let h = gates.len() / n / 4;
+    let (hp, cp) = state.split_at(n * h);
+    let mut out = vec![T::from_f64(0.0); 2 * n * h];
+    let (ho, co) = out.split_at_mut(n * h);
+    for r in 0..n {
+        let (hr, cr) = (&mut ho[r * h..(r + 1) * h], &mut co[r * h..(r + 1) * h]);
+        if !keep[r] {
+            hr.copy_from_slice(&hp[r * h..(r + 1) * h]);
+            cr.copy_from_slice(&cp[r * h..(r + 1) * h]);
+            continue;
+        }
+        let g = &gates[r * 4 * h..(r + 1) * 4 * h];
+        for j in 0..h {
+            let i = sigmoid(g[j].to_f64());
+            let f = sigmoid(g[h + j].to_f64());
+            let gg = g[2 * h + j].to_f64().tanh();
+            let o = sigmoid(g[3 * h + j].to_f64());
+            let c = f * cp[r * h + j].to_f64() + i * gg;
+            cr[j] = T::from_f64(c);
+            hr[j] = T::from_f64(o * c.tanh());
+        }
+    }
+    out
+}
+
+/// Returns `[N, 6H]`: columns `0..4H` are d(gates), `4H..5H` d(h_prev), `5H..6H`
+/// d(c_prev).
+fn cell_bwd<T: WithDType>(gates: &[T], state: &[T], grad: &[T], keep: &[bool]) -> Vec<T> {
+    let n = keep.len();
+    let h = gates.len() / n / 4;
+    let (_, cp) = state.split_at(n * h);
+    let (dh, dc) = grad.split_at(n * h);
+    let mut out = vec![T::from_f64(0.0); n * 6 * h];
+    for r in 0..n {
+        let o_row = &mut out[r * 6 * h..(r + 1) * 6 * h];
+        if !keep[r] {
+            o_row[4 * h..5 * h].copy_from_slice(&dh[r * h..(r + 1) * h]);
+            o_row[5 * h..6 * h].copy_from_slice(&dc[r * h..(r + 1) * h]);
+            continue;
+        }
+        let g = &gates[r * 4 * h..(r + 1) * 4 * h];
+        for j in 0..h {
+            let i = sigmoid(g[j].to_f64());
+            let f = sigmoid(g[h + j].to_f64());
+            let gg = g[2 * h + j].to_f64().tanh();
+            let o = sigmoid(g[3 * h + j].to_f64());
+            let c_prev = cp[r * h + j].to_f64();
+            let c = f * c_prev + i * gg;
+            let tc = c.tanh();
+            let dhj = dh[r * h + j].to_f64();
+            let dct = dc[r * h + j].to_f64() + dhj * o * (1.0 - tc * tc);
+            o_row[j] = T::from_f64(dct * gg * i * (1.0 - i));
+            o_row[h + j] = T::from_f64(dct * c_prev * f * (1.0 - f));
+            o_row[2 * h + j] = T::from_f64(dct * i * (1.0 - gg * gg));
+            o_row[3 * h + j] = T::from_f64(dhj * tc * o * (1.0 - o));
+            // h_prev reaches the new state only through the gates' matmul, outside.
+            o_row[5 * h + j] = T::from_f64(dct * f);
+        }
+    }
+    out
+}
+
+impl CustomOp2 for LstmCellOp {
+    fn name(&self) -> &'static str {
+        "cotext-lstm-cell"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(cell_fwd::<f32>(
+                slice(s1, l1, "gates")?,
+                slice(s2, l2, "state")?,
+                &self.keep,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(cell_fwd::<f64>(
+                slice(s1, l1, "gates")?,
+                slice(s2, l2, "state")?,
+                &self.keep,
+            )),
+            _ => candle_core::bail!("fused lstm cell: f32 or f64 only"),
+        };
+        Ok((out, l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        state: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, h4) = gates.dims2()?;
+        let h = h4 / 4;
+        let packed = gates.apply_op3_no_bwd(
+            state,
+            &grad.contiguous()?,
+            &LstmCellBwdOp {
+                keep: self.keep.clone(),
+            },
+        )?;
+        let dgates = packed.narrow(1, 0, 4 * h)?;
+        let dh = packed.narrow(1, 4 * h, h)?;
+        let dc = packed.narrow(1, 5 * h, h)?;
+        let dstate = Tensor::stack(&[dh, dc], 0)?;
+        debug_assert_eq!(dstate.dims(), &[2, n, h]);
+        Ok((Some(dgates), Some(dstate)))
+    }
+}
+
+struct LstmCellBwdOp {
+    keep: Arc<Vec<bool>>,
+}
+
+impl CustomOp3 for LstmCellBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-lstm-cell-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.keep.len();
+        let h = l1.shape().elem_count() / n / 4;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(cell_bwd::<f32>(
+                slice(s1, l1, "gates")?,
+                slice(s2, l2, "state")?,
+                slice(s3, l3, "grad")?,
+                &self.keep,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(cell_bwd::<f64>(
+                slice(s1, l1, "gates")?,
+                slice(s2, l2, "state")?,
+                slice(s3, l3, "grad")?,
+                &self.keep,
+            )),
+            _ => candle_core::bail!("fused lstm cell: f32 or f64 only"),
+        };
+        Ok((out, Shape::from((n, 6 * h))))
+    }
+}
+
+/// The same masked LSTM step in plain candle ops (every device; the oracle for the
+/// fused kernel). `keep` is `[N, 1]`, 1 at real steps and 0 at padding.
+pub fn lstm_cell_ops(gates: &Tensor, state: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    let h = state.dim(2)?;
+    let h_prev = state.get(0)?;
+    let c_prev = state.get(1)?;
+    let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
+    let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
+    let g = gates.narrow(1, 2 * h, h)?.tanh()?;
+    let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
+    let c = ((f * &c_prev)? + (i * g)?)?;
+    let hn = (o * c.tanh()?)?;
+    // prev + keep·(new − prev): padding keeps the old state exactly.
+    let c = (&c_prev + keep.broadcast_mul(&(c - &c_prev)?)?)?;
+    let hn = (&h_prev + keep.broadcast_mul(&(hn - &h_prev)?)?)?;
+    Tensor::stack(&[hn, c], 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::testutil::{assert_close, max_abs_diff, numeric_grad, randn};
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_layer_norm_matches_plain_ops_forward_and_backward() -> Result<()> {
+        let x = Var::from_tensor(&randn(&[3, 5, 7], 1)?.to_dtype(DType::F32)?)?;
+        let w = Var::from_tensor(&randn(&[7], 2)?.to_dtype(DType::F32)?)?;
+        let b = Var::from_tensor(&randn(&[7], 3)?.to_dtype(DType::F32)?)?;
+        let up = randn(&[3, 5, 7], 4)?.to_dtype(DType::F32)?;
+        let fused = layer_norm(&x, &w, &b, 1e-5)?;
+        let plain = super::super::layers::layer_norm_ops(&x, &w, &b, 1e-5)?;
+        assert!(max_abs_diff(&fused, &plain)? < 1e-5);
+        let gf = (fused * &up)?.sum_all()?.backward()?;
+        let gp = (plain * &up)?.sum_all()?.backward()?;
+        for (v, name) in [(&x, "x"), (&w, "w"), (&b, "b")] {
+            let diff = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap())?;
+            assert!(diff < 1e-4, "{name}: {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_layer_norm_gradient_matches_finite_differences() -> Result<()> {
+        let x0 = randn(&[2, 3, 6], 5)?;
+        let w0 = randn(&[6], 6)?;
+        let b0 = randn(&[6], 7)?;
+        let up = randn(&[2, 3, 6], 8)?;
+        let (x, w, b) = (
+            Var::from_tensor(&x0)?,
+            Var::from_tensor(&w0)?,
+            Var::from_tensor(&b0)?,
+        );
+        let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+            (layer_norm(x, w, b, 1e-5)? * &up)?.sum_all()
+        };
+        let grads = loss(&x, &w, &b)?.backward()?;
+        let fx = numeric_grad(&x0, &|t| loss(t, &w0, &b0)?.to_scalar::<f64>())?;
+        let fw = numeric_grad(&w0, &|t| loss(&x0, t, &b0)?.to_scalar::<f64>())?;
+        let fb = numeric_grad(&b0, &|t| loss(&x0, &w0, t)?.to_scalar::<f64>())?;
+        assert_close(grads.get(&x).unwrap(), &fx, 1e-6, "dx")?;
+        assert_close(grads.get(&w).unwrap(), &fw, 1e-6, "dw")?;
+        assert_close(grads.get(&b).unwrap(), &fb, 1e-6, "db")?;
+        Ok(())
+    }
+
+    fn keep_of(keep: &[bool]) -> Result<Tensor> {
+        let v: Vec<f64> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+        Tensor::from_vec(v, (keep.len(), 1), &Device::Cpu)
+    }
+
+    #[test]
+    fn fused_lstm_cell_matches_plain_ops_and_finite_differences() -> Result<()> {
+        let (n, h) = (3, 4);
+        let keep = vec![true, false, true];
+        let keep_t = keep_of(&keep)?;
+        let keep = Arc::new(keep);
+        let g0 = randn(&[n, 4 * h], 9)?;
+        let s0 = randn(&[2, n, h], 10)?;
+        let up = randn(&[2, n, h], 11)?;
+        let g = Var::from_tensor(&g0)?;
+        let s = Var::from_tensor(&s0)?;
+        let fused = lstm_cell(&g, &s, keep.clone())?;
+        let plain = lstm_cell_ops(&g, &s, &keep_t)?;
+        assert!(max_abs_diff(&fused, &plain)? < 1e-12);
+        let gf = (&fused * &up)?.sum_all()?.backward()?;
+        let gp = (&plain * &up)?.sum_all()?.backward()?;
+        for (v, name) in [(&g, "gates"), (&s, "state")] {
+            let diff = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap())?;
+            assert!(diff < 1e-12, "{name}: fused vs plain {diff}");
+        }
+        let fg = numeric_grad(&g0, &|t| {
+            (lstm_cell(t, &s0, keep.clone())? * &up)?
+                .sum_all()?
+                .to_scalar::<f64>()
+        })?;
+        let fs = numeric_grad(&s0, &|t| {
+            (lstm_cell(&g0, t, keep.clone())? * &up)?
+                .sum_all()?
+                .to_scalar::<f64>()
+        })?;
+        assert_close(gf.get(&g).unwrap(), &fg, 1e-6, "d gates")?;
+        assert_close(gf.get(&s).unwrap(), &fs, 1e-6, "d state")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,504 @@
+//! Building blocks that backpropagate.
+//!
+//! candle's fast `LayerNorm` (contiguous input with a bias), `RmsNorm`,
+//! `ops::softmax_last_dim`, rope and sdpa record no backward op: a parameter upstream
+//! of them silently gets no gradient. Everything here is written with ops that do
+//! record one (or with a custom op whose `bwd` is implemented and checked against
+//! finite differences), and the model tests check that every variable receives a
+//! non-zero gradient.
+//!
+//! Dropout draws its masks on the host from our seeded [`SplitMix64`], so runs are
+//! reproducible on every device, and is the identity when `train` is false.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear};
+
+use super::fused;
+use super::params::{Init, Params};
+use super::rng::SplitMix64;
+
+/// A seeded RNG shared by every dropout layer of one model; its state is what a
+/// checkpoint saves to resume the exact mask stream.
+#[derive(Debug, Clone)]
+pub struct SharedRng(Arc<Mutex<SplitMix64>>);
+
+impl SharedRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(SplitMix64::new(seed))))
+    }
+
+    /// The generator's whole state.
+    pub fn state(&self) -> u64 {
+        self.0.lock().expect("rng lock poisoned").state()
+    }
+
+    /// Restores a state returned by [`SharedRng::state`].
+    pub fn set_state(&self, state: u64) {
+        *self.0.lock().expect("rng lock poisoned") = SplitMix64::new(state);
+    }
+
+    /// `n` values, each `scale` with probability `keep` and 0 otherwise.
+    fn keep_mask(&self, n: usize, keep: f64, scale: f64) -> Vec<f32> {
+        let mut g = self.0.lock().expect("rng lock poisoned");
+        let scale = scale as f32;
+        (0..n)
+            .map(|_| if g.next_f64() < keep { scale } else { 0.0 })
+            .collect()
+    }
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales
+/// the rest by `1 / (1 - p)`; in evaluation, the identity.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f64,
+    rng: SharedRng,
+}
+
+impl Dropout {
+    /// Dropout with drop probability `p` in [0, 1), masks drawn from `rng`.
+    pub fn new(p: f64, rng: SharedRng) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+        }
+        Ok(Self { p, rng })
+    }
+
+    /// The drop probability.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// Applies dropout when `train` is true.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(xs.clone());
+        }
+        let keep = 1.0 - self.p;
+        let mask = self.rng.keep_mask(xs.elem_count(), keep, 1.0 / keep);
+        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+        xs.mul(&mask)
+    }
+}
+
+/// Softmax over the last dimension that backpropagates (unlike
+/// `candle_nn::ops::softmax_last_dim`).
+///
+/// The row maximum is subtracted for stability and detached: the result does not
+/// depend on the shift, so its gradient is exactly zero and need not be traced.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let e = xs.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dimension (stable, backpropagates).
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let shifted = xs.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// GELU, erf form `x/2 · (1 + erf(x/√2))` (BERT's `"gelu"`).
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.gelu_erf()
+}
+
+/// The activation of a feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU, erf form (BERT's `"gelu"`).
+    Gelu,
+    /// GELU, tanh approximation (`"gelu_new"`, `"gelu_pytorch_tanh"`).
+    GeluTanh,
+    /// ReLU.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => gelu(xs),
+            Activation::GeluTanh => xs.gelu(),
+            Activation::Relu => xs.relu(),
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension, `(x − mean) / √(var + eps) · w + b`
+/// with the biased variance (as PyTorch and HF BERT).
+///
+/// On the CPU with f32/f64 it runs a fused kernel with a hand-written backward;
+/// elsewhere the same formula in plain candle ops. Both backpropagate to the input,
+/// the weight and the bias.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm from its parameters.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    /// Creates `weight` (ones) and `bias` (zeros) of size `dim` under `p`.
+    pub fn build(dim: usize, eps: f64, p: &Params) -> Result<Self> {
+        let weight = p.get(dim, "weight", Init::Ones)?;
+        let bias = p.get(dim, "bias", Init::Zeros)?;
+        Ok(Self::new(weight, bias, eps))
+    }
+
+    /// Normalises `xs` over its last dimension.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if fused::supported(xs) {
+            fused::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        } else {
+            layer_norm_ops(xs, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
+/// Layer norm in plain candle ops (every device; the oracle for the fused kernel).
+pub fn layer_norm_ops(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let xc = xs.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// A linear layer `x·Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout), named
+/// `weight` and `bias` under `p`.
+pub fn linear(in_dim: usize, out_dim: usize, init: Init, bias: bool, p: &Params) -> Result<Linear> {
+    let w = p.get((out_dim, in_dim), "weight", init)?;
+    let b = if bias {
+        Some(p.get(out_dim, "bias", Init::Zeros)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// PyTorch's default init for a linear layer's weight: U(−1/√in, 1/√in).
+pub fn torch_linear_init(in_dim: usize) -> Init {
+    Init::Uniform(1.0 / (in_dim as f64).sqrt())
+}
+
+/// An embedding table `[vocab, dim]` named `weight` under `p`.
+pub fn embedding(vocab: usize, dim: usize, init: Init, p: &Params) -> Result<Embedding> {
+    let w = p.get((vocab, dim), "weight", init)?;
+    Ok(Embedding::new(w, dim))
+}
+
+/// The mask `[B, T]` (1 at real tokens, 0 at padding, any dtype) as `dtype`.
+pub fn mask_as(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    mask.to_dtype(DType::F32)?.ne(0f32)?.to_dtype(dtype)
+}
+
+/// The additive attention bias `[B, 1, 1, T]` for a key padding mask `[B, T]`:
+/// 0 at real keys, the dtype's lowest finite value at padding (as HF BERT, so a
+/// padded key gets exactly zero weight).
+pub fn key_padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let m = mask_as(mask, dtype)?;
+    let lowest = match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        _ => f32::MIN as f64,
+    };
+    // (1 - m) * lowest, written so that m = 1 gives exactly 0.
+    let bias = ((m - 1.0)? * (-lowest))?;
+    bias.reshape((b, 1, 1, t))
+}
+
+/// Mean of `xs [B, T, D]` over the real positions of `mask [B, T]`.
+pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask_as(mask, xs.dtype())?.unsqueeze(2)?;
+    let sum = xs.broadcast_mul(&m)?.sum(1)?;
+    // An all-padding row gets 0 rather than NaN.
+    let count = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
+    sum.broadcast_div(&count)
+}
+
+/// Max of `xs [B, T, D]` over the real positions of `mask [B, T]`.
+pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = xs.dims3()?;
+    let keep = mask_as(mask, DType::U8)?
+        .unsqueeze(2)?
+        .broadcast_as((b, t, d))?;
+    let lowest = Tensor::full(f32::MIN, (b, t, d), xs.device())?.to_dtype(xs.dtype())?;
+    keep.where_cond(xs, &lowest)?.max(1)
+}
+
+/// Multi-head self-attention with a key padding mask, parameterised like BERT
+/// (separate query, key, value and output projections with biases).
+///
+/// The three input projections run as one matmul against their concatenated weights.
+#[derive(Debug, Clone)]
+pub struct MultiHeadSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    heads: usize,
+    dropout: Dropout,
+}
+
+impl MultiHeadSelfAttention {
+    /// Attention from its four projections (each `[D, D]` with a bias); `dropout`
+    /// applies to the attention probabilities.
+    pub fn new(
+        query: Linear,
+        key: Linear,
+        value: Linear,
+        output: Linear,
+        heads: usize,
+        dropout: Dropout,
+    ) -> Result<Self> {
+        let (d, d_in) = query.weight().dims2()?;
+        if d != d_in || d % heads != 0 {
+            candle_core::bail!("attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads");
+        }
+        Ok(Self {
+            query,
+            key,
+            value,
+            output,
+            heads,
+            dropout,
+        })
+    }
+
+    /// Attends `xs [B, T, D]` to itself; `bias [B, 1, 1, T]` from [`key_padding_bias`].
+    /// Returns `[B, T, D]` after the output projection.
+    pub fn forward(&self, xs: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, d) = xs.dims3()?;
+        let h = self.heads;
+        let dh = d / h;
+        let w = Tensor::cat(
+            &[self.query.weight(), self.key.weight(), self.value.weight()],
+            0,
+        )?;
+        let bq = self.bias_of(&self.query, d, xs)?;
+        let bk = self.bias_of(&self.key, d, xs)?;
+        let bv = self.bias_of(&self.value, d, xs)?;
+        let bqkv = Tensor::cat(&[bq, bk, bv], 0)?;
+        let qkv = xs
+            .reshape((b * t, d))?
+            .matmul(&w.t()?)?
+            .broadcast_add(&bqkv)?
+            .reshape((b, t, 3, h, dh))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        // Scaling q (B·T·D values) is cheaper than scaling the scores (B·H·T·T).
+        let q = (qkv.get(0)? * (1.0 / (dh as f64).sqrt()))?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let probs = softmax_last_dim(&scores)?;
+        let probs = self.dropout.forward(&probs, train)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, d))?;
+        self.output.forward(&ctx)
+    }
+
+    fn bias_of(&self, l: &Linear, d: usize, xs: &Tensor) -> Result<Tensor> {
+        match l.bias() {
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(d, xs.dtype(), xs.device()),
+        }
+    }
+}
+
+/// The position-wise feed-forward block `W2 · act(W1 · x)`.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    /// A block from its two projections.
+    pub fn new(up: Linear, down: Linear, act: Activation) -> Self {
+        Self { up, down, act }
+    }
+
+    /// Applies the block to `xs [.., D]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.down.forward(&self.act.forward(&self.up.forward(xs)?)?)
+    }
+}
+
+/// Sinusoidal position encodings `[len, dim]` (Vaswani et al. 2017: sin on even,
+/// cos on odd features), computed on the host in f64.
+pub fn sinusoidal_positions(len: usize, dim: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(len * dim);
+    for pos in 0..len {
+        for i in 0..dim {
+            let freq = (10000f64).powf(-((i / 2 * 2) as f64) / dim as f64);
+            let a = pos as f64 * freq;
+            v.push(if i % 2 == 0 { a.sin() } else { a.cos() });
+        }
+    }
+    Tensor::from_vec(v, (len, dim), dev)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::testutil::{assert_close, numeric_grad, randn};
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn softmax_gradient_matches_finite_differences() -> Result<()> {
+        let x0 = randn(&[3, 5], 21)?;
+        let up = randn(&[3, 5], 22)?;
+        let x = Var::from_tensor(&x0)?;
+        let f = |x: &Tensor| (softmax_last_dim(x)? * &up)?.sum_all();
+        let g = f(&x)?.backward()?;
+        let num = numeric_grad(&x0, &|t| f(t)?.to_scalar::<f64>())?;
+        assert_close(g.get(&x).unwrap(), &num, 1e-7, "softmax")?;
+        let fl = |x: &Tensor| (log_softmax_last_dim(x)? * &up)?.sum_all();
+        let g = fl(&x)?.backward()?;
+        let num = numeric_grad(&x0, &|t| fl(t)?.to_scalar::<f64>())?;
+        assert_close(g.get(&x).unwrap(), &num, 1e-7, "log_softmax")
+    }
+
+    #[test]
+    fn layer_norm_ops_gradient_matches_finite_differences() -> Result<()> {
+        let x0 = randn(&[2, 4, 5], 23)?;
+        let w = randn(&[5], 24)?;
+        let b = randn(&[5], 25)?;
+        let up = randn(&[2, 4, 5], 26)?;
+        let x = Var::from_tensor(&x0)?;
+        let f = |x: &Tensor| (layer_norm_ops(x, &w, &b, 1e-5)? * &up)?.sum_all();
+        let g = f(&x)?.backward()?;
+        let num = numeric_grad(&x0, &|t| f(t)?.to_scalar::<f64>())?;
+        assert_close(g.get(&x).unwrap(), &num, 1e-6, "layer_norm_ops dx")
+    }
+
+    #[test]
+    fn gelu_gradient_matches_finite_differences() -> Result<()> {
+        let x0 = (randn(&[12], 27)? * 2.0)?;
+        let x = Var::from_tensor(&x0)?;
+        let g = gelu(&x)?.sum_all()?.backward()?;
+        let num = numeric_grad(&x0, &|t| gelu(t)?.sum_all()?.to_scalar::<f64>())?;
+        // candle's gelu_erf backward uses 1/sqrt(2 pi) rounded to 6 digits.
+        assert_close(g.get(&x).unwrap(), &num, 1e-5, "gelu")
+    }
+
+    /// The attention output and every gradient (input and all eight parameters)
+    /// against finite differences in f64, with one padded key.
+    #[test]
+    fn attention_gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, d, h) = (2, 3, 4, 2);
+        let varmap = VarMap::new();
+        let p = Params::new(varmap.clone(), DType::F64, &dev, 5);
+        let lin = |n: &str| linear(d, d, Init::Normal(0.5), true, &p.pp(n));
+        let drop = Dropout::new(0.0, SharedRng::new(0))?;
+        let attn = MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
+        // Biases start at zero: give them values so their gradients are tested too.
+        for (i, v) in varmap.all_vars().iter().enumerate() {
+            v.set(&randn(v.dims(), 100 + i as u64)?)?;
+        }
+        let x0 = randn(&[b, t, d], 28)?;
+        let up = randn(&[b, t, d], 29)?;
+        let mask = Tensor::new(&[[1u32, 1, 1], [1, 1, 0]], &dev)?;
+        let bias = key_padding_bias(&mask, DType::F64)?;
+        let x = Var::from_tensor(&x0)?;
+        let loss = |x: &Tensor| (attn.forward(x, &bias, true)? * &up)?.sum_all();
+        let grads = loss(&x)?.backward()?;
+        let num = numeric_grad(&x0, &|t| loss(t)?.to_scalar::<f64>())?;
+        assert_close(grads.get(&x).unwrap(), &num, 1e-6, "attention dx")?;
+        let data = varmap.data().lock().unwrap();
+        assert_eq!(data.len(), 8);
+        for (name, var) in data.iter() {
+            let orig = var.as_tensor().copy()?;
+            let num = numeric_grad(&orig, &|t| {
+                var.set(t)?;
+                loss(&x0)?.to_scalar::<f64>()
+            })?;
+            var.set(&orig)?;
+            assert_close(grads.get(var.as_tensor()).unwrap(), &num, 1e-6, name)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_is_identity_in_eval_and_seeded_in_train() -> Result<()> {
+        let dev = Device::Cpu;
+        let xs = Tensor::ones((4, 1000), DType::F32, &dev)?;
+        let d = Dropout::new(0.25, SharedRng::new(3))?;
+        assert_eq!(
+            d.forward(&xs, false)?.to_vec2::<f32>()?,
+            xs.to_vec2::<f32>()?
+        );
+        let a = d.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
+        let zeros = a.iter().filter(|&&x| x == 0.0).count();
+        assert!((850..1150).contains(&zeros), "{zeros} of 4000 dropped at p=0.25");
+        assert!(a.iter().all(|&x| x == 0.0 || (x - 4.0 / 3.0).abs() < 1e-6));
+        let again = Dropout::new(0.25, SharedRng::new(3))?
+            .forward(&xs, true)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(a, again, "same seed, same mask");
+        let next = d.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_ne!(a, next, "a new mask every call");
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_candle_and_ignores_padding_bias() -> Result<()> {
+        let dev = Device::Cpu;
+        let xs = Tensor::new(&[[1f32, 2., 3., -1.], [0.5, 0.5, -2., 4.]], &dev)?;
+        let ours = softmax_last_dim(&xs)?.to_vec2::<f32>()?;
+        let theirs = candle_nn::ops::softmax_last_dim(&xs)?.to_vec2::<f32>()?;
+        for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let mask = Tensor::new(&[[1u32, 1, 0, 0]], &dev)?;
+        let bias = key_padding_bias(&mask, DType::F32)?.reshape((1, 4))?;
+        let p = softmax_last_dim(&xs.broadcast_add(&bias)?)?.to_vec2::<f32>()?;
+        assert_eq!(p[0][2], 0.0);
+        assert_eq!(p[0][3], 0.0);
+        let e = 1f32.exp() / (1f32.exp() + 2f32.exp());
+        assert!((p[0][0] - e).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn masked_pooling_ignores_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let xs = Tensor::new(&[[[1f32, -5.], [3., -1.], [100., 100.]]], &dev)?;
+        let mask = Tensor::new(&[[1u8, 1, 0]], &dev)?;
+        assert_eq!(masked_mean(&xs, &mask)?.to_vec2::<f32>()?, [[2.0, -3.0]]);
+        assert_eq!(masked_max(&xs, &mask)?.to_vec2::<f32>()?, [[3.0, -1.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn sinusoidal_positions_follow_the_formula() -> Result<()> {
+        let p = sinusoidal_positions(3, 4, DType::F64, &Device::Cpu)?.to_vec2::<f64>()?;
+        assert_eq!(p[0], [0.0, 1.0, 0.0, 1.0]);
+        assert!((p[2][0] - 2f64.sin()).abs() < 1e-12);
+        assert!((p[2][1] - 2f64.cos()).abs() < 1e-12);
+        assert!((p[2][2] - (2.0 / 100.0f64).sin()).abs() < 1e-12);
+        assert!((p[2][3] - (2.0 / 100.0f64).cos()).abs() < 1e-12);
+        Ok(())
+    }
+}
