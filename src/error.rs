@@ -32,13 +32,39 @@ pub enum Error {
     /// A configuration value or command-line argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Two line-parallel inputs (a hypothesis file and a reference file, say) hold
+    /// different numbers of lines; each is named as the caller knows it.
+    #[error("{left} has {left_lines} lines but {right} has {right_lines}")]
+    LineCount {
+        /// The first input (a file path, or a description for in-memory data).
+        left: String,
+        /// Its number of lines.
+        left_lines: usize,
+        /// The second input.
+        right: String,
+        /// Its number of lines.
+        right_lines: usize,
+    },
+    /// An input that must hold at least one line (a hypothesis file) is empty.
+    #[error("{}: no lines to score", path.display())]
+    EmptyInput {
+        /// The empty file.
+        path: PathBuf,
+    },
 }
 
 impl Error {
     /// Whether the error is the user's input (a bad file, flag or config value):
     /// the CLI exits with code 2 for these and 1 for everything else.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Parse { .. } | Error::Config(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Parse { .. }
+                | Error::Config(_)
+                | Error::Io { .. }
+                | Error::LineCount { .. }
+                | Error::EmptyInput { .. }
+        )
     }
 }
 

@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod bleu;
+
 /// Complement Objective Training for text models.
 #[derive(Debug, Parser)]
 #[command(name = "cotext", version, about, long_about = None)]
@@ -12,11 +14,16 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
+    Bleu(bleu::BleuArgs),
+}
 
 /// Parses the process arguments and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {}
+    match Cli::parse().command {
+        Command::Bleu(args) => bleu::run(args),
+    }
 }
 
 /// The exit code for an error: 2 for bad user input, 1 otherwise.
