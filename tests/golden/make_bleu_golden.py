@@ -99,9 +99,11 @@ EDGE_STRINGS = [
     "x",
 ]
 
+# Only characters assigned by Unicode 14.0 (Python 3.11's unicodedata): Rust's
+# to_lowercase follows a newer Unicode (e.g. U+1C89, new in 16.0, lowercases there).
 LOWER_STRINGS = [
     "İSTANBUL", "ΟΔΟΣ ΟΔΟΣ.", "Σ", "ΑΣ ΣΑ", "Straße STRASSE ẞ", "ǅǄǆ", "ΆΈΉ",
-    "ÅNGSTRÖM", "ＡＢＣ", "𐐀𐐁", "Ⅻ", "ꞫꞬꞭ", "Ᲊ", "ᏸ", "DŽ",
+    "ÅNGSTRÖM", "ＡＢＣ", "𐐀𐐁", "Ⅻ", "ꞫꞬꞭ", "ᏸ", "DŽ",
 ]
 
 TOKENIZERS = {
