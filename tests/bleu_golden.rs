@@ -169,7 +169,21 @@ fn cached_references_score_like_fresh_ones() {
     let refs = vec![c["en_ref"].clone(), c["en_ref2"].clone()];
     let bleu = Bleu::new(BleuConfig::default()).unwrap();
     let cache = bleu.references(&refs).unwrap();
-    for hyp in ["en_hyp", "en_hyp_noisy", "en_ref3"] {
+    let names = ["en_hyp", "en_hyp_noisy", "en_ref3"];
+    for hyp in names {
         assert_eq!(cache.corpus_score(&c[hyp]).unwrap(), bleu.corpus_score(&c[hyp], &refs).unwrap());
+    }
+    // Several systems in one pass score as each alone.
+    let systems: Vec<&[String]> = names.iter().map(|n| c[*n].as_slice()).collect();
+    let together = cache.corpus_scores(&systems).unwrap();
+    for (hyp, s) in names.iter().zip(&together) {
+        assert_eq!(*s, cache.corpus_score(&c[*hyp]).unwrap(), "{hyp}");
+    }
+    assert_ne!(together[0], together[1]);
+    let chrf = Chrf::new(ChrfConfig { word_order: 2, ..ChrfConfig::default() }).unwrap();
+    let chrf_cache = chrf.references(&refs).unwrap();
+    let together = chrf_cache.corpus_scores(&systems).unwrap();
+    for (hyp, s) in names.iter().zip(&together) {
+        assert_eq!(*s, chrf.corpus_score(&c[*hyp], &refs).unwrap(), "{hyp}");
     }
 }

@@ -202,12 +202,13 @@ pub fn run(args: BleuArgs) -> anyhow::Result<()> {
         }
     }
     let several = cmd.hypotheses.len() > 1;
+    let systems: Vec<&[String]> = hyps.iter().map(Vec::as_slice).collect();
     let mut out = Vec::new();
     match &cmd.metric {
         Metric::Bleu(bleu) => {
             let cache = bleu.references(&refs)?;
             let sig = cache.signature();
-            let scores: Vec<_> = hyps.par_iter().map(|h| cache.corpus_score(h)).collect::<cotext::Result<_>>()?;
+            let scores = cache.corpus_scores(&systems)?;
             for (path, s) in cmd.hypotheses.iter().zip(&scores) {
                 let file = path.display().to_string();
                 if cmd.format == FormatArg::Json {
@@ -229,7 +230,7 @@ pub fn run(args: BleuArgs) -> anyhow::Result<()> {
         Metric::Chrf(chrf) => {
             let cache = chrf.references(&refs)?;
             let sig = cache.signature();
-            let scores: Vec<_> = hyps.par_iter().map(|h| cache.corpus_score(h)).collect::<cotext::Result<_>>()?;
+            let scores = cache.corpus_scores(&systems)?;
             for (path, s) in cmd.hypotheses.iter().zip(scores) {
                 let file = path.display().to_string();
                 if cmd.format == FormatArg::Json {

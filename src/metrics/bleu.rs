@@ -31,13 +31,12 @@
 //! the two differ only on letters assigned after Unicode 14.0 (as sacreBLEU's own
 //! results differ between Python versions).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::text::{is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split};
+use super::text::{WordIds, is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split};
 use crate::{Error, Result};
 
 /// The sacreBLEU release whose results and signatures this module reproduces.
@@ -391,7 +390,7 @@ impl BleuStats {
         BleuStats { sys_len: 0, ref_len: 0, correct: vec![0; order], total: vec![0; order] }
     }
 
-    fn add(mut self, other: &BleuStats) -> Self {
+    fn add(&mut self, other: &BleuStats) {
         self.sys_len += other.sys_len;
         self.ref_len += other.ref_len;
         for (a, b) in self.correct.iter_mut().zip(&other.correct) {
@@ -400,7 +399,6 @@ impl BleuStats {
         for (a, b) in self.total.iter_mut().zip(&other.total) {
             *a += b;
         }
-        self
     }
 }
 
@@ -472,11 +470,12 @@ pub fn compute_bleu(stats: &BleuStats, smoothing: Smoothing, effective_order: bo
     done(score, precisions)
 }
 
-/// The reference n-grams of one segment: packed n-gram keys (see [`pack`]) with
-/// their highest count over the references, sorted by key.
+/// The reference n-grams of one segment: packed n-gram keys (see [`pack`]),
+/// sorted, with their highest count over the references.
 struct RefSegment {
     lens: Vec<u64>,
-    ngrams: Vec<(u128, u32)>,
+    keys: Vec<u128>,
+    counts: Vec<u32>,
 }
 
 /// Packs the word ids of an n-gram (n ≤ 4, ids ≥ 1) into one key; unused lanes
@@ -491,12 +490,6 @@ fn pack(ids: &[u32]) -> u128 {
         }
     }
     key
-}
-
-/// The order of a packed key: the number of used lanes.
-#[inline]
-fn key_order(key: u128) -> usize {
-    4 - ((key.trailing_zeros() / 32) as usize).min(4)
 }
 
 /// Counts the n-grams of orders 1..=order in `ids` (skipping any that contain the
@@ -609,7 +602,7 @@ impl Bleu {
                     .collect()
             })
             .collect();
-        let mut vocab: HashMap<Box<str>, u32> = HashMap::new();
+        let mut vocab: WordIds = WordIds::default();
         let ids: Vec<Vec<Vec<u32>>> = tokenized
             .iter()
             .map(|seg| {
@@ -637,7 +630,11 @@ impl Bleu {
                     let runs = count_ngrams(r, order, &mut keys);
                     merged = merge_max(&merged, &runs);
                 }
-                RefSegment { lens: seg.iter().map(|r| r.len() as u64).collect(), ngrams: merged }
+                RefSegment {
+                    lens: seg.iter().map(|r| r.len() as u64).collect(),
+                    keys: merged.iter().map(|&(k, _)| k).collect(),
+                    counts: merged.iter().map(|&(_, c)| c).collect(),
+                }
             })
             .collect();
         Ok(BleuReferences { config: cfg, nrefs: refs.len(), vocab, segments })
@@ -685,7 +682,7 @@ fn merge_max(a: &[(u128, u32)], b: &[(u128, u32)]) -> Vec<(u128, u32)> {
 pub struct BleuReferences {
     config: BleuConfig,
     nrefs: usize,
-    vocab: HashMap<Box<str>, u32>,
+    vocab: WordIds,
     segments: Vec<RefSegment>,
 }
 
@@ -726,43 +723,70 @@ impl BleuReferences {
         for n in 1..=order {
             stats.total[n - 1] = (ids.len() + 1).saturating_sub(n) as u64;
         }
-        let mut keys = Vec::new();
-        let runs = count_ngrams(&ids, order, &mut keys);
-        let mut j = 0;
-        for (key, count) in runs {
-            while j < seg.ngrams.len() && seg.ngrams[j].0 < key {
-                j += 1;
-            }
-            if j < seg.ngrams.len() && seg.ngrams[j].0 == key {
-                stats.correct[key_order(key) - 1] += count.min(seg.ngrams[j].1) as u64;
+        // Clipping without counting the hypothesis n-grams first: each occurrence
+        // matches while its reference n-gram still has unused count.
+        let mut used = vec![0u32; seg.keys.len()];
+        for n in 1..=order.min(ids.len()) {
+            for w in ids.windows(n) {
+                if w.contains(&0) {
+                    continue;
+                }
+                if let Ok(j) = seg.keys.binary_search(&pack(w)) {
+                    if used[j] < seg.counts[j] {
+                        used[j] += 1;
+                        stats.correct[n - 1] += 1;
+                    }
+                }
             }
         }
         stats
     }
 
-    /// The summed statistics of a hypothesis set (one line per segment).
-    pub fn corpus_stats<H: AsRef<str> + Sync>(&self, hyps: &[H]) -> Result<BleuStats> {
-        if hyps.len() != self.segments.len() {
-            return Err(Error::LineCount {
-                left: "hypotheses".into(),
-                left_lines: hyps.len(),
-                right: "references".into(),
-                right_lines: self.segments.len(),
-            });
+    /// The summed statistics of several hypothesis sets (systems), each with one
+    /// line per segment. Segments are the unit of parallel work and every system
+    /// is scored against a segment's references while they are in cache.
+    pub fn corpus_stats<H: AsRef<str> + Sync>(&self, systems: &[&[H]]) -> Result<Vec<BleuStats>> {
+        for hyps in systems {
+            if hyps.len() != self.segments.len() {
+                return Err(Error::LineCount {
+                    left: "hypotheses".into(),
+                    left_lines: hyps.len(),
+                    right: "references".into(),
+                    right_lines: self.segments.len(),
+                });
+            }
         }
-        let order = self.config.max_ngram_order;
+        let zeros = vec![BleuStats::zeros(self.config.max_ngram_order); systems.len()];
+        let add = |mut acc: Vec<BleuStats>, other: &[BleuStats]| {
+            for (a, b) in acc.iter_mut().zip(other) {
+                a.add(b);
+            }
+            acc
+        };
         // Integer sums: the result does not depend on how rayon splits the work.
-        Ok(hyps
-            .par_iter()
-            .enumerate()
-            .map(|(i, h)| self.segment_stats(i, h.as_ref()))
-            .reduce(|| BleuStats::zeros(order), |a, b| a.add(&b)))
+        Ok((0..self.segments.len())
+            .into_par_iter()
+            .fold(
+                || zeros.clone(),
+                |mut acc, i| {
+                    for (a, hyps) in acc.iter_mut().zip(systems) {
+                        a.add(&self.segment_stats(i, hyps[i].as_ref()));
+                    }
+                    acc
+                },
+            )
+            .reduce(|| zeros.clone(), |a, b| add(a, &b)))
+    }
+
+    /// Corpus BLEU of several hypothesis sets, one score per set.
+    pub fn corpus_scores<H: AsRef<str> + Sync>(&self, systems: &[&[H]]) -> Result<Vec<BleuScore>> {
+        let (smoothing, eff) = (self.config.smoothing, self.config.effective_order);
+        Ok(self.corpus_stats(systems)?.iter().map(|s| compute_bleu(s, smoothing, eff)).collect())
     }
 
     /// Corpus BLEU of a hypothesis set (one line per segment).
     pub fn corpus_score<H: AsRef<str> + Sync>(&self, hyps: &[H]) -> Result<BleuScore> {
-        let stats = self.corpus_stats(hyps)?;
-        Ok(compute_bleu(&stats, self.config.smoothing, self.config.effective_order))
+        Ok(self.corpus_scores(&[hyps])?.remove(0))
     }
 }
 
@@ -792,12 +816,10 @@ mod tests {
     }
 
     #[test]
-    fn packed_keys_know_their_order() {
-        assert_eq!(key_order(pack(&[3])), 1);
-        assert_eq!(key_order(pack(&[3, 1])), 2);
-        assert_eq!(key_order(pack(&[3, 1, 2])), 3);
-        assert_eq!(key_order(pack(&[3, 1, 2, 9])), 4);
+    fn packed_keys_of_different_orders_differ() {
         assert_ne!(pack(&[1, 2]), pack(&[1, 2, 1]));
+        assert_ne!(pack(&[1]), pack(&[1, 1]));
+        assert_ne!(pack(&[2, 1]), pack(&[1, 2]));
     }
 
     #[test]

@@ -19,13 +19,12 @@
 //! Limits (sacreBLEU has none): the character order is 1..=6 and the word order
 //! 0..=4, so that every n-gram packs into one 128-bit key.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use rayon::prelude::*;
 
 use super::bleu::SACREBLEU_VERSION;
-use super::text::{is_py_space, py_split};
+use super::text::{WordIds, is_py_space, py_split};
 use crate::{Error, Result};
 
 /// chrF's options; the default is sacreBLEU's chrF2: character order 6, word
@@ -98,23 +97,35 @@ pub struct ChrfScore {
     pub stats: Vec<[u64; 3]>,
 }
 
-/// A segment's n-grams of one order: sorted `(key, count)` and their total.
-#[derive(Default)]
-struct Ngrams {
-    runs: Vec<(u128, u32)>,
+/// A segment's n-grams of one order as they occur (unsorted), and how many
+/// there are (word n-grams holding a word no reference has count but are not kept).
+struct Occurrences {
+    keys: Vec<u128>,
     total: u64,
 }
 
-fn runs_of(keys: &mut [u128]) -> Ngrams {
-    keys.sort_unstable();
-    let mut runs: Vec<(u128, u32)> = Vec::new();
-    for &k in keys.iter() {
-        match runs.last_mut() {
-            Some((last, c)) if *last == k => *c += 1,
-            _ => runs.push((k, 1)),
+/// A reference's n-grams of one order: distinct sorted keys, their counts, and
+/// the total.
+struct Ngrams {
+    keys: Vec<u128>,
+    counts: Vec<u32>,
+    total: u64,
+}
+
+impl Ngrams {
+    fn new(mut occ: Occurrences) -> Self {
+        occ.keys.sort_unstable();
+        let (mut keys, mut counts): (Vec<u128>, Vec<u32>) = (Vec::new(), Vec::new());
+        for &k in &occ.keys {
+            if keys.last() == Some(&k) {
+                *counts.last_mut().expect("same length as keys") += 1;
+            } else {
+                keys.push(k);
+                counts.push(1);
+            }
         }
+        Ngrams { keys, counts, total: occ.total }
     }
-    Ngrams { runs, total: keys.len() as u64 }
 }
 
 /// sacreBLEU's `_remove_punctuation`: split on whitespace, then split one ASCII
@@ -219,28 +230,24 @@ impl Chrf {
 
     /// Character n-grams of every order (keys pack 21-bit code points, plus one,
     /// so that n-grams of different orders never collide).
-    fn char_ngrams(&self, line: &str) -> Vec<Ngrams> {
+    fn char_ngrams(&self, line: &str) -> Vec<Occurrences> {
         let chars: Vec<char> =
             if self.config.whitespace { line.chars().collect() } else { line.chars().filter(|&c| !is_py_space(c)).collect() };
-        let mut keys = Vec::with_capacity(chars.len());
         (1..=self.config.char_order)
             .map(|n| {
-                keys.clear();
-                for w in chars.windows(n) {
-                    keys.push(w.iter().fold(0u128, |k, &c| (k << 21) | (c as u128 + 1)));
-                }
-                runs_of(&mut keys)
+                let keys: Vec<u128> =
+                    chars.windows(n).map(|w| w.iter().fold(0u128, |k, &c| (k << 21) | (c as u128 + 1))).collect();
+                Occurrences { total: keys.len() as u64, keys }
             })
             .collect()
     }
 
     /// Word n-grams of every order from ids (0 = a word no reference has; an
     /// n-gram holding one can still be counted but never matched).
-    fn word_ngrams(&self, ids: &[u32]) -> Vec<Ngrams> {
-        let mut keys = Vec::with_capacity(ids.len());
+    fn word_ngrams(&self, ids: &[u32]) -> Vec<Occurrences> {
         (1..=self.config.word_order)
             .map(|n| {
-                keys.clear();
+                let mut keys = Vec::with_capacity(ids.len());
                 let mut unknown = 0u64;
                 for w in ids.windows(n) {
                     if w.contains(&0) {
@@ -249,9 +256,7 @@ impl Chrf {
                         keys.push(w.iter().fold(0u128, |k, &id| (k << 32) | id as u128));
                     }
                 }
-                let mut ng = runs_of(&mut keys);
-                ng.total += unknown;
-                ng
+                Occurrences { total: keys.len() as u64 + unknown, keys }
             })
             .collect()
     }
@@ -277,7 +282,7 @@ impl Chrf {
             .into_par_iter()
             .map(|i| refs.iter().map(|s| self.preprocess(s[i].as_ref()).into_owned()).collect())
             .collect();
-        let mut vocab: HashMap<Box<str>, u32> = HashMap::new();
+        let mut vocab: WordIds = WordIds::default();
         let word_ids: Vec<Vec<Vec<u32>>> = if self.config.word_order > 0 {
             lines
                 .iter()
@@ -309,7 +314,7 @@ impl Chrf {
                         if self.config.word_order > 0 {
                             ngrams.extend(self.word_ngrams(&word_ids[i][k]));
                         }
-                        ngrams
+                        ngrams.into_iter().map(Ngrams::new).collect()
                     })
                     .collect()
             })
@@ -331,7 +336,7 @@ impl Chrf {
 pub struct ChrfReferences {
     chrf: Chrf,
     nrefs: usize,
-    vocab: HashMap<Box<str>, u32>,
+    vocab: WordIds,
     /// segment → reference → order → n-grams.
     segments: Vec<Vec<Vec<Ngrams>>>,
 }
@@ -365,8 +370,10 @@ impl ChrfReferences {
         }
         let mut best: Vec<[u64; 3]> = Vec::new();
         let mut best_f = -1.0;
+        let mut used = Vec::new();
         for reference in &self.segments[i] {
-            let stats: Vec<[u64; 3]> = hyp_ngrams.iter().zip(reference).map(|(h, r)| match_stats(h, r)).collect();
+            let stats: Vec<[u64; 3]> =
+                hyp_ngrams.iter().zip(reference).map(|(h, r)| match_stats(h, r, &mut used)).collect();
             let f = chrf.f_score(&stats);
             if f > best_f {
                 best_f = f;
@@ -376,45 +383,75 @@ impl ChrfReferences {
         best
     }
 
-    /// Corpus chrF of a hypothesis set (one line per segment).
-    pub fn corpus_score<H: AsRef<str> + Sync>(&self, hyps: &[H]) -> Result<ChrfScore> {
-        if hyps.len() != self.segments.len() {
-            return Err(Error::LineCount {
-                left: "hypotheses".into(),
-                left_lines: hyps.len(),
-                right: "references".into(),
-                right_lines: self.segments.len(),
-            });
+    /// Corpus chrF of several hypothesis sets (systems), each with one line per
+    /// segment: segments are the unit of parallel work, and every system is
+    /// scored against a segment's references while they are in cache.
+    pub fn corpus_scores<H: AsRef<str> + Sync>(&self, systems: &[&[H]]) -> Result<Vec<ChrfScore>> {
+        for hyps in systems {
+            if hyps.len() != self.segments.len() {
+                return Err(Error::LineCount {
+                    left: "hypotheses".into(),
+                    left_lines: hyps.len(),
+                    right: "references".into(),
+                    right_lines: self.segments.len(),
+                });
+            }
         }
         let orders = self.chrf.config.char_order + self.chrf.config.word_order;
-        let add = |mut a: Vec<[u64; 3]>, b: Vec<[u64; 3]>| {
-            for (x, y) in a.iter_mut().zip(&b) {
-                for j in 0..3 {
-                    x[j] += y[j];
+        let zeros = vec![vec![[0u64; 3]; orders]; systems.len()];
+        let add = |acc: &mut Vec<Vec<[u64; 3]>>, other: &[Vec<[u64; 3]>]| {
+            for (a, b) in acc.iter_mut().zip(other) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    for j in 0..3 {
+                        x[j] += y[j];
+                    }
                 }
             }
-            a
         };
-        let stats = hyps
-            .par_iter()
-            .enumerate()
-            .map(|(i, h)| self.segment_stats(i, h.as_ref()))
-            .reduce(|| vec![[0; 3]; orders], add);
-        Ok(ChrfScore { name: self.chrf.name(), score: self.chrf.f_score(&stats), stats })
+        // Integer sums: the result does not depend on how rayon splits the work.
+        let stats = (0..self.segments.len())
+            .into_par_iter()
+            .fold(
+                || zeros.clone(),
+                |mut acc, i| {
+                    let seg: Vec<Vec<[u64; 3]>> = systems.iter().map(|h| self.segment_stats(i, h[i].as_ref())).collect();
+                    add(&mut acc, &seg);
+                    acc
+                },
+            )
+            .reduce(
+                || zeros.clone(),
+                |mut a, b| {
+                    add(&mut a, &b);
+                    a
+                },
+            );
+        Ok(stats
+            .into_iter()
+            .map(|stats| ChrfScore { name: self.chrf.name(), score: self.chrf.f_score(&stats), stats })
+            .collect())
+    }
+
+    /// Corpus chrF of a hypothesis set (one line per segment).
+    pub fn corpus_score<H: AsRef<str> + Sync>(&self, hyps: &[H]) -> Result<ChrfScore> {
+        Ok(self.corpus_scores(&[hyps])?.remove(0))
     }
 }
 
 /// sacreBLEU's `_get_match_statistics`: `[hyp count (0 if the reference has no
 /// n-gram of this order), reference count, clipped matches]`.
-fn match_stats(hyp: &Ngrams, reference: &Ngrams) -> [u64; 3] {
+/// Clipping needs no hypothesis counts: each occurrence matches while its
+/// reference n-gram has unused count left (`used` is scratch space).
+fn match_stats(hyp: &Occurrences, reference: &Ngrams, used: &mut Vec<u32>) -> [u64; 3] {
+    used.clear();
+    used.resize(reference.keys.len(), 0);
     let mut matches = 0u64;
-    let mut j = 0;
-    for &(key, count) in &hyp.runs {
-        while j < reference.runs.len() && reference.runs[j].0 < key {
-            j += 1;
-        }
-        if j < reference.runs.len() && reference.runs[j].0 == key {
-            matches += count.min(reference.runs[j].1) as u64;
+    for key in &hyp.keys {
+        if let Ok(j) = reference.keys.binary_search(key) {
+            if used[j] < reference.counts[j] {
+                used[j] += 1;
+                matches += 1;
+            }
         }
     }
     [if reference.total > 0 { hyp.total } else { 0 }, reference.total, matches]

@@ -35,8 +35,84 @@ pub fn is_py_space(c: char) -> bool {
 
 /// Python's `line.split()`: the non-empty runs between [`is_py_space`] characters.
 pub fn py_split(line: &str) -> impl Iterator<Item = &str> {
-    line.split(is_py_space).filter(|w| !w.is_empty())
+    PySplit { s: line, pos: 0 }
 }
+
+/// [`py_split`]'s iterator: walks bytes and decodes a character only where a
+/// non-ASCII byte starts one.
+struct PySplit<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl PySplit<'_> {
+    /// Whether a Python whitespace character starts at `pos`, and its length.
+    #[inline]
+    fn space_at(&self, pos: usize) -> (bool, usize) {
+        let b = self.s.as_bytes()[pos];
+        if b < 0x80 {
+            (matches!(b, b'\t'..=b'\r' | 0x1c..=b' '), 1)
+        } else {
+            let c = self.s[pos..].chars().next().expect("pos is on a character boundary");
+            (is_py_space(c), c.len_utf8())
+        }
+    }
+}
+
+impl<'a> Iterator for PySplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let len = self.s.len();
+        loop {
+            if self.pos >= len {
+                return None;
+            }
+            let (space, w) = self.space_at(self.pos);
+            if !space {
+                break;
+            }
+            self.pos += w;
+        }
+        let start = self.pos;
+        while self.pos < len {
+            let (space, w) = self.space_at(self.pos);
+            if space {
+                break;
+            }
+            self.pos += w;
+        }
+        Some(&self.s[start..self.pos])
+    }
+}
+
+/// A fast non-cryptographic hasher (rustc's Fx hash) for the word maps: their
+/// keys come from the files being scored, not from an adversary.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` from words to ids with [`FxHasher`].
+pub(crate) type WordIds = std::collections::HashMap<Box<str>, u32, std::hash::BuildHasherDefault<FxHasher>>;
 
 /// Python's `line.rstrip()`.
 pub fn py_rstrip(line: &str) -> &str {
