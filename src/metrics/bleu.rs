@@ -92,7 +92,11 @@ impl Tokenize {
                 line.char_indices().filter(|&(_, c)| !is_py_space(c)).map(|(i, c)| &line[i..i + c.len_utf8()]).collect()
             }
             Tokenize::V13a | Tokenize::Intl => {
-                *buf = if self == Tokenize::V13a { tokenize_13a(line) } else { tokenize_intl(line) };
+                if self == Tokenize::V13a {
+                    tokenize_13a(line, buf);
+                } else {
+                    *buf = tokenize_intl(line);
+                }
                 let text: &'b String = buf;
                 py_split(text).collect()
             }
@@ -146,7 +150,21 @@ fn sub_pairs<T: Copy>(
 /// whitespace normalization. The regexes only name ASCII characters, so they run
 /// on bytes: a multi-byte UTF-8 character behaves exactly like one `[^0-9]`
 /// character (no continuation byte is an ASCII digit, `.`, `,` or `-`).
-fn tokenize_13a(line: &str) -> String {
+fn tokenize_13a(line: &str, out: &mut String) {
+    thread_local! {
+        // Scratch buffers reused across lines: allocation was a visible cost.
+        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    SCRATCH.with(|scratch| {
+        let (a, b) = &mut *scratch.borrow_mut();
+        tokenize_13a_with(line, a, b);
+        out.clear();
+        // Spaces are inserted only next to ASCII bytes, never inside a character.
+        out.push_str(std::str::from_utf8(b).expect("13a keeps UTF-8 valid"));
+    })
+}
+
+fn tokenize_13a_with(line: &str, a: &mut Vec<u8>, b: &mut Vec<u8>) {
     let mut s = std::borrow::Cow::Borrowed(line);
     if s.contains("<skipped>") {
         s = s.replace("<skipped>", "").into();
@@ -159,25 +177,22 @@ fn tokenize_13a(line: &str) -> String {
     }
     // ([\{-\~\[-\` -\&\(-\+\:-\@\/]) -> ' \1 ', on f' {line} '.
     let is_p1 = |b: u8| matches!(b, b'{'..=b'~' | b'['..=b'`' | b' '..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/');
-    let mut a: Vec<u8> = Vec::with_capacity(s.len() * 2 + 8);
-    for &b in b" ".iter().chain(s.as_bytes()).chain(b" ") {
-        if is_p1(b) {
-            a.extend_from_slice(&[b' ', b, b' ']);
+    a.clear();
+    for &x in b" ".iter().chain(s.as_bytes()).chain(b" ") {
+        if is_p1(x) {
+            a.extend_from_slice(&[b' ', x, b' ']);
         } else {
-            a.push(b);
+            a.push(x);
         }
     }
     let digit = |b: u8| b.is_ascii_digit();
     let dot_comma = |b: u8| b == b'.' || b == b',';
-    let mut b = Vec::with_capacity(a.len() + 16);
     // ([^0-9])([\.,]) -> '\1 \2 '
-    sub_pairs(&a, &mut b, |x| !digit(x), dot_comma, |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
+    sub_pairs(a, b, |x| !digit(x), dot_comma, |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
     // ([\.,])([^0-9]) -> ' \1 \2'
-    sub_pairs(&b, &mut a, dot_comma, |x| !digit(x), |o, x, y| o.extend_from_slice(&[b' ', x, b' ', y]));
+    sub_pairs(b, a, dot_comma, |x| !digit(x), |o, x, y| o.extend_from_slice(&[b' ', x, b' ', y]));
     // ([0-9])(-) -> '\1 \2 '
-    sub_pairs(&a, &mut b, digit, |x| x == b'-', |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
-    // Spaces are inserted only next to ASCII bytes, never inside a character.
-    String::from_utf8(b).expect("13a keeps UTF-8 valid")
+    sub_pairs(a, b, digit, |x| x == b'-', |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
 }
 
 /// sacreBLEU's `TokenizerV14International`, before the final whitespace
@@ -725,7 +740,15 @@ impl BleuReferences {
         }
         // Clipping without counting the hypothesis n-grams first: each occurrence
         // matches while its reference n-gram still has unused count.
-        let mut used = vec![0u32; seg.keys.len()];
+        // Most segments have few reference n-grams: count on the stack.
+        let mut stack = [0u32; 256];
+        let mut heap = Vec::new();
+        let used: &mut [u32] = if seg.keys.len() <= stack.len() {
+            &mut stack[..seg.keys.len()]
+        } else {
+            heap.resize(seg.keys.len(), 0);
+            &mut heap
+        };
         for n in 1..=order.min(ids.len()) {
             for w in ids.windows(n) {
                 if w.contains(&0) {

@@ -116,7 +116,25 @@ pub(crate) type WordIds = std::collections::HashMap<Box<str>, u32, std::hash::Bu
 
 /// Python's `line.rstrip()`.
 pub fn py_rstrip(line: &str) -> &str {
-    line.trim_end_matches(is_py_space)
+    let mut end = line.len();
+    loop {
+        match line.as_bytes()[..end].last() {
+            Some(&b) if b < 0x80 => {
+                if !matches!(b, b'\t'..=b'\r' | 0x1c..=b' ') {
+                    return &line[..end];
+                }
+                end -= 1;
+            }
+            Some(_) => {
+                let c = line[..end].chars().next_back().expect("non-empty");
+                if !is_py_space(c) {
+                    return &line[..end];
+                }
+                end -= c.len_utf8();
+            }
+            None => return "",
+        }
+    }
 }
 
 /// `\p{N}` in Python's `regex` module (Unicode numbers: `Nd`, `Nl`, `No`).
