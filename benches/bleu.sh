@@ -63,10 +63,19 @@ for metric in bleu chrf; do
   if [ "$metric" = bleu ]; then sargs=(-m bleu); cargs=(); else sargs=(-m chrf); cargs=(--metric chrf); fi
   read -r ts tsc < <(best "$SACREBLEU" "$TMP/ref.txt" -i "${HYPS[@]}" "${sargs[@]}" -f text -w 4 -q)
   s_first=$(grep -m1 hyp00 "$TMP/out" || true)
+  cp "$TMP/out" "$TMP/sacre.txt"
   read -r tc tcc < <(best "$COTEXT" bleu -r "$TMP/ref.txt" "${HYPS[@]}" "${cargs[@]}")
   c_first=$(head -n1 "$TMP/out")
   printf '%-5s wall: sacrebleu %7.3f s  cotext %6.3f s  cotext %5.1fx faster | CPU: sacrebleu %7.3f s  cotext %6.3f s  %5.1fx\n' \
     "$metric" "$ts" "$tc" "$(echo "$ts / $tc" | bc -l)" "$tsc" "$tcc" "$(echo "$tsc / $tcc" | bc -l)"
   echo "      sacrebleu: $s_first"
   echo "      cotext:    $c_first"
+  "$COTEXT" bleu -r "$TMP/ref.txt" "${HYPS[@]}" "${cargs[@]}" --format json > "$TMP/cotext.json"
+  "$PYTHON" - "$TMP/sacre.txt" "$TMP/cotext.json" <<'PY'
+import json, re, sys
+sacre = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\S+hyp\d+\.txt)\s*│\s*([0-9.]+)", open(sys.argv[1]).read())}
+ours = {o["file"]: o["score"] for o in map(json.loads, open(sys.argv[2]))}
+bad = [f for f in ours if f not in sacre or abs(round(ours[f], 4) - sacre[f]) > 1e-9]
+print(f"      scores (4 decimals) agree on {len(ours) - len(bad)}/{len(ours)} files" + (f"; differ: {bad}" if bad else ""))
+PY
 done
