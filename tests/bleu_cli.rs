@@ -96,7 +96,8 @@ fn text_output_is_sacrebleus_line_and_names_files_when_several() {
         "BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0 = 100.00 \
          100.0/100.0/100.0/100.0 (BP = 1.000 ratio = 1.000 hyp_len = 6 ref_len = 6)\n"
     );
-    let out = cotext(dir.path(), &["bleu", "-r", "ref.txt", "a.txt", "b.txt", "--metric", "chrf", "--chrf-word-order", "2"]);
+    let out =
+        cotext(dir.path(), &["bleu", "-r", "ref.txt", "a.txt", "b.txt", "--metric", "chrf", "--chrf-word-order", "2"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();

@@ -37,13 +37,14 @@ fn ints(v: &Value) -> Vec<u64> {
 fn bleu_config(opts: &Value) -> BleuConfig {
     let tokenize = opts.get("tokenize").map_or(Tokenize::V13a, |t| t.as_str().unwrap().parse().unwrap());
     let smooth_value = opts.get("smooth_value").and_then(Value::as_f64);
-    let smoothing = Smoothing::from_name(opts.get("smooth_method").map_or("exp", |s| s.as_str().unwrap()), smooth_value).unwrap();
+    let smoothing =
+        Smoothing::from_name(opts.get("smooth_method").map_or("exp", |s| s.as_str().unwrap()), smooth_value).unwrap();
     BleuConfig {
         tokenize,
-        lowercase: opts.get("lowercase").map_or(false, |v| v.as_bool().unwrap()),
+        lowercase: opts.get("lowercase").is_some_and(|v| v.as_bool().unwrap()),
         smoothing,
         max_ngram_order: opts.get("max_ngram_order").map_or(4, |v| v.as_u64().unwrap() as usize),
-        effective_order: opts.get("effective_order").map_or(false, |v| v.as_bool().unwrap()),
+        effective_order: opts.get("effective_order").is_some_and(|v| v.as_bool().unwrap()),
     }
 }
 
@@ -54,9 +55,9 @@ fn chrf_config(opts: &Value) -> ChrfConfig {
         char_order: get("char_order").map_or(d.char_order, |v| v.as_u64().unwrap() as usize),
         word_order: get("word_order").map_or(d.word_order, |v| v.as_u64().unwrap() as usize),
         beta: get("beta").map_or(d.beta, |v| v.as_u64().unwrap() as u32),
-        lowercase: get("lowercase").map_or(false, |v| v.as_bool().unwrap()),
-        whitespace: get("whitespace").map_or(false, |v| v.as_bool().unwrap()),
-        eps_smoothing: get("eps_smoothing").map_or(false, |v| v.as_bool().unwrap()),
+        lowercase: get("lowercase").is_some_and(|v| v.as_bool().unwrap()),
+        whitespace: get("whitespace").is_some_and(|v| v.as_bool().unwrap()),
+        eps_smoothing: get("eps_smoothing").is_some_and(|v| v.as_bool().unwrap()),
     }
 }
 
@@ -146,7 +147,8 @@ fn lowercasing_equals_python_str_lower() {
 #[test]
 fn whitespace_equals_python_str_isspace() {
     let want: Vec<u32> = ints(&golden()["py_whitespace"]).into_iter().map(|c| c as u32).collect();
-    let got: Vec<u32> = (0..0x110000u32).filter_map(char::from_u32).filter(|&c| is_py_space(c)).map(|c| c as u32).collect();
+    let got: Vec<u32> =
+        (0..0x110000u32).filter_map(char::from_u32).filter(|&c| is_py_space(c)).map(|c| c as u32).collect();
     assert_eq!(got, want);
 }
 

@@ -127,7 +127,12 @@ impl BleuCommand {
                     SmoothArg::None => "none",
                 };
                 let smoothing = Smoothing::from_name(smooth, a.smooth_value)?;
-                Metric::Bleu(Bleu::new(BleuConfig { tokenize, lowercase: a.lowercase, smoothing, ..BleuConfig::default() })?)
+                Metric::Bleu(Bleu::new(BleuConfig {
+                    tokenize,
+                    lowercase: a.lowercase,
+                    smoothing,
+                    ..BleuConfig::default()
+                })?)
             }
             MetricArg::Chrf => {
                 if a.tokenize.is_some() || a.smooth.is_some() || a.smooth_value.is_some() {
@@ -184,7 +189,8 @@ fn field_map(fields: Vec<(&'static str, String)>) -> serde_json::Map<String, ser
 /// Runs `cotext bleu`.
 pub fn run(args: BleuArgs) -> anyhow::Result<()> {
     let cmd = BleuCommand::from_args(args)?;
-    let read = |paths: &[PathBuf]| -> cotext::Result<Vec<Vec<String>>> { paths.par_iter().map(|p| read_lines(p)).collect() };
+    let read =
+        |paths: &[PathBuf]| -> cotext::Result<Vec<Vec<String>>> { paths.par_iter().map(|p| read_lines(p)).collect() };
     let refs = read(&cmd.references)?;
     for (path, lines) in cmd.references.iter().zip(&refs).skip(1) {
         if lines.len() != refs[0].len() {

@@ -36,7 +36,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::text::{WordIds, is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split};
+use super::text::{is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split, WordIds};
 use crate::{Error, Result};
 
 /// The sacreBLEU release whose results and signatures this module reproduces.
@@ -820,7 +820,10 @@ mod tests {
     #[test]
     fn tokenizer_13a_follows_mteval() {
         // Expected strings from sacrebleu 2.6.0's Tokenizer13a.
-        assert_eq!(Tokenize::V13a.tokenize("Hello, world. 3.14 and 1,000 - 5-6!"), "Hello , world . 3.14 and 1,000 - 5 - 6 !");
+        assert_eq!(
+            Tokenize::V13a.tokenize("Hello, world. 3.14 and 1,000 - 5-6!"),
+            "Hello , world . 3.14 and 1,000 - 5 - 6 !"
+        );
         assert_eq!(Tokenize::V13a.tokenize("a &amp;lt; b &quot;c&quot;<skipped>"), "a < b \" c \"");
         assert_eq!(Tokenize::V13a.tokenize("é.,x"), "é . , x");
     }
@@ -828,7 +831,10 @@ mod tests {
     #[test]
     fn tokenizer_intl_splits_unicode_punctuation_and_symbols() {
         // Expected strings from sacrebleu 2.6.0's TokenizerV14International.
-        assert_eq!(Tokenize::Intl.tokenize("«Bonjour», dit-il… 3,5 € ou 1.000,00$."), "« Bonjour » , dit - il … 3,5 € ou 1.000,00 $ .");
+        assert_eq!(
+            Tokenize::Intl.tokenize("«Bonjour», dit-il… 3,5 € ou 1.000,00$."),
+            "« Bonjour » , dit - il … 3,5 € ou 1.000,00 $ ."
+        );
     }
 
     #[test]

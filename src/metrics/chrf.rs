@@ -24,7 +24,7 @@ use std::fmt;
 use rayon::prelude::*;
 
 use super::bleu::SACREBLEU_VERSION;
-use super::text::{WordIds, is_py_space, py_split};
+use super::text::{is_py_space, py_split, WordIds};
 use crate::{Error, Result};
 
 /// chrF's options; the default is sacreBLEU's chrF2: character order 6, word
@@ -231,8 +231,11 @@ impl Chrf {
     /// Character n-grams of every order (keys pack 21-bit code points, plus one,
     /// so that n-grams of different orders never collide).
     fn char_ngrams(&self, line: &str) -> Vec<Occurrences> {
-        let chars: Vec<char> =
-            if self.config.whitespace { line.chars().collect() } else { line.chars().filter(|&c| !is_py_space(c)).collect() };
+        let chars: Vec<char> = if self.config.whitespace {
+            line.chars().collect()
+        } else {
+            line.chars().filter(|&c| !is_py_space(c)).collect()
+        };
         (1..=self.config.char_order)
             .map(|n| {
                 let keys: Vec<u128> =
@@ -414,7 +417,8 @@ impl ChrfReferences {
             .fold(
                 || zeros.clone(),
                 |mut acc, i| {
-                    let seg: Vec<Vec<[u64; 3]>> = systems.iter().map(|h| self.segment_stats(i, h[i].as_ref())).collect();
+                    let seg: Vec<Vec<[u64; 3]>> =
+                        systems.iter().map(|h| self.segment_stats(i, h[i].as_ref())).collect();
                     add(&mut acc, &seg);
                     acc
                 },
