@@ -4,6 +4,7 @@
 mod data;
 mod tokenizer;
 mod train;
+mod bleu;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify text lines from stdin with a trained run.
     Predict(train::PredictArgs),
+    /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
+    Bleu(bleu::BleuArgs),
 }
 
 /// Parses the process arguments and runs the chosen subcommand.
@@ -38,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
         Command::Predict(args) => train::predict(args),
+        Command::Bleu(args) => bleu::run(args),
     }
 }
 
