@@ -109,6 +109,7 @@ pub enum Error {
         path: PathBuf,
         /// Which tensor, and what was expected and found.
         msg: String,
+    },
     /// Two line-parallel inputs (a hypothesis file and a reference file, say) hold
     /// different numbers of lines; each is named as the caller knows it.
     #[error("{left} has {left_lines} lines but {right} has {right_lines}")]
