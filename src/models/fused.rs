@@ -1,4 +1,5 @@
-//! Fused CPU kernels with hand-written backward passes: layer norm and the LSTM cell.
+//! Fused CPU kernels with hand-written backward passes: layer norm, softmax, GELU and
+//! the LSTM cell.
 //!
 //! Written as candle custom ops whose `bwd` is itself one fused kernel, they replace
 //! a dozen elementwise ops (and their traced backward graph) with one pass each way.
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -202,6 +203,175 @@ impl CustomOp3 for LayerNormBwdOp {
             _ => candle_core::bail!("fused layer norm: f32 or f64 only"),
         };
         Ok((out, Shape::from((n + 2, d))))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Softmax and GELU
+
+/// Applies `f` to matching rows of `a` (and `b`, same length) in parallel, writing
+/// rows of `out`.
+fn map_rows<T: WithDType>(a: &[T], b: Option<&[T]>, d: usize, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); a.len()];
+    // Blocks of rows keep rayon's overhead small for short rows.
+    let rows_per = (16384 / d.max(1)).max(1);
+    out.par_chunks_mut(rows_per * d)
+        .enumerate()
+        .for_each(|(i, ob)| {
+            let start = i * rows_per * d;
+            for (j, o) in ob.chunks_mut(d).enumerate() {
+                let (off, n) = (start + j * d, o.len());
+                f(&a[off..off + n], b.map(|b| &b[off..off + n]), o);
+            }
+        });
+    out
+}
+
+macro_rules! dispatch1 {
+    ($s:expr, $l:expr, $what:expr, |$x:ident : $t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                let $x: &[f32] = slice($s, $l, $what)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                let $x: &[f64] = slice($s, $l, $what)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("fused {}: f32 or f64 only", $what),
+        }
+    };
+}
+
+/// Softmax over the last dimension, fused, with backward `y ⊙ (dy − Σ dy ⊙ y)`.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "cotext-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims().last().copied().unwrap_or(1);
+        let out = dispatch1!(s, l, "softmax", |x: T| map_rows::<T>(x, None, d, |x, _, o| {
+            let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
+            let mut sum = 0.0;
+            for (o, v) in o.iter_mut().zip(x) {
+                let e = (v.to_f64() - max).exp();
+                sum += e;
+                *o = T::from_f64(e);
+            }
+            let inv = 1.0 / sum;
+            for o in o.iter_mut() {
+                *o = T::from_f64(o.to_f64() * inv);
+            }
+        }));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?))
+    }
+}
+
+struct SoftmaxBwdOp;
+
+impl CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let out = dispatch1!(s1, l1, "softmax", |y: T| {
+            let dy: &[T] = slice(s2, l2, "softmax grad")?;
+            map_rows::<T>(y, Some(dy), d, |y, dy, o| {
+                let dy = dy.expect("grad rows");
+                let dot: f64 = y.iter().zip(dy).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                for i in 0..y.len() {
+                    o[i] = T::from_f64(y[i].to_f64() * (dy[i].to_f64() - dot));
+                }
+            })
+        });
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// GELU, erf form, fused, with the exact backward `Φ(x) + x·φ(x)`.
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(GeluOp)
+}
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "cotext-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s, l, "gelu", |x: T| map_rows::<T>(x, None, 1024.min(x.len().max(1)), |x, _, o| {
+            for (o, v) in o.iter_mut().zip(x) {
+                let v = v.to_f64();
+                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2));
+                *o = T::from_f64(v * cdf);
+            }
+        }));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op3_no_bwd(res, &grad.contiguous()?, &GeluBwdOp)?))
+    }
+}
+
+struct GeluBwdOp;
+
+impl CustomOp3 for GeluBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-gelu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s1, l1, "gelu", |x: T| {
+            let y: &[T] = slice(s2, l2, "gelu output")?;
+            let dy: &[T] = slice(s3, l3, "gelu grad")?;
+            let mut out = vec![T::from_f64(0.0); x.len()];
+            let block = 4096;
+            out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
+                let off = bi * block;
+                for (i, o) in o.iter_mut().enumerate() {
+                    let v = x[off + i].to_f64();
+                    // Φ(x) = gelu(x) / x reuses the forward's erf; near 0 (where the
+                    // quotient loses digits) and far out, compute it.
+                    let cdf = if v.abs() > 1e-2 && v.abs() < 5.0 {
+                        y[off + i].to_f64() / v
+                    } else {
+                        0.5 * (1.0 + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
+                    };
+                    let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
+                    *o = T::from_f64(dy[off + i].to_f64() * (cdf + v * pdf));
+                }
+            });
+            out
+        });
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -458,6 +628,39 @@ mod tests {
         assert_close(grads.get(&x).unwrap(), &fx, 1e-6, "dx")?;
         assert_close(grads.get(&w).unwrap(), &fw, 1e-6, "dw")?;
         assert_close(grads.get(&b).unwrap(), &fb, 1e-6, "db")?;
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_and_gelu_match_plain_ops_forward_and_backward() -> Result<()> {
+        use crate::models::layers::{gelu_ops, softmax_last_dim_ops};
+        // 3·5·1500 elements: several blocks, the last one partial.
+        let x = Var::from_tensor(&(randn(&[3, 5, 1500], 31)? * 3.0)?.to_dtype(DType::F32)?)?;
+        let up = randn(&[3, 5, 1500], 32)?.to_dtype(DType::F32)?;
+        type Pair = (fn(&Tensor) -> Result<Tensor>, fn(&Tensor) -> Result<Tensor>, &'static str);
+        let pairs: [Pair; 2] = [(softmax_last_dim, softmax_last_dim_ops, "softmax"), (gelu, gelu_ops, "gelu")];
+        for (fused, plain, name) in pairs {
+            let (a, b) = (fused(&x)?, plain(&x)?);
+            assert!(max_abs_diff(&a, &b)? < 1e-5, "{name} forward");
+            let ga = (a * &up)?.sum_all()?.backward()?;
+            let gb = (b * &up)?.sum_all()?.backward()?;
+            let diff = max_abs_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap())?;
+            assert!(diff < 1e-4, "{name} backward: {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_and_gelu_gradients_match_finite_differences() -> Result<()> {
+        let x0 = (randn(&[4, 7], 33)? * 2.0)?;
+        let up = randn(&[4, 7], 34)?;
+        let x = Var::from_tensor(&x0)?;
+        for (f, name) in [(softmax_last_dim as fn(&Tensor) -> Result<Tensor>, "softmax"), (gelu, "gelu")] {
+            let loss = |t: &Tensor| (f(t)? * &up)?.sum_all();
+            let g = loss(&x)?.backward()?;
+            let num = numeric_grad(&x0, &|t| loss(t)?.to_scalar::<f64>())?;
+            assert_close(g.get(&x).unwrap(), &num, 1e-7, name)?;
+        }
         Ok(())
     }
 

@@ -85,11 +85,21 @@ impl Dropout {
 }
 
 /// Softmax over the last dimension that backpropagates (unlike
-/// `candle_nn::ops::softmax_last_dim`).
+/// `candle_nn::ops::softmax_last_dim`): a fused kernel on the CPU (f32/f64),
+/// [`softmax_last_dim_ops`] elsewhere.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        fused::softmax_last_dim(xs)
+    } else {
+        softmax_last_dim_ops(xs)
+    }
+}
+
+/// Softmax over the last dimension in plain candle ops.
 ///
 /// The row maximum is subtracted for stability and detached: the result does not
 /// depend on the shift, so its gradient is exactly zero and need not be traced.
-pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim_ops(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let e = xs.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -103,8 +113,19 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// GELU, erf form `x/2 · (1 + erf(x/√2))` (BERT's `"gelu"`).
+/// GELU, erf form `x/2 · (1 + erf(x/√2))` (BERT's `"gelu"`): a fused kernel with an
+/// exact backward on the CPU (f32/f64), [`gelu_ops`] elsewhere.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        fused::gelu(xs)
+    } else {
+        gelu_ops(xs)
+    }
+}
+
+/// GELU, erf form, as candle's `gelu_erf` (whose backward rounds 1/√(2π) to six
+/// digits).
+pub fn gelu_ops(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()
 }
 
@@ -368,7 +389,7 @@ mod tests {
         let x0 = randn(&[3, 5], 21)?;
         let up = randn(&[3, 5], 22)?;
         let x = Var::from_tensor(&x0)?;
-        let f = |x: &Tensor| (softmax_last_dim(x)? * &up)?.sum_all();
+        let f = |x: &Tensor| (softmax_last_dim_ops(x)? * &up)?.sum_all();
         let g = f(&x)?.backward()?;
         let num = numeric_grad(&x0, &|t| f(t)?.to_scalar::<f64>())?;
         assert_close(g.get(&x).unwrap(), &num, 1e-7, "softmax")?;
@@ -395,8 +416,8 @@ mod tests {
     fn gelu_gradient_matches_finite_differences() -> Result<()> {
         let x0 = (randn(&[12], 27)? * 2.0)?;
         let x = Var::from_tensor(&x0)?;
-        let g = gelu(&x)?.sum_all()?.backward()?;
-        let num = numeric_grad(&x0, &|t| gelu(t)?.sum_all()?.to_scalar::<f64>())?;
+        let g = gelu_ops(&x)?.sum_all()?.backward()?;
+        let num = numeric_grad(&x0, &|t| gelu_ops(t)?.sum_all()?.to_scalar::<f64>())?;
         // candle's gelu_erf backward uses 1/sqrt(2 pi) rounded to 6 digits.
         assert_close(g.get(&x).unwrap(), &num, 1e-5, "gelu")
     }
@@ -466,7 +487,7 @@ mod tests {
     fn softmax_matches_candle_and_ignores_padding_bias() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::new(&[[1f32, 2., 3., -1.], [0.5, 0.5, -2., 4.]], &dev)?;
-        let ours = softmax_last_dim(&xs)?.to_vec2::<f32>()?;
+        let ours = softmax_last_dim_ops(&xs)?.to_vec2::<f32>()?;
         let theirs = candle_nn::ops::softmax_last_dim(&xs)?.to_vec2::<f32>()?;
         for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
             assert!((a - b).abs() < 1e-6);
