@@ -4,8 +4,9 @@
 //! every step, no masking):
 //! - the input projection of both directions for all time steps is one matmul,
 //!   computed before the recurrence;
-//! - both directions advance together: one batched `[2, B, H] × [2, H, 4H]` matmul and
-//!   one fused cell kernel per time step;
+//! - both directions advance together: one batched `[2, B, H] × [2, H, 4H]` matmul
+//!   per time step; on the CPU the whole recurrence, gate math included, is one fused
+//!   op with a hand-written backpropagation through time (plain ops elsewhere);
 //! - padding is masked: at a padded step the state is carried unchanged, so the
 //!   backward direction starts at each sequence's last real token, and neither the
 //!   outputs at real positions nor the final states depend on how much padding follows.
@@ -127,24 +128,14 @@ impl BiLstm {
         let dtype = xs.dtype();
         let keep_host: Vec<Vec<f32>> = layers::mask_as(mask, DType::F32)?.to_vec2::<f32>()?;
         // Step s handles time s for the forward direction and T-1-s for the backward one.
-        let keep_steps: Vec<Arc<Vec<bool>>> = (0..t)
+        let keep_steps: Vec<Vec<bool>> = (0..t)
             .map(|s| {
                 let fwd = keep_host.iter().map(|row| row[s] != 0.0);
                 let bwd = keep_host.iter().map(|row| row[t - 1 - s] != 0.0);
-                Arc::new(fwd.chain(bwd).collect())
+                fwd.chain(bwd).collect()
             })
             .collect();
-        let keep_tensors: Vec<Tensor> = if use_fused {
-            Vec::new()
-        } else {
-            keep_steps
-                .iter()
-                .map(|k| {
-                    let v: Vec<f32> = k.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
-                    Tensor::from_vec(v, (2 * b, 1), dev)?.to_dtype(dtype)
-                })
-                .collect::<Result<_>>()?
-        };
+        let keep_steps = Arc::new(keep_steps);
         let rev: Vec<u32> = (0..t as u32).rev().collect();
         let rev = Tensor::from_vec(rev, t, dev)?;
         let mask_f = layers::mask_as(mask, dtype)?.unsqueeze(2)?;
@@ -174,21 +165,27 @@ impl BiLstm {
                 ],
                 1,
             )?
-            .contiguous()?;
+            .reshape((t, 2 * b, 4 * h))?;
             let w_hh = Tensor::stack(&[fw.w_hh.t()?, bw.w_hh.t()?], 0)?; // [2, H, 4H]
-            let mut state = Tensor::zeros((2, 2 * b, h), dtype, dev)?;
-            let mut hs = Vec::with_capacity(t);
-            for s in 0..t {
-                let h_prev = state.get(0)?.reshape((2, b, h))?;
-                let gates = (xp.get(s)? + h_prev.matmul(&w_hh)?)?.reshape((2 * b, 4 * h))?;
-                state = if use_fused {
-                    fused::lstm_cell(&gates, &state, keep_steps[s].clone())?
-                } else {
-                    fused::lstm_cell_ops(&gates, &state, &keep_tensors[s])?
-                };
-                hs.push(state.get(0)?);
-            }
-            let hs = Tensor::stack(&hs, 0)?.reshape((t, 2, b, h))?;
+            let hs = if use_fused {
+                // [T, 2B, 6H]: gates, h, c per step.
+                fused::lstm_layer(&xp, &w_hh, keep_steps.clone())?.narrow(2, 4 * h, h)?
+            } else {
+                let mut state = Tensor::zeros((2, 2 * b, h), dtype, dev)?;
+                let mut hs = Vec::with_capacity(t);
+                for (s, keep) in keep_steps.iter().enumerate() {
+                    let v: Vec<f32> = keep.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+                    let keep = Tensor::from_vec(v, (2 * b, 1), dev)?.to_dtype(dtype)?;
+                    let h_prev = state.get(0)?.reshape((2, b, h))?;
+                    let gates = (xp.get(s)? + h_prev.matmul(&w_hh)?.reshape((2 * b, 4 * h))?)?;
+                    state = fused::lstm_cell_ops(&gates, &state, &keep)?;
+                    hs.push(state.get(0)?);
+                }
+                Tensor::stack(&hs, 0)?
+            };
+            let fin = hs.get(t - 1)?.reshape((2, b, h))?;
+            last = Some(Tensor::cat(&[fin.get(0)?, fin.get(1)?], 1)?);
+            let hs = hs.reshape((t, 2, b, h))?;
             let out = Tensor::cat(
                 &[
                     hs.narrow(1, 0, 1)?,
@@ -200,8 +197,6 @@ impl BiLstm {
             .reshape((b, t, 2 * h))?;
             // The forward direction carries its state over trailing padding; zero it.
             input = out.broadcast_mul(&mask_f)?;
-            let fin = state.get(0)?.reshape((2, b, h))?;
-            last = Some(Tensor::cat(&[fin.get(0)?, fin.get(1)?], 1)?);
         }
         Ok(BiLstmOutput {
             outputs: input,

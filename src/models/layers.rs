@@ -286,7 +286,7 @@ impl MultiHeadSelfAttention {
         dropout: Dropout,
     ) -> Result<Self> {
         let (d, d_in) = query.weight().dims2()?;
-        if d != d_in || d % heads != 0 {
+        if d != d_in || heads == 0 || !d.is_multiple_of(heads) {
             candle_core::bail!("attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads");
         }
         Ok(Self {

@@ -123,7 +123,7 @@ impl ModelConfig {
             ModelConfig::Transformer(c) => {
                 bad("dropout", c.dropout)?;
                 bad("attention_dropout", c.attention_dropout)?;
-                if c.heads == 0 || c.d_model % c.heads != 0 {
+                if c.heads == 0 || !c.d_model.is_multiple_of(c.heads) {
                     return Err(crate::Error::Config(format!(
                         "model.d_model ({}) must be a positive multiple of model.heads ({})",
                         c.d_model, c.heads

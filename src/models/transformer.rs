@@ -163,7 +163,7 @@ impl TransformerEncoder {
     /// Builds the encoder for a vocabulary of `vocab` ids.
     pub fn build(cfg: &TransformerConfig, vocab: usize, p: &Params, rng: SharedRng) -> Result<Self> {
         let d = cfg.d_model;
-        if cfg.heads == 0 || d % cfg.heads != 0 {
+        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) {
             candle_core::bail!("transformer: d_model {d} is not divisible by heads {}", cfg.heads);
         }
         let dropout = Dropout::new(cfg.dropout, rng.clone())?;
