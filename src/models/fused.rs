@@ -1,8 +1,10 @@
 //! Fused CPU kernels with hand-written backward passes: layer norm, softmax, GELU and
-//! the LSTM cell.
+//! a whole bidirectional LSTM layer.
 //!
-//! Written as candle custom ops whose `bwd` is itself one fused kernel, they replace
-//! a dozen elementwise ops (and their traced backward graph) with one pass each way.
+//! Written as candle custom ops whose `bwd` is itself a fused kernel, they replace
+//! a dozen elementwise ops (and their traced backward graph) with one pass each way;
+//! the LSTM layer replaces T steps of autograd bookkeeping with one loop of
+//! backpropagation through time.
 //! They run on the CPU for f32 and f64 only; [`supported`] says when, and the callers
 //! fall back to plain candle ops otherwise. Sums are accumulated in f64. Both are
 //! checked against the plain-op versions and against finite differences in f64.

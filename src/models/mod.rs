@@ -12,8 +12,9 @@
 //!
 //! **Gradient coverage.** candle's fast `LayerNorm`, `RmsNorm`, `softmax_last_dim`,
 //! rope and sdpa record no backward: a model built on them trains only what lies
-//! downstream, without any error. Every layer here uses ops that backpropagate (or
-//! fused CPU kernels with a backward checked against finite differences), and the
+//! downstream, without any error. Every layer here uses ops that backpropagate (on
+//! the CPU, fused kernels for layer norm, softmax, GELU and the LSTM recurrence, with
+//! backward passes checked against finite differences and against plain ops), and the
 //! tests `tests/models_*.rs` check that *every* variable of every model receives a
 //! non-zero gradient.
 
