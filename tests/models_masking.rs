@@ -32,6 +32,10 @@ fn check(what: &str, cfg: &ModelConfig, vocab: usize) -> Result<()> {
     // The check can fail: the other rows' logits differ from this one's.
     let other = model.forward(&ids, &mask, false)?.get(0)?;
     assert!(max_abs_diff(&other, &alone)? > 1e-4, "{what}: logits do not depend on the input");
+    // A row with no real token at all still gives finite logits.
+    let (ids, mask) = batch(vocab as u32, &[3, 0], 5, 9)?;
+    let logits = model.forward(&ids, &mask, false)?.flatten_all()?.to_vec1::<f32>()?;
+    assert!(logits.iter().all(|x| x.is_finite()), "{what}: empty row gives {logits:?}");
     Ok(())
 }
 

@@ -250,14 +250,17 @@ pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     sum.broadcast_div(&count)
 }
 
-/// Max of `xs [B, T, D]` over the real positions of `mask [B, T]`.
+/// Max of `xs [B, T, D]` over the real positions of `mask [B, T]`; 0 for a row with
+/// no real position (rather than the dtype's lowest value, which would overflow the
+/// logits).
 pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, t, d) = xs.dims3()?;
-    let keep = mask_as(mask, DType::U8)?
-        .unsqueeze(2)?
-        .broadcast_as((b, t, d))?;
+    let keep = mask_as(mask, DType::U8)?;
+    let any = keep.to_dtype(DType::F32)?.sum_keepdim(1)?.gt(0f32)?.broadcast_as((b, d))?;
+    let keep = keep.unsqueeze(2)?.broadcast_as((b, t, d))?;
     let lowest = Tensor::full(f32::MIN, (b, t, d), xs.device())?.to_dtype(xs.dtype())?;
-    keep.where_cond(xs, &lowest)?.max(1)
+    let max = keep.where_cond(xs, &lowest)?.max(1)?;
+    any.where_cond(&max, &max.zeros_like()?)
 }
 
 /// Multi-head self-attention with a key padding mask, parameterised like BERT
@@ -505,10 +508,14 @@ mod tests {
     #[test]
     fn masked_pooling_ignores_padding() -> Result<()> {
         let dev = Device::Cpu;
-        let xs = Tensor::new(&[[[1f32, -5.], [3., -1.], [100., 100.]]], &dev)?;
-        let mask = Tensor::new(&[[1u8, 1, 0]], &dev)?;
-        assert_eq!(masked_mean(&xs, &mask)?.to_vec2::<f32>()?, [[2.0, -3.0]]);
-        assert_eq!(masked_max(&xs, &mask)?.to_vec2::<f32>()?, [[3.0, -1.0]]);
+        let xs = Tensor::new(
+            &[[[1f32, -5.], [3., -1.], [100., 100.]], [[7., 8.], [9., 10.], [11., 12.]]],
+            &dev,
+        )?;
+        let mask = Tensor::new(&[[1u8, 1, 0], [0, 0, 0]], &dev)?;
+        // A row without real tokens pools to 0, not NaN or the lowest float.
+        assert_eq!(masked_mean(&xs, &mask)?.to_vec2::<f32>()?, [[2.0, -3.0], [0.0, 0.0]]);
+        assert_eq!(masked_max(&xs, &mask)?.to_vec2::<f32>()?, [[3.0, -1.0], [0.0, 0.0]]);
         Ok(())
     }
 
