@@ -41,7 +41,12 @@ fn every_bilstm_variable_gets_a_gradient() -> Result<()> {
                 dropout: 0.2,
                 pooling,
             });
-            check(&format!("bilstm {pooling:?} x{layers}"), &cfg, VOCAB, DType::F32)?;
+            check(
+                &format!("bilstm {pooling:?} x{layers}"),
+                &cfg,
+                VOCAB,
+                DType::F32,
+            )?;
         }
     }
     // f64 runs the same fused kernels; the plain-op fallback is covered in the unit tests.
@@ -71,7 +76,12 @@ fn every_transformer_variable_gets_a_gradient() -> Result<()> {
                     pooling,
                     ..TransformerConfig::default()
                 });
-                check(&format!("transformer {norm:?} {positions:?} {pooling:?}"), &cfg, VOCAB, DType::F32)?;
+                check(
+                    &format!("transformer {norm:?} {positions:?} {pooling:?}"),
+                    &cfg,
+                    VOCAB,
+                    DType::F32,
+                )?;
             }
         }
     }
@@ -93,10 +103,14 @@ fn every_tiny_bert_variable_gets_a_gradient() -> Result<()> {
 
 #[test]
 fn every_minilm_variable_gets_a_gradient() -> Result<()> {
-    let Some(dir) = minilm_dir() else { return Ok(()) };
+    let Some(dir) = minilm_dir() else {
+        return Ok(());
+    };
     let mut cfg = BertConfig::new(dir);
     cfg.pooling = BertPooling::Pooler;
-    let model = ModelConfig::Bert(cfg).build(30522, 3, DType::F32, &Device::Cpu, 1).unwrap();
+    let model = ModelConfig::Bert(cfg)
+        .build(30522, 3, DType::F32, &Device::Cpu, 1)
+        .unwrap();
     // 6 layers × 16 + 5 embedding + 2 pooler + 2 head.
     assert_eq!(model.varmap().all_vars().len(), 105);
     let (ids, mask) = batch(30522, &LENS, 6, 9)?;

@@ -50,8 +50,16 @@ impl Direction {
         // PyTorch's init for every LSTM weight and bias.
         let init = Init::Uniform(1.0 / (hidden as f64).sqrt());
         Ok(Self {
-            w_ih: p.get((4 * hidden, input), &format!("weight_ih_l{layer}{suffix}"), init)?,
-            w_hh: p.get((4 * hidden, hidden), &format!("weight_hh_l{layer}{suffix}"), init)?,
+            w_ih: p.get(
+                (4 * hidden, input),
+                &format!("weight_ih_l{layer}{suffix}"),
+                init,
+            )?,
+            w_hh: p.get(
+                (4 * hidden, hidden),
+                &format!("weight_hh_l{layer}{suffix}"),
+                init,
+            )?,
             b_ih: p.get(4 * hidden, &format!("bias_ih_l{layer}{suffix}"), init)?,
             b_hh: p.get(4 * hidden, &format!("bias_hh_l{layer}{suffix}"), init)?,
         })
@@ -276,8 +284,15 @@ impl BiLstmClassifier {
     ) -> Result<Self> {
         let dropout = Dropout::new(cfg.dropout, rng)?;
         // N(0, 1), PyTorch's nn.Embedding init.
-        let embedding = layers::embedding(vocab, cfg.embed_dim, Init::Normal(1.0), &p.pp("embedding"))?;
-        let lstm = BiLstm::build(cfg.embed_dim, cfg.hidden, cfg.layers, dropout.clone(), &p.pp("lstm"))?;
+        let embedding =
+            layers::embedding(vocab, cfg.embed_dim, Init::Normal(1.0), &p.pp("embedding"))?;
+        let lstm = BiLstm::build(
+            cfg.embed_dim,
+            cfg.hidden,
+            cfg.layers,
+            dropout.clone(),
+            &p.pp("lstm"),
+        )?;
         let classifier = layers::linear(
             2 * cfg.hidden,
             classes,
@@ -309,7 +324,8 @@ impl BiLstmClassifier {
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.encode(ids, mask, train)?;
-        self.classifier.forward(&self.dropout.forward(&pooled, train)?)
+        self.classifier
+            .forward(&self.dropout.forward(&pooled, train)?)
     }
 }
 
@@ -329,7 +345,10 @@ mod tests {
         let p = Params::new(varmap.clone(), DType::F64, &dev, 3);
         let lstm = BiLstm::build(3, 4, 2, Dropout::new(0.0, SharedRng::new(0))?, &p)?;
         let xs = Var::from_tensor(&randn(&[3, 5, 3], 4)?)?;
-        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], &dev)?;
+        let mask = Tensor::new(
+            &[[1u32, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+            &dev,
+        )?;
         let up = randn(&[3, 5, 8], 5)?;
         let up_last = randn(&[3, 8], 6)?;
         let mut results = Vec::new();

@@ -161,7 +161,8 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let n = x.elem_count() / d;
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let packed =
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.get(n)?;
         let db = packed.get(n + 1)?;
@@ -213,7 +214,12 @@ impl CustomOp3 for LayerNormBwdOp {
 
 /// Applies `f` to matching rows of `a` (and `b`, same length) in parallel, writing
 /// rows of `out`.
-fn map_rows<T: WithDType>(a: &[T], b: Option<&[T]>, d: usize, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
+fn map_rows<T: WithDType>(
+    a: &[T],
+    b: Option<&[T]>,
+    d: usize,
+    f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync,
+) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); a.len()];
     // Blocks of rows keep rayon's overhead small for short rows.
     let rows_per = (16384 / d.max(1)).max(1);
@@ -261,24 +267,31 @@ impl CustomOp1 for SoftmaxOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims().last().copied().unwrap_or(1);
-        let out = dispatch1!(s, l, "softmax", |x: T| map_rows::<T>(x, None, d, |x, _, o| {
-            let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
-            let mut sum = 0.0;
-            for (o, v) in o.iter_mut().zip(x) {
-                let e = (v.to_f64() - max).exp();
-                sum += e;
-                *o = T::from_f64(e);
+        let out = dispatch1!(s, l, "softmax", |x: T| map_rows::<T>(
+            x,
+            None,
+            d,
+            |x, _, o| {
+                let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
+                let mut sum = 0.0;
+                for (o, v) in o.iter_mut().zip(x) {
+                    let e = (v.to_f64() - max).exp();
+                    sum += e;
+                    *o = T::from_f64(e);
+                }
+                let inv = 1.0 / sum;
+                for o in o.iter_mut() {
+                    *o = T::from_f64(o.to_f64() * inv);
+                }
             }
-            let inv = 1.0 / sum;
-            for o in o.iter_mut() {
-                *o = T::from_f64(o.to_f64() * inv);
-            }
-        }));
+        ));
         Ok((out, l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
+        ))
     }
 }
 
@@ -289,7 +302,13 @@ impl CustomOp2 for SoftmaxBwdOp {
         "cotext-softmax-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = l1.dims().last().copied().unwrap_or(1);
         let out = dispatch1!(s1, l1, "softmax", |y: T| {
             let dy: &[T] = slice(s2, l2, "softmax grad")?;
@@ -320,18 +339,29 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch1!(s, l, "gelu", |x: T| map_rows::<T>(x, None, 1024.min(x.len().max(1)), |x, _, o| {
-            for (o, v) in o.iter_mut().zip(x) {
-                let v = v.to_f64();
-                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2));
-                *o = T::from_f64(v * cdf);
+        let out = dispatch1!(s, l, "gelu", |x: T| map_rows::<T>(
+            x,
+            None,
+            1024.min(x.len().max(1)),
+            |x, _, o| {
+                for (o, v) in o.iter_mut().zip(x) {
+                    let v = v.to_f64();
+                    let cdf = 0.5
+                        * (1.0
+                            + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2));
+                    *o = T::from_f64(v * cdf);
+                }
             }
-        }));
+        ));
         Ok((out, l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op3_no_bwd(res, &grad.contiguous()?, &GeluBwdOp)?))
+        Ok(Some(arg.apply_op3_no_bwd(
+            res,
+            &grad.contiguous()?,
+            &GeluBwdOp,
+        )?))
     }
 }
 
@@ -365,7 +395,8 @@ impl CustomOp3 for GeluBwdOp {
                     let cdf = if v.abs() > 1e-2 && v.abs() < 5.0 {
                         y[off + i].to_f64() / v
                     } else {
-                        0.5 * (1.0 + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
+                        0.5 * (1.0
+                            + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
                     };
                     let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
                     *o = T::from_f64(dy[off + i].to_f64() * (cdf + v * pdf));
@@ -399,8 +430,19 @@ fn sigmoid(x: f64) -> f64 {
 pub fn lstm_layer(xp: &Tensor, w_hh_t: &Tensor, keep: Arc<Vec<Vec<bool>>>) -> Result<Tensor> {
     let (t, b2, h4) = xp.dims3()?;
     let (two, h, h4w) = w_hh_t.dims3()?;
-    if two != 2 || h4 != 4 * h || h4w != h4 || b2 % 2 != 0 || keep.len() != t || keep.iter().any(|k| k.len() != b2) {
-        candle_core::bail!("lstm layer: xp {:?}, w_hh_t {:?}, mask {}x?", xp.dims(), w_hh_t.dims(), keep.len());
+    if two != 2
+        || h4 != 4 * h
+        || h4w != h4
+        || b2 % 2 != 0
+        || keep.len() != t
+        || keep.iter().any(|k| k.len() != b2)
+    {
+        candle_core::bail!(
+            "lstm layer: xp {:?}, w_hh_t {:?}, mask {}x?",
+            xp.dims(),
+            w_hh_t.dims(),
+            keep.len()
+        );
     }
     let w = w_hh_t.to_dtype(xp.dtype())?.contiguous()?;
     xp.contiguous()?.apply_op2(&w, LstmLayerOp { keep })
@@ -453,7 +495,13 @@ fn layer_fwd<T: WithDType>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -
 }
 
 /// Returns (d xp `[T, 2B, 4H]`, d w_hh_t `[2, H, 4H]`).
-fn layer_bwd<T: WithDType>(out: &[T], grad: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -> Result<(Tensor, Tensor)> {
+fn layer_bwd<T: WithDType>(
+    out: &[T],
+    grad: &[T],
+    w: &Tensor,
+    keep: &[Vec<bool>],
+    h: usize,
+) -> Result<(Tensor, Tensor)> {
     let dev = w.device();
     let t = keep.len();
     let b2 = keep.first().map_or(0, |k| k.len());
@@ -467,7 +515,11 @@ fn layer_bwd<T: WithDType>(out: &[T], grad: &[T], w: &Tensor, keep: &[Vec<bool>]
     for s in (0..t).rev() {
         let o_s = &out[s * b2 * row..(s + 1) * b2 * row];
         let gr_s = &grad[s * b2 * row..(s + 1) * b2 * row];
-        let prev = if s > 0 { Some(&out[(s - 1) * b2 * row..s * b2 * row]) } else { None };
+        let prev = if s > 0 {
+            Some(&out[(s - 1) * b2 * row..s * b2 * row])
+        } else {
+            None
+        };
         let dg_s = &mut dgates_all[s * b2 * g4..(s + 1) * b2 * g4];
         let mut dh_pass = vec![0f64; b2 * h];
         for r in 0..b2 {
@@ -475,7 +527,8 @@ fn layer_bwd<T: WithDType>(out: &[T], grad: &[T], w: &Tensor, keep: &[Vec<bool>]
             let gr = &gr_s[r * row..(r + 1) * row];
             let dg = &mut dg_s[r * g4..(r + 1) * g4];
             if let Some(p) = prev {
-                hprev_all[(s * b2 + r) * h..(s * b2 + r + 1) * h].copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
+                hprev_all[(s * b2 + r) * h..(s * b2 + r + 1) * h]
+                    .copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
             }
             for j in 0..h {
                 let dh = gr[g4 + j].to_f64() + dh_next[r * h + j];
@@ -511,8 +564,13 @@ fn layer_bwd<T: WithDType>(out: &[T], grad: &[T], w: &Tensor, keep: &[Vec<bool>]
     }
     let dxp = Tensor::from_vec(dgates_all, (t, b2, g4), dev)?;
     // dW = Σ_s h_prevᵀ · dgates, per direction, as one matmul over all steps.
-    let hp = Tensor::from_vec(hprev_all, (t, 2, b, h), dev)?.permute((1, 3, 0, 2))?.reshape((2, h, t * b))?;
-    let dg = dxp.reshape((t, 2, b, g4))?.permute((1, 0, 2, 3))?.reshape((2, t * b, g4))?;
+    let hp = Tensor::from_vec(hprev_all, (t, 2, b, h), dev)?
+        .permute((1, 3, 0, 2))?
+        .reshape((2, h, t * b))?;
+    let dg = dxp
+        .reshape((t, 2, b, g4))?
+        .permute((1, 0, 2, 3))?
+        .reshape((2, t * b, g4))?;
     let dw = hp.matmul(&dg)?;
     Ok((dxp, dw))
 }
@@ -522,7 +580,13 @@ impl CustomOp2 for LstmLayerOp {
         "cotext-lstm-layer"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (t, b2, g4) = l1.shape().dims3()?;
         let h = g4 / 4;
         let w_shape = l2.shape().clone();
@@ -534,7 +598,13 @@ impl CustomOp2 for LstmLayerOp {
         Ok((out, Shape::from((t, b2, 6 * h))))
     }
 
-    fn bwd(&self, _xp: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _xp: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let h = w.dim(1)?;
         let (dxp, dw) = match res.dtype() {
             DType::F32 => layer_bwd::<f32>(
@@ -629,8 +699,15 @@ mod tests {
         // 3·5·1500 elements: several blocks, the last one partial.
         let x = Var::from_tensor(&(randn(&[3, 5, 1500], 31)? * 3.0)?.to_dtype(DType::F32)?)?;
         let up = randn(&[3, 5, 1500], 32)?.to_dtype(DType::F32)?;
-        type Pair = (fn(&Tensor) -> Result<Tensor>, fn(&Tensor) -> Result<Tensor>, &'static str);
-        let pairs: [Pair; 2] = [(softmax_last_dim, softmax_last_dim_ops, "softmax"), (gelu, gelu_ops, "gelu")];
+        type Pair = (
+            fn(&Tensor) -> Result<Tensor>,
+            fn(&Tensor) -> Result<Tensor>,
+            &'static str,
+        );
+        let pairs: [Pair; 2] = [
+            (softmax_last_dim, softmax_last_dim_ops, "softmax"),
+            (gelu, gelu_ops, "gelu"),
+        ];
         for (fused, plain, name) in pairs {
             let (a, b) = (fused(&x)?, plain(&x)?);
             assert!(max_abs_diff(&a, &b)? < 1e-5, "{name} forward");
@@ -647,7 +724,10 @@ mod tests {
         let x0 = (randn(&[4, 7], 33)? * 2.0)?;
         let up = randn(&[4, 7], 34)?;
         let x = Var::from_tensor(&x0)?;
-        for (f, name) in [(softmax_last_dim as fn(&Tensor) -> Result<Tensor>, "softmax"), (gelu, "gelu")] {
+        for (f, name) in [
+            (softmax_last_dim as fn(&Tensor) -> Result<Tensor>, "softmax"),
+            (gelu, "gelu"),
+        ] {
             let loss = |t: &Tensor| (f(t)? * &up)?.sum_all();
             let g = loss(&x)?.backward()?;
             let num = numeric_grad(&x0, &|t| loss(t)?.to_scalar::<f64>())?;
@@ -660,13 +740,18 @@ mod tests {
     /// gradients of the projections and recurrent weights (f64, tight).
     fn plain_layer(xp: &Tensor, w: &Tensor, keep: &[Vec<bool>]) -> Result<Tensor> {
         let (t, b2, g4) = xp.dims3()?;
+        assert_eq!(keep.len(), t);
         let h = g4 / 4;
         let mut state = Tensor::zeros((2, b2, h), DType::F64, &Device::Cpu)?;
         let mut outs = Vec::new();
-        for s in 0..t {
-            let k: Vec<f64> = keep[s].iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+        for (s, keep) in keep.iter().enumerate() {
+            let k: Vec<f64> = keep.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
             let k = Tensor::from_vec(k, (b2, 1), &Device::Cpu)?;
-            let hw = state.get(0)?.reshape((2, b2 / 2, h))?.matmul(w)?.reshape((b2, g4))?;
+            let hw = state
+                .get(0)?
+                .reshape((2, b2 / 2, h))?
+                .matmul(w)?
+                .reshape((b2, g4))?;
             let gates = (xp.get(s)? + hw)?;
             state = lstm_cell_ops(&gates, &state, &k)?;
             outs.push(Tensor::cat(&[gates, state.get(0)?, state.get(1)?], 1)?);
@@ -698,7 +783,11 @@ mod tests {
             let diff = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap())?;
             assert!(diff < 1e-12, "{name}: fused vs plain {diff}");
         }
-        let loss = |x: &Tensor, w: &Tensor| (lstm_layer(x, w, keep.clone())? * &up)?.sum_all()?.to_scalar::<f64>();
+        let loss = |x: &Tensor, w: &Tensor| {
+            (lstm_layer(x, w, keep.clone())? * &up)?
+                .sum_all()?
+                .to_scalar::<f64>()
+        };
         let fx = numeric_grad(&xp0, &|x| loss(x, &w0))?;
         let fw = numeric_grad(&w0, &|w| loss(&xp0, w))?;
         assert_close(gf.get(&xp).unwrap(), &fx, 1e-6, "d xp")?;

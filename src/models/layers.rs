@@ -256,7 +256,11 @@ pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, t, d) = xs.dims3()?;
     let keep = mask_as(mask, DType::U8)?;
-    let any = keep.to_dtype(DType::F32)?.sum_keepdim(1)?.gt(0f32)?.broadcast_as((b, d))?;
+    let any = keep
+        .to_dtype(DType::F32)?
+        .sum_keepdim(1)?
+        .gt(0f32)?
+        .broadcast_as((b, d))?;
     let keep = keep.unsqueeze(2)?.broadcast_as((b, t, d))?;
     let lowest = Tensor::full(f32::MIN, (b, t, d), xs.device())?.to_dtype(xs.dtype())?;
     let max = keep.where_cond(xs, &lowest)?.max(1)?;
@@ -290,7 +294,9 @@ impl MultiHeadSelfAttention {
     ) -> Result<Self> {
         let (d, d_in) = query.weight().dims2()?;
         if d != d_in || heads == 0 || !d.is_multiple_of(heads) {
-            candle_core::bail!("attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads");
+            candle_core::bail!(
+                "attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads"
+            );
         }
         Ok(Self {
             query,
@@ -435,7 +441,8 @@ mod tests {
         let p = Params::new(varmap.clone(), DType::F64, &dev, 5);
         let lin = |n: &str| linear(d, d, Init::Normal(0.5), true, &p.pp(n));
         let drop = Dropout::new(0.0, SharedRng::new(0))?;
-        let attn = MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
+        let attn =
+            MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
         // Biases start at zero: give them values so their gradients are tested too.
         for (i, v) in varmap.all_vars().iter().enumerate() {
             v.set(&randn(v.dims(), 100 + i as u64)?)?;
@@ -474,7 +481,10 @@ mod tests {
         );
         let a = d.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
         let zeros = a.iter().filter(|&&x| x == 0.0).count();
-        assert!((850..1150).contains(&zeros), "{zeros} of 4000 dropped at p=0.25");
+        assert!(
+            (850..1150).contains(&zeros),
+            "{zeros} of 4000 dropped at p=0.25"
+        );
         assert!(a.iter().all(|&x| x == 0.0 || (x - 4.0 / 3.0).abs() < 1e-6));
         let again = Dropout::new(0.25, SharedRng::new(3))?
             .forward(&xs, true)?
@@ -509,13 +519,22 @@ mod tests {
     fn masked_pooling_ignores_padding() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::new(
-            &[[[1f32, -5.], [3., -1.], [100., 100.]], [[7., 8.], [9., 10.], [11., 12.]]],
+            &[
+                [[1f32, -5.], [3., -1.], [100., 100.]],
+                [[7., 8.], [9., 10.], [11., 12.]],
+            ],
             &dev,
         )?;
         let mask = Tensor::new(&[[1u8, 1, 0], [0, 0, 0]], &dev)?;
         // A row without real tokens pools to 0, not NaN or the lowest float.
-        assert_eq!(masked_mean(&xs, &mask)?.to_vec2::<f32>()?, [[2.0, -3.0], [0.0, 0.0]]);
-        assert_eq!(masked_max(&xs, &mask)?.to_vec2::<f32>()?, [[3.0, -1.0], [0.0, 0.0]]);
+        assert_eq!(
+            masked_mean(&xs, &mask)?.to_vec2::<f32>()?,
+            [[2.0, -3.0], [0.0, 0.0]]
+        );
+        assert_eq!(
+            masked_max(&xs, &mask)?.to_vec2::<f32>()?,
+            [[3.0, -1.0], [0.0, 0.0]]
+        );
         Ok(())
     }
 

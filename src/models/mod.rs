@@ -104,7 +104,9 @@ impl ModelConfig {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(crate::Error::Config(format!("model.{what} must be in [0, 1), got {v}")))
+                Err(crate::Error::Config(format!(
+                    "model.{what} must be in [0, 1), got {v}"
+                )))
             }
         };
         let varmap = VarMap::new();
@@ -119,7 +121,13 @@ impl ModelConfig {
                         "model.embed_dim, model.hidden and model.layers must be positive".into(),
                     ));
                 }
-                Net::BiLstm(BiLstmClassifier::build(c, vocab, classes, &params, rng.clone())?)
+                Net::BiLstm(BiLstmClassifier::build(
+                    c,
+                    vocab,
+                    classes,
+                    &params,
+                    rng.clone(),
+                )?)
             }
             ModelConfig::Transformer(c) => {
                 bad("dropout", c.dropout)?;
@@ -135,11 +143,20 @@ impl ModelConfig {
                         "model.layers, model.ffn_dim and model.max_len must be positive".into(),
                     ));
                 }
-                Net::Transformer(TransformerClassifier::build(c, vocab, classes, &params, rng.clone())?)
+                Net::Transformer(TransformerClassifier::build(
+                    c,
+                    vocab,
+                    classes,
+                    &params,
+                    rng.clone(),
+                )?)
             }
             ModelConfig::Bert(c) => {
                 bad("classifier_dropout", c.classifier_dropout)?;
-                for (what, v) in [("hidden_dropout", c.hidden_dropout), ("attention_dropout", c.attention_dropout)] {
+                for (what, v) in [
+                    ("hidden_dropout", c.hidden_dropout),
+                    ("attention_dropout", c.attention_dropout),
+                ] {
                     if let Some(v) = v {
                         bad(what, v)?;
                     }
@@ -281,14 +298,20 @@ impl Model {
         names.sort();
         for name in names {
             let var = &vars[name];
-            let t = data.get(name.as_str()).ok_or_else(|| crate::Error::Checkpoint {
-                path: path.to_path_buf(),
-                msg: format!("tensor {name} is missing"),
-            })?;
+            let t = data
+                .get(name.as_str())
+                .ok_or_else(|| crate::Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("tensor {name} is missing"),
+                })?;
             if t.shape() != var.shape() {
                 return Err(crate::Error::Checkpoint {
                     path: path.to_path_buf(),
-                    msg: format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+                    msg: format!(
+                        "tensor {name} has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 });
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;

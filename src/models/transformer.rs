@@ -161,22 +161,36 @@ pub struct TransformerEncoder {
 
 impl TransformerEncoder {
     /// Builds the encoder for a vocabulary of `vocab` ids.
-    pub fn build(cfg: &TransformerConfig, vocab: usize, p: &Params, rng: SharedRng) -> Result<Self> {
+    pub fn build(
+        cfg: &TransformerConfig,
+        vocab: usize,
+        p: &Params,
+        rng: SharedRng,
+    ) -> Result<Self> {
         let d = cfg.d_model;
         if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) {
-            candle_core::bail!("transformer: d_model {d} is not divisible by heads {}", cfg.heads);
+            candle_core::bail!(
+                "transformer: d_model {d} is not divisible by heads {}",
+                cfg.heads
+            );
         }
         let dropout = Dropout::new(cfg.dropout, rng.clone())?;
         let attn_dropout = Dropout::new(cfg.attention_dropout, rng)?;
         // N(0, 1/d), then scaled by √d in forward: unit-variance inputs.
-        let embedding = layers::embedding(vocab, d, Init::Normal((d as f64).powf(-0.5)), &p.pp("embedding"))?;
+        let embedding = layers::embedding(
+            vocab,
+            d,
+            Init::Normal((d as f64).powf(-0.5)),
+            &p.pp("embedding"),
+        )?;
         let (positions, learned_positions) = match cfg.positions {
             PositionEncoding::Sinusoidal => (
                 layers::sinusoidal_positions(cfg.max_len, d, p.dtype(), p.device())?,
                 false,
             ),
             PositionEncoding::Learned => (
-                p.pp("positions").get((cfg.max_len, d), "weight", Init::Normal(0.02))?,
+                p.pp("positions")
+                    .get((cfg.max_len, d), "weight", Init::Normal(0.02))?,
                 true,
             ),
         };
@@ -209,7 +223,11 @@ impl TransformerEncoder {
             });
         }
         let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::build(d, cfg.layer_norm_eps, &p.pp("final_norm"))?),
+            NormPosition::Pre => Some(LayerNorm::build(
+                d,
+                cfg.layer_norm_eps,
+                &p.pp("final_norm"),
+            )?),
             NormPosition::Post => None,
         };
         Ok(Self {
@@ -238,7 +256,11 @@ impl TransformerEncoder {
         }
         let x = (self.embedding.forward(ids)? * (self.d_model as f64).sqrt())?;
         let pos = self.positions.narrow(0, 0, t)?;
-        let pos = if self.learned_positions { pos } else { pos.detach() };
+        let pos = if self.learned_positions {
+            pos
+        } else {
+            pos.detach()
+        };
         let mut x = self.dropout.forward(&x.broadcast_add(&pos)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         for l in &self.layers {
@@ -251,9 +273,12 @@ impl TransformerEncoder {
                 }
                 NormPosition::Post => {
                     let a = l.attn.forward(&x, &bias, train)?;
-                    let x = l.ln_attn.forward(&(&x + self.dropout.forward(&a, train)?)?)?;
+                    let x = l
+                        .ln_attn
+                        .forward(&(&x + self.dropout.forward(&a, train)?)?)?;
                     let f = l.ffn.forward(&x)?;
-                    l.ln_ffn.forward(&(&x + self.dropout.forward(&f, train)?)?)?
+                    l.ln_ffn
+                        .forward(&(&x + self.dropout.forward(&f, train)?)?)?
                 }
             };
         }
@@ -285,7 +310,13 @@ impl TransformerClassifier {
     ) -> Result<Self> {
         let encoder = TransformerEncoder::build(cfg, vocab, p, rng.clone())?;
         let d = cfg.d_model;
-        let classifier = layers::linear(d, classes, layers::torch_linear_init(d), true, &p.pp("classifier"))?;
+        let classifier = layers::linear(
+            d,
+            classes,
+            layers::torch_linear_init(d),
+            true,
+            &p.pp("classifier"),
+        )?;
         Ok(Self {
             encoder,
             classifier,
@@ -303,7 +334,8 @@ impl TransformerClassifier {
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.encode(ids, mask, train)?;
-        self.classifier.forward(&self.dropout.forward(&pooled, train)?)
+        self.classifier
+            .forward(&self.dropout.forward(&pooled, train)?)
     }
 }
 
