@@ -413,6 +413,59 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------
+// Multiplication by a constant (dropout masks)
+
+/// `xs ⊙ c` where `c` (a dropout mask) takes no gradient: autograd's `mul` would also
+/// compute and accumulate a full-size gradient for `c`.
+pub fn mul_by_constant(xs: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if xs.shape() != c.shape() {
+        candle_core::bail!("mul_by_constant: shapes {:?} and {:?}", xs.dims(), c.dims());
+    }
+    xs.contiguous()?
+        .apply_op2(&c.to_dtype(xs.dtype())?.contiguous()?, MulConstOp)
+}
+
+struct MulConstOp;
+
+impl CustomOp2 for MulConstOp {
+    fn name(&self) -> &'static str {
+        "cotext-mul-const"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s1, l1, "mul_by_constant", |x: T| {
+            let c: &[T] = slice(s2, l2, "constant")?;
+            let mut out = vec![T::from_f64(0.0); x.len()];
+            let block = 16384;
+            out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
+                let off = bi * block;
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = x[off + i] * c[off + i];
+                }
+            });
+            out
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.mul(c)?), None))
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // A whole LSTM layer (both directions), backpropagation through time in one op
 
 /// Runs the masked recurrence of one bidirectional layer over all time steps.
@@ -733,6 +786,19 @@ mod tests {
             let num = numeric_grad(&x0, &|t| loss(t)?.to_scalar::<f64>())?;
             assert_close(g.get(&x).unwrap(), &num, 1e-7, name)?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn mul_by_constant_passes_gradient_to_the_input_only() -> Result<()> {
+        let x = Var::from_tensor(&randn(&[3, 5], 50)?)?;
+        let c = randn(&[3, 5], 51)?;
+        let up = randn(&[3, 5], 52)?;
+        let y = mul_by_constant(&x, &c)?;
+        assert_eq!(max_abs_diff(&y, &(x.as_tensor() * &c)?)?, 0.0);
+        let g = (y * &up)?.sum_all()?.backward()?;
+        assert_eq!(max_abs_diff(g.get(&x).unwrap(), &(&up * &c)?)?, 0.0);
+        assert!(g.get(&c).is_none());
         Ok(())
     }
 

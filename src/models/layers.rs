@@ -80,7 +80,11 @@ impl Dropout {
         let keep = 1.0 - self.p;
         let mask = self.rng.keep_mask(xs.elem_count(), keep, 1.0 / keep);
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-        xs.mul(&mask)
+        if fused::supported(xs) {
+            fused::mul_by_constant(xs, &mask)
+        } else {
+            xs.mul(&mask)
+        }
     }
 }
 
