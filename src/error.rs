@@ -32,6 +32,75 @@ pub enum Error {
     /// A configuration value or command-line argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Training produced a NaN or infinite loss; the weights of that step were not
+    /// applied and the last checkpoint on disk is the last good one.
+    #[error("the {what} became {value} at step {step}; training stopped and the last good checkpoint in {} is kept", kept.display())]
+    NonFinite {
+        /// The update (1-based) whose loss was not finite.
+        step: u64,
+        /// Which loss.
+        what: String,
+        /// Its value.
+        value: f64,
+        /// The run directory holding the last good checkpoint.
+        kept: PathBuf,
+    },
+    /// A user-supplied file is malformed as a whole (no single line is to blame:
+    /// an empty file, a bad `tokenizer.json`, a TOML card, an archive).
+    #[error("{}: {msg}", path.display())]
+    InvalidFile {
+        /// The file that was being read.
+        path: PathBuf,
+        /// What was expected and what was found.
+        msg: String,
+    },
+    /// Two files that must be line-aligned (parallel text, an IMDB TSV and its
+    /// `.source.tsv`) have different numbers of lines.
+    #[error(
+        "line counts differ: {} has {left_lines} lines but {} has {right_lines}",
+        left.display(),
+        right.display()
+    )]
+    LineCountMismatch {
+        /// The first file.
+        left: PathBuf,
+        /// Its number of lines.
+        left_lines: usize,
+        /// The second file.
+        right: PathBuf,
+        /// Its number of lines.
+        right_lines: usize,
+    },
+    /// A data file's content differs from what its dataset card promises
+    /// (sha256, byte size or record count).
+    #[error("{}: {what}: expected {expected}, found {found}", path.display())]
+    Mismatch {
+        /// The file (or folder) that was checked.
+        path: PathBuf,
+        /// What was compared (`sha256`, `records in split train`, ...).
+        what: String,
+        /// The value the card gives.
+        expected: String,
+        /// The value found on disk.
+        found: String,
+    },
+    /// A dataset could not be found locally; the message says where cotext
+    /// looked and how to get it.
+    #[error("dataset `{name}` not found; looked in:\n{}\n{hint}", bullets(.looked))]
+    DatasetNotFound {
+        /// The dataset name (a card in `datasets/`).
+        name: String,
+        /// Every place that was searched, with why it did not match.
+        looked: Vec<String>,
+        /// How to get the data (`cotext data fetch ...`, `--data-dir ...`).
+        hint: String,
+    },
+    /// Downloading from the Hugging Face hub or a URL failed.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// The `tokenizers` library reported an error (training, encoding, decoding).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A model checkpoint lacks a tensor the model needs, or has one of the wrong
     /// shape or dtype.
     #[error("{}: {msg}", path.display())]
@@ -49,9 +118,24 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            Error::Parse { .. } | Error::Config(_) | Error::Io { .. } | Error::Checkpoint { .. }
+            Error::Parse { .. }
+                | Error::Config(_)
+                | Error::Io { .. }
+                | Error::InvalidFile { .. }
+                | Error::LineCountMismatch { .. }
+                | Error::Mismatch { .. }
+                | Error::DatasetNotFound { .. }
+                | Error::Checkpoint { .. }
         )
     }
+}
+
+fn bullets(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("  - {item}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Result with the cotext [`Error`].

@@ -1,6 +1,9 @@
 //! Command-line interface: clap arguments are parsed and validated into ready
 //! configs in one step; nothing downstream re-validates.
 
+mod data;
+mod tokenizer;
+
 use clap::{Parser, Subcommand};
 
 /// Complement Objective Training for text models.
@@ -12,12 +15,20 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Datasets: list the cards, show statistics, download and verify.
+    Data(data::DataArgs),
+    /// Tokenizers: train, encode, decode, check round trips.
+    Tokenizer(tokenizer::TokenizerArgs),
+}
 
 /// Parses the process arguments and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Data(args) => data::run(args),
+        Command::Tokenizer(args) => tokenizer::run(args),
+    }
 }
 
 /// The exit code for an error: 2 for bad user input, 1 otherwise.

@@ -1,0 +1,282 @@
+//! `cotext data`: list dataset cards, print split statistics, fetch and verify.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use cotext::data::card::{builtin_names, Task};
+use cotext::data::stats::{split_stats, LengthStats};
+use cotext::data::{hub, DataDir, Dataset, DatasetCard, LabelScheme, LoadOptions};
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+/// Where to find a dataset (shared by the data and tokenizer commands).
+#[derive(Debug, Clone, Args)]
+pub struct DataSource {
+    /// Folder with local copies (DIR/sst2/train.tsv, DIR/imdb/…); only this
+    /// folder is searched. Default: $COTEXT_DATA, then the caches.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IMDB label scheme: binary (2 classes) or rating (8 classes: 1-4, 7-10).
+    #[arg(long, value_enum, default_value_t = Labels::Binary)]
+    pub labels: Labels,
+    /// SST: read sentences from the PTB trees instead of the TSV files.
+    #[arg(long)]
+    pub trees: bool,
+    /// SST: phrase-level train split (every distinct phrase of the train trees).
+    #[arg(long)]
+    pub phrases: bool,
+}
+
+impl DataSource {
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            scheme: match self.labels {
+                Labels::Binary => LabelScheme::Binary,
+                Labels::Rating => LabelScheme::Rating,
+            },
+            trees: self.trees,
+            phrases: self.phrases,
+        }
+    }
+
+    pub fn open(&self, name: &str) -> cotext::Result<Dataset> {
+        Dataset::open(name, &DataDir::from_flag(self.data_dir.clone()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Labels {
+    Binary,
+    Rating,
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// List the built-in dataset cards.
+    List,
+    /// Print splits, counts (against the card), label distribution and length percentiles.
+    Info {
+        /// Dataset name (see `cotext data list`) or path to a card (.toml).
+        name: String,
+        #[command(flatten)]
+        source: DataSource,
+    },
+    /// Download a dataset into the HF cache and verify it; with --data-dir,
+    /// verify the local copy (sizes, sha256, counts) instead.
+    Fetch {
+        /// Dataset name (see `cotext data list`) or path to a card (.toml).
+        name: String,
+        /// Verify the local copy in this folder instead of downloading.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: DataArgs) -> anyhow::Result<()> {
+    match args.command {
+        DataCommand::List => list(),
+        DataCommand::Info { name, source } => info(&name, &source),
+        DataCommand::Fetch { name, data_dir } => fetch(&name, data_dir),
+    }
+}
+
+fn list() -> anyhow::Result<()> {
+    for name in builtin_names() {
+        let card = DatasetCard::load(name)?;
+        let splits: Vec<String> = card
+            .splits
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.count))
+            .collect();
+        println!("{name:<16} {}", card.title);
+        println!("{:<16} splits: {}", "", splits.join(", "));
+        for source in &card.sources {
+            let mut format = source.format.name().to_string();
+            if let Some(table) = source.table_format {
+                format = format!("{table:?}").to_lowercase();
+            }
+            println!("{:<16} from {} ({format})", "", source.describe());
+        }
+    }
+    Ok(())
+}
+
+fn percent(part: usize, whole: usize) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * part as f64 / whole as f64)
+    }
+}
+
+fn lengths(s: &LengthStats) -> String {
+    format!("{}/{}/{}/{}/{}", s.p50, s.p90, s.p95, s.p99, s.max)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
+    let dataset = source.open(name)?;
+    let options = source.options();
+    let card = &dataset.card;
+    let labels = dataset.label_names(&options);
+    let rating = options.scheme == LabelScheme::Rating;
+    let mut rows = Vec::new();
+    let mut header = vec!["split".to_string(), "examples".into(), "card".into()];
+    match card.task {
+        Task::Classification => {
+            header.extend(labels.iter().cloned());
+            header.push("words p50/p90/p95/p99/max".into());
+        }
+        Task::Translation => {
+            header.push(format!("{} words p50/p90/p95/p99/max", card.languages[0]));
+            header.push(format!("{} words p50/p90/p95/p99/max", card.languages[1]));
+        }
+    }
+    rows.push(header);
+    let mut mismatches = Vec::new();
+    for split in &card.splits {
+        if !options.trees && !options.phrases && !dataset.has_split(&split.name) {
+            rows.push(vec![
+                split.name.clone(),
+                "missing".into(),
+                split.count.to_string(),
+            ]);
+            continue;
+        }
+        let data = dataset.load(&split.name, &options)?;
+        let stats = split_stats(&data, labels.len());
+        let phrase_split = options.phrases && split.name == "train";
+        let check = if phrase_split {
+            "phrases".to_string()
+        } else if stats.count == split.count {
+            format!("{} ok", split.count)
+        } else {
+            mismatches.push(format!(
+                "{}: {} examples, card says {}",
+                split.name, stats.count, split.count
+            ));
+            format!("{} MISMATCH", split.count)
+        };
+        let mut row = vec![split.name.clone(), stats.count.to_string(), check];
+        match card.task {
+            Task::Classification => {
+                let expected = if rating {
+                    &split.rating_counts
+                } else {
+                    &split.label_counts
+                };
+                if !phrase_split && !expected.is_empty() && expected != &stats.label_counts {
+                    mismatches.push(format!(
+                        "{}: label counts {:?}, card says {:?}",
+                        split.name, stats.label_counts, expected
+                    ));
+                }
+                for &n in &stats.label_counts {
+                    row.push(format!("{n} ({})", percent(n, stats.count)));
+                }
+                row.push(lengths(&stats.lengths));
+            }
+            Task::Translation => {
+                row.push(lengths(&stats.lengths));
+                row.push(lengths(
+                    stats.target_lengths.as_ref().expect("translation stats"),
+                ));
+            }
+        }
+        rows.push(row);
+    }
+    println!("dataset   {} ({})", card.name, card.title);
+    println!(
+        "source    {} at {} [{}]",
+        dataset.source.describe(),
+        dataset.root.display(),
+        dataset.origin
+    );
+    if let Some(note) = &dataset.source.note {
+        println!("note      {note}");
+    }
+    match card.task {
+        Task::Classification => {
+            let names: Vec<String> = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{i} {l:?}"))
+                .collect();
+            println!("labels    {}", names.join(", "));
+        }
+        Task::Translation => println!("languages {} -> {}", card.languages[0], card.languages[1]),
+    }
+    println!("licence   {}", card.license);
+    println!();
+    print_table(&rows);
+    let missing = dataset.missing_splits();
+    if !missing.is_empty() && !options.trees && !options.phrases {
+        println!();
+        println!(
+            "missing splits: {} (not in this copy; `cotext data fetch {}` downloads the full set)",
+            missing.join(", "),
+            card.name
+        );
+    }
+    if !mismatches.is_empty() {
+        println!();
+        for m in &mismatches {
+            println!("MISMATCH {m}");
+        }
+        anyhow::bail!("{} split(s) differ from the card", mismatches.len());
+    }
+    Ok(())
+}
+
+fn fetch(name: &str, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let card = DatasetCard::load(name)?;
+    let (dataset, report) = match data_dir {
+        Some(dir) => {
+            let dataset = hub::locate(&card, &DataDir::Flag(dir))?;
+            let report = hub::verify(&dataset)?;
+            (dataset, report)
+        }
+        None => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            hub::fetch(&card, progress)?
+        }
+    };
+    for line in &report {
+        println!("{line}");
+    }
+    let missing = dataset.missing_splits();
+    if !missing.is_empty() {
+        println!("not present: {}", missing.join(", "));
+    }
+    println!(
+        "{}: verified {} at {}",
+        card.name,
+        dataset.source.describe(),
+        dataset.root.display()
+    );
+    Ok(())
+}

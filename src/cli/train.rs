@@ -1,0 +1,253 @@
+//! `cotext train`, `cotext eval`, `cotext predict`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use cotext::data::{DataDir, Dataset};
+use cotext::metrics::ClassificationReport;
+use cotext::train::classify::{self, Outcome, TrainOptions};
+use cotext::train::{ObjectiveKind, RunConfig};
+
+/// Arguments of `cotext train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (not needed with --resume: the run's saved one is used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.optimizer.lr=3e-5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Objective: ce, cot, gce or hcot (overrides train.objective).
+    #[arg(long)]
+    objective: Option<ObjectiveKind>,
+    /// Device: cpu, cuda, cuda:N or metal (overrides train.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Seed of init, dropout and data order (overrides train.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run directory. Default: runs/<config name>-<objective>-seed<N>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Arguments of `cotext eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run directory written by `cotext train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Split to evaluate. Default: the run's test split.
+    #[arg(long)]
+    split: Option<String>,
+    /// Evaluate on another data set (a card name) instead of the run's.
+    #[arg(long)]
+    data: Option<String>,
+    /// Folder with local copies of data sets (as COTEXT_DATA).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Arguments of `cotext predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A run directory written by `cotext train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output format: a tab-separated label and probability, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// JSON.
+    Json,
+}
+
+fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
+    let mut overrides = args.set.clone();
+    if let Some(o) = args.objective {
+        overrides.push(format!("train.objective=\"{}\"", serde_json::to_value(o)?.as_str().unwrap_or("ce")));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("train.device={d:?}"));
+    }
+    if let Some(s) = args.seed {
+        overrides.push(format!("train.seed={s}"));
+    }
+    if args.resume {
+        let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;
+        let config = RunConfig::load(&out.join("config.toml"), &overrides)?;
+        return Ok((config, out));
+    }
+    let path = args.config.clone().ok_or_else(|| cotext::Error::Config("--config FILE is required (or --resume --out DIR)".into()))?;
+    let config = RunConfig::load(&path, &overrides)?;
+    let out = args.out.clone().unwrap_or_else(|| classify::default_run_dir(&path, config.train.objective, config.train.seed));
+    Ok((config, out))
+}
+
+/// `cotext train`.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let (config, out) = resolve_config(&args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the step, save, exit. Second: exit at once.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+        });
+    }
+    let started = Instant::now();
+    eprintln!(
+        "training {} on {} with objective {} (seed {}) into {}",
+        model_name(&config),
+        config.data.dataset,
+        serde_json::to_value(config.train.objective)?.as_str().unwrap_or("?"),
+        config.train.seed,
+        out.display()
+    );
+    let outcome = classify::train(&config, &out, &TrainOptions { resume: args.resume, progress: !args.quiet }, &stop)?;
+    let secs = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Interrupted { steps } => {
+            eprintln!("stopped at step {steps}; checkpoint saved in {}. Continue with: cotext train --resume --out {}", out.display(), out.display());
+            std::process::exit(130);
+        }
+        Outcome::Finished { steps, best, test } => {
+            println!("run: {}", out.display());
+            println!("steps: {steps}  wall time: {secs:.1} s");
+            if let Some((value, step)) = best {
+                println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
+            }
+            if let Some(r) = test {
+                println!("{} accuracy: {:.4}  macro-F1: {:.4}  (n = {})", config.data.test_split, r.accuracy, r.macro_f1, r.count);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn model_name(config: &RunConfig) -> &'static str {
+    match config.model {
+        cotext::models::ModelConfig::Bilstm(_) => "a BiLSTM",
+        cotext::models::ModelConfig::Transformer(_) => "a Transformer",
+        cotext::models::ModelConfig::Bert(_) => "a BERT model",
+    }
+}
+
+/// `cotext eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let (setup, model) = classify::load_run(&args.run)?;
+    let mut config = setup.config.clone();
+    if let Some(d) = &args.data {
+        config.data.dataset = d.clone();
+    }
+    if args.data_dir.is_some() {
+        config.data.data_dir = args.data_dir.clone();
+    }
+    let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
+    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let examples = classify::load_split(&dataset, &config, &split, None)?;
+    let data = classify::encode(&setup.tokenizer, &config, &examples)?;
+    let classes = setup.labels.len();
+    if let Some(bad) = data.iter().find(|e| e.label as usize >= classes) {
+        return Err(cotext::Error::Config(format!(
+            "{} has label {} but the model was trained with {classes} classes",
+            config.data.dataset, bad.label
+        ))
+        .into());
+    }
+    let (report, loss) = classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
+    match args.format {
+        Format::Json => {
+            let per_class: Vec<_> = report.per_class.iter().zip(&setup.labels).map(|(s, name)| {
+                serde_json::json!({"label": name, "precision": s.precision, "recall": s.recall, "f1": s.f1, "support": s.support})
+            }).collect();
+            let v = serde_json::json!({
+                "run": args.run, "dataset": config.data.dataset, "split": split, "count": report.count,
+                "accuracy": report.accuracy, "macro_f1": report.macro_f1, "loss": loss,
+                "per_class": per_class, "confusion": report.confusion, "labels": setup.labels,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text => print_report(&config.data.dataset, &split, &report, loss, &setup.labels),
+    }
+    Ok(())
+}
+
+fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64, labels: &[String]) {
+    println!("{dataset} {split}: {} examples", r.count);
+    println!("accuracy  {:.4}\nmacro-F1  {:.4}\nloss      {:.4}\n", r.accuracy, r.macro_f1, loss);
+    let width = labels.iter().map(String::len).max().unwrap_or(5).max(5);
+    println!("{:<width$}  precision  recall     f1  support", "class");
+    for (s, name) in r.per_class.iter().zip(labels) {
+        println!("{name:<width$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
+    }
+    println!("\nconfusion (rows: gold, columns: predicted)");
+    for (row, name) in r.confusion.iter().zip(labels) {
+        let cells: Vec<String> = row.iter().map(|c| format!("{c:>6}")).collect();
+        println!("{name:<width$}  {}", cells.join(""));
+    }
+}
+
+/// `cotext predict`.
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let (setup, model) = classify::load_run(&args.run)?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut lines = stdin.lock().lines();
+    let mut eof = false;
+    while !eof {
+        let mut batch: Vec<String> = Vec::with_capacity(64);
+        while batch.len() < 64 {
+            match lines.next() {
+                Some(line) => batch.push(line.context("reading stdin")?),
+                None => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let examples: Vec<cotext::data::Example> = batch.iter().map(|t| cotext::data::Example { text: t.clone(), label: 0 }).collect();
+        let data = classify::encode(&setup.tokenizer, &setup.config, &examples)?;
+        let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), setup.config.train.eval_batch_size, &setup.device)?;
+        for (text, p) in batch.iter().zip(&probs) {
+            let best = p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b });
+            match args.format {
+                Format::Text => writeln!(out, "{}\t{:.4}", setup.labels[best], p[best])?,
+                Format::Json => {
+                    let probs: serde_json::Map<String, serde_json::Value> =
+                        setup.labels.iter().zip(p).map(|(l, &x)| (l.clone(), serde_json::json!(x))).collect();
+                    writeln!(out, "{}", serde_json::json!({"text": text, "label": setup.labels[best], "probs": probs}))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,134 @@
+//! Our own seeded random number generator (candle's CPU RNG cannot be seeded).
+//!
+//! SplitMix64 (Steele, Lea, Flood: *Fast splittable pseudorandom number
+//! generators*, OOPSLA 2014; the constants are those of Vigna's public-domain
+//! reference `splitmix64.c`): a 64-bit state advanced by a fixed odd constant
+//! and passed through a bijective mixer. It passes BigCrush, has period 2^64,
+//! is a few lines long and its whole state is one `u64`, which makes it trivial
+//! to save in a checkpoint and to re-derive per epoch. It is not
+//! cryptographically secure, and its streams are fixed forever: changing this
+//! file changes every shuffle, so it carries golden tests.
+
+use serde::{Deserialize, Serialize};
+
+/// The SplitMix64 generator. `Clone` + `Serialize`: the state is the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitMix64 {
+    /// The full state.
+    pub state: u64,
+}
+
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl SplitMix64 {
+    /// A generator whose state is `seed` (every seed is fine, including 0).
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// A generator for one of many independent streams of a seed (e.g. one per
+    /// epoch): the stream number is mixed into the seed, not added, so nearby
+    /// `(seed, stream)` pairs give unrelated sequences.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut mixer = SplitMix64::new(seed ^ mix(stream.wrapping_add(GAMMA)));
+        Self::new(mixer.next_u64())
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
+    }
+
+    /// A uniform integer in `0..n` (Lemire's multiply-and-reject, no modulo
+    /// bias). Panics if `n == 0`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "SplitMix64::below(0)");
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let product = u128::from(self.next_u64()) * u128::from(n);
+            if (product as u64) >= threshold {
+                return (product >> 64) as u64;
+            }
+        }
+    }
+
+    /// A uniform float in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Shuffles `items` in place (Fisher–Yates, from the back).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_reference_splitmix64() {
+        // Vigna's splitmix64.c, transcribed to Python:
+        //   M = (1 << 64) - 1; x = 1234567
+        //   for _ in range(5):
+        //       x = (x + 0x9e3779b97f4a7c15) & M; z = x
+        //       z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M
+        //       z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M
+        //       print(z ^ (z >> 31))
+        let mut rng = SplitMix64::new(1234567);
+        let got: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
+        assert_eq!(
+            got,
+            [
+                6457827717110365317,
+                3203168211198807973,
+                9817491932198370423,
+                4593380528125082431,
+                16408922859458223821
+            ]
+        );
+    }
+
+    #[test]
+    fn below_is_in_range_and_roughly_uniform() {
+        let mut rng = SplitMix64::new(7);
+        let mut counts = [0usize; 6];
+        for _ in 0..60_000 {
+            counts[rng.below(6) as usize] += 1;
+        }
+        for c in counts {
+            assert!((9_400..10_600).contains(&c), "{counts:?}");
+        }
+        let f = rng.next_f64();
+        assert!((0.0..1.0).contains(&f));
+    }
+
+    #[test]
+    fn shuffle_is_a_deterministic_permutation() {
+        let mut a: Vec<u32> = (0..100).collect();
+        let mut b = a.clone();
+        SplitMix64::new(42).shuffle(&mut a);
+        SplitMix64::new(42).shuffle(&mut b);
+        assert_eq!(a, b);
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        let mut c: Vec<u32> = (0..100).collect();
+        SplitMix64::new(43).shuffle(&mut c);
+        assert_ne!(a, c);
+        assert_ne!(SplitMix64::stream(1, 0), SplitMix64::stream(1, 1));
+        assert_eq!(SplitMix64::stream(1, 5), SplitMix64::stream(1, 5));
+    }
+}

@@ -1,0 +1,557 @@
+//! The chunked token-level path: cross-entropy and complement entropy over large
+//! vocabularies without the `[rows, V]` intermediates of the plain path.
+//!
+//! Two entry points:
+//! * [`chunked_cross_entropy`] / [`chunked_complement_entropy`] take the logits.
+//!   A candle custom op streams each row twice (max, then sums) and writes nothing of
+//!   size `[rows, V]` in the forward pass; its backward writes exactly one `[rows, V]`
+//!   buffer, the gradient. (candle's autograd then adds it into a fresh
+//!   accumulation buffer of the same size: see the README's memory table.)
+//! * [`projected_token_loss`] takes the hidden states and the output projection
+//!   instead, and computes the logits `chunk_rows` rows at a time: the full
+//!   `[rows, V]` logits never exist, and the extra memory is one chunk.
+//!
+//! Both are equal to the plain path to rounding (sums are accumulated in f64), and
+//! both support only [`Form::Exact`], the form worth running at scale. The row
+//! kernels run on the host; on CUDA or Metal the logits entry points fall back to
+//! the plain path.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::complement::{ComplementOptions, Form};
+use super::cross_entropy::CrossEntropyOptions;
+use super::rows::{counted_rows, flatten, targets_to_host};
+use super::{complement_entropy_sum, cross_entropy_sum, LossSum};
+
+/// Which token-level loss a row kernel computes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `(1 − ε)(lse − z_g) + ε(lse − mean z)`.
+    CrossEntropy { smoothing: f64 },
+    /// `Σ_{j≠g} q_j log q_j = −H_c`.
+    Complement,
+}
+
+/// Per-row statistics of the streaming passes, in f64.
+#[derive(Debug, Clone, Copy, Default)]
+struct RowStats {
+    /// The row's loss (before normalization).
+    value: f64,
+    /// Max over the softmax's support.
+    max: f64,
+    /// ln Σ exp(z − max) over the support.
+    log_sum: f64,
+    /// For complement entropy: H_c.
+    entropy: f64,
+}
+
+fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
+    match kind {
+        Kind::CrossEntropy { smoothing } => {
+            let mut max = T::neg_infinity();
+            for &x in z {
+                max = max.max(x);
+            }
+            let (mut sum, mut total) = (0f64, 0f64);
+            for &x in z {
+                sum += (x - max).exp().to_f64().unwrap_or(f64::NAN);
+                total += x.to_f64().unwrap_or(f64::NAN);
+            }
+            let max = max.to_f64().unwrap_or(f64::NAN);
+            let lse = max + sum.ln();
+            let nll = lse - z[g].to_f64().unwrap_or(f64::NAN);
+            let smooth = lse - total / z.len() as f64;
+            RowStats {
+                value: (1.0 - smoothing) * nll + smoothing * smooth,
+                max,
+                log_sum: sum.ln(),
+                entropy: 0.0,
+            }
+        }
+        Kind::Complement => {
+            let mut max = T::neg_infinity();
+            for (j, &x) in z.iter().enumerate() {
+                if j != g {
+                    max = max.max(x);
+                }
+            }
+            let (mut sum, mut weighted) = (0f64, 0f64);
+            for (j, &x) in z.iter().enumerate() {
+                if j != g {
+                    let s = x - max;
+                    let e = s.exp().to_f64().unwrap_or(f64::NAN);
+                    sum += e;
+                    weighted += e * s.to_f64().unwrap_or(f64::NAN);
+                }
+            }
+            let entropy = sum.ln() - weighted / sum;
+            RowStats {
+                value: -entropy,
+                max: max.to_f64().unwrap_or(f64::NAN),
+                log_sum: sum.ln(),
+                entropy,
+            }
+        }
+    }
+}
+
+/// Writes `scale · ∂value/∂z` for one row into `out`, given the row's statistics.
+fn row_grad<T: Float>(z: &[T], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [T]) {
+    match kind {
+        Kind::CrossEntropy { smoothing } => {
+            let uniform = smoothing / z.len() as f64;
+            for (j, (&x, o)) in z.iter().zip(out.iter_mut()).enumerate() {
+                let p = (x.to_f64().unwrap_or(f64::NAN) - st.max - st.log_sum).exp();
+                let mut d = p - uniform;
+                if j == g {
+                    d -= 1.0 - smoothing;
+                }
+                *o = T::from(scale * d).unwrap_or(T::nan());
+            }
+        }
+        Kind::Complement => {
+            // ∂(−H)/∂z_j = q_j (log q_j + H) for j ≠ g, and 0 for the target.
+            for (j, (&x, o)) in z.iter().zip(out.iter_mut()).enumerate() {
+                *o = if j == g {
+                    T::zero()
+                } else {
+                    let log_q = x.to_f64().unwrap_or(f64::NAN) - st.max - st.log_sum;
+                    T::from(scale * log_q.exp() * (log_q + st.entropy)).unwrap_or(T::nan())
+                };
+            }
+        }
+    }
+}
+
+fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// Forward op: `(logits [n, V], targets [n] u32) → per-row values [n]`, 0 for ignored rows.
+/// The row statistics of the forward pass are kept for the backward pass, which
+/// then needs one sweep over the logits instead of three.
+struct RowLossOp {
+    kind: Kind,
+    ignore_index: Option<u32>,
+    stats: std::sync::Mutex<Vec<RowStats>>,
+}
+
+impl RowLossOp {
+    fn values<T: Float + Send + Sync>(&self, z: &[T], targets: &[u32], v: usize) -> Vec<T> {
+        let stats: Vec<RowStats> = z
+            .par_chunks(v)
+            .zip(targets.par_iter())
+            .map(|(row, &g)| {
+                if self.ignore_index == Some(g) {
+                    RowStats::default()
+                } else {
+                    row_stats(row, g as usize, self.kind)
+                }
+            })
+            .collect();
+        let values = stats.iter().map(|s| T::from(s.value).unwrap_or(T::nan())).collect();
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        values
+    }
+}
+
+impl CustomOp2 for RowLossOp {
+    fn name(&self) -> &'static str {
+        "cotext-row-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let targets = match s2 {
+            CpuStorage::U32(t) => contiguous_slice(t, l2, self.name())?,
+            _ => bail!("{}: targets must be u32", self.name()),
+        };
+        let out = match s1 {
+            CpuStorage::F32(z) => {
+                CpuStorage::F32(self.values(contiguous_slice(z, l1, self.name())?, targets, v))
+            }
+            CpuStorage::F64(z) => {
+                CpuStorage::F64(self.values(contiguous_slice(z, l1, self.name())?, targets, v))
+            }
+            _ => bail!("{}: logits must be f32 or f64", self.name()),
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_res = grad_res.to_dtype(DType::F64)?.contiguous()?;
+        let stats = std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        let grad = logits.apply_op3_no_bwd(
+            targets,
+            &grad_res,
+            &RowGradOp {
+                kind: self.kind,
+                ignore_index: self.ignore_index,
+                stats,
+            },
+        )?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// Backward op: `(logits [n, V], targets [n], upstream [n] f64) → ∂/∂logits [n, V]`.
+struct RowGradOp {
+    kind: Kind,
+    ignore_index: Option<u32>,
+    /// The forward pass's statistics, or empty to recompute them (a second
+    /// backward through the same graph).
+    stats: Vec<RowStats>,
+}
+
+impl RowGradOp {
+    fn grads<T: Float + Send + Sync>(
+        &self,
+        z: &[T],
+        targets: &[u32],
+        upstream: &[f64],
+        v: usize,
+    ) -> Vec<T> {
+        let mut out = vec![T::zero(); z.len()];
+        let cached = self.stats.len() == targets.len();
+        out.par_chunks_mut(v)
+            .zip(z.par_chunks(v))
+            .zip(targets.par_iter().zip(upstream.par_iter()))
+            .enumerate()
+            .for_each(|(i, ((o, row), (&g, &up)))| {
+                if self.ignore_index != Some(g) {
+                    let st = if cached {
+                        self.stats[i]
+                    } else {
+                        row_stats(row, g as usize, self.kind)
+                    };
+                    row_grad(row, g as usize, self.kind, &st, up, o);
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp3 for RowGradOp {
+    fn name(&self) -> &'static str {
+        "cotext-row-loss-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = l1.shape().dims2()?;
+        let targets = match s2 {
+            CpuStorage::U32(t) => contiguous_slice(t, l2, self.name())?,
+            _ => bail!("{}: targets must be u32", self.name()),
+        };
+        let upstream = match s3 {
+            CpuStorage::F64(u) => contiguous_slice(u, l3, self.name())?,
+            _ => bail!("{}: upstream gradient must be f64", self.name()),
+        };
+        let out = match s1 {
+            CpuStorage::F32(z) => CpuStorage::F32(self.grads(
+                contiguous_slice(z, l1, self.name())?,
+                targets,
+                upstream,
+                v,
+            )),
+            CpuStorage::F64(z) => CpuStorage::F64(self.grads(
+                contiguous_slice(z, l1, self.name())?,
+                targets,
+                upstream,
+                v,
+            )),
+            _ => bail!("{}: logits must be f32 or f64", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Runs the row op over validated inputs and returns the sum of the per-row values
+/// (unnormalized) and the count.
+fn row_loss_sum(
+    logits: &Tensor,
+    targets: &Tensor,
+    kind: Kind,
+    ignore_index: Option<u32>,
+    what: &str,
+) -> Result<(Tensor, usize, usize)> {
+    let (flat, host, classes) = flatten(logits, targets, what)?;
+    let count = counted_rows(&host, classes, ignore_index, what)?.len();
+    // Valid after the check above: every target is a class or the (u32) ignore index.
+    let targets = Tensor::from_vec(
+        host.iter().map(|&t| t as u32).collect::<Vec<_>>(),
+        host.len(),
+        flat.device(),
+    )?;
+    let values = flat
+        .contiguous()?
+        .apply_op2(
+            &targets,
+            RowLossOp {
+                kind,
+                ignore_index,
+                stats: Default::default(),
+            },
+        )?;
+    Ok((values.sum_all()?, count, classes))
+}
+
+/// [`super::cross_entropy`] through the chunked row kernel: the same value and
+/// gradient, with no `[rows, V]` intermediate in the forward pass and one (the
+/// gradient) in the backward pass. Falls back to the plain path off the CPU.
+pub fn chunked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    opts: &CrossEntropyOptions,
+) -> Result<Tensor> {
+    chunked_cross_entropy_sum(logits, targets, opts)?.mean()
+}
+
+/// [`chunked_cross_entropy`] as a sum and a count (see [`LossSum`]).
+pub fn chunked_cross_entropy_sum(
+    logits: &Tensor,
+    targets: &Tensor,
+    opts: &CrossEntropyOptions,
+) -> Result<LossSum> {
+    if !logits.device().is_cpu() {
+        return cross_entropy_sum(logits, targets, opts);
+    }
+    opts.check("chunked_cross_entropy")?;
+    let kind = Kind::CrossEntropy {
+        smoothing: opts.label_smoothing,
+    };
+    let (sum, count, _) =
+        row_loss_sum(logits, targets, kind, opts.ignore_index, "chunked_cross_entropy")?;
+    Ok(LossSum { sum, count })
+}
+
+/// [`super::complement_entropy`] through the chunked row kernel: the same value and
+/// gradient, with no `[rows, V]` intermediate in the forward pass and one (the
+/// gradient) in the backward pass. Only [`Form::Exact`]. Falls back to the plain
+/// path off the CPU.
+pub fn chunked_complement_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    opts: &ComplementOptions,
+) -> Result<Tensor> {
+    chunked_complement_entropy_sum(logits, targets, opts)?.mean()
+}
+
+/// [`chunked_complement_entropy`] as a sum and a count (see [`LossSum`]).
+pub fn chunked_complement_entropy_sum(
+    logits: &Tensor,
+    targets: &Tensor,
+    opts: &ComplementOptions,
+) -> Result<LossSum> {
+    const WHAT: &str = "chunked_complement_entropy";
+    if opts.form != Form::Exact {
+        bail!("{WHAT}: only Form::Exact has a chunked kernel; use complement_entropy for the reference form");
+    }
+    if !logits.device().is_cpu() {
+        return complement_entropy_sum(logits, targets, opts);
+    }
+    let (sum, count, classes) =
+        row_loss_sum(logits, targets, Kind::Complement, opts.ignore_index, WHAT)?;
+    if classes < 2 {
+        bail!("{WHAT}: needs at least 2 classes (got {classes})");
+    }
+    let divisor = opts.normalization.divisor(classes);
+    Ok(LossSum {
+        sum: sum.affine(1.0 / divisor, 0.0)?,
+        count,
+    })
+}
+
+/// The loss [`projected_token_loss`] computes.
+#[derive(Debug, Clone, Copy)]
+pub enum ProjectedLoss {
+    /// Cross-entropy, as [`super::cross_entropy`].
+    CrossEntropy(CrossEntropyOptions),
+    /// Complement entropy, as [`super::complement_entropy`] ([`Form::Exact`] only).
+    Complement(ComplementOptions),
+}
+
+/// A token-level loss fused with the output projection `logits = h Wᵀ + b`,
+/// computed `chunk_rows` rows at a time so the `[rows, V]` logits never exist whole.
+///
+/// * `hidden`: `[N, H]` or `[B, T, H]` (f32 or f64);
+/// * `weight`: `[V, H]` (a tied embedding matrix works as it is);
+/// * `bias`: `[V]` or `None`;
+/// * `targets`: `[N]` or `[B, T]`, `u32` or `i64`.
+///
+/// Returns the same [`LossSum`] as the plain loss on `hidden·weightᵀ + bias`, and a
+/// graph that gives `hidden`, `weight` and `bias` the same gradients (first order).
+/// Each chunk's logits are turned into their gradient in place and contracted with
+/// `weight` and `hidden` at once, so the extra memory is one `[chunk_rows, V]` block
+/// plus gradients of the size of the inputs. A `chunk_rows` of 0 picks about 8 Mi
+/// logits per chunk.
+pub fn projected_token_loss(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    targets: &Tensor,
+    loss: &ProjectedLoss,
+    chunk_rows: usize,
+) -> Result<LossSum> {
+    const WHAT: &str = "projected_token_loss";
+    let (kind, ignore_index, normalization) = match loss {
+        ProjectedLoss::CrossEntropy(o) => {
+            o.check(WHAT)?;
+            (
+                Kind::CrossEntropy {
+                    smoothing: o.label_smoothing,
+                },
+                o.ignore_index,
+                None,
+            )
+        }
+        ProjectedLoss::Complement(o) => {
+            if o.form != Form::Exact {
+                bail!("{WHAT}: only Form::Exact has a chunked kernel");
+            }
+            (Kind::Complement, o.ignore_index, Some(o.normalization))
+        }
+    };
+    let dtype = hidden.dtype();
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        bail!("{WHAT}: hidden states must be f32 or f64 (got {dtype:?})");
+    }
+    let width = hidden.dim(D::Minus1)?;
+    let (vocab, w_width) = weight.dims2()?;
+    if w_width != width {
+        bail!("{WHAT}: weight is [{vocab}, {w_width}] but hidden states have width {width}");
+    }
+    if let Some(b) = bias {
+        if b.dims() != [vocab] {
+            bail!("{WHAT}: bias must be [{vocab}] (got {:?})", b.dims());
+        }
+    }
+    let rows = hidden.elem_count() / width;
+    let h = hidden.reshape((rows, width))?;
+    let host = targets_to_host(targets, WHAT)?;
+    if host.len() != rows {
+        bail!(
+            "{WHAT}: {} targets for {rows} rows of hidden states (shapes {:?} and {:?})",
+            host.len(),
+            hidden.dims(),
+            targets.dims()
+        );
+    }
+    let count = counted_rows(&host, vocab, ignore_index, WHAT)?.len();
+    if vocab < 2 && normalization.is_some() {
+        bail!("{WHAT}: complement entropy needs at least 2 classes (got {vocab})");
+    }
+    let scale = normalization.map_or(1.0, |n| 1.0 / n.divisor(vocab));
+    let chunk = if chunk_rows == 0 {
+        (8 << 20) / vocab.max(1)
+    } else {
+        chunk_rows
+    }
+    .max(1);
+
+    let (h_d, w_d) = (h.detach(), weight.detach());
+    let w_t = w_d.t()?;
+    let b_d = bias.map(Tensor::detach);
+    let mut value = 0f64;
+    let mut d_hidden = Vec::new();
+    let mut d_weight = w_d.zeros_like()?;
+    let mut d_bias = b_d.as_ref().map(Tensor::zeros_like).transpose()?;
+    let mut start = 0;
+    while start < rows {
+        let len = chunk.min(rows - start);
+        let h_c = h_d.narrow(0, start, len)?;
+        let mut logits = h_c.matmul(&w_t)?;
+        if let Some(b) = &b_d {
+            logits = logits.broadcast_add(b)?;
+        }
+        let t_c = &host[start..start + len];
+        let (chunk_value, grad) = match dtype {
+            DType::F32 => {
+                let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
+                drop(logits);
+                let v = value_and_grad_in_place(&mut z, t_c, vocab, kind, ignore_index, scale);
+                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
+            }
+            _ => {
+                let mut z = logits.flatten_all()?.to_vec1::<f64>()?;
+                drop(logits);
+                let v = value_and_grad_in_place(&mut z, t_c, vocab, kind, ignore_index, scale);
+                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
+            }
+        };
+        value += chunk_value;
+        d_hidden.push(grad.matmul(&w_d)?);
+        d_weight = (d_weight + grad.t()?.matmul(&h_c)?)?;
+        if let Some(db) = &mut d_bias {
+            *db = (&*db + grad.sum(0)?)?;
+        }
+        start += len;
+    }
+    if rows == 0 {
+        let zero = Tensor::zeros((), dtype, hidden.device())?;
+        return Ok(LossSum { sum: zero, count: 0 });
+    }
+    let d_hidden = Tensor::cat(&d_hidden, 0)?;
+    // A scalar whose value is `value` and whose gradients are the ones computed
+    // above: the linear surrogate Σ x·dx minus its own detached value.
+    let mut surrogate = ((&h * &d_hidden)?.sum_all()? + (weight * &d_weight)?.sum_all()?)?;
+    if let (Some(b), Some(db)) = (bias, &d_bias) {
+        surrogate = (surrogate + (b * db)?.sum_all()?)?;
+    }
+    let sum = ((&surrogate - surrogate.detach())? + value * scale)?;
+    Ok(LossSum { sum, count })
+}
+
+/// Replaces each row of `z` by `scale · ∂value/∂z` (zero for ignored rows) and
+/// returns the unscaled sum of the row values.
+fn value_and_grad_in_place<T: Float + Send + Sync>(
+    z: &mut [T],
+    targets: &[i64],
+    vocab: usize,
+    kind: Kind,
+    ignore_index: Option<u32>,
+    scale: f64,
+) -> f64 {
+    z.par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &g)| {
+            if ignore_index.is_some_and(|i| i64::from(i) == g) {
+                row.iter_mut().for_each(|x| *x = T::zero());
+                return 0.0;
+            }
+            let g = g as usize;
+            let st = row_stats(row, g, kind);
+            // row_grad reads the row while writing the output: go through a copy of
+            // one row (V values), not of the chunk.
+            let input = row.to_vec();
+            row_grad(&input, g, kind, &st, scale, row);
+            st.value
+        })
+        .sum()
+}

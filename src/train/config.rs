@@ -1,0 +1,454 @@
+//! The run configuration: one TOML file with `[data]`, `[tokenizer]`, `[model]` and
+//! `[train]` tables, unknown keys rejected, every field documented with its default.
+//! `--set key=value` overrides are applied to the parsed TOML before it is checked,
+//! so they go through the same validation as the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimizerConfig;
+use super::schedule::Schedule;
+use super::step::ObjectiveKind;
+use crate::data::LabelScheme;
+use crate::error::{Error, Result};
+use crate::loss::{Form, Normalization};
+use crate::models::ModelConfig;
+use crate::tokenize::TokenizerKind;
+
+/// Everything a training run needs, as read from `--config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Which data set and how to read it.
+    pub data: DataConfig,
+    /// Where the tokenizer comes from. Default: trained on the training split
+    /// (word-level, 20000 entries).
+    #[serde(default)]
+    pub tokenizer: TokenizerSource,
+    /// The network (`kind = "bilstm" | "transformer" | "bert"` plus its fields).
+    pub model: ModelConfig,
+    /// The optimization. Every field has a default.
+    #[serde(default)]
+    pub train: TrainSettings,
+}
+
+/// `[data]`: the data set and its preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A built-in dataset card name (`sst2`, `sst5`, `imdb`, …) or the path of a
+    /// card TOML. Required.
+    pub dataset: String,
+    /// Folder holding local copies of the data sets (as `--data-dir`/`COTEXT_DATA`).
+    /// Default: unset (the environment, then the HF cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// IMDB label scheme: `"binary"` (2 classes) or `"rating"` (8 classes).
+    /// Default `"binary"`.
+    #[serde(default)]
+    pub scheme: LabelScheme,
+    /// SST: read the PTB trees instead of the TSV. Default false.
+    #[serde(default)]
+    pub trees: bool,
+    /// SST: train on every phrase of the training trees. Default false.
+    #[serde(default)]
+    pub phrases: bool,
+    /// Training split name. Default `"train"`.
+    #[serde(default = "default_train_split")]
+    pub train_split: String,
+    /// Validation split, evaluated during training; `""` for none. Default `"dev"`.
+    #[serde(default = "default_dev_split")]
+    pub dev_split: String,
+    /// Test split, evaluated with the best weights at the end; `""` for none.
+    /// Default `"test"`.
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+    /// Hold out this many (seeded, random) training examples as the dev split, for
+    /// data sets without one (IMDB). Used when `dev_split` is `""` or absent from
+    /// the data set. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_holdout: Option<usize>,
+    /// Use a seeded random subset of this many training examples. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    /// Use a seeded random subset of this many dev/test examples. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_limit: Option<usize>,
+    /// Maximum tokens per example, special tokens included. Default 128.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Keep this many tokens from the start of a long text and the rest from its
+    /// end (head + tail truncation, for IMDB reviews); default: keep the head only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_tokens: Option<usize>,
+}
+
+fn default_train_split() -> String {
+    "train".into()
+}
+fn default_dev_split() -> String {
+    "dev".into()
+}
+fn default_test_split() -> String {
+    "test".into()
+}
+fn default_max_len() -> usize {
+    128
+}
+
+/// `[tokenizer]`: where token ids come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TokenizerSource {
+    /// The pretrained model's own `tokenizer.json` (BERT models), with its
+    /// built-in truncation and padding switched off (cotext pads per batch).
+    Model,
+    /// A `tokenizer.json` file.
+    File {
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Trained on the training split before the run starts.
+    Train {
+        /// `"word-level"`, `"bpe"`, `"word-piece"` or `"unigram"`. Default
+        /// `"word-level"` (classification needs no lossless decoding).
+        #[serde(default = "default_tokenizer_kind")]
+        kind: TokenizerKind,
+        /// Vocabulary size, special tokens included. Default 20000.
+        #[serde(default = "default_vocab")]
+        vocab_size: usize,
+        /// Minimum frequency of a word or merge. Default 1.
+        #[serde(default = "default_min_freq")]
+        min_frequency: u64,
+    },
+}
+
+fn default_tokenizer_kind() -> TokenizerKind {
+    TokenizerKind::WordLevel
+}
+fn default_vocab() -> usize {
+    20000
+}
+fn default_min_freq() -> u64 {
+    1
+}
+
+impl Default for TokenizerSource {
+    fn default() -> Self {
+        TokenizerSource::Train {
+            kind: default_tokenizer_kind(),
+            vocab_size: default_vocab(),
+            min_frequency: default_min_freq(),
+        }
+    }
+}
+
+/// The metric that picks the best checkpoint and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Accuracy. The default.
+    #[default]
+    Accuracy,
+    /// Macro-averaged F1.
+    MacroF1,
+}
+
+impl Metric {
+    /// The metric's name in `metrics.jsonl` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::MacroF1 => "macro_f1",
+        }
+    }
+}
+
+/// `[train]`: the optimization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    /// `"ce"`, `"cot"`, `"gce"` or `"hcot"`. Default `"ce"`.
+    #[serde(default)]
+    pub objective: ObjectiveKind,
+    /// Passes over the training data. Default 3.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Stop after this many updates instead (overrides `epochs`). Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Examples per micro-batch. Default 32.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Micro-batches per update (exact gradient accumulation: the effective batch
+    /// is `batch_size × accumulate`; the learning rate is not rescaled). Default 1.
+    #[serde(default = "default_accumulate")]
+    pub accumulate: usize,
+    /// The optimizer (COT and HCOT run two of these, one per objective, with the
+    /// same settings and schedule). Default AdamW, lr 1e-3, weight decay 0.01.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule. Default constant.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this. Default: no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f64>,
+    /// Cross-entropy label smoothing. Default 0.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Complement distribution: `"exact"` or `"reference"`. Default `"exact"`.
+    #[serde(default)]
+    pub complement_form: Form,
+    /// Complement normalization (`"none"`, `"classes"`, `"classes-minus-one"`,
+    /// `"log-classes"`, `"log-classes-minus-one"`). Default: `"classes"` for cot and
+    /// hcot (the authors' COT code), `"log-classes"` for gce (the authors' GCE code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complement_normalization: Option<Normalization>,
+    /// GCE's exponent α. Default 1/3 (the GCE paper).
+    #[serde(default = "default_alpha")]
+    pub gce_alpha: f64,
+    /// HCOT's coarse groups as lists of class ids, e.g. `[[0, 1], [2], [3, 4]]`.
+    /// Default: that SST-5 grouping when there are 5 classes; required otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hierarchy: Option<Vec<Vec<u32>>>,
+    /// Evaluate on the dev split every this many updates; default: every epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u64>,
+    /// Metric for the best checkpoint and early stopping. Default `"accuracy"`.
+    #[serde(default)]
+    pub metric: Metric,
+    /// Stop after this many evaluations without improvement. Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u64>,
+    /// Seed of the weights' init, dropout and data order. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// `"cpu"`, `"cuda"`, `"cuda:N"` or `"metal"`. Default `"cpu"`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Examples per evaluation batch. Default 64.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Write a training line to `metrics.jsonl` every this many updates. Default 20.
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+}
+
+fn default_epochs() -> u64 {
+    3
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_accumulate() -> usize {
+    1
+}
+fn default_alpha() -> f64 {
+    1.0 / 3.0
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_eval_batch() -> usize {
+    64
+}
+fn default_log_every() -> u64 {
+    20
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("every train field has a default")
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `overrides` (`key.path=value`; the value is parsed as
+    /// TOML, and taken as a string when that fails), and validates the result.
+    /// Errors name the file and the offending key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, overrides, &path.display().to_string())
+    }
+
+    /// As [`RunConfig::load`], from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
+        let mut value: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {e}")))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: RunConfig = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.message())))?;
+        config.validate().map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        Ok(config)
+    }
+
+    /// Range checks that serde cannot express; the message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err("train.batch_size must be at least 1".into());
+        }
+        if t.accumulate == 0 {
+            return Err("train.accumulate must be at least 1".into());
+        }
+        if t.eval_batch_size == 0 {
+            return Err("train.eval_batch_size must be at least 1".into());
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return Err("train.epochs must be at least 1 (or set train.max_steps)".into());
+        }
+        if t.max_steps == Some(0) {
+            return Err("train.max_steps must be at least 1".into());
+        }
+        if t.eval_every == Some(0) {
+            return Err("train.eval_every must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(format!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing));
+        }
+        if !(t.gce_alpha.is_finite() && t.gce_alpha >= 0.0) {
+            return Err(format!("train.gce_alpha must be >= 0, got {}", t.gce_alpha));
+        }
+        if let Some(c) = t.clip_norm {
+            if !(c > 0.0) {
+                return Err(format!("train.clip_norm must be > 0, got {c}"));
+            }
+        }
+        if t.log_every == 0 {
+            return Err("train.log_every must be at least 1".into());
+        }
+        parse_device(&t.device)?;
+        t.optimizer.validate()?;
+        if self.data.max_len < 2 {
+            return Err("data.max_len must be at least 2".into());
+        }
+        if let Some(h) = self.data.head_tokens {
+            if h >= self.data.max_len {
+                return Err(format!("data.head_tokens ({h}) must be below data.max_len ({})", self.data.max_len));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, as saved in the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config always serializes")
+    }
+}
+
+/// Applies one `a.b.c=value` override to a TOML table.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--set {spec:?}: expected key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(Error::Config(format!("--set {spec:?}: empty key")));
+    }
+    let value = parse_value(raw.trim());
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("non-empty key");
+    let mut here = table;
+    for part in parts {
+        let entry = here.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        here = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(Error::Config(format!("--set {key}: {part} is not a table"))),
+        };
+    }
+    here.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    // Parse as the right-hand side of a TOML assignment; a bare word is a string.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `metal`.
+pub fn parse_device(spec: &str) -> std::result::Result<DeviceSpec, String> {
+    match spec {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        "metal" => Ok(DeviceSpec::Metal),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
+            _ => Err(format!("train.device must be cpu, cuda, cuda:N or metal, got {s:?}")),
+        },
+    }
+}
+
+/// A device named in a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device N (needs the `cuda` feature).
+    Cuda(usize),
+    /// The Metal device (needs the `metal` feature).
+    Metal,
+}
+
+impl DeviceSpec {
+    /// Opens the device; a build without the backend's feature says so.
+    pub fn open(self) -> Result<candle_core::Device> {
+        Ok(match self {
+            DeviceSpec::Cpu => candle_core::Device::Cpu,
+            DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i).map_err(|e| {
+                Error::Config(format!("cannot open cuda:{i} ({e}); build with `--features cuda` on a machine with a GPU"))
+            })?,
+            DeviceSpec::Metal => candle_core::Device::new_metal(0).map_err(|e| {
+                Error::Config(format!("cannot open metal ({e}); build with `--features metal` on macOS"))
+            })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[data]\ndataset = \"sst5\"\n[model]\nkind = \"bilstm\"\n";
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = RunConfig::from_toml(MIN, &[], "x.toml").unwrap();
+        assert_eq!(c.train.batch_size, 32);
+        assert_eq!(c.train.objective, ObjectiveKind::Ce);
+        let c = RunConfig::from_toml(
+            MIN,
+            &["train.objective=cot".into(), "train.optimizer.lr=0.01".into(), "train.batch_size=8".into(), "data.train_split=train".into()],
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.train.objective, ObjectiveKind::Cot);
+        assert_eq!(c.train.optimizer.lr(), 0.01);
+        assert_eq!(c.train.batch_size, 8);
+        // Round trip through the saved form.
+        let again = RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = RunConfig::from_toml(&format!("{MIN}[train]\nbatchsize = 3\n"), &[], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("cfg.toml") && e.contains("batchsize"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["train.batch_size=\"many\"".into()], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("batch_size") || e.contains("invalid type"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["train.batch_size=0".into()], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("train.batch_size must be at least 1"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["train.device=tpu".into()], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("train.device"), "{e}");
+        assert!(RunConfig::from_toml(MIN, &["nokey".into()], "c").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Training: optimizers with saveable state, learning-rate schedules, gradient
+//! clipping, and atomic checkpoint files. This room owns the update rules and what
+//! a run writes to disk; it must not know how batches are read or models built.
+
+pub mod checkpoint;
+mod optim;
+mod schedule;
+mod step;
+
+pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
+pub use schedule::Schedule;
+pub use step::{LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};

@@ -1,0 +1,302 @@
+//! Optimizers with state that can be saved and restored: AdamW and SGD with
+//! momentum, both with PyTorch's update rules. (candle-nn's AdamW keeps its moments
+//! private, so a run could not resume exactly; its SGD has no momentum.)
+
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, bail, DType, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// Which update rule, with its hyper-parameters. In TOML:
+/// `optimizer = { kind = "adamw", lr = 2e-5, weight_decay = 0.01 }` or
+/// `optimizer = { kind = "sgd", lr = 0.1, momentum = 0.9 }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// AdamW (Loshchilov & Hutter), PyTorch's `torch.optim.AdamW` update.
+    Adamw {
+        /// Peak learning rate (the schedule scales it). Default 1e-3.
+        #[serde(default = "default_adam_lr")]
+        lr: f64,
+        /// β₁. Default 0.9.
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        /// β₂. Default 0.999.
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// ε added to √v̂. Default 1e-8.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// Decoupled weight decay. Default 0.01 (PyTorch's default).
+        #[serde(default = "default_wd")]
+        weight_decay: f64,
+    },
+    /// SGD with (optionally Nesterov) momentum, PyTorch's `torch.optim.SGD` update
+    /// (dampening 0); the authors of COT train with two of these.
+    Sgd {
+        /// Peak learning rate. Default 0.1.
+        #[serde(default = "default_sgd_lr")]
+        lr: f64,
+        /// Momentum μ. Default 0.9.
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        /// Nesterov momentum. Default false.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 weight decay added to the gradient. Default 0.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_adam_lr() -> f64 {
+    1e-3
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_sgd_lr() -> f64 {
+    0.1
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig::Adamw {
+            lr: default_adam_lr(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            weight_decay: default_wd(),
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// The configured (peak) learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
+        }
+    }
+
+    /// Checks every hyper-parameter's range; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        match *self {
+            OptimizerConfig::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+                check(lr > 0.0 && lr.is_finite(), "optimizer.lr must be > 0")?;
+                check((0.0..1.0).contains(&beta1), "optimizer.beta1 must be in [0, 1)")?;
+                check((0.0..1.0).contains(&beta2), "optimizer.beta2 must be in [0, 1)")?;
+                check(eps > 0.0, "optimizer.eps must be > 0")?;
+                check(weight_decay >= 0.0, "optimizer.weight_decay must be >= 0")
+            }
+            OptimizerConfig::Sgd { lr, momentum, weight_decay, nesterov } => {
+                check(lr > 0.0 && lr.is_finite(), "optimizer.lr must be > 0")?;
+                check((0.0..1.0).contains(&momentum), "optimizer.momentum must be in [0, 1)")?;
+                check(!nesterov || momentum > 0.0, "optimizer.nesterov needs momentum > 0")?;
+                check(weight_decay >= 0.0, "optimizer.weight_decay must be >= 0")
+            }
+        }
+    }
+}
+
+/// One optimizer over a fixed, named set of variables. COT runs two of these over
+/// the same variables (one for the cross-entropy step, one for the complement
+/// step), each with its own state.
+pub struct Optimizer {
+    config: OptimizerConfig,
+    vars: Vec<(String, Var)>,
+    /// First moment (AdamW) or momentum buffer (SGD), per variable.
+    first: Vec<Option<Tensor>>,
+    /// Second moment (AdamW only), per variable.
+    second: Vec<Option<Tensor>>,
+    steps: u64,
+    lr: f64,
+}
+
+impl Optimizer {
+    /// An optimizer over `vars` (name, variable); names key the saved state.
+    /// Variables are kept sorted by name so state files are deterministic.
+    pub fn new(mut vars: Vec<(String, Var)>, config: OptimizerConfig) -> Result<Self> {
+        if let Err(e) = config.validate() {
+            bail!("{e}");
+        }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let n = vars.len();
+        Ok(Self {
+            lr: config.lr(),
+            config,
+            vars,
+            first: vec![None; n],
+            second: vec![None; n],
+            steps: 0,
+        })
+    }
+
+    /// Number of updates made so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The learning rate of the next update.
+    pub fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    /// Sets the learning rate of the next update (the schedule calls this).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// The variables this optimizer updates.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.vars.iter().map(|(_, v)| v)
+    }
+
+    /// One update from `grads`. Variables without a gradient are left alone (as
+    /// PyTorch does for parameters whose `.grad` is None).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.steps += 1;
+        let lr = self.lr;
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var) else { continue };
+            let g = g.to_dtype(DType::F32)?;
+            let p = var.as_tensor().to_dtype(DType::F32)?;
+            let new_p = match self.config {
+                OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                    let m = match &self.first[i] {
+                        Some(m) => ((m * beta1)? + (&g * (1.0 - beta1))?)?,
+                        None => (&g * (1.0 - beta1))?,
+                    };
+                    let v = match &self.second[i] {
+                        Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
+                        None => (g.sqr()? * (1.0 - beta2))?,
+                    };
+                    let t = self.steps as i32;
+                    let m_hat = (&m / (1.0 - beta1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - beta2.powi(t)))?;
+                    let decayed = (&p * (1.0 - lr * weight_decay))?;
+                    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+                    self.first[i] = Some(m);
+                    self.second[i] = Some(v);
+                    (decayed - (update * lr)?)?
+                }
+                OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
+                    let g = if weight_decay > 0.0 { (&g + (&p * weight_decay)?)? } else { g };
+                    let dir = if momentum > 0.0 {
+                        let buf = match &self.first[i] {
+                            Some(b) => ((b * momentum)? + &g)?,
+                            None => g.clone(),
+                        };
+                        let dir = if nesterov { (&g + (&buf * momentum)?)? } else { buf.clone() };
+                        self.first[i] = Some(buf);
+                        dir
+                    } else {
+                        g
+                    };
+                    (&p - (dir * lr)?)?
+                }
+            };
+            var.set(&new_p.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The optimizer's state as named tensors, every name starting with `prefix.`:
+    /// `{prefix}.steps`, `{prefix}.lr`, and per variable `{prefix}.m.{name}` /
+    /// `{prefix}.v.{name}` (AdamW) or `{prefix}.momentum.{name}` (SGD).
+    pub fn state_tensors(&self, prefix: &str) -> Result<HashMap<String, Tensor>> {
+        let device = candle_core::Device::Cpu;
+        let mut out = HashMap::new();
+        // u32 pairs keep the step count exact (safetensors has no u64 in candle).
+        let steps = [(self.steps >> 32) as u32, self.steps as u32];
+        out.insert(format!("{prefix}.steps"), Tensor::new(&steps, &device)?);
+        out.insert(format!("{prefix}.lr"), Tensor::new(&[self.lr], &device)?);
+        let (first, second) = match self.config {
+            OptimizerConfig::Adamw { .. } => ("m", Some("v")),
+            OptimizerConfig::Sgd { .. } => ("momentum", None),
+        };
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            if let Some(t) = &self.first[i] {
+                out.insert(format!("{prefix}.{first}.{name}"), t.to_device(&device)?);
+            }
+            if let (Some(s), Some(t)) = (second, &self.second[i]) {
+                out.insert(format!("{prefix}.{s}.{name}"), t.to_device(&device)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Optimizer::state_tensors`] saved under `prefix`.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
+        let steps = tensors
+            .get(&format!("{prefix}.steps"))
+            .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state has no {prefix}.steps")))?
+            .to_vec1::<u32>()?;
+        if steps.len() != 2 {
+            bail!("optimizer state: {prefix}.steps must hold 2 values");
+        }
+        self.steps = (u64::from(steps[0]) << 32) | u64::from(steps[1]);
+        if let Some(lr) = tensors.get(&format!("{prefix}.lr")) {
+            self.lr = lr.to_vec1::<f64>()?[0];
+        }
+        let (first, second) = match self.config {
+            OptimizerConfig::Adamw { .. } => ("m", Some("v")),
+            OptimizerConfig::Sgd { .. } => ("momentum", None),
+        };
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let device = var.device();
+            self.first[i] = tensors
+                .get(&format!("{prefix}.{first}.{name}"))
+                .map(|t| t.to_device(device))
+                .transpose()?;
+            self.second[i] = match second {
+                Some(s) => tensors.get(&format!("{prefix}.{s}.{name}")).map(|t| t.to_device(device)).transpose()?,
+                None => None,
+            };
+            if self.steps > 0 && self.first[i].is_none() && matches!(self.config, OptimizerConfig::Adamw { .. }) {
+                bail!("optimizer state has no {prefix}.{first}.{name} although {} steps were taken", self.steps);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scales `grads` of `vars` so their global L2 norm is at most `max_norm`
+/// (PyTorch's `clip_grad_norm_`, same 1e-6 in the denominator). Returns the norm
+/// before clipping.
+pub fn clip_grad_norm<'a>(
+    grads: &mut GradStore,
+    vars: impl IntoIterator<Item = &'a Var> + Clone,
+    max_norm: f64,
+) -> Result<f64> {
+    let mut total = 0f64;
+    for var in vars.clone() {
+        if let Some(g) = grads.get(var) {
+            total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for var in vars {
+            if let Some(g) = grads.get(var) {
+                let clipped = (g * coef)?;
+                grads.insert(var, clipped);
+            }
+        }
+    }
+    Ok(norm)
+}
