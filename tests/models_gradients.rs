@@ -8,7 +8,7 @@ mod models_support;
 
 use candle_core::{DType, Device, Result};
 use cotext::models::{
-    BertConfig, BertPooling, BiLstmConfig, LstmPooling, ModelConfig, NormPosition, Pooling,
+    BertConfig, BertPooling, BiLstmConfig, LstmPooling, ModelConfig, Net, NormPosition, Pooling,
     PositionEncoding, TransformerConfig,
 };
 use models_support::*;
@@ -20,13 +20,24 @@ const TARGETS: [u32; 3] = [0, 2, 1];
 fn check(what: &str, cfg: &ModelConfig, vocab: usize, dtype: DType) -> Result<()> {
     let model = cfg.build(vocab, 3, dtype, &Device::Cpu, 11).unwrap();
     let (ids, mask) = batch(vocab as u32, &LENS, 6, 5)?;
-    for train in [false, true] {
-        let logits = model.forward(&ids, &mask, train)?;
-        assert_eq!(logits.dims(), &[3, 3]);
-        let norms = grad_norms(model.varmap(), &log_likelihood(&logits, &TARGETS)?)?;
-        assert!(!norms.is_empty());
-        assert_all_trained(&format!("{what} (train={train})"), &norms);
-    }
+    let logits = model.forward(&ids, &mask, true)?;
+    assert_eq!(logits.dims(), &[3, 3]);
+    let norms = grad_norms(model.varmap(), &log_likelihood(&logits, &TARGETS)?)?;
+    assert!(!norms.is_empty());
+    assert_all_trained(what, &norms);
+    // Evaluation runs on detached weights: no graph, same logits as the tracked net.
+    let eval = model.forward(&ids, &mask, false)?;
+    assert!(
+        !eval.track_op(),
+        "{what}: eval logits carry a backward graph"
+    );
+    let tracked = match model.net() {
+        Net::BiLstm(m) => m.forward(&ids, &mask, false)?,
+        Net::Transformer(m) => m.forward(&ids, &mask, false)?,
+        Net::Bert(m) => m.forward(&ids, &mask, false)?,
+    };
+    assert!(tracked.track_op());
+    assert_eq!(max_abs_diff(&eval, &tracked)?, 0.0, "{what}: eval logits");
     Ok(())
 }
 

@@ -290,6 +290,27 @@ impl Bert {
         })
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            word: layers::detach_embedding(&self.word),
+            position: self.position.detach(),
+            token_type: self.token_type.detach(),
+            emb_norm: self.emb_norm.detached(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| BertLayer {
+                    attn: l.attn.detached(),
+                    attn_norm: l.attn_norm.detached(),
+                    ffn: l.ffn.detached(),
+                    ffn_norm: l.ffn_norm.detached(),
+                })
+                .collect(),
+            dropout: self.dropout.clone(),
+        }
+    }
+
     /// Hidden states `[B, T, D]` for ids `[B, T]` and mask `[B, T]` (token type 0
     /// everywhere, positions 0..T).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
@@ -448,6 +469,19 @@ impl BertClassifier {
             frozen,
             hf_config: hf.clone(),
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            bert: self.bert.detached(),
+            pooler: self.pooler.as_ref().map(layers::detach_linear),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+            frozen: self.frozen.clone(),
+            hf_config: self.hf_config.clone(),
+        }
     }
 
     /// The HF config the encoder was built from.

@@ -46,6 +46,15 @@ struct Direction {
 }
 
 impl Direction {
+    fn detached(&self) -> Self {
+        Self {
+            w_ih: self.w_ih.detach(),
+            w_hh: self.w_hh.detach(),
+            b_ih: self.b_ih.detach(),
+            b_hh: self.b_hh.detach(),
+        }
+    }
+
     fn build(p: &Params, layer: usize, suffix: &str, input: usize, hidden: usize) -> Result<Self> {
         // PyTorch's init for every LSTM weight and bias.
         let init = Init::Uniform(1.0 / (hidden as f64).sqrt());
@@ -111,6 +120,19 @@ impl BiLstm {
             hidden,
             dropout,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|[f, b]| [f.detached(), b.detached()])
+                .collect(),
+            hidden: self.hidden,
+            dropout: self.dropout.clone(),
+        }
     }
 
     /// Units per direction.
@@ -307,6 +329,17 @@ impl BiLstmClassifier {
             dropout,
             pooling: cfg.pooling,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            embedding: layers::detach_embedding(&self.embedding),
+            lstm: self.lstm.detached(),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+        }
     }
 
     /// The pooled sentence representation `[B, 2H]` (before the output dropout).

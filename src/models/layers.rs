@@ -192,6 +192,23 @@ impl LayerNorm {
     }
 }
 
+/// A copy of `l` whose weights are detached: ops on it record no backward graph.
+pub(crate) fn detach_linear(l: &Linear) -> Linear {
+    Linear::new(l.weight().detach(), l.bias().map(|b| b.detach()))
+}
+
+/// A copy of `e` whose table is detached.
+pub(crate) fn detach_embedding(e: &Embedding) -> Embedding {
+    Embedding::new(e.embeddings().detach(), e.hidden_size())
+}
+
+impl LayerNorm {
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self::new(self.weight.detach(), self.bias.detach(), self.eps)
+    }
+}
+
 /// Layer norm in plain candle ops (every device; the oracle for the fused kernel).
 pub fn layer_norm_ops(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = xs.mean_keepdim(D::Minus1)?;
@@ -348,6 +365,18 @@ impl MultiHeadSelfAttention {
         self.output.forward(&ctx)
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            query: detach_linear(&self.query),
+            key: detach_linear(&self.key),
+            value: detach_linear(&self.value),
+            output: detach_linear(&self.output),
+            heads: self.heads,
+            dropout: self.dropout.clone(),
+        }
+    }
+
     fn bias_of(&self, l: &Linear, d: usize, xs: &Tensor) -> Result<Tensor> {
         match l.bias() {
             Some(b) => Ok(b.clone()),
@@ -368,6 +397,11 @@ impl FeedForward {
     /// A block from its two projections.
     pub fn new(up: Linear, down: Linear, act: Activation) -> Self {
         Self { up, down, act }
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self::new(detach_linear(&self.up), detach_linear(&self.down), self.act)
     }
 
     /// Applies the block to `xs [.., D]`.

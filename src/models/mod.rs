@@ -213,11 +213,22 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Logits `[B, K]` for ids `[B, T]` and mask `[B, T]`; dropout only when `train`.
+    ///
+    /// With `train` false the network runs on detached copies of its weights (candle
+    /// has no no-grad mode): no backward graph is recorded, intermediate tensors are
+    /// freed as soon as they are used, and the logits carry no gradient.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return match &self.net {
+                Net::BiLstm(m) => m.detached().forward(ids, mask, false),
+                Net::Transformer(m) => m.detached().forward(ids, mask, false),
+                Net::Bert(m) => m.detached().forward(ids, mask, false),
+            };
+        }
         match &self.net {
-            Net::BiLstm(m) => m.forward(ids, mask, train),
-            Net::Transformer(m) => m.forward(ids, mask, train),
-            Net::Bert(m) => m.forward(ids, mask, train),
+            Net::BiLstm(m) => m.forward(ids, mask, true),
+            Net::Transformer(m) => m.forward(ids, mask, true),
+            Net::Bert(m) => m.forward(ids, mask, true),
         }
     }
 

@@ -242,6 +242,29 @@ impl TransformerEncoder {
         })
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            embedding: layers::detach_embedding(&self.embedding),
+            positions: self.positions.detach(),
+            learned_positions: self.learned_positions,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| EncoderLayer {
+                    attn: l.attn.detached(),
+                    ln_attn: l.ln_attn.detached(),
+                    ffn: l.ffn.detached(),
+                    ln_ffn: l.ln_ffn.detached(),
+                })
+                .collect(),
+            final_norm: self.final_norm.as_ref().map(|n| n.detached()),
+            dropout: self.dropout.clone(),
+            norm: self.norm,
+            d_model: self.d_model,
+        }
+    }
+
     /// Model width.
     pub fn d_model(&self) -> usize {
         self.d_model
@@ -323,6 +346,16 @@ impl TransformerClassifier {
             dropout: Dropout::new(cfg.dropout, rng)?,
             pooling: cfg.pooling,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            encoder: self.encoder.detached(),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+        }
     }
 
     /// The pooled sentence representation `[B, d]`.
