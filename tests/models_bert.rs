@@ -34,7 +34,11 @@ fn reference_output(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let cfg: ct::Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?).unwrap();
     let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)?
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )?
     };
     let model = ct::BertModel::load(vb, &cfg)?;
     model.forward(ids, &ids.zeros_like()?, Some(mask))
@@ -49,18 +53,31 @@ fn fine_tune_once(model: &Model, ids: &Tensor, mask: &Tensor) -> Result<()> {
     let loss = log_likelihood(&model.forward(ids, mask, true)?, &targets)?.neg()?;
     sgd.backward_step(&loss)?;
     let after = encoder_output(model, ids, mask)?;
-    assert!(max_abs_diff(&before, &after)? > 1e-3, "the step changed the encoder");
+    assert!(
+        max_abs_diff(&before, &after)? > 1e-3,
+        "the step changed the encoder"
+    );
     Ok(())
 }
 
 /// Saves `model` into `out` (with `config.json` from `src`), loads the file into
 /// candle-transformers' `BertModel` and into a fresh cotext model, and compares.
-fn round_trip(model: &Model, src: &Path, out: &Path, ids: &Tensor, mask: &Tensor, pooling: BertPooling) -> Result<f64> {
+fn round_trip(
+    model: &Model,
+    src: &Path,
+    out: &Path,
+    ids: &Tensor,
+    mask: &Tensor,
+    pooling: BertPooling,
+) -> Result<f64> {
     std::fs::copy(src.join("config.json"), out.join("config.json"))?;
     model.save(&out.join("model.safetensors")).unwrap();
     let saved = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)?;
     assert!(saved.contains_key("bert.embeddings.word_embeddings.weight"));
-    assert!(saved.contains_key("bert.pooler.dense.weight"), "the pooler is kept even when unused");
+    assert!(
+        saved.contains_key("bert.pooler.dense.weight"),
+        "the pooler is kept even when unused"
+    );
     assert!(saved.contains_key("classifier.weight"));
     let ours = encoder_output(model, ids, mask)?;
     let theirs = reference_output(out, ids, mask)?;
@@ -74,7 +91,11 @@ fn round_trip(model: &Model, src: &Path, out: &Path, ids: &Tensor, mask: &Tensor
     let fresh = build(src, pooling, model.num_classes());
     assert!(max_abs_diff(&fresh.forward(ids, mask, false)?, &a)? > 1e-4);
     fresh.load_weights(&out.join("model.safetensors")).unwrap();
-    assert_eq!(max_abs_diff(&fresh.forward(ids, mask, false)?, &a)?, 0.0, "load_weights logits");
+    assert_eq!(
+        max_abs_diff(&fresh.forward(ids, mask, false)?, &a)?,
+        0.0,
+        "load_weights logits"
+    );
     Ok(diff)
 }
 
@@ -116,8 +137,14 @@ fn bad_checkpoints_are_reported_by_name() -> Result<()> {
     let file = dir.path().join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)?;
     // A head of the wrong size.
-    tensors.insert("classifier.weight".into(), Tensor::zeros((7, 8), DType::F32, &Device::Cpu)?);
-    tensors.insert("classifier.bias".into(), Tensor::zeros(7, DType::F32, &Device::Cpu)?);
+    tensors.insert(
+        "classifier.weight".into(),
+        Tensor::zeros((7, 8), DType::F32, &Device::Cpu)?,
+    );
+    tensors.insert(
+        "classifier.bias".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu)?,
+    );
     candle_core::safetensors::save(&tensors, &file)?;
     let err = ModelConfig::Bert(BertConfig::new(dir.path()))
         .build(0, 3, DType::F32, &Device::Cpu, 0)
@@ -132,12 +159,19 @@ fn bad_checkpoints_are_reported_by_name() -> Result<()> {
     let err = ModelConfig::Bert(BertConfig::new(dir.path()))
         .build(0, 3, DType::F32, &Device::Cpu, 0)
         .unwrap_err();
-    assert!(err.to_string().contains("bert.encoder.layer.1.output.dense.bias"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("bert.encoder.layer.1.output.dense.bias"),
+        "{err}"
+    );
     // No checkpoint at all.
     let err = ModelConfig::Bert(BertConfig::new(dir.path().join("nope")))
         .build(0, 3, DType::F32, &Device::Cpu, 0)
         .unwrap_err();
-    assert!(err.is_user_error() && err.to_string().contains("nope"), "{err}");
+    assert!(
+        err.is_user_error() && err.to_string().contains("nope"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -175,21 +209,31 @@ const SENTENCES: [&str; 4] = [
 
 #[test]
 fn minilm_matches_candle_transformers() -> Result<()> {
-    let Some(dir) = minilm_dir() else { return Ok(()) };
+    let Some(dir) = minilm_dir() else {
+        return Ok(());
+    };
     let (ids, mask) = minilm_batch(&dir, &SENTENCES);
-    assert!(mask.sum_all()?.to_scalar::<u32>()? < ids.elem_count() as u32, "the batch has padding");
+    assert!(
+        mask.sum_all()?.to_scalar::<u32>()? < ids.elem_count() as u32,
+        "the batch has padding"
+    );
     let model = build(&dir, BertPooling::Mean, 2);
     let ours = encoder_output(&model, &ids, &mask)?;
     let theirs = reference_output(&dir, &ids, &mask)?;
     let diff = max_abs_diff(&ours, &theirs)?;
-    eprintln!("all-MiniLM-L6-v2: max |ours - candle-transformers| = {diff:e} over {:?}", ours.dims());
+    eprintln!(
+        "all-MiniLM-L6-v2: max |ours - candle-transformers| = {diff:e} over {:?}",
+        ours.dims()
+    );
     assert!(diff < 1e-4, "{diff}");
     Ok(())
 }
 
 #[test]
 fn minilm_round_trips_through_hf_names() -> Result<()> {
-    let Some(dir) = minilm_dir() else { return Ok(()) };
+    let Some(dir) = minilm_dir() else {
+        return Ok(());
+    };
     let (ids, mask) = minilm_batch(&dir, &SENTENCES);
     let model = build(&dir, BertPooling::Cls, 3);
     fine_tune_once(&model, &ids, &mask)?;
@@ -205,7 +249,9 @@ fn minilm_round_trips_through_hf_names() -> Result<()> {
 #[test]
 #[ignore = "timing; run explicitly"]
 fn minilm_step_timing() -> Result<()> {
-    let Some(dir) = minilm_dir() else { return Ok(()) };
+    let Some(dir) = minilm_dir() else {
+        return Ok(());
+    };
     let model = build(&dir, BertPooling::Mean, 2);
     let lens: Vec<usize> = (0..32).map(|i| 64 - (i % 8) * 4).collect();
     let (ids, mask) = batch(30522, &lens, 64, 1)?;
@@ -214,7 +260,11 @@ fn minilm_step_timing() -> Result<()> {
         let cfg: ct::Config =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?).unwrap();
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)?
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )?
         };
         ct::BertModel::load(vb, &cfg)?
     };
@@ -229,7 +279,9 @@ fn minilm_step_timing() -> Result<()> {
         let t3 = Instant::now();
         let _ = reference.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
         let t4 = Instant::now();
-        assert!(grads.get(model.varmap().all_vars()[0].as_tensor()).is_some());
+        assert!(grads
+            .get(model.varmap().all_vars()[0].as_tensor())
+            .is_some());
         eprintln!(
             "round {round}: train forward {:.3}s, backward {:.3}s, eval forward {:.3}s, candle-transformers forward {:.3}s",
             (t1 - t0).as_secs_f64(),

@@ -26,30 +26,49 @@ fn kinds_parse_with_documented_defaults() {
         ModelConfig::Bilstm(BiLstmConfig::default())
     );
     let d = BiLstmConfig::default();
-    assert_eq!((d.embed_dim, d.hidden, d.layers, d.dropout, d.pooling), (300, 256, 1, 0.5, LstmPooling::Max));
-    let t = match parse("[model]\nkind = \"transformer\"\nnorm = \"post\"\npositions = \"learned\"\nheads = 8\n").unwrap() {
+    assert_eq!(
+        (d.embed_dim, d.hidden, d.layers, d.dropout, d.pooling),
+        (300, 256, 1, 0.5, LstmPooling::Max)
+    );
+    let t = match parse(
+        "[model]\nkind = \"transformer\"\nnorm = \"post\"\npositions = \"learned\"\nheads = 8\n",
+    )
+    .unwrap()
+    {
         ModelConfig::Transformer(t) => t,
         other => panic!("{other:?}"),
     };
-    assert_eq!((t.norm, t.positions, t.heads, t.d_model), (NormPosition::Post, PositionEncoding::Learned, 8, 256));
+    assert_eq!(
+        (t.norm, t.positions, t.heads, t.d_model),
+        (NormPosition::Post, PositionEncoding::Learned, 8, 256)
+    );
     let b = match parse("[model]\nkind = \"bert\"\npath = \"/m\"\npooling = \"cls\"\n").unwrap() {
         ModelConfig::Bert(b) => b,
         other => panic!("{other:?}"),
     };
-    assert_eq!((b.pooling, b.classifier_dropout, b.hidden_dropout), (BertPooling::Cls, 0.1, None));
+    assert_eq!(
+        (b.pooling, b.classifier_dropout, b.hidden_dropout),
+        (BertPooling::Cls, 0.1, None)
+    );
 }
 
 #[test]
 fn unknown_keys_wrong_types_and_missing_path_are_rejected_by_name() {
-    let e = parse("[model]\nkind = \"bilstm\"\nhiden = 3\n").unwrap_err().to_string();
+    let e = parse("[model]\nkind = \"bilstm\"\nhiden = 3\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("hiden"), "{e}");
-    let e = parse("[model]\nkind = \"transformer\"\nheads = \"four\"\n").unwrap_err().to_string();
+    let e = parse("[model]\nkind = \"transformer\"\nheads = \"four\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("heads") || e.contains("four"), "{e}");
     let e = parse("[model]\nkind = \"lstm\"\n").unwrap_err().to_string();
     assert!(e.contains("lstm"), "{e}");
     let e = parse("[model]\nkind = \"bert\"\n").unwrap_err().to_string();
     assert!(e.contains("path"), "{e}");
-    let e = parse("[model]\nkind = \"bilstm\"\npooling = \"first\"\n").unwrap_err().to_string();
+    let e = parse("[model]\nkind = \"bilstm\"\npooling = \"first\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("first"), "{e}");
 }
 
@@ -70,15 +89,26 @@ fn resolved_config_round_trips_through_toml() {
 fn invalid_values_fail_at_build_with_the_key() {
     let dev = Device::Cpu;
     let bad = [
-        ("[model]\nkind = \"transformer\"\nd_model = 10\nheads = 4\n", "heads"),
+        (
+            "[model]\nkind = \"transformer\"\nd_model = 10\nheads = 4\n",
+            "heads",
+        ),
         ("[model]\nkind = \"bilstm\"\ndropout = 1.0\n", "dropout"),
         ("[model]\nkind = \"bilstm\"\nlayers = 0\n", "layers"),
     ];
     for (text, key) in bad {
-        let err = parse(text).unwrap().build(10, 2, DType::F32, &dev, 0).unwrap_err();
-        assert!(err.is_user_error() && err.to_string().contains(key), "{text}: {err}");
+        let err = parse(text)
+            .unwrap()
+            .build(10, 2, DType::F32, &dev, 0)
+            .unwrap_err();
+        assert!(
+            err.is_user_error() && err.to_string().contains(key),
+            "{text}: {err}"
+        );
     }
-    let err = ModelConfig::Bilstm(BiLstmConfig::default()).build(10, 1, DType::F32, &dev, 0).unwrap_err();
+    let err = ModelConfig::Bilstm(BiLstmConfig::default())
+        .build(10, 1, DType::F32, &dev, 0)
+        .unwrap_err();
     assert!(err.to_string().contains("2 classes"), "{err}");
 }
 
@@ -101,8 +131,15 @@ fn the_seed_decides_init_and_dropout() {
         let train = m.forward(&ids, &mask, true).unwrap();
         m.set_rng_state(state);
         let again = m.forward(&ids, &mask, true).unwrap();
-        assert_eq!(models_support::max_abs_diff(&train, &again).unwrap(), 0.0, "restored RNG state");
-        assert!(models_support::max_abs_diff(&train, &eval).unwrap() > 0.0, "dropout active in train");
+        assert_eq!(
+            models_support::max_abs_diff(&train, &again).unwrap(),
+            0.0,
+            "restored RNG state"
+        );
+        assert!(
+            models_support::max_abs_diff(&train, &eval).unwrap() > 0.0,
+            "dropout active in train"
+        );
         (eval, train)
     };
     let (a, ta) = run(1);

@@ -8,7 +8,7 @@ mod models_support;
 
 use candle_core::{DType, Device, Result};
 use cotext::models::{
-    BertConfig, BertPooling, BiLstmConfig, LstmPooling, ModelConfig, NormPosition, Pooling,
+    BertConfig, BertPooling, BiLstmConfig, LstmPooling, ModelConfig, Net, NormPosition, Pooling,
     PositionEncoding, TransformerConfig,
 };
 use models_support::*;
@@ -20,13 +20,24 @@ const TARGETS: [u32; 3] = [0, 2, 1];
 fn check(what: &str, cfg: &ModelConfig, vocab: usize, dtype: DType) -> Result<()> {
     let model = cfg.build(vocab, 3, dtype, &Device::Cpu, 11).unwrap();
     let (ids, mask) = batch(vocab as u32, &LENS, 6, 5)?;
-    for train in [false, true] {
-        let logits = model.forward(&ids, &mask, train)?;
-        assert_eq!(logits.dims(), &[3, 3]);
-        let norms = grad_norms(model.varmap(), &log_likelihood(&logits, &TARGETS)?)?;
-        assert!(!norms.is_empty());
-        assert_all_trained(&format!("{what} (train={train})"), &norms);
-    }
+    let logits = model.forward(&ids, &mask, true)?;
+    assert_eq!(logits.dims(), &[3, 3]);
+    let norms = grad_norms(model.varmap(), &log_likelihood(&logits, &TARGETS)?)?;
+    assert!(!norms.is_empty());
+    assert_all_trained(what, &norms);
+    // Evaluation runs on detached weights: no graph, same logits as the tracked net.
+    let eval = model.forward(&ids, &mask, false)?;
+    assert!(
+        !eval.track_op(),
+        "{what}: eval logits carry a backward graph"
+    );
+    let tracked = match model.net() {
+        Net::BiLstm(m) => m.forward(&ids, &mask, false)?,
+        Net::Transformer(m) => m.forward(&ids, &mask, false)?,
+        Net::Bert(m) => m.forward(&ids, &mask, false)?,
+    };
+    assert!(tracked.track_op());
+    assert_eq!(max_abs_diff(&eval, &tracked)?, 0.0, "{what}: eval logits");
     Ok(())
 }
 
@@ -41,7 +52,12 @@ fn every_bilstm_variable_gets_a_gradient() -> Result<()> {
                 dropout: 0.2,
                 pooling,
             });
-            check(&format!("bilstm {pooling:?} x{layers}"), &cfg, VOCAB, DType::F32)?;
+            check(
+                &format!("bilstm {pooling:?} x{layers}"),
+                &cfg,
+                VOCAB,
+                DType::F32,
+            )?;
         }
     }
     // f64 runs the same fused kernels; the plain-op fallback is covered in the unit tests.
@@ -71,7 +87,12 @@ fn every_transformer_variable_gets_a_gradient() -> Result<()> {
                     pooling,
                     ..TransformerConfig::default()
                 });
-                check(&format!("transformer {norm:?} {positions:?} {pooling:?}"), &cfg, VOCAB, DType::F32)?;
+                check(
+                    &format!("transformer {norm:?} {positions:?} {pooling:?}"),
+                    &cfg,
+                    VOCAB,
+                    DType::F32,
+                )?;
             }
         }
     }
@@ -93,10 +114,14 @@ fn every_tiny_bert_variable_gets_a_gradient() -> Result<()> {
 
 #[test]
 fn every_minilm_variable_gets_a_gradient() -> Result<()> {
-    let Some(dir) = minilm_dir() else { return Ok(()) };
+    let Some(dir) = minilm_dir() else {
+        return Ok(());
+    };
     let mut cfg = BertConfig::new(dir);
     cfg.pooling = BertPooling::Pooler;
-    let model = ModelConfig::Bert(cfg).build(30522, 3, DType::F32, &Device::Cpu, 1).unwrap();
+    let model = ModelConfig::Bert(cfg)
+        .build(30522, 3, DType::F32, &Device::Cpu, 1)
+        .unwrap();
     // 6 layers × 16 + 5 embedding + 2 pooler + 2 head.
     assert_eq!(model.varmap().all_vars().len(), 105);
     let (ids, mask) = batch(30522, &LENS, 6, 9)?;

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 use cotext::models::{
     layers::{Dropout, SharedRng},
-    BertConfig, BertPooling, BiLstm, BiLstmConfig, LstmPooling, ModelConfig, NormPosition,
-    Params, Pooling, PositionEncoding, TransformerConfig,
+    BertConfig, BertPooling, BiLstm, BiLstmConfig, LstmPooling, ModelConfig, NormPosition, Params,
+    Pooling, PositionEncoding, TransformerConfig,
 };
 use models_support::*;
 
@@ -28,10 +28,26 @@ fn check(what: &str, cfg: &ModelConfig, vocab: usize) -> Result<()> {
     let batched = model.forward(&ids, &mask, false)?.get(1)?;
     let alone = model.forward(&alone_ids, &alone_mask, false)?.get(0)?;
     let diff = max_abs_diff(&batched, &alone)?;
-    assert!(diff < 1e-5, "{what}: padded vs alone logits differ by {diff}");
+    assert!(
+        diff < 1e-5,
+        "{what}: padded vs alone logits differ by {diff}"
+    );
     // The check can fail: the other rows' logits differ from this one's.
     let other = model.forward(&ids, &mask, false)?.get(0)?;
-    assert!(max_abs_diff(&other, &alone)? > 1e-4, "{what}: logits do not depend on the input");
+    assert!(
+        max_abs_diff(&other, &alone)? > 1e-4,
+        "{what}: logits do not depend on the input"
+    );
+    // A row with no real token at all still gives finite logits.
+    let (ids, mask) = batch(vocab as u32, &[3, 0], 5, 9)?;
+    let logits = model
+        .forward(&ids, &mask, false)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert!(
+        logits.iter().all(|x| x.is_finite()),
+        "{what}: empty row gives {logits:?}"
+    );
     Ok(())
 }
 
@@ -60,12 +76,26 @@ fn bilstm_outputs_and_final_states_ignore_padding() -> Result<()> {
     let xs = Tensor::from_vec(xs, (2, 6, 3), &dev)?;
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], &dev)?;
     let out = lstm.forward(&xs, &mask, false)?;
-    let alone = lstm.forward(&xs.get(1)?.narrow(0, 0, 3)?.unsqueeze(0)?, &Tensor::ones((1, 3), DType::U32, &dev)?, false)?;
+    let alone = lstm.forward(
+        &xs.get(1)?.narrow(0, 0, 3)?.unsqueeze(0)?,
+        &Tensor::ones((1, 3), DType::U32, &dev)?,
+        false,
+    )?;
     let real = out.outputs.get(1)?.narrow(0, 0, 3)?;
-    assert!(max_abs_diff(&real, &alone.outputs.get(0)?)? < 1e-12, "outputs at real positions");
-    assert!(max_abs_diff(&out.last.get(1)?, &alone.last.get(0)?)? < 1e-12, "final states");
+    assert!(
+        max_abs_diff(&real, &alone.outputs.get(0)?)? < 1e-12,
+        "outputs at real positions"
+    );
+    assert!(
+        max_abs_diff(&out.last.get(1)?, &alone.last.get(0)?)? < 1e-12,
+        "final states"
+    );
     let pads = out.outputs.get(1)?.narrow(0, 3, 3)?;
-    assert_eq!(pads.abs()?.sum_all()?.to_scalar::<f64>()?, 0.0, "padded outputs are zero");
+    assert_eq!(
+        pads.abs()?.sum_all()?.to_scalar::<f64>()?,
+        0.0,
+        "padded outputs are zero"
+    );
     // The backward direction's final state is the one after the first token: it must
     // differ from the forward one and from the unmasked (padding-reading) run.
     let unmasked = lstm.forward(&xs, &Tensor::ones((2, 6), DType::U32, &dev)?, false)?;
@@ -89,7 +119,11 @@ fn transformer_logits_ignore_padding() -> Result<()> {
                     pooling,
                     ..TransformerConfig::default()
                 });
-                check(&format!("transformer {norm:?} {positions:?} {pooling:?}"), &cfg, 30)?;
+                check(
+                    &format!("transformer {norm:?} {positions:?} {pooling:?}"),
+                    &cfg,
+                    30,
+                )?;
             }
         }
     }
@@ -103,7 +137,11 @@ fn tiny_bert_logits_ignore_padding() -> Result<()> {
     for pooling in [BertPooling::Cls, BertPooling::Mean, BertPooling::Pooler] {
         let mut cfg = BertConfig::new(dir.path());
         cfg.pooling = pooling;
-        check(&format!("tiny bert {pooling:?}"), &ModelConfig::Bert(cfg), 50)?;
+        check(
+            &format!("tiny bert {pooling:?}"),
+            &ModelConfig::Bert(cfg),
+            50,
+        )?;
     }
     Ok(())
 }

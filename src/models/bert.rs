@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear};
 
-use super::layers::{self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng};
+use super::layers::{
+    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
+};
 use super::params::{Init, Params};
 
 /// The fields of an HF BERT `config.json` that the encoder needs; other keys are
@@ -97,7 +99,8 @@ impl HfBertConfig {
             line: 1,
             msg,
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -195,7 +198,9 @@ fn canonical_names(raw: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
         let base = name.strip_prefix("bert.").unwrap_or(&name);
         if name.starts_with("classifier.") {
             out.insert(name.clone(), t);
-        } else if (base.starts_with("embeddings.") || base.starts_with("encoder.") || base.starts_with("pooler."))
+        } else if (base.starts_with("embeddings.")
+            || base.starts_with("encoder.")
+            || base.starts_with("pooler."))
             && base != "embeddings.position_ids"
         {
             out.insert(format!("bert.{base}"), t);
@@ -226,13 +231,23 @@ pub struct Bert {
 impl Bert {
     /// Builds the encoder under `p` (which should be at the `bert` prefix). Every
     /// tensor must come from the pretrained map when `require_pretrained`.
-    pub fn build(cfg: &HfBertConfig, p: &Params, hidden_dropout: f64, attention_dropout: f64, rng: SharedRng) -> Result<Self> {
+    pub fn build(
+        cfg: &HfBertConfig,
+        p: &Params,
+        hidden_dropout: f64,
+        attention_dropout: f64,
+        rng: SharedRng,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let init = Init::Normal(cfg.initializer_range);
         let e = p.pp("embeddings");
         let word = layers::embedding(cfg.vocab_size, d, init, &e.pp("word_embeddings"))?;
-        let position = e.pp("position_embeddings").get((cfg.max_position_embeddings, d), "weight", init)?;
-        let token_type = e.pp("token_type_embeddings").get((cfg.type_vocab_size, d), "weight", init)?;
+        let position =
+            e.pp("position_embeddings")
+                .get((cfg.max_position_embeddings, d), "weight", init)?;
+        let token_type =
+            e.pp("token_type_embeddings")
+                .get((cfg.type_vocab_size, d), "weight", init)?;
         let eps = cfg.layer_norm_eps;
         let emb_norm = LayerNorm::build(d, eps, &e.pp("LayerNorm"))?;
         let act = cfg.activation()?;
@@ -275,6 +290,27 @@ impl Bert {
         })
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            word: layers::detach_embedding(&self.word),
+            position: self.position.detach(),
+            token_type: self.token_type.detach(),
+            emb_norm: self.emb_norm.detached(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| BertLayer {
+                    attn: l.attn.detached(),
+                    attn_norm: l.attn_norm.detached(),
+                    ffn: l.ffn.detached(),
+                    ffn_norm: l.ffn_norm.detached(),
+                })
+                .collect(),
+            dropout: self.dropout.clone(),
+        }
+    }
+
     /// Hidden states `[B, T, D]` for ids `[B, T]` and mask `[B, T]` (token type 0
     /// everywhere, positions 0..T).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
@@ -285,16 +321,21 @@ impl Bert {
         }
         let d = self.position.dim(1)?;
         let x = self.word.forward(ids)?;
-        let extra = (self.position.narrow(0, 0, t)? + self.token_type.get(0)?.broadcast_as((t, d))?)?;
+        let extra =
+            (self.position.narrow(0, 0, t)? + self.token_type.get(0)?.broadcast_as((t, d))?)?;
         let x = x.broadcast_add(&extra)?;
         let mut x = self.dropout.forward(&self.emb_norm.forward(&x)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         debug_assert_eq!(bias.dims(), &[b, 1, 1, t]);
         for l in &self.layers {
             let a = l.attn.forward(&x, &bias, train)?;
-            x = l.attn_norm.forward(&(self.dropout.forward(&a, train)? + &x)?)?;
+            x = l
+                .attn_norm
+                .forward(&(self.dropout.forward(&a, train)? + &x)?)?;
             let f = l.ffn.forward(&x)?;
-            x = l.ffn_norm.forward(&(self.dropout.forward(&f, train)? + &x)?)?;
+            x = l
+                .ffn_norm
+                .forward(&(self.dropout.forward(&f, train)? + &x)?)?;
         }
         Ok(x)
     }
@@ -317,7 +358,12 @@ pub struct BertClassifier {
 impl BertClassifier {
     /// Loads `cfg.path/config.json` and `cfg.path/model.safetensors` into `varmap`
     /// (through `p`, which must be at the root prefix) and adds a `classes`-way head.
-    pub fn load(cfg: &BertConfig, classes: usize, p: &Params, rng: SharedRng) -> crate::Result<Self> {
+    pub fn load(
+        cfg: &BertConfig,
+        classes: usize,
+        p: &Params,
+        rng: SharedRng,
+    ) -> crate::Result<Self> {
         let hf = HfBertConfig::from_file(&cfg.path.join("config.json"))?;
         let weights_path = cfg.path.join("model.safetensors");
         let tensors = load_hf_tensors(&weights_path)?;
@@ -341,14 +387,32 @@ impl BertClassifier {
         };
         for (name, t) in &tensors {
             if !t.dtype().is_float() {
-                return Err(checkpoint_err(format!("tensor {name} has dtype {:?}", t.dtype())));
+                return Err(checkpoint_err(format!(
+                    "tensor {name} has dtype {:?}",
+                    t.dtype()
+                )));
             }
         }
         let p = p.clone().with_pretrained(tensors.clone());
         let hidden_dropout = cfg.hidden_dropout.unwrap_or(hf.hidden_dropout_prob);
-        let attention_dropout = cfg.attention_dropout.unwrap_or(hf.attention_probs_dropout_prob);
-        let before: Vec<String> = p.varmap().data().lock().expect("lock").keys().cloned().collect();
-        let bert = Bert::build(hf, &p.pp("bert"), hidden_dropout, attention_dropout, rng.clone())?;
+        let attention_dropout = cfg
+            .attention_dropout
+            .unwrap_or(hf.attention_probs_dropout_prob);
+        let before: Vec<String> = p
+            .varmap()
+            .data()
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        let bert = Bert::build(
+            hf,
+            &p.pp("bert"),
+            hidden_dropout,
+            attention_dropout,
+            rng.clone(),
+        )?;
         // Every encoder variable must have come from the checkpoint: a silently random
         // encoder weight would train, badly, without any error.
         let missing: Vec<String> = {
@@ -372,7 +436,13 @@ impl BertClassifier {
         let init = Init::Normal(hf.initializer_range);
         let mut frozen = HashMap::new();
         let pooler = if cfg.pooling == BertPooling::Pooler {
-            Some(layers::linear(d, d, init, true, &p.pp("bert").pp("pooler").pp("dense"))?)
+            Some(layers::linear(
+                d,
+                d,
+                init,
+                true,
+                &p.pp("bert").pp("pooler").pp("dense"),
+            )?)
         } else {
             for k in ["bert.pooler.dense.weight", "bert.pooler.dense.bias"] {
                 if let Some(t) = tensors.get(k) {
@@ -401,6 +471,19 @@ impl BertClassifier {
         })
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            bert: self.bert.detached(),
+            pooler: self.pooler.as_ref().map(layers::detach_linear),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+            frozen: self.frozen.clone(),
+            hf_config: self.hf_config.clone(),
+        }
+    }
+
     /// The HF config the encoder was built from.
     pub fn hf_config(&self) -> &HfBertConfig {
         &self.hf_config
@@ -424,7 +507,11 @@ impl BertClassifier {
             BertPooling::Mean => layers::masked_mean(&h, mask),
             BertPooling::Pooler => {
                 let cls = h.narrow(1, 0, 1)?.squeeze(1)?;
-                self.pooler.as_ref().expect("pooler built for Pooler pooling").forward(&cls)?.tanh()
+                self.pooler
+                    .as_ref()
+                    .expect("pooler built for Pooler pooling")
+                    .forward(&cls)?
+                    .tanh()
             }
         }
     }
@@ -432,6 +519,7 @@ impl BertClassifier {
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.encode(ids, mask, train)?;
-        self.classifier.forward(&self.dropout.forward(&pooled, train)?)
+        self.classifier
+            .forward(&self.dropout.forward(&pooled, train)?)
     }
 }

@@ -4,8 +4,9 @@
 //! every step, no masking):
 //! - the input projection of both directions for all time steps is one matmul,
 //!   computed before the recurrence;
-//! - both directions advance together: one batched `[2, B, H] × [2, H, 4H]` matmul and
-//!   one fused cell kernel per time step;
+//! - both directions advance together: one batched `[2, B, H] × [2, H, 4H]` matmul
+//!   per time step; on the CPU the whole recurrence, gate math included, is one fused
+//!   op with a hand-written backpropagation through time (plain ops elsewhere);
 //! - padding is masked: at a padded step the state is carried unchanged, so the
 //!   backward direction starts at each sequence's last real token, and neither the
 //!   outputs at real positions nor the final states depend on how much padding follows.
@@ -45,12 +46,29 @@ struct Direction {
 }
 
 impl Direction {
+    fn detached(&self) -> Self {
+        Self {
+            w_ih: self.w_ih.detach(),
+            w_hh: self.w_hh.detach(),
+            b_ih: self.b_ih.detach(),
+            b_hh: self.b_hh.detach(),
+        }
+    }
+
     fn build(p: &Params, layer: usize, suffix: &str, input: usize, hidden: usize) -> Result<Self> {
         // PyTorch's init for every LSTM weight and bias.
         let init = Init::Uniform(1.0 / (hidden as f64).sqrt());
         Ok(Self {
-            w_ih: p.get((4 * hidden, input), &format!("weight_ih_l{layer}{suffix}"), init)?,
-            w_hh: p.get((4 * hidden, hidden), &format!("weight_hh_l{layer}{suffix}"), init)?,
+            w_ih: p.get(
+                (4 * hidden, input),
+                &format!("weight_ih_l{layer}{suffix}"),
+                init,
+            )?,
+            w_hh: p.get(
+                (4 * hidden, hidden),
+                &format!("weight_hh_l{layer}{suffix}"),
+                init,
+            )?,
             b_ih: p.get(4 * hidden, &format!("bias_ih_l{layer}{suffix}"), init)?,
             b_hh: p.get(4 * hidden, &format!("bias_hh_l{layer}{suffix}"), init)?,
         })
@@ -104,6 +122,19 @@ impl BiLstm {
         })
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|[f, b]| [f.detached(), b.detached()])
+                .collect(),
+            hidden: self.hidden,
+            dropout: self.dropout.clone(),
+        }
+    }
+
     /// Units per direction.
     pub fn hidden(&self) -> usize {
         self.hidden
@@ -127,24 +158,14 @@ impl BiLstm {
         let dtype = xs.dtype();
         let keep_host: Vec<Vec<f32>> = layers::mask_as(mask, DType::F32)?.to_vec2::<f32>()?;
         // Step s handles time s for the forward direction and T-1-s for the backward one.
-        let keep_steps: Vec<Arc<Vec<bool>>> = (0..t)
+        let keep_steps: Vec<Vec<bool>> = (0..t)
             .map(|s| {
                 let fwd = keep_host.iter().map(|row| row[s] != 0.0);
                 let bwd = keep_host.iter().map(|row| row[t - 1 - s] != 0.0);
-                Arc::new(fwd.chain(bwd).collect())
+                fwd.chain(bwd).collect()
             })
             .collect();
-        let keep_tensors: Vec<Tensor> = if use_fused {
-            Vec::new()
-        } else {
-            keep_steps
-                .iter()
-                .map(|k| {
-                    let v: Vec<f32> = k.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
-                    Tensor::from_vec(v, (2 * b, 1), dev)?.to_dtype(dtype)
-                })
-                .collect::<Result<_>>()?
-        };
+        let keep_steps = Arc::new(keep_steps);
         let rev: Vec<u32> = (0..t as u32).rev().collect();
         let rev = Tensor::from_vec(rev, t, dev)?;
         let mask_f = layers::mask_as(mask, dtype)?.unsqueeze(2)?;
@@ -174,21 +195,27 @@ impl BiLstm {
                 ],
                 1,
             )?
-            .contiguous()?;
+            .reshape((t, 2 * b, 4 * h))?;
             let w_hh = Tensor::stack(&[fw.w_hh.t()?, bw.w_hh.t()?], 0)?; // [2, H, 4H]
-            let mut state = Tensor::zeros((2, 2 * b, h), dtype, dev)?;
-            let mut hs = Vec::with_capacity(t);
-            for s in 0..t {
-                let h_prev = state.get(0)?.reshape((2, b, h))?;
-                let gates = (xp.get(s)? + h_prev.matmul(&w_hh)?)?.reshape((2 * b, 4 * h))?;
-                state = if use_fused {
-                    fused::lstm_cell(&gates, &state, keep_steps[s].clone())?
-                } else {
-                    fused::lstm_cell_ops(&gates, &state, &keep_tensors[s])?
-                };
-                hs.push(state.get(0)?);
-            }
-            let hs = Tensor::stack(&hs, 0)?.reshape((t, 2, b, h))?;
+            let hs = if use_fused {
+                // [T, 2B, 6H]: gates, h, c per step.
+                fused::lstm_layer(&xp, &w_hh, keep_steps.clone())?.narrow(2, 4 * h, h)?
+            } else {
+                let mut state = Tensor::zeros((2, 2 * b, h), dtype, dev)?;
+                let mut hs = Vec::with_capacity(t);
+                for (s, keep) in keep_steps.iter().enumerate() {
+                    let v: Vec<f32> = keep.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+                    let keep = Tensor::from_vec(v, (2 * b, 1), dev)?.to_dtype(dtype)?;
+                    let h_prev = state.get(0)?.reshape((2, b, h))?;
+                    let gates = (xp.get(s)? + h_prev.matmul(&w_hh)?.reshape((2 * b, 4 * h))?)?;
+                    state = fused::lstm_cell_ops(&gates, &state, &keep)?;
+                    hs.push(state.get(0)?);
+                }
+                Tensor::stack(&hs, 0)?
+            };
+            let fin = hs.get(t - 1)?.reshape((2, b, h))?;
+            last = Some(Tensor::cat(&[fin.get(0)?, fin.get(1)?], 1)?);
+            let hs = hs.reshape((t, 2, b, h))?;
             let out = Tensor::cat(
                 &[
                     hs.narrow(1, 0, 1)?,
@@ -200,8 +227,6 @@ impl BiLstm {
             .reshape((b, t, 2 * h))?;
             // The forward direction carries its state over trailing padding; zero it.
             input = out.broadcast_mul(&mask_f)?;
-            let fin = state.get(0)?.reshape((2, b, h))?;
-            last = Some(Tensor::cat(&[fin.get(0)?, fin.get(1)?], 1)?);
         }
         Ok(BiLstmOutput {
             outputs: input,
@@ -281,8 +306,15 @@ impl BiLstmClassifier {
     ) -> Result<Self> {
         let dropout = Dropout::new(cfg.dropout, rng)?;
         // N(0, 1), PyTorch's nn.Embedding init.
-        let embedding = layers::embedding(vocab, cfg.embed_dim, Init::Normal(1.0), &p.pp("embedding"))?;
-        let lstm = BiLstm::build(cfg.embed_dim, cfg.hidden, cfg.layers, dropout.clone(), &p.pp("lstm"))?;
+        let embedding =
+            layers::embedding(vocab, cfg.embed_dim, Init::Normal(1.0), &p.pp("embedding"))?;
+        let lstm = BiLstm::build(
+            cfg.embed_dim,
+            cfg.hidden,
+            cfg.layers,
+            dropout.clone(),
+            &p.pp("lstm"),
+        )?;
         let classifier = layers::linear(
             2 * cfg.hidden,
             classes,
@@ -297,6 +329,17 @@ impl BiLstmClassifier {
             dropout,
             pooling: cfg.pooling,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            embedding: layers::detach_embedding(&self.embedding),
+            lstm: self.lstm.detached(),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+        }
     }
 
     /// The pooled sentence representation `[B, 2H]` (before the output dropout).
@@ -314,7 +357,8 @@ impl BiLstmClassifier {
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.encode(ids, mask, train)?;
-        self.classifier.forward(&self.dropout.forward(&pooled, train)?)
+        self.classifier
+            .forward(&self.dropout.forward(&pooled, train)?)
     }
 }
 
@@ -334,7 +378,10 @@ mod tests {
         let p = Params::new(varmap.clone(), DType::F64, &dev, 3);
         let lstm = BiLstm::build(3, 4, 2, Dropout::new(0.0, SharedRng::new(0))?, &p)?;
         let xs = Var::from_tensor(&randn(&[3, 5, 3], 4)?)?;
-        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], &dev)?;
+        let mask = Tensor::new(
+            &[[1u32, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+            &dev,
+        )?;
         let up = randn(&[3, 5, 8], 5)?;
         let up_last = randn(&[3, 8], 6)?;
         let mut results = Vec::new();

@@ -1,7 +1,10 @@
-//! Fused CPU kernels with hand-written backward passes: layer norm and the LSTM cell.
+//! Fused CPU kernels with hand-written backward passes: layer norm, softmax, GELU and
+//! a whole bidirectional LSTM layer.
 //!
-//! Written as candle custom ops whose `bwd` is itself one fused kernel, they replace
-//! a dozen elementwise ops (and their traced backward graph) with one pass each way.
+//! Written as candle custom ops whose `bwd` is itself a fused kernel, they replace
+//! a dozen elementwise ops (and their traced backward graph) with one pass each way;
+//! the LSTM layer replaces T steps of autograd bookkeeping with one loop of
+//! backpropagation through time.
 //! They run on the CPU for f32 and f64 only; [`supported`] says when, and the callers
 //! fall back to plain candle ops otherwise. Sums are accumulated in f64. Both are
 //! checked against the plain-op versions and against finite differences in f64.
@@ -9,7 +12,7 @@
 use std::sync::Arc;
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -158,7 +161,8 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let n = x.elem_count() / d;
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let packed =
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.get(n)?;
         let db = packed.get(n + 1)?;
@@ -206,106 +210,96 @@ impl CustomOp3 for LayerNormBwdOp {
 }
 
 // ---------------------------------------------------------------------------------
-// LSTM cell
+// Softmax and GELU
 
-/// One masked LSTM step for `N` sequences at once.
-///
-/// `gates [N, 4H]` are the pre-activations in PyTorch's order (input, forget, cell,
-/// output); `state [2, N, H]` holds the previous h and c; `keep[n]` says whether
-/// sequence `n` has a real token at this step. Returns the new `[2, N, H]` state:
-/// `c' = σ(f)·c + σ(i)·tanh(g)`, `h' = σ(o)·tanh(c')` where `keep`, the old state
-/// where not (so padding leaves the state untouched).
-pub fn lstm_cell(gates: &Tensor, state: &Tensor, keep: Arc<Vec<bool>>) -> Result<Tensor> {
-    let (n, h4) = gates.dims2()?;
-    let (two, n2, h) = state.dims3()?;
-    if two != 2 || n2 != n || h4 != 4 * h || keep.len() != n {
-        candle_core::bail!(
-            "lstm cell: gates {:?}, state {:?}, {} mask values",
-            gates.dims(),
-            state.dims(),
-            keep.len()
-        );
-    }
-    gates
-        .contiguous()?
-        .apply_op2(&state.to_dtype(gates.dtype())?.contiguous()?, LstmCellOp { keep })
-}
-
-struct LstmCellOp {
-    keep: Arc<Vec<bool>>,
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn cell_fwd<T: WithDType>(gates: &[T], state: &[T], keep: &[bool]) -> Vec<T> {
-    let n = keep.len();
-    let h = gates.len() / n / 4;
-    let (hp, cp) = state.split_at(n * h);
-    let mut out = vec![T::from_f64(0.0); 2 * n * h];
-    let (ho, co) = out.split_at_mut(n * h);
-    for r in 0..n {
-        let (hr, cr) = (&mut ho[r * h..(r + 1) * h], &mut co[r * h..(r + 1) * h]);
-        if !keep[r] {
-            hr.copy_from_slice(&hp[r * h..(r + 1) * h]);
-            cr.copy_from_slice(&cp[r * h..(r + 1) * h]);
-            continue;
-        }
-        let g = &gates[r * 4 * h..(r + 1) * 4 * h];
-        for j in 0..h {
-            let i = sigmoid(g[j].to_f64());
-            let f = sigmoid(g[h + j].to_f64());
-            let gg = g[2 * h + j].to_f64().tanh();
-            let o = sigmoid(g[3 * h + j].to_f64());
-            let c = f * cp[r * h + j].to_f64() + i * gg;
-            cr[j] = T::from_f64(c);
-            hr[j] = T::from_f64(o * c.tanh());
-        }
-    }
+/// Applies `f` to matching rows of `a` (and `b`, same length) in parallel, writing
+/// rows of `out`.
+fn map_rows<T: WithDType>(
+    a: &[T],
+    b: Option<&[T]>,
+    d: usize,
+    f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); a.len()];
+    // Blocks of rows keep rayon's overhead small for short rows.
+    let rows_per = (16384 / d.max(1)).max(1);
+    out.par_chunks_mut(rows_per * d)
+        .enumerate()
+        .for_each(|(i, ob)| {
+            let start = i * rows_per * d;
+            for (j, o) in ob.chunks_mut(d).enumerate() {
+                let (off, n) = (start + j * d, o.len());
+                f(&a[off..off + n], b.map(|b| &b[off..off + n]), o);
+            }
+        });
     out
 }
 
-/// Returns `[N, 6H]`: columns `0..4H` are d(gates), `4H..5H` d(h_prev), `5H..6H`
-/// d(c_prev).
-fn cell_bwd<T: WithDType>(gates: &[T], state: &[T], grad: &[T], keep: &[bool]) -> Vec<T> {
-    let n = keep.len();
-    let h = gates.len() / n / 4;
-    let (_, cp) = state.split_at(n * h);
-    let (dh, dc) = grad.split_at(n * h);
-    let mut out = vec![T::from_f64(0.0); n * 6 * h];
-    for r in 0..n {
-        let o_row = &mut out[r * 6 * h..(r + 1) * 6 * h];
-        if !keep[r] {
-            o_row[4 * h..5 * h].copy_from_slice(&dh[r * h..(r + 1) * h]);
-            o_row[5 * h..6 * h].copy_from_slice(&dc[r * h..(r + 1) * h]);
-            continue;
+macro_rules! dispatch1 {
+    ($s:expr, $l:expr, $what:expr, |$x:ident : $t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                let $x: &[f32] = slice($s, $l, $what)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                let $x: &[f64] = slice($s, $l, $what)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("fused {}: f32 or f64 only", $what),
         }
-        let g = &gates[r * 4 * h..(r + 1) * 4 * h];
-        for j in 0..h {
-            let i = sigmoid(g[j].to_f64());
-            let f = sigmoid(g[h + j].to_f64());
-            let gg = g[2 * h + j].to_f64().tanh();
-            let o = sigmoid(g[3 * h + j].to_f64());
-            let c_prev = cp[r * h + j].to_f64();
-            let c = f * c_prev + i * gg;
-            let tc = c.tanh();
-            let dhj = dh[r * h + j].to_f64();
-            let dct = dc[r * h + j].to_f64() + dhj * o * (1.0 - tc * tc);
-            o_row[j] = T::from_f64(dct * gg * i * (1.0 - i));
-            o_row[h + j] = T::from_f64(dct * c_prev * f * (1.0 - f));
-            o_row[2 * h + j] = T::from_f64(dct * i * (1.0 - gg * gg));
-            o_row[3 * h + j] = T::from_f64(dhj * tc * o * (1.0 - o));
-            // h_prev reaches the new state only through the gates' matmul, outside.
-            o_row[5 * h + j] = T::from_f64(dct * f);
-        }
-    }
-    out
+    };
 }
 
-impl CustomOp2 for LstmCellOp {
+/// Softmax over the last dimension, fused, with backward `y ⊙ (dy − Σ dy ⊙ y)`.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
-        "cotext-lstm-cell"
+        "cotext-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims().last().copied().unwrap_or(1);
+        let out = dispatch1!(s, l, "softmax", |x: T| map_rows::<T>(
+            x,
+            None,
+            d,
+            |x, _, o| {
+                let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
+                let mut sum = 0.0;
+                for (o, v) in o.iter_mut().zip(x) {
+                    let e = (v.to_f64() - max).exp();
+                    sum += e;
+                    *o = T::from_f64(e);
+                }
+                let inv = 1.0 / sum;
+                for o in o.iter_mut() {
+                    *o = T::from_f64(o.to_f64() * inv);
+                }
+            }
+        ));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
+        ))
+    }
+}
+
+struct SoftmaxBwdOp;
+
+impl CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-softmax-bwd"
     }
 
     fn cpu_fwd(
@@ -315,54 +309,67 @@ impl CustomOp2 for LstmCellOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(cell_fwd::<f32>(
-                slice(s1, l1, "gates")?,
-                slice(s2, l2, "state")?,
-                &self.keep,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(cell_fwd::<f64>(
-                slice(s1, l1, "gates")?,
-                slice(s2, l2, "state")?,
-                &self.keep,
-            )),
-            _ => candle_core::bail!("fused lstm cell: f32 or f64 only"),
-        };
-        Ok((out, l2.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        gates: &Tensor,
-        state: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, h4) = gates.dims2()?;
-        let h = h4 / 4;
-        let packed = gates.apply_op3_no_bwd(
-            state,
-            &grad.contiguous()?,
-            &LstmCellBwdOp {
-                keep: self.keep.clone(),
-            },
-        )?;
-        let dgates = packed.narrow(1, 0, 4 * h)?;
-        let dh = packed.narrow(1, 4 * h, h)?;
-        let dc = packed.narrow(1, 5 * h, h)?;
-        let dstate = Tensor::stack(&[dh, dc], 0)?;
-        debug_assert_eq!(dstate.dims(), &[2, n, h]);
-        Ok((Some(dgates), Some(dstate)))
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let out = dispatch1!(s1, l1, "softmax", |y: T| {
+            let dy: &[T] = slice(s2, l2, "softmax grad")?;
+            map_rows::<T>(y, Some(dy), d, |y, dy, o| {
+                let dy = dy.expect("grad rows");
+                let dot: f64 = y.iter().zip(dy).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                for i in 0..y.len() {
+                    o[i] = T::from_f64(y[i].to_f64() * (dy[i].to_f64() - dot));
+                }
+            })
+        });
+        Ok((out, l1.shape().clone()))
     }
 }
 
-struct LstmCellBwdOp {
-    keep: Arc<Vec<bool>>,
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// GELU, erf form, fused, with the exact backward `Φ(x) + x·φ(x)`.
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(GeluOp)
 }
 
-impl CustomOp3 for LstmCellBwdOp {
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
-        "cotext-lstm-cell-bwd"
+        "cotext-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s, l, "gelu", |x: T| map_rows::<T>(
+            x,
+            None,
+            1024.min(x.len().max(1)),
+            |x, _, o| {
+                for (o, v) in o.iter_mut().zip(x) {
+                    let v = v.to_f64();
+                    let cdf = 0.5
+                        * (1.0
+                            + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2));
+                    *o = T::from_f64(v * cdf);
+                }
+            }
+        ));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op3_no_bwd(
+            res,
+            &grad.contiguous()?,
+            &GeluBwdOp,
+        )?))
+    }
+}
+
+struct GeluBwdOp;
+
+impl CustomOp3 for GeluBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-gelu-bwd"
     }
 
     fn cpu_fwd(
@@ -374,24 +381,302 @@ impl CustomOp3 for LstmCellBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = self.keep.len();
-        let h = l1.shape().elem_count() / n / 4;
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(cell_bwd::<f32>(
-                slice(s1, l1, "gates")?,
-                slice(s2, l2, "state")?,
-                slice(s3, l3, "grad")?,
-                &self.keep,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(cell_bwd::<f64>(
-                slice(s1, l1, "gates")?,
-                slice(s2, l2, "state")?,
-                slice(s3, l3, "grad")?,
-                &self.keep,
-            )),
-            _ => candle_core::bail!("fused lstm cell: f32 or f64 only"),
+        let out = dispatch1!(s1, l1, "gelu", |x: T| {
+            let y: &[T] = slice(s2, l2, "gelu output")?;
+            let dy: &[T] = slice(s3, l3, "gelu grad")?;
+            let mut out = vec![T::from_f64(0.0); x.len()];
+            let block = 4096;
+            out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
+                let off = bi * block;
+                for (i, o) in o.iter_mut().enumerate() {
+                    let v = x[off + i].to_f64();
+                    // Φ(x) = gelu(x) / x reuses the forward's erf; near 0 (where the
+                    // quotient loses digits) and far out, compute it.
+                    let cdf = if v.abs() > 1e-2 && v.abs() < 5.0 {
+                        y[off + i].to_f64() / v
+                    } else {
+                        0.5 * (1.0
+                            + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
+                    };
+                    let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
+                    *o = T::from_f64(dy[off + i].to_f64() * (cdf + v * pdf));
+                }
+            });
+            out
+        });
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+// ---------------------------------------------------------------------------------
+// Multiplication by a constant (dropout masks)
+
+/// `xs ⊙ c` where `c` (a dropout mask) takes no gradient: autograd's `mul` would also
+/// compute and accumulate a full-size gradient for `c`.
+pub fn mul_by_constant(xs: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if xs.shape() != c.shape() {
+        candle_core::bail!("mul_by_constant: shapes {:?} and {:?}", xs.dims(), c.dims());
+    }
+    xs.contiguous()?
+        .apply_op2(&c.to_dtype(xs.dtype())?.contiguous()?, MulConstOp)
+}
+
+struct MulConstOp;
+
+impl CustomOp2 for MulConstOp {
+    fn name(&self) -> &'static str {
+        "cotext-mul-const"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s1, l1, "mul_by_constant", |x: T| {
+            let c: &[T] = slice(s2, l2, "constant")?;
+            let mut out = vec![T::from_f64(0.0); x.len()];
+            let block = 16384;
+            out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
+                let off = bi * block;
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = x[off + i] * c[off + i];
+                }
+            });
+            out
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.mul(c)?), None))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A whole LSTM layer (both directions), backpropagation through time in one op
+
+/// Runs the masked recurrence of one bidirectional layer over all time steps.
+///
+/// `xp [T, 2B, 4H]` holds the input projections with biases (rows `0..B` the forward
+/// direction at time `s`, rows `B..2B` the backward direction at time `T-1-s`);
+/// `w_hh_t [2, H, 4H]` the transposed recurrent weights; `keep[s][r]` whether row `r`
+/// has a real token at step `s`. Returns `[T, 2B, 6H]`: per step the gate
+/// pre-activations (`0..4H`), h (`4H..5H`) and c (`5H..6H`), starting from zero state.
+///
+/// The backward pass is one loop of backpropagation through time: the gradient of
+/// the input projections comes out as one `[T, 2B, 4H]` tensor and the recurrent
+/// weights' as one matmul, instead of a full-size gradient buffer per time step (what
+/// slicing the projections step by step costs under autograd).
+pub fn lstm_layer(xp: &Tensor, w_hh_t: &Tensor, keep: Arc<Vec<Vec<bool>>>) -> Result<Tensor> {
+    let (t, b2, h4) = xp.dims3()?;
+    let (two, h, h4w) = w_hh_t.dims3()?;
+    if two != 2
+        || h4 != 4 * h
+        || h4w != h4
+        || b2 % 2 != 0
+        || keep.len() != t
+        || keep.iter().any(|k| k.len() != b2)
+    {
+        candle_core::bail!(
+            "lstm layer: xp {:?}, w_hh_t {:?}, mask {}x?",
+            xp.dims(),
+            w_hh_t.dims(),
+            keep.len()
+        );
+    }
+    let w = w_hh_t.to_dtype(xp.dtype())?.contiguous()?;
+    xp.contiguous()?.apply_op2(&w, LstmLayerOp { keep })
+}
+
+struct LstmLayerOp {
+    keep: Arc<Vec<Vec<bool>>>,
+}
+
+fn layer_fwd<T: WithDType>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -> Result<Vec<T>> {
+    let t = keep.len();
+    let b2 = keep.first().map_or(0, |k| k.len());
+    let b = b2 / 2;
+    let (g4, row) = (4 * h, 6 * h);
+    let mut out = vec![T::from_f64(0.0); t * b2 * row];
+    let mut hprev = vec![T::from_f64(0.0); b2 * h];
+    let mut cprev = vec![T::from_f64(0.0); b2 * h];
+    for s in 0..t {
+        let hw = Tensor::from_slice(&hprev, (2, b, h), w.device())?.matmul(w)?;
+        let hw = hw.flatten_all()?.to_vec1::<T>()?;
+        let o_s = &mut out[s * b2 * row..(s + 1) * b2 * row];
+        for r in 0..b2 {
+            let o = &mut o_s[r * row..(r + 1) * row];
+            let x = &xp[(s * b2 + r) * g4..(s * b2 + r + 1) * g4];
+            for j in 0..g4 {
+                o[j] = T::from_f64(x[j].to_f64() + hw[r * g4 + j].to_f64());
+            }
+            for j in 0..h {
+                let (hn, cn) = if keep[s][r] {
+                    let i = sigmoid(o[j].to_f64());
+                    let f = sigmoid(o[h + j].to_f64());
+                    let g = o[2 * h + j].to_f64().tanh();
+                    let og = sigmoid(o[3 * h + j].to_f64());
+                    let c = f * cprev[r * h + j].to_f64() + i * g;
+                    (T::from_f64(og * c.tanh()), T::from_f64(c))
+                } else {
+                    (hprev[r * h + j], cprev[r * h + j])
+                };
+                o[g4 + j] = hn;
+                o[5 * h + j] = cn;
+            }
+        }
+        for r in 0..b2 {
+            let o = &o_s[r * row..(r + 1) * row];
+            hprev[r * h..(r + 1) * h].copy_from_slice(&o[g4..5 * h]);
+            cprev[r * h..(r + 1) * h].copy_from_slice(&o[5 * h..6 * h]);
+        }
+    }
+    Ok(out)
+}
+
+/// Returns (d xp `[T, 2B, 4H]`, d w_hh_t `[2, H, 4H]`).
+fn layer_bwd<T: WithDType>(
+    out: &[T],
+    grad: &[T],
+    w: &Tensor,
+    keep: &[Vec<bool>],
+    h: usize,
+) -> Result<(Tensor, Tensor)> {
+    let dev = w.device();
+    let t = keep.len();
+    let b2 = keep.first().map_or(0, |k| k.len());
+    let b = b2 / 2;
+    let (g4, row) = (4 * h, 6 * h);
+    let w_t = w.transpose(1, 2)?.contiguous()?; // [2, 4H, H]
+    let mut dgates_all = vec![T::from_f64(0.0); t * b2 * g4];
+    let mut hprev_all = vec![T::from_f64(0.0); t * b2 * h];
+    let mut dh_next = vec![0f64; b2 * h];
+    let mut dc_next = vec![0f64; b2 * h];
+    for s in (0..t).rev() {
+        let o_s = &out[s * b2 * row..(s + 1) * b2 * row];
+        let gr_s = &grad[s * b2 * row..(s + 1) * b2 * row];
+        let prev = if s > 0 {
+            Some(&out[(s - 1) * b2 * row..s * b2 * row])
+        } else {
+            None
         };
-        Ok((out, Shape::from((n, 6 * h))))
+        let dg_s = &mut dgates_all[s * b2 * g4..(s + 1) * b2 * g4];
+        let mut dh_pass = vec![0f64; b2 * h];
+        for r in 0..b2 {
+            let o = &o_s[r * row..(r + 1) * row];
+            let gr = &gr_s[r * row..(r + 1) * row];
+            let dg = &mut dg_s[r * g4..(r + 1) * g4];
+            if let Some(p) = prev {
+                hprev_all[(s * b2 + r) * h..(s * b2 + r + 1) * h]
+                    .copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
+            }
+            for j in 0..h {
+                let dh = gr[g4 + j].to_f64() + dh_next[r * h + j];
+                let dc = gr[5 * h + j].to_f64() + dc_next[r * h + j];
+                if !keep[s][r] {
+                    dh_pass[r * h + j] = dh;
+                    dc_next[r * h + j] = dc;
+                    for k in 0..4 {
+                        dg[k * h + j] = gr[k * h + j];
+                    }
+                    continue;
+                }
+                let i = sigmoid(o[j].to_f64());
+                let f = sigmoid(o[h + j].to_f64());
+                let g = o[2 * h + j].to_f64().tanh();
+                let og = sigmoid(o[3 * h + j].to_f64());
+                let tc = o[5 * h + j].to_f64().tanh();
+                let c_prev = prev.map_or(0.0, |p| p[r * row + 5 * h + j].to_f64());
+                let dct = dc + dh * og * (1.0 - tc * tc);
+                dg[j] = T::from_f64(dct * g * i * (1.0 - i) + gr[j].to_f64());
+                dg[h + j] = T::from_f64(dct * c_prev * f * (1.0 - f) + gr[h + j].to_f64());
+                dg[2 * h + j] = T::from_f64(dct * i * (1.0 - g * g) + gr[2 * h + j].to_f64());
+                dg[3 * h + j] = T::from_f64(dh * tc * og * (1.0 - og) + gr[3 * h + j].to_f64());
+                dc_next[r * h + j] = dct * f;
+            }
+        }
+        // The gates are xp + h_prev · W: their gradient reaches h_prev through W.
+        let dgw = Tensor::from_slice(dg_s, (2, b, g4), dev)?.matmul(&w_t)?;
+        let dgw = dgw.flatten_all()?.to_vec1::<T>()?;
+        for (k, d) in dh_next.iter_mut().enumerate() {
+            *d = dh_pass[k] + dgw[k].to_f64();
+        }
+    }
+    let dxp = Tensor::from_vec(dgates_all, (t, b2, g4), dev)?;
+    // dW = Σ_s h_prevᵀ · dgates, per direction, as one matmul over all steps.
+    let hp = Tensor::from_vec(hprev_all, (t, 2, b, h), dev)?
+        .permute((1, 3, 0, 2))?
+        .reshape((2, h, t * b))?;
+    let dg = dxp
+        .reshape((t, 2, b, g4))?
+        .permute((1, 0, 2, 3))?
+        .reshape((2, t * b, g4))?;
+    let dw = hp.matmul(&dg)?;
+    Ok((dxp, dw))
+}
+
+impl CustomOp2 for LstmLayerOp {
+    fn name(&self) -> &'static str {
+        "cotext-lstm-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (t, b2, g4) = l1.shape().dims3()?;
+        let h = g4 / 4;
+        let w_shape = l2.shape().clone();
+        let out = dispatch1!(s1, l1, "lstm layer", |xp: T| {
+            let w: &[T] = slice(s2, l2, "w_hh")?;
+            let w = Tensor::from_slice(w, w_shape, &candle_core::Device::Cpu)?;
+            layer_fwd::<T>(xp, &w, &self.keep, h)?
+        });
+        Ok((out, Shape::from((t, b2, 6 * h))))
+    }
+
+    fn bwd(
+        &self,
+        _xp: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let h = w.dim(1)?;
+        let (dxp, dw) = match res.dtype() {
+            DType::F32 => layer_bwd::<f32>(
+                &res.flatten_all()?.to_vec1::<f32>()?,
+                &grad.flatten_all()?.to_vec1::<f32>()?,
+                w,
+                &self.keep,
+                h,
+            )?,
+            DType::F64 => layer_bwd::<f64>(
+                &res.flatten_all()?.to_vec1::<f64>()?,
+                &grad.flatten_all()?.to_vec1::<f64>()?,
+                w,
+                &self.keep,
+                h,
+            )?,
+            dt => candle_core::bail!("fused lstm layer: f32 or f64 only, got {dt:?}"),
+        };
+        Ok((Some(dxp), Some(dw)))
     }
 }
 
@@ -461,43 +746,118 @@ mod tests {
         Ok(())
     }
 
-    fn keep_of(keep: &[bool]) -> Result<Tensor> {
-        let v: Vec<f64> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
-        Tensor::from_vec(v, (keep.len(), 1), &Device::Cpu)
+    #[test]
+    fn fused_softmax_and_gelu_match_plain_ops_forward_and_backward() -> Result<()> {
+        use crate::models::layers::{gelu_ops, softmax_last_dim_ops};
+        // 3·5·1500 elements: several blocks, the last one partial.
+        let x = Var::from_tensor(&(randn(&[3, 5, 1500], 31)? * 3.0)?.to_dtype(DType::F32)?)?;
+        let up = randn(&[3, 5, 1500], 32)?.to_dtype(DType::F32)?;
+        type Pair = (
+            fn(&Tensor) -> Result<Tensor>,
+            fn(&Tensor) -> Result<Tensor>,
+            &'static str,
+        );
+        let pairs: [Pair; 2] = [
+            (softmax_last_dim, softmax_last_dim_ops, "softmax"),
+            (gelu, gelu_ops, "gelu"),
+        ];
+        for (fused, plain, name) in pairs {
+            let (a, b) = (fused(&x)?, plain(&x)?);
+            assert!(max_abs_diff(&a, &b)? < 1e-5, "{name} forward");
+            let ga = (a * &up)?.sum_all()?.backward()?;
+            let gb = (b * &up)?.sum_all()?.backward()?;
+            let diff = max_abs_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap())?;
+            assert!(diff < 1e-4, "{name} backward: {diff}");
+        }
+        Ok(())
     }
 
     #[test]
-    fn fused_lstm_cell_matches_plain_ops_and_finite_differences() -> Result<()> {
-        let (n, h) = (3, 4);
-        let keep = vec![true, false, true];
-        let keep_t = keep_of(&keep)?;
+    fn fused_softmax_and_gelu_gradients_match_finite_differences() -> Result<()> {
+        let x0 = (randn(&[4, 7], 33)? * 2.0)?;
+        let up = randn(&[4, 7], 34)?;
+        let x = Var::from_tensor(&x0)?;
+        for (f, name) in [
+            (softmax_last_dim as fn(&Tensor) -> Result<Tensor>, "softmax"),
+            (gelu, "gelu"),
+        ] {
+            let loss = |t: &Tensor| (f(t)? * &up)?.sum_all();
+            let g = loss(&x)?.backward()?;
+            let num = numeric_grad(&x0, &|t| loss(t)?.to_scalar::<f64>())?;
+            assert_close(g.get(&x).unwrap(), &num, 1e-7, name)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mul_by_constant_passes_gradient_to_the_input_only() -> Result<()> {
+        let x = Var::from_tensor(&randn(&[3, 5], 50)?)?;
+        let c = randn(&[3, 5], 51)?;
+        let up = randn(&[3, 5], 52)?;
+        let y = mul_by_constant(&x, &c)?;
+        assert_eq!(max_abs_diff(&y, &(x.as_tensor() * &c)?)?, 0.0);
+        let g = (y * &up)?.sum_all()?.backward()?;
+        assert_eq!(max_abs_diff(g.get(&x).unwrap(), &(&up * &c)?)?, 0.0);
+        assert!(g.get(&c).is_none());
+        Ok(())
+    }
+
+    /// The fused layer against a step-by-step loop of plain ops: outputs and the
+    /// gradients of the projections and recurrent weights (f64, tight).
+    fn plain_layer(xp: &Tensor, w: &Tensor, keep: &[Vec<bool>]) -> Result<Tensor> {
+        let (t, b2, g4) = xp.dims3()?;
+        assert_eq!(keep.len(), t);
+        let h = g4 / 4;
+        let mut state = Tensor::zeros((2, b2, h), DType::F64, &Device::Cpu)?;
+        let mut outs = Vec::new();
+        for (s, keep) in keep.iter().enumerate() {
+            let k: Vec<f64> = keep.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+            let k = Tensor::from_vec(k, (b2, 1), &Device::Cpu)?;
+            let hw = state
+                .get(0)?
+                .reshape((2, b2 / 2, h))?
+                .matmul(w)?
+                .reshape((b2, g4))?;
+            let gates = (xp.get(s)? + hw)?;
+            state = lstm_cell_ops(&gates, &state, &k)?;
+            outs.push(Tensor::cat(&[gates, state.get(0)?, state.get(1)?], 1)?);
+        }
+        Tensor::stack(&outs, 0)
+    }
+
+    #[test]
+    fn fused_lstm_layer_matches_plain_ops_and_finite_differences() -> Result<()> {
+        let (t, b, h) = (4, 2, 3);
+        let keep = vec![
+            vec![true, true, true, false],
+            vec![true, false, true, false],
+            vec![true, false, false, true],
+            vec![false, false, false, true],
+        ];
         let keep = Arc::new(keep);
-        let g0 = randn(&[n, 4 * h], 9)?;
-        let s0 = randn(&[2, n, h], 10)?;
-        let up = randn(&[2, n, h], 11)?;
-        let g = Var::from_tensor(&g0)?;
-        let s = Var::from_tensor(&s0)?;
-        let fused = lstm_cell(&g, &s, keep.clone())?;
-        let plain = lstm_cell_ops(&g, &s, &keep_t)?;
+        let xp0 = randn(&[t, 2 * b, 4 * h], 40)?;
+        let w0 = (randn(&[2, h, 4 * h], 41)? * 0.5)?;
+        let up = randn(&[t, 2 * b, 6 * h], 42)?;
+        let xp = Var::from_tensor(&xp0)?;
+        let w = Var::from_tensor(&w0)?;
+        let fused = lstm_layer(&xp, &w, keep.clone())?;
+        let plain = plain_layer(&xp, &w, &keep)?;
         assert!(max_abs_diff(&fused, &plain)? < 1e-12);
         let gf = (&fused * &up)?.sum_all()?.backward()?;
         let gp = (&plain * &up)?.sum_all()?.backward()?;
-        for (v, name) in [(&g, "gates"), (&s, "state")] {
+        for (v, name) in [(&xp, "xp"), (&w, "w_hh")] {
             let diff = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap())?;
             assert!(diff < 1e-12, "{name}: fused vs plain {diff}");
         }
-        let fg = numeric_grad(&g0, &|t| {
-            (lstm_cell(t, &s0, keep.clone())? * &up)?
+        let loss = |x: &Tensor, w: &Tensor| {
+            (lstm_layer(x, w, keep.clone())? * &up)?
                 .sum_all()?
                 .to_scalar::<f64>()
-        })?;
-        let fs = numeric_grad(&s0, &|t| {
-            (lstm_cell(&g0, t, keep.clone())? * &up)?
-                .sum_all()?
-                .to_scalar::<f64>()
-        })?;
-        assert_close(gf.get(&g).unwrap(), &fg, 1e-6, "d gates")?;
-        assert_close(gf.get(&s).unwrap(), &fs, 1e-6, "d state")?;
+        };
+        let fx = numeric_grad(&xp0, &|x| loss(x, &w0))?;
+        let fw = numeric_grad(&w0, &|w| loss(&xp0, w))?;
+        assert_close(gf.get(&xp).unwrap(), &fx, 1e-6, "d xp")?;
+        assert_close(gf.get(&w).unwrap(), &fw, 1e-6, "d w_hh")?;
         Ok(())
     }
 }

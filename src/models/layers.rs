@@ -80,16 +80,30 @@ impl Dropout {
         let keep = 1.0 - self.p;
         let mask = self.rng.keep_mask(xs.elem_count(), keep, 1.0 / keep);
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-        xs.mul(&mask)
+        if fused::supported(xs) {
+            fused::mul_by_constant(xs, &mask)
+        } else {
+            xs.mul(&mask)
+        }
     }
 }
 
 /// Softmax over the last dimension that backpropagates (unlike
-/// `candle_nn::ops::softmax_last_dim`).
+/// `candle_nn::ops::softmax_last_dim`): a fused kernel on the CPU (f32/f64),
+/// [`softmax_last_dim_ops`] elsewhere.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        fused::softmax_last_dim(xs)
+    } else {
+        softmax_last_dim_ops(xs)
+    }
+}
+
+/// Softmax over the last dimension in plain candle ops.
 ///
 /// The row maximum is subtracted for stability and detached: the result does not
 /// depend on the shift, so its gradient is exactly zero and need not be traced.
-pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim_ops(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let e = xs.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -103,8 +117,19 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// GELU, erf form `x/2 · (1 + erf(x/√2))` (BERT's `"gelu"`).
+/// GELU, erf form `x/2 · (1 + erf(x/√2))` (BERT's `"gelu"`): a fused kernel with an
+/// exact backward on the CPU (f32/f64), [`gelu_ops`] elsewhere.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        fused::gelu(xs)
+    } else {
+        gelu_ops(xs)
+    }
+}
+
+/// GELU, erf form, as candle's `gelu_erf` (whose backward rounds 1/√(2π) to six
+/// digits).
+pub fn gelu_ops(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()
 }
 
@@ -164,6 +189,23 @@ impl LayerNorm {
         } else {
             layer_norm_ops(xs, &self.weight, &self.bias, self.eps)
         }
+    }
+}
+
+/// A copy of `l` whose weights are detached: ops on it record no backward graph.
+pub(crate) fn detach_linear(l: &Linear) -> Linear {
+    Linear::new(l.weight().detach(), l.bias().map(|b| b.detach()))
+}
+
+/// A copy of `e` whose table is detached.
+pub(crate) fn detach_embedding(e: &Embedding) -> Embedding {
+    Embedding::new(e.embeddings().detach(), e.hidden_size())
+}
+
+impl LayerNorm {
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self::new(self.weight.detach(), self.bias.detach(), self.eps)
     }
 }
 
@@ -229,14 +271,21 @@ pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     sum.broadcast_div(&count)
 }
 
-/// Max of `xs [B, T, D]` over the real positions of `mask [B, T]`.
+/// Max of `xs [B, T, D]` over the real positions of `mask [B, T]`; 0 for a row with
+/// no real position (rather than the dtype's lowest value, which would overflow the
+/// logits).
 pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, t, d) = xs.dims3()?;
-    let keep = mask_as(mask, DType::U8)?
-        .unsqueeze(2)?
-        .broadcast_as((b, t, d))?;
+    let keep = mask_as(mask, DType::U8)?;
+    let any = keep
+        .to_dtype(DType::F32)?
+        .sum_keepdim(1)?
+        .gt(0f32)?
+        .broadcast_as((b, d))?;
+    let keep = keep.unsqueeze(2)?.broadcast_as((b, t, d))?;
     let lowest = Tensor::full(f32::MIN, (b, t, d), xs.device())?.to_dtype(xs.dtype())?;
-    keep.where_cond(xs, &lowest)?.max(1)
+    let max = keep.where_cond(xs, &lowest)?.max(1)?;
+    any.where_cond(&max, &max.zeros_like()?)
 }
 
 /// Multi-head self-attention with a key padding mask, parameterised like BERT
@@ -265,8 +314,10 @@ impl MultiHeadSelfAttention {
         dropout: Dropout,
     ) -> Result<Self> {
         let (d, d_in) = query.weight().dims2()?;
-        if d != d_in || d % heads != 0 {
-            candle_core::bail!("attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads");
+        if d != d_in || heads == 0 || !d.is_multiple_of(heads) {
+            candle_core::bail!(
+                "attention: hidden size {d} (input {d_in}) is not divisible by {heads} heads"
+            );
         }
         Ok(Self {
             query,
@@ -314,6 +365,18 @@ impl MultiHeadSelfAttention {
         self.output.forward(&ctx)
     }
 
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            query: detach_linear(&self.query),
+            key: detach_linear(&self.key),
+            value: detach_linear(&self.value),
+            output: detach_linear(&self.output),
+            heads: self.heads,
+            dropout: self.dropout.clone(),
+        }
+    }
+
     fn bias_of(&self, l: &Linear, d: usize, xs: &Tensor) -> Result<Tensor> {
         match l.bias() {
             Some(b) => Ok(b.clone()),
@@ -334,6 +397,11 @@ impl FeedForward {
     /// A block from its two projections.
     pub fn new(up: Linear, down: Linear, act: Activation) -> Self {
         Self { up, down, act }
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self::new(detach_linear(&self.up), detach_linear(&self.down), self.act)
     }
 
     /// Applies the block to `xs [.., D]`.
@@ -368,7 +436,7 @@ mod tests {
         let x0 = randn(&[3, 5], 21)?;
         let up = randn(&[3, 5], 22)?;
         let x = Var::from_tensor(&x0)?;
-        let f = |x: &Tensor| (softmax_last_dim(x)? * &up)?.sum_all();
+        let f = |x: &Tensor| (softmax_last_dim_ops(x)? * &up)?.sum_all();
         let g = f(&x)?.backward()?;
         let num = numeric_grad(&x0, &|t| f(t)?.to_scalar::<f64>())?;
         assert_close(g.get(&x).unwrap(), &num, 1e-7, "softmax")?;
@@ -395,8 +463,8 @@ mod tests {
     fn gelu_gradient_matches_finite_differences() -> Result<()> {
         let x0 = (randn(&[12], 27)? * 2.0)?;
         let x = Var::from_tensor(&x0)?;
-        let g = gelu(&x)?.sum_all()?.backward()?;
-        let num = numeric_grad(&x0, &|t| gelu(t)?.sum_all()?.to_scalar::<f64>())?;
+        let g = gelu_ops(&x)?.sum_all()?.backward()?;
+        let num = numeric_grad(&x0, &|t| gelu_ops(t)?.sum_all()?.to_scalar::<f64>())?;
         // candle's gelu_erf backward uses 1/sqrt(2 pi) rounded to 6 digits.
         assert_close(g.get(&x).unwrap(), &num, 1e-5, "gelu")
     }
@@ -411,7 +479,8 @@ mod tests {
         let p = Params::new(varmap.clone(), DType::F64, &dev, 5);
         let lin = |n: &str| linear(d, d, Init::Normal(0.5), true, &p.pp(n));
         let drop = Dropout::new(0.0, SharedRng::new(0))?;
-        let attn = MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
+        let attn =
+            MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
         // Biases start at zero: give them values so their gradients are tested too.
         for (i, v) in varmap.all_vars().iter().enumerate() {
             v.set(&randn(v.dims(), 100 + i as u64)?)?;
@@ -450,7 +519,10 @@ mod tests {
         );
         let a = d.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
         let zeros = a.iter().filter(|&&x| x == 0.0).count();
-        assert!((850..1150).contains(&zeros), "{zeros} of 4000 dropped at p=0.25");
+        assert!(
+            (850..1150).contains(&zeros),
+            "{zeros} of 4000 dropped at p=0.25"
+        );
         assert!(a.iter().all(|&x| x == 0.0 || (x - 4.0 / 3.0).abs() < 1e-6));
         let again = Dropout::new(0.25, SharedRng::new(3))?
             .forward(&xs, true)?
@@ -466,7 +538,7 @@ mod tests {
     fn softmax_matches_candle_and_ignores_padding_bias() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::new(&[[1f32, 2., 3., -1.], [0.5, 0.5, -2., 4.]], &dev)?;
-        let ours = softmax_last_dim(&xs)?.to_vec2::<f32>()?;
+        let ours = softmax_last_dim_ops(&xs)?.to_vec2::<f32>()?;
         let theirs = candle_nn::ops::softmax_last_dim(&xs)?.to_vec2::<f32>()?;
         for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
             assert!((a - b).abs() < 1e-6);
@@ -484,10 +556,23 @@ mod tests {
     #[test]
     fn masked_pooling_ignores_padding() -> Result<()> {
         let dev = Device::Cpu;
-        let xs = Tensor::new(&[[[1f32, -5.], [3., -1.], [100., 100.]]], &dev)?;
-        let mask = Tensor::new(&[[1u8, 1, 0]], &dev)?;
-        assert_eq!(masked_mean(&xs, &mask)?.to_vec2::<f32>()?, [[2.0, -3.0]]);
-        assert_eq!(masked_max(&xs, &mask)?.to_vec2::<f32>()?, [[3.0, -1.0]]);
+        let xs = Tensor::new(
+            &[
+                [[1f32, -5.], [3., -1.], [100., 100.]],
+                [[7., 8.], [9., 10.], [11., 12.]],
+            ],
+            &dev,
+        )?;
+        let mask = Tensor::new(&[[1u8, 1, 0], [0, 0, 0]], &dev)?;
+        // A row without real tokens pools to 0, not NaN or the lowest float.
+        assert_eq!(
+            masked_mean(&xs, &mask)?.to_vec2::<f32>()?,
+            [[2.0, -3.0], [0.0, 0.0]]
+        );
+        assert_eq!(
+            masked_max(&xs, &mask)?.to_vec2::<f32>()?,
+            [[3.0, -1.0], [0.0, 0.0]]
+        );
         Ok(())
     }
 

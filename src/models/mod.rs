@@ -12,8 +12,9 @@
 //!
 //! **Gradient coverage.** candle's fast `LayerNorm`, `RmsNorm`, `softmax_last_dim`,
 //! rope and sdpa record no backward: a model built on them trains only what lies
-//! downstream, without any error. Every layer here uses ops that backpropagate (or
-//! fused CPU kernels with a backward checked against finite differences), and the
+//! downstream, without any error. Every layer here uses ops that backpropagate (on
+//! the CPU, fused kernels for layer norm, softmax, GELU and the LSTM recurrence, with
+//! backward passes checked against finite differences and against plain ops), and the
 //! tests `tests/models_*.rs` check that *every* variable of every model receives a
 //! non-zero gradient.
 
@@ -103,7 +104,9 @@ impl ModelConfig {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(crate::Error::Config(format!("model.{what} must be in [0, 1), got {v}")))
+                Err(crate::Error::Config(format!(
+                    "model.{what} must be in [0, 1), got {v}"
+                )))
             }
         };
         let varmap = VarMap::new();
@@ -118,12 +121,18 @@ impl ModelConfig {
                         "model.embed_dim, model.hidden and model.layers must be positive".into(),
                     ));
                 }
-                Net::BiLstm(BiLstmClassifier::build(c, vocab, classes, &params, rng.clone())?)
+                Net::BiLstm(BiLstmClassifier::build(
+                    c,
+                    vocab,
+                    classes,
+                    &params,
+                    rng.clone(),
+                )?)
             }
             ModelConfig::Transformer(c) => {
                 bad("dropout", c.dropout)?;
                 bad("attention_dropout", c.attention_dropout)?;
-                if c.heads == 0 || c.d_model % c.heads != 0 {
+                if c.heads == 0 || !c.d_model.is_multiple_of(c.heads) {
                     return Err(crate::Error::Config(format!(
                         "model.d_model ({}) must be a positive multiple of model.heads ({})",
                         c.d_model, c.heads
@@ -134,11 +143,20 @@ impl ModelConfig {
                         "model.layers, model.ffn_dim and model.max_len must be positive".into(),
                     ));
                 }
-                Net::Transformer(TransformerClassifier::build(c, vocab, classes, &params, rng.clone())?)
+                Net::Transformer(TransformerClassifier::build(
+                    c,
+                    vocab,
+                    classes,
+                    &params,
+                    rng.clone(),
+                )?)
             }
             ModelConfig::Bert(c) => {
                 bad("classifier_dropout", c.classifier_dropout)?;
-                for (what, v) in [("hidden_dropout", c.hidden_dropout), ("attention_dropout", c.attention_dropout)] {
+                for (what, v) in [
+                    ("hidden_dropout", c.hidden_dropout),
+                    ("attention_dropout", c.attention_dropout),
+                ] {
                     if let Some(v) = v {
                         bad(what, v)?;
                     }
@@ -195,11 +213,22 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Logits `[B, K]` for ids `[B, T]` and mask `[B, T]`; dropout only when `train`.
+    ///
+    /// With `train` false the network runs on detached copies of its weights (candle
+    /// has no no-grad mode): no backward graph is recorded, intermediate tensors are
+    /// freed as soon as they are used, and the logits carry no gradient.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return match &self.net {
+                Net::BiLstm(m) => m.detached().forward(ids, mask, false),
+                Net::Transformer(m) => m.detached().forward(ids, mask, false),
+                Net::Bert(m) => m.detached().forward(ids, mask, false),
+            };
+        }
         match &self.net {
-            Net::BiLstm(m) => m.forward(ids, mask, train),
-            Net::Transformer(m) => m.forward(ids, mask, train),
-            Net::Bert(m) => m.forward(ids, mask, train),
+            Net::BiLstm(m) => m.forward(ids, mask, true),
+            Net::Transformer(m) => m.forward(ids, mask, true),
+            Net::Bert(m) => m.forward(ids, mask, true),
         }
     }
 
@@ -280,14 +309,20 @@ impl Model {
         names.sort();
         for name in names {
             let var = &vars[name];
-            let t = data.get(name.as_str()).ok_or_else(|| crate::Error::Checkpoint {
-                path: path.to_path_buf(),
-                msg: format!("tensor {name} is missing"),
-            })?;
+            let t = data
+                .get(name.as_str())
+                .ok_or_else(|| crate::Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("tensor {name} is missing"),
+                })?;
             if t.shape() != var.shape() {
                 return Err(crate::Error::Checkpoint {
                     path: path.to_path_buf(),
-                    msg: format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+                    msg: format!(
+                        "tensor {name} has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 });
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;

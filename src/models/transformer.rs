@@ -161,22 +161,36 @@ pub struct TransformerEncoder {
 
 impl TransformerEncoder {
     /// Builds the encoder for a vocabulary of `vocab` ids.
-    pub fn build(cfg: &TransformerConfig, vocab: usize, p: &Params, rng: SharedRng) -> Result<Self> {
+    pub fn build(
+        cfg: &TransformerConfig,
+        vocab: usize,
+        p: &Params,
+        rng: SharedRng,
+    ) -> Result<Self> {
         let d = cfg.d_model;
-        if cfg.heads == 0 || d % cfg.heads != 0 {
-            candle_core::bail!("transformer: d_model {d} is not divisible by heads {}", cfg.heads);
+        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) {
+            candle_core::bail!(
+                "transformer: d_model {d} is not divisible by heads {}",
+                cfg.heads
+            );
         }
         let dropout = Dropout::new(cfg.dropout, rng.clone())?;
         let attn_dropout = Dropout::new(cfg.attention_dropout, rng)?;
         // N(0, 1/d), then scaled by √d in forward: unit-variance inputs.
-        let embedding = layers::embedding(vocab, d, Init::Normal((d as f64).powf(-0.5)), &p.pp("embedding"))?;
+        let embedding = layers::embedding(
+            vocab,
+            d,
+            Init::Normal((d as f64).powf(-0.5)),
+            &p.pp("embedding"),
+        )?;
         let (positions, learned_positions) = match cfg.positions {
             PositionEncoding::Sinusoidal => (
                 layers::sinusoidal_positions(cfg.max_len, d, p.dtype(), p.device())?,
                 false,
             ),
             PositionEncoding::Learned => (
-                p.pp("positions").get((cfg.max_len, d), "weight", Init::Normal(0.02))?,
+                p.pp("positions")
+                    .get((cfg.max_len, d), "weight", Init::Normal(0.02))?,
                 true,
             ),
         };
@@ -209,7 +223,11 @@ impl TransformerEncoder {
             });
         }
         let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::build(d, cfg.layer_norm_eps, &p.pp("final_norm"))?),
+            NormPosition::Pre => Some(LayerNorm::build(
+                d,
+                cfg.layer_norm_eps,
+                &p.pp("final_norm"),
+            )?),
             NormPosition::Post => None,
         };
         Ok(Self {
@@ -222,6 +240,29 @@ impl TransformerEncoder {
             norm: cfg.norm,
             d_model: d,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            embedding: layers::detach_embedding(&self.embedding),
+            positions: self.positions.detach(),
+            learned_positions: self.learned_positions,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| EncoderLayer {
+                    attn: l.attn.detached(),
+                    ln_attn: l.ln_attn.detached(),
+                    ffn: l.ffn.detached(),
+                    ln_ffn: l.ln_ffn.detached(),
+                })
+                .collect(),
+            final_norm: self.final_norm.as_ref().map(|n| n.detached()),
+            dropout: self.dropout.clone(),
+            norm: self.norm,
+            d_model: self.d_model,
+        }
     }
 
     /// Model width.
@@ -238,7 +279,11 @@ impl TransformerEncoder {
         }
         let x = (self.embedding.forward(ids)? * (self.d_model as f64).sqrt())?;
         let pos = self.positions.narrow(0, 0, t)?;
-        let pos = if self.learned_positions { pos } else { pos.detach() };
+        let pos = if self.learned_positions {
+            pos
+        } else {
+            pos.detach()
+        };
         let mut x = self.dropout.forward(&x.broadcast_add(&pos)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         for l in &self.layers {
@@ -251,9 +296,12 @@ impl TransformerEncoder {
                 }
                 NormPosition::Post => {
                     let a = l.attn.forward(&x, &bias, train)?;
-                    let x = l.ln_attn.forward(&(&x + self.dropout.forward(&a, train)?)?)?;
+                    let x = l
+                        .ln_attn
+                        .forward(&(&x + self.dropout.forward(&a, train)?)?)?;
                     let f = l.ffn.forward(&x)?;
-                    l.ln_ffn.forward(&(&x + self.dropout.forward(&f, train)?)?)?
+                    l.ln_ffn
+                        .forward(&(&x + self.dropout.forward(&f, train)?)?)?
                 }
             };
         }
@@ -285,13 +333,29 @@ impl TransformerClassifier {
     ) -> Result<Self> {
         let encoder = TransformerEncoder::build(cfg, vocab, p, rng.clone())?;
         let d = cfg.d_model;
-        let classifier = layers::linear(d, classes, layers::torch_linear_init(d), true, &p.pp("classifier"))?;
+        let classifier = layers::linear(
+            d,
+            classes,
+            layers::torch_linear_init(d),
+            true,
+            &p.pp("classifier"),
+        )?;
         Ok(Self {
             encoder,
             classifier,
             dropout: Dropout::new(cfg.dropout, rng)?,
             pooling: cfg.pooling,
         })
+    }
+
+    /// A copy with detached parameters (for evaluation without a backward graph).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            encoder: self.encoder.detached(),
+            classifier: layers::detach_linear(&self.classifier),
+            dropout: self.dropout.clone(),
+            pooling: self.pooling,
+        }
     }
 
     /// The pooled sentence representation `[B, d]`.
@@ -303,7 +367,8 @@ impl TransformerClassifier {
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.encode(ids, mask, train)?;
-        self.classifier.forward(&self.dropout.forward(&pooled, train)?)
+        self.classifier
+            .forward(&self.dropout.forward(&pooled, train)?)
     }
 }
 

@@ -17,7 +17,8 @@ pub fn minilm_dir() -> Option<PathBuf> {
         None => {
             let cache = match std::env::var_os("COTEXT_CACHE") {
                 Some(c) => PathBuf::from(c),
-                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cotext"),
+                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/cotext"),
             };
             cache.join("all-minilm-l6-v2")
         }
@@ -73,7 +74,11 @@ pub fn write_tiny_bert(dir: &Path, with_prefix: bool, seed: u64) -> Result<()> {
     for (name, var) in varmap.data().lock().unwrap().iter() {
         let t = rand(var.dims())?;
         // LayerNorm weights near 1 keep activations in a sensible range.
-        let t = if name.ends_with("LayerNorm.weight") { (t + 1.0)? } else { t };
+        let t = if name.ends_with("LayerNorm.weight") {
+            (t + 1.0)?
+        } else {
+            t
+        };
         out.insert(format!("{prefix}{name}"), t);
     }
     out.insert(format!("{prefix}pooler.dense.weight"), rand(&[d, d])?);
@@ -113,7 +118,9 @@ pub fn batch(vocab: u32, lens: &[usize], t: usize, seed: u64) -> Result<(Tensor,
 /// Σ_i log softmax(logits_i)[target_i].
 pub fn log_likelihood(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
-    layers::log_softmax_last_dim(logits)?.gather(&t, 1)?.sum_all()
+    layers::log_softmax_last_dim(logits)?
+        .gather(&t, 1)?
+        .sum_all()
 }
 
 /// Backpropagates `loss` and returns each variable's gradient norm, by name.
@@ -125,7 +132,13 @@ pub fn grad_norms(varmap: &VarMap, loss: &Tensor) -> Result<Vec<(String, Option<
         .map(|(name, var): (&String, &Var)| {
             let norm = grads
                 .get(var.as_tensor())
-                .map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>())
+                .map(|g| {
+                    g.to_dtype(DType::F64)?
+                        .sqr()?
+                        .sum_all()?
+                        .sqrt()?
+                        .to_scalar::<f64>()
+                })
                 .transpose()?;
             Ok((name.clone(), norm))
         })
