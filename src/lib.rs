@@ -8,11 +8,11 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`loss`] | cross-entropy, complement entropy, GCE, HCOT, the chunked token-level path |
-//! | [`train`] | optimizers with saveable state, LR schedules, clipping, atomic checkpoints |
-//! | [`metrics`] | accuracy, macro-F1, confusion matrices |
 //! | [`data`] | dataset readers (SST, IMDB, parallel text, TSV/CSV/JSONL), dataset cards, hub download and cache, batching with a seeded RNG |
 //! | [`tokenize`] | load any `tokenizer.json`, train BPE/WordPiece/word-level/Unigram, pad, truncate, decode losslessly |
 //! | [`models`] | BiLSTM, Transformer and BERT classifiers with layers that backpropagate, seeded init and dropout, HF-named weights |
+//! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
+//! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
@@ -23,7 +23,7 @@ pub mod error;
 pub mod loss;
 pub mod metrics;
 pub mod models;
-pub mod train;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

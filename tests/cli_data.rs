@@ -1082,3 +1082,40 @@ files = [{ split = "train", path = "train.csv" }]
         "{out}"
     );
 }
+
+/// A 10 MB line and non-UTF-8 bytes: exit 2 naming the file and line, no panic.
+#[test]
+fn huge_line_and_bad_bytes_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-sst");
+    std::fs::create_dir_all(&dir).unwrap();
+    for split in ["dev", "test"] {
+        let name = format!("{split}.tsv");
+        std::fs::copy(fixtures().join("tiny-sst").join(&name), dir.join(&name)).unwrap();
+    }
+    let card = fixtures().join("tiny-sst/card.toml");
+    let args = [
+        "data",
+        "info",
+        card.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ];
+    let mut huge = b"sentence\tlabel\nfine\t1\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 10 << 20));
+    huge.extend_from_slice(b"\t1\n");
+    let cases: [(Vec<u8>, &str); 2] = [
+        (huge, "3: line is longer than the limit of 1048576 bytes"),
+        (
+            b"sentence\tlabel\nfine\t1\nna\xefve\t2\n".to_vec(),
+            "3: invalid UTF-8: byte 0xef at byte 3 of the line",
+        ),
+    ];
+    for (bytes, msg) in cases {
+        let train = dir.join("train.tsv");
+        std::fs::write(&train, bytes).unwrap();
+        let err = assert_exit_2(&cotext(tmp.path(), tmp.path(), &args));
+        assert!(err.contains(&format!("{}:{msg}", train.display())), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

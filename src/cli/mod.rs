@@ -3,6 +3,8 @@
 
 mod data;
 mod tokenizer;
+mod train;
+mod bleu;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,14 @@ enum Command {
     Data(data::DataArgs),
     /// Tokenizers: train, encode, decode, check round trips.
     Tokenizer(tokenizer::TokenizerArgs),
+    /// Train a classifier (objectives ce, cot, gce, hcot) from a TOML config.
+    Train(train::TrainArgs),
+    /// Evaluate a trained run: accuracy, macro-F1, per-class scores, confusion.
+    Eval(train::EvalArgs),
+    /// Classify text lines from stdin with a trained run.
+    Predict(train::PredictArgs),
+    /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
+    Bleu(bleu::BleuArgs),
 }
 
 /// Parses the process arguments and runs the chosen subcommand.
@@ -28,6 +38,10 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => train::eval(args),
+        Command::Predict(args) => train::predict(args),
+        Command::Bleu(args) => bleu::run(args),
     }
 }
 

@@ -31,6 +31,9 @@ pub struct TrainArgs {
     /// Seed of init, dropout and data order (overrides train.seed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Run directory. Default: runs/<config name>-<objective>-seed<N>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -92,6 +95,10 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     if let Some(s) = args.seed {
         overrides.push(format!("train.seed={s}"));
+    }
+    if let Some(d) = &args.data_dir {
+        let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+        overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));
     }
     if args.resume {
         let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;

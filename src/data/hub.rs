@@ -14,7 +14,6 @@
 //! `HF_HOME` and `HF_ENDPOINT` are honoured) or a plain HTTPS GET, then checks
 //! sizes, sha256 and counts against the card with [`verify`].
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -404,7 +403,7 @@ fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
         .build()
         .map_err(|e| Error::Download(format!("cannot start the hub client: {e}")))?;
     let repo = api.repo(hub_repo(source));
-    let mut roots = BTreeMap::new();
+    let mut root = None;
     for file in &source.files {
         let path = repo.get(&file.path).map_err(|e| {
             Error::Download(format!(
@@ -414,17 +413,15 @@ fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
                 std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
             ))
         })?;
-        let depth = Path::new(&file.path).components().count();
-        let mut root = path;
-        for _ in 0..depth {
-            root.pop();
+        // `get` returns snapshots/<commit>/<path>; every file of one revision
+        // shares the snapshot folder.
+        let mut snapshot = path;
+        for _ in Path::new(&file.path).components() {
+            snapshot.pop();
         }
-        roots.insert(root, ());
+        root.get_or_insert(snapshot);
     }
-    roots
-        .into_keys()
-        .next()
-        .ok_or_else(|| Error::Config("hub source without files".into()))
+    root.ok_or_else(|| Error::Config("hub source without files".into()))
 }
 
 fn fetch_url(card: &DatasetCard, source: &SourceCard) -> Result<PathBuf> {

@@ -49,6 +49,10 @@ pub struct RunState {
     pub bad_evals: u64,
     /// Whether training ended (all steps done or early stop).
     pub finished: bool,
+    /// Whether it ended by early stopping (a resume then has nothing to do, even
+    /// with a larger step budget).
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 /// How a training call ended.
@@ -402,13 +406,24 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         model.load_weights(&run.join("model.safetensors"))?;
         stepper.load_state(&load_tensors(&run.join("optim.safetensors"))?)?;
         model.set_rng_state(state.rng_state);
+        let mut state: RunState = state;
+        // A finished run resumed with a larger budget (more epochs or max_steps)
+        // continues; one that stopped early does not.
+        if !state.stopped_early && state.step < total {
+            state.finished = false;
+        }
         state
     } else {
         let _ = std::fs::remove_file(run.join("metrics.jsonl"));
-        RunState { step: 0, cursor: BatchCursor::default(), rng_state: model.rng_state(), best: None, bad_evals: 0, finished: false }
+        RunState { step: 0, cursor: BatchCursor::default(), rng_state: model.rng_state(), best: None, bad_evals: 0, finished: false, stopped_early: false }
     };
-    if state.finished && state.step >= total {
-        eprintln!("{}: training already finished at step {}", run.display(), state.step);
+    if state.finished {
+        eprintln!(
+            "{}: training already finished at step {}{}",
+            run.display(),
+            state.step,
+            if state.stopped_early { " (early stop)" } else { "" }
+        );
     }
 
     let bar = progress_bar(options.progress, total, state.step);
@@ -525,6 +540,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
                     }
                 }
             }
+            state.stopped_early = early_stop;
             state.finished = early_stop || state.step >= total;
             save_checkpoint(run, &model, &stepper, &state)?;
         }

@@ -281,6 +281,11 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
+        // `--set train.optimizer.lr=…` on a config without an optimizer table
+        // means the default optimizer with that rate.
+        if let Some(toml::Value::Table(opt)) = value.get_mut("train").and_then(|t| t.get_mut("optimizer")) {
+            opt.entry("kind").or_insert_with(|| toml::Value::String("adamw".into()));
+        }
         let config: RunConfig = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.message())))?;

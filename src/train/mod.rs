@@ -3,10 +3,13 @@
 //! a run writes to disk; it must not know how batches are read or models built.
 
 pub mod checkpoint;
+pub mod classify;
+mod config;
 mod optim;
 mod schedule;
 mod step;
 
+pub use config::{parse_device, DataConfig, DeviceSpec, Metric, RunConfig, TokenizerSource, TrainSettings};
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 pub use step::{LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};
