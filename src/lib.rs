@@ -12,6 +12,7 @@
 //! | [`tokenize`] | load any `tokenizer.json`, train BPE/WordPiece/word-level/Unigram, pad, truncate, decode losslessly |
 //! | [`models`] | BiLSTM, Transformer and BERT classifiers with layers that backpropagate, seeded init and dropout, HF-named weights |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
+//! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
@@ -23,6 +24,7 @@ pub mod error;
 pub mod loss;
 pub mod metrics;
 pub mod models;
+pub mod rng;
 pub mod tokenize;
 pub mod train;
 

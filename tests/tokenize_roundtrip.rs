@@ -227,3 +227,25 @@ fn loads_a_hugging_face_bert_tokenizer_json() {
         "the film was unbelievable!"
     );
 }
+
+#[test]
+fn minilm_tokenizer_loads_without_its_fixed_padding_and_truncation() {
+    let dir = std::env::var_os("COTEXT_MINILM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/cotext/all-minilm-l6-v2")));
+    let Some(path) = dir.map(|d| d.join("tokenizer.json")).filter(|p| p.is_file()) else {
+        eprintln!("skipped: all-MiniLM-L6-v2 not fetched (bash scripts/fetch-minilm.sh)");
+        return;
+    };
+    let tok = cotext::tokenize::TextTokenizer::from_file(&path).unwrap();
+    // The file pads every encoding to 128 and truncates there; loaded, it must not.
+    assert_eq!(tok.encode("hello world").unwrap().len(), 2);
+    let long = "word ".repeat(300);
+    assert_eq!(tok.encode(&long).unwrap().len(), 300);
+    let ids = tok
+        .encode_with("a fine film", &cotext::tokenize::EncodeOptions { add_bos: true, add_eos: true, ..Default::default() })
+        .unwrap();
+    assert_eq!(ids.first(), tok.bos_id().as_ref());
+    assert_eq!(ids.last(), tok.eos_id().as_ref());
+    assert_eq!(ids.len(), 5);
+}

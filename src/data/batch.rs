@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::tokenize::PaddedBatch;
 use crate::{Error, Result};
 

@@ -4,7 +4,7 @@
 //! in-memory examples: the readers ([`sst`], [`imdb`], [`parallel`],
 //! [`table`]), the dataset cards in `datasets/*.toml` ([`card`]), finding and
 //! downloading data ([`hub`]), split statistics ([`stats`]) and batching with
-//! our own seeded RNG ([`batch`], [`rng`]). It never touches tensors or models.
+//! our own seeded RNG ([`batch`], [`crate::rng`]). It never touches tensors or models.
 //!
 //! Every reader reports malformed input as a [`crate::Error`] naming the file,
 //! the 1-based line and what was expected ([`crate::Error::Parse`]), or the
@@ -27,7 +27,6 @@ pub mod imdb;
 pub mod lines;
 pub mod parallel;
 pub mod pretrained;
-pub mod rng;
 pub mod sst;
 pub mod stats;
 pub mod table;
@@ -38,7 +37,7 @@ pub use card::DatasetCard;
 pub use dataset::{Dataset, LoadOptions, SplitData};
 pub use hub::DataDir;
 pub use imdb::LabelScheme;
-pub use rng::SplitMix64;
+pub use crate::rng::SplitMix64;
 
 /// A labelled text (classification): the text as in the source and a class
 /// index into the dataset's label names.

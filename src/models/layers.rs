@@ -17,7 +17,7 @@ use candle_nn::{Embedding, Linear};
 
 use super::fused;
 use super::params::{Init, Params};
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A seeded RNG shared by every dropout layer of one model; its state is what a
 /// checkpoint saves to resume the exact mask stream.

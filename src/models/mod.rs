@@ -23,7 +23,6 @@ pub mod bilstm;
 pub(crate) mod fused;
 pub mod layers;
 pub mod params;
-pub mod rng;
 #[cfg(test)]
 mod testutil;
 pub mod transformer;
@@ -38,7 +37,7 @@ pub use bert::{Bert, BertClassifier, BertConfig, BertPooling, HfBertConfig};
 pub use bilstm::{BiLstm, BiLstmClassifier, BiLstmConfig, LstmPooling};
 pub use layers::SharedRng;
 pub use params::{Init, Params};
-pub use rng::SplitMix64;
+pub use crate::rng::SplitMix64;
 pub use transformer::{
     NormPosition, Pooling, PositionEncoding, TransformerClassifier, TransformerConfig,
     TransformerEncoder,

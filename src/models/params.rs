@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// How a freshly created variable is initialised.
 #[derive(Debug, Clone, Copy, PartialEq)]

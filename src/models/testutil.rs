@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A standard-normal f64 tensor on the CPU.
 pub fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {

@@ -135,10 +135,17 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner: Tokenizer = text.parse().map_err(|e| Error::InvalidFile {
+        let mut inner: Tokenizer = text.parse().map_err(|e| Error::InvalidFile {
             path: path.to_path_buf(),
             msg: format!("not a tokenizer.json: {e}"),
         })?;
+        // Checkpoints such as all-MiniLM-L6-v2 ship with truncation and padding to a
+        // fixed length turned on; cotext truncates itself (head or head + tail) and
+        // pads per batch, so both are switched off.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::InvalidFile { path: path.to_path_buf(), msg: e.to_string() })?;
+        inner.with_padding(None);
         let ours = SpecialTokens::default();
         let bert = SpecialTokens {
             pad: "[PAD]".into(),

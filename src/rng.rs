@@ -1,4 +1,5 @@
-//! Our own seeded random number generator (candle's CPU RNG cannot be seeded).
+//! Our own seeded random number generator (candle's CPU RNG cannot be seeded),
+//! shared by weight init and dropout (`models`) and shuffling (`data`).
 //!
 //! SplitMix64 (Steele, Lea, Flood: *Fast splittable pseudorandom number
 //! generators*, OOPSLA 2014; the constants are those of Vigna's public-domain
@@ -56,6 +57,31 @@ impl SplitMix64 {
     /// A uniform float in `[0, 1)` with 53 random bits.
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// The whole state: `SplitMix64::new(g.state())` continues `g`'s stream exactly.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+
+    /// Standard normal by Box–Muller (one value per call; the twin is dropped so the
+    /// state stays a single word).
+    pub fn normal(&mut self) -> f64 {
+        // 1 - u lies in (0, 1], so the log is finite.
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// A generator for a sub-stream, derived from this one's next output: lets each
+    /// parameter or layer get its own stream without sharing mutable state.
+    pub fn fork(&mut self) -> SplitMix64 {
+        SplitMix64::new(self.next_u64())
     }
 
     /// Shuffles `items` in place (Fisher–Yates, from the back).
@@ -130,5 +156,26 @@ mod tests {
         assert_ne!(a, c);
         assert_ne!(SplitMix64::stream(1, 0), SplitMix64::stream(1, 1));
         assert_eq!(SplitMix64::stream(1, 5), SplitMix64::stream(1, 5));
+    }
+
+    #[test]
+    fn state_round_trip_continues_the_stream() {
+        let mut a = SplitMix64::new(7);
+        for _ in 0..10 {
+            a.next_u64();
+        }
+        let mut b = SplitMix64::new(a.state());
+        assert_eq!(a.next_u64(), b.next_u64());
+    }
+
+    #[test]
+    fn normal_has_unit_moments() {
+        let mut g = SplitMix64::new(42);
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| g.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.01, "var {var}");
     }
 }
