@@ -12,6 +12,7 @@
 //! | [`tokenize`] | load any `tokenizer.json`, train BPE/WordPiece/word-level/Unigram, pad, truncate, decode losslessly |
 //! | [`models`] | BiLSTM, Transformer and BERT classifiers with layers that backpropagate, seeded init and dropout, HF-named weights |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
+//! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
 //!
@@ -21,6 +22,7 @@
 
 pub mod data;
 pub mod error;
+pub mod fsio;
 pub mod loss;
 pub mod metrics;
 pub mod models;

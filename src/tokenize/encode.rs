@@ -172,7 +172,7 @@ impl TextTokenizer {
             .inner
             .to_string(true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        crate::data::hub::write_atomic(path, json.as_bytes())
+        crate::fsio::atomic_write(path, json.as_bytes())
     }
 
     /// The underlying `tokenizers` tokenizer.
