@@ -10,7 +10,8 @@
 //! | [`loss`] | cross-entropy, complement entropy, GCE, HCOT, the chunked token-level path |
 //! | [`data`] | dataset readers (SST, IMDB, parallel text, TSV/CSV/JSONL), dataset cards, hub download and cache, batching with a seeded RNG |
 //! | [`tokenize`] | load any `tokenizer.json`, train BPE/WordPiece/word-level/Unigram, pad, truncate, decode losslessly |
-//! | [`models`] | BiLSTM, Transformer and BERT classifiers with layers that backpropagate, seeded init and dropout, HF-named weights |
+//! | [`models`] | BiLSTM, Transformer and BERT classifiers and LSTM/Transformer translation models, with layers that backpropagate, seeded init and dropout, HF-named weights |
+//! | [`decode`] | greedy and batched beam search over a [`models::Seq2Seq`] |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod decode;
 pub mod error;
 pub mod fsio;
 pub mod loss;

@@ -1,5 +1,6 @@
 //! Text classifiers that train end to end on candle: a BiLSTM, a Transformer encoder
-//! from scratch, and a BERT-family encoder (MiniLM, BERT) loaded from HF weights.
+//! from scratch, and a BERT-family encoder (MiniLM, BERT) loaded from HF weights;
+//! and translation models ([`seq2seq`]: attentional LSTM, Transformer).
 //!
 //! This room owns the networks, their parameters (in a [`VarMap`]), their seeded init
 //! and dropout, and saving/loading their weights. It does not tokenize, batch, compute
@@ -23,6 +24,7 @@ pub mod bilstm;
 pub(crate) mod fused;
 pub mod layers;
 pub mod params;
+pub mod seq2seq;
 #[cfg(test)]
 mod testutil;
 pub mod transformer;
@@ -37,6 +39,10 @@ pub use bert::{Bert, BertClassifier, BertConfig, BertPooling, HfBertConfig};
 pub use bilstm::{BiLstm, BiLstmClassifier, BiLstmConfig, LstmPooling};
 pub use layers::SharedRng;
 pub use params::{Init, Params};
+pub use seq2seq::{
+    AttentionScore, DecoderState, Encoded, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig,
+    TransformerSeq2SeqConfig,
+};
 pub use crate::rng::SplitMix64;
 pub use transformer::{
     NormPosition, Pooling, PositionEncoding, TransformerClassifier, TransformerConfig,
@@ -265,14 +271,7 @@ impl Model {
     /// tensors kept untrained (the pooler when another pooling is used). Names are
     /// HF's for BERT.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        let mut out: HashMap<String, Tensor> = self
-            .varmap
-            .data()
-            .lock()
-            .expect("VarMap lock poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
+        let mut out = varmap_tensors(&self.varmap);
         if let Net::Bert(b) = &self.net {
             for (k, t) in b.frozen() {
                 out.entry(k.clone()).or_insert_with(|| t.clone());
@@ -284,18 +283,41 @@ impl Model {
     /// Writes [`Model::tensors`] to a safetensors file at `path` (not atomically:
     /// the caller writes to a temporary path and renames).
     pub fn save(&self, path: &Path) -> crate::Result<()> {
-        candle_core::safetensors::save(&self.tensors(), path).map_err(|e| match e {
-            candle_core::Error::Io(source) => crate::Error::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            e => crate::Error::Candle(e),
-        })
+        save_tensors(&self.tensors(), path)
     }
 
     /// Sets every variable from the safetensors file at `path`, which must hold each
     /// of them with the same shape (extra tensors are ignored).
     pub fn load_weights(&self, path: &Path) -> crate::Result<()> {
+        load_varmap(&self.varmap, path)
+    }
+}
+
+/// Every variable of `varmap`, detached, by name.
+pub(crate) fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    varmap
+        .data()
+        .lock()
+        .expect("VarMap lock poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect()
+}
+
+/// Writes `tensors` to a safetensors file at `path` (not atomically).
+pub(crate) fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> crate::Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| match e {
+        candle_core::Error::Io(source) => crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => crate::Error::Candle(e),
+    })
+}
+
+/// Sets every variable of `varmap` from the safetensors file at `path`, which must
+/// hold each of them with the same shape (extra tensors are ignored).
+pub(crate) fn load_varmap(varmap: &VarMap, path: &Path) -> crate::Result<()> {
         if !path.is_file() {
             return Err(crate::Error::Io {
                 path: path.to_path_buf(),
@@ -303,7 +325,7 @@ impl Model {
             });
         }
         let data = candle_core::safetensors::load(path, &Device::Cpu)?;
-        let vars = self.varmap.data().lock().expect("VarMap lock poisoned");
+        let vars = varmap.data().lock().expect("VarMap lock poisoned");
         let mut names: Vec<&String> = vars.keys().collect();
         names.sort();
         for name in names {
@@ -327,5 +349,4 @@ impl Model {
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())
-    }
 }

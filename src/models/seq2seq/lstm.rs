@@ -1,0 +1,459 @@
+//! An attentional LSTM encoder-decoder after TensorFlow-NMT's IWSLT'15 setup
+//! (Luong et al. 2015), sized for the CPU.
+//!
+//! - Encoder: source embedding → a stack of bidirectional LSTM layers
+//!   ([`BiLstm`], the fused CPU recurrence over all time steps at once) with
+//!   `hidden / 2` units per direction, so its outputs `h̄_s` have `hidden` features.
+//! - Decoder: a stack of unidirectional LSTM layers of `hidden` units with **input
+//!   feeding**: layer 0 reads `[emb(y_{t-1}); h̃_{t-1}]`. Luong attention over the
+//!   encoder outputs of the top layer's state `h_t` (score `general`
+//!   `h_tᵀ W_a h̄_s` or `scaled_dot` `h_tᵀ h̄_s / √hidden`), context
+//!   `c_t = Σ_s a_ts h̄_s`, attentional vector `h̃_t = tanh(W_c [c_t; h_t])`, logits
+//!   `W_out h̃_t + b_out`.
+//! - Every decoder layer starts from the encoder's final state (the top layer's
+//!   forward state after the last real token and backward state after the first,
+//!   concatenated: `hidden` features) with a zero cell; `h̃_0 = 0`.
+//! - Dropout (training only) on both embeddings, between LSTM layers (encoder and
+//!   decoder) and on `h̃_t` before the output projection (the fed-back `h̃_t` is not
+//!   dropped).
+//!
+//! The decoder cannot precompute its inputs (input feeding), so its step is plain
+//! candle ops; only layer 0's embedding projection is one matmul for all steps.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::Embedding;
+
+use crate::models::bilstm::BiLstm;
+use crate::models::layers::{self, Dropout, SharedRng};
+use crate::models::params::{Init, Params};
+
+/// Luong's attention score between the decoder state `h_t` and an encoder output
+/// `h̄_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionScore {
+    /// `h_tᵀ W_a h̄_s` with a learned `W_a [hidden, hidden]` (Luong's "general").
+    #[default]
+    General,
+    /// `h_tᵀ h̄_s / √hidden` (no parameters).
+    ScaledDot,
+}
+
+/// Configuration of the LSTM encoder-decoder (TOML `[model]` with `kind = "lstm"`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LstmSeq2SeqConfig {
+    /// Embedding size (source and target tables are separate). Default 256.
+    #[serde(default = "default_dim")]
+    pub embed_dim: usize,
+    /// Decoder LSTM units and encoder output size; the bidirectional encoder has
+    /// `hidden / 2` units per direction, so it must be even. Default 256.
+    #[serde(default = "default_dim")]
+    pub hidden: usize,
+    /// Layers of the encoder (each bidirectional) and of the decoder. Default 2.
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Dropout on embeddings, between LSTM layers and on `h̃_t` before the output
+    /// projection, in training. Default 0.2.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Attention score: `"general"` or `"scaled_dot"`. Default `"general"`.
+    #[serde(default)]
+    pub attention: AttentionScore,
+    /// Use the target embedding table as the output projection's weight (needs
+    /// `embed_dim == hidden`). Default false.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+fn default_dim() -> usize {
+    256
+}
+fn default_layers() -> usize {
+    2
+}
+fn default_dropout() -> f64 {
+    0.2
+}
+
+impl Default for LstmSeq2SeqConfig {
+    fn default() -> Self {
+        Self {
+            embed_dim: default_dim(),
+            hidden: default_dim(),
+            layers: default_layers(),
+            dropout: default_dropout(),
+            attention: AttentionScore::default(),
+            tie_embeddings: false,
+        }
+    }
+}
+
+impl LstmSeq2SeqConfig {
+    /// Checks every field; the message names the key.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let err = |m: String| Err(crate::Error::Config(m));
+        if !(0.0..1.0).contains(&self.dropout) {
+            return err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.embed_dim == 0 || self.layers == 0 {
+            return err("model.embed_dim and model.layers must be positive".into());
+        }
+        if self.hidden < 2 || self.hidden % 2 != 0 {
+            return err(format!(
+                "model.hidden must be even and positive (the bidirectional encoder has hidden/2 units per direction), got {}",
+                self.hidden
+            ));
+        }
+        if self.tie_embeddings && self.embed_dim != self.hidden {
+            return err(format!(
+                "model.tie_embeddings needs model.embed_dim ({}) == model.hidden ({})",
+                self.embed_dim, self.hidden
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One decoder layer, PyTorch `nn.LSTM` names and gate order (i, f, g, o).
+#[derive(Debug, Clone)]
+struct DecLayer {
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+}
+
+/// The network. Variables: `encoder.embedding.weight`, `encoder.lstm.*` (PyTorch
+/// names, `_reverse` for the backward direction), `decoder.embedding.weight`,
+/// `decoder.lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{i}`,
+/// `decoder.attention.weight` (`general` only), `decoder.combine.weight`,
+/// `decoder.output.weight` (untied only), `decoder.output.bias`.
+#[derive(Debug, Clone)]
+pub(crate) struct LstmSeq2Seq {
+    src_embedding: Embedding,
+    tgt_embedding: Embedding,
+    encoder: BiLstm,
+    decoder: Vec<DecLayer>,
+    attention: Option<Tensor>,
+    combine: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    dropout: Dropout,
+    hidden: usize,
+    embed_dim: usize,
+}
+
+/// The encoder's output for attention, one row per hypothesis.
+#[derive(Debug, Clone)]
+pub(crate) struct LstmEncoded {
+    /// `h̄ [N, S, H]`, zero at padding.
+    memory: Tensor,
+    /// The attention keys transposed, `[N, H, S]` (`W_a h̄_s`, or `h̄_s / √H`).
+    keys_t: Tensor,
+    /// Key padding bias `[N, 1, S]`.
+    bias: Tensor,
+    /// The encoder's final state `[N, H]`.
+    last: Tensor,
+}
+
+impl LstmEncoded {
+    pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
+        Ok(Self {
+            memory: self.memory.index_select(idx, 0)?,
+            keys_t: self.keys_t.index_select(idx, 0)?,
+            bias: self.bias.index_select(idx, 0)?,
+            last: self.last.index_select(idx, 0)?,
+        })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.memory.dim(0).unwrap_or(0)
+    }
+}
+
+/// The decoder's recurrent state: per layer `h`, `c` `[N, H]`, and `h̃_{t-1}`.
+#[derive(Debug, Clone)]
+pub(crate) struct LstmState {
+    h: Vec<Tensor>,
+    c: Vec<Tensor>,
+    feed: Tensor,
+}
+
+impl LstmState {
+    pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
+        let sel = |v: &[Tensor]| -> Result<Vec<Tensor>> {
+            v.iter().map(|t| t.index_select(idx, 0)).collect()
+        };
+        Ok(Self {
+            h: sel(&self.h)?,
+            c: sel(&self.c)?,
+            feed: self.feed.index_select(idx, 0)?,
+        })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.feed.dim(0).unwrap_or(0)
+    }
+}
+
+/// Transposed views and summed biases, computed once per forward / step.
+struct DecWeights {
+    /// Layer 0's embedding part `[E, 4H]`.
+    w_emb_t: Tensor,
+    /// Layer 0's input-feeding part `[H, 4H]`.
+    w_feed_t: Tensor,
+    /// Layers ≥ 1's input weights `[H, 4H]` (index 0 unused: `None`).
+    w_ih_t: Vec<Option<Tensor>>,
+    w_hh_t: Vec<Tensor>,
+    /// `b_ih + b_hh` per layer `[4H]`.
+    bias: Vec<Tensor>,
+    combine_t: Tensor,
+}
+
+impl LstmSeq2Seq {
+    pub(crate) fn build(
+        cfg: &LstmSeq2SeqConfig,
+        vocab: usize,
+        p: &Params,
+        rng: SharedRng,
+    ) -> Result<Self> {
+        let (e, h) = (cfg.embed_dim, cfg.hidden);
+        let dropout = Dropout::new(cfg.dropout, rng)?;
+        // TF-NMT initialises every weight from U(-0.1, 0.1).
+        let init = Init::Uniform(0.1);
+        let ep = p.pp("encoder");
+        let dp = p.pp("decoder");
+        let src_embedding = layers::embedding(vocab, e, init, &ep.pp("embedding"))?;
+        let encoder = BiLstm::build(e, h / 2, cfg.layers, dropout.clone(), &ep.pp("lstm"))?;
+        let tgt_embedding = layers::embedding(vocab, e, init, &dp.pp("embedding"))?;
+        let lp = dp.pp("lstm");
+        let mut decoder = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let input = if l == 0 { e + h } else { h };
+            decoder.push(DecLayer {
+                w_ih: lp.get((4 * h, input), &format!("weight_ih_l{l}"), init)?,
+                w_hh: lp.get((4 * h, h), &format!("weight_hh_l{l}"), init)?,
+                b_ih: lp.get(4 * h, &format!("bias_ih_l{l}"), init)?,
+                b_hh: lp.get(4 * h, &format!("bias_hh_l{l}"), init)?,
+            });
+        }
+        let attention = match cfg.attention {
+            AttentionScore::General => Some(dp.pp("attention").get((h, h), "weight", init)?),
+            AttentionScore::ScaledDot => None,
+        };
+        let combine = dp.pp("combine").get((h, 2 * h), "weight", init)?;
+        let op = dp.pp("output");
+        let out_w = if cfg.tie_embeddings {
+            tgt_embedding.embeddings().clone()
+        } else {
+            op.get((vocab, h), "weight", init)?
+        };
+        let out_b = op.get(vocab, "bias", Init::Zeros)?;
+        Ok(Self {
+            src_embedding,
+            tgt_embedding,
+            encoder,
+            decoder,
+            attention,
+            combine,
+            out_w,
+            out_b,
+            dropout,
+            hidden: h,
+            embed_dim: e,
+        })
+    }
+
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            src_embedding: layers::detach_embedding(&self.src_embedding),
+            tgt_embedding: layers::detach_embedding(&self.tgt_embedding),
+            encoder: self.encoder.detached(),
+            decoder: self
+                .decoder
+                .iter()
+                .map(|l| DecLayer {
+                    w_ih: l.w_ih.detach(),
+                    w_hh: l.w_hh.detach(),
+                    b_ih: l.b_ih.detach(),
+                    b_hh: l.b_hh.detach(),
+                })
+                .collect(),
+            attention: self.attention.as_ref().map(|t| t.detach()),
+            combine: self.combine.detach(),
+            out_w: self.out_w.detach(),
+            out_b: self.out_b.detach(),
+            dropout: self.dropout.clone(),
+            hidden: self.hidden,
+            embed_dim: self.embed_dim,
+        }
+    }
+
+    pub(crate) fn encode(&self, src: &Tensor, mask: &Tensor, train: bool) -> Result<LstmEncoded> {
+        let (b, s) = src.dims2()?;
+        let h = self.hidden;
+        let emb = self
+            .dropout
+            .forward(&self.src_embedding.forward(src)?, train)?;
+        let out = self.encoder.forward(&emb, mask, train)?;
+        let memory = out.outputs;
+        let keys = match &self.attention {
+            Some(w) => memory
+                .reshape((b * s, h))?
+                .matmul(&w.t()?)?
+                .reshape((b, s, h))?,
+            None => (&memory * (1.0 / (h as f64).sqrt()))?,
+        };
+        let keys_t = keys.transpose(1, 2)?.contiguous()?;
+        let bias = layers::key_padding_bias(mask, memory.dtype())?.reshape((b, 1, s))?;
+        Ok(LstmEncoded {
+            memory,
+            keys_t,
+            bias,
+            last: out.last,
+        })
+    }
+
+    pub(crate) fn start(&self, enc: &LstmEncoded) -> Result<LstmState> {
+        let n = self.decoder.len();
+        let zeros = enc.last.zeros_like()?;
+        Ok(LstmState {
+            h: vec![enc.last.clone(); n],
+            c: vec![zeros.clone(); n],
+            feed: zeros,
+        })
+    }
+
+    fn weights(&self) -> Result<DecWeights> {
+        let (e, h) = (self.embed_dim, self.hidden);
+        let l0 = &self.decoder[0];
+        Ok(DecWeights {
+            w_emb_t: l0.w_ih.narrow(1, 0, e)?.t()?,
+            w_feed_t: l0.w_ih.narrow(1, e, h)?.t()?,
+            w_ih_t: self
+                .decoder
+                .iter()
+                .enumerate()
+                .map(|(i, l)| if i == 0 { Ok(None) } else { l.w_ih.t().map(Some) })
+                .collect::<Result<_>>()?,
+            w_hh_t: self
+                .decoder
+                .iter()
+                .map(|l| l.w_hh.t())
+                .collect::<Result<_>>()?,
+            bias: self
+                .decoder
+                .iter()
+                .map(|l| &l.b_ih + &l.b_hh)
+                .collect::<Result<_>>()?,
+            combine_t: self.combine.t()?,
+        })
+    }
+
+    /// One decoder step from layer 0's embedding projection `pre0 [N, 4H]` (bias
+    /// included): returns `h̃_t [N, H]` and the new state.
+    fn dec_step(
+        &self,
+        w: &DecWeights,
+        pre0: &Tensor,
+        st: &LstmState,
+        enc: &LstmEncoded,
+        train: bool,
+    ) -> Result<(Tensor, LstmState)> {
+        let h = self.hidden;
+        let mut hs = Vec::with_capacity(self.decoder.len());
+        let mut cs = Vec::with_capacity(self.decoder.len());
+        let mut x = st.feed.clone();
+        for l in 0..self.decoder.len() {
+            let rec = st.h[l].matmul(&w.w_hh_t[l])?;
+            let gates = match &w.w_ih_t[l] {
+                None => ((pre0 + x.matmul(&w.w_feed_t)?)? + rec)?,
+                Some(w_ih_t) => {
+                    let xin = self.dropout.forward(&x, train)?;
+                    xin.matmul(w_ih_t)?.broadcast_add(&w.bias[l])?.add(&rec)?
+                }
+            };
+            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
+            let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
+            let g = gates.narrow(1, 2 * h, h)?.tanh()?;
+            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
+            let c = ((f * &st.c[l])? + (i * g)?)?;
+            let hn = (o * c.tanh()?)?;
+            x = hn.clone();
+            hs.push(hn);
+            cs.push(c);
+        }
+        // Luong attention of the top state over the encoder outputs.
+        let scores = x
+            .unsqueeze(1)?
+            .matmul(&enc.keys_t)?
+            .broadcast_add(&enc.bias)?; // [N, 1, S]
+        let probs = layers::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&enc.memory)?.squeeze(1)?; // [N, H]
+        let tilde = Tensor::cat(&[&ctx, &x], 1)?.matmul(&w.combine_t)?.tanh()?;
+        Ok((
+            tilde.clone(),
+            LstmState {
+                h: hs,
+                c: cs,
+                feed: tilde,
+            },
+        ))
+    }
+
+    fn project(&self, tilde: &Tensor) -> Result<Tensor> {
+        tilde.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)
+    }
+
+    /// Teacher-forced logits `[B, T, V]`.
+    pub(crate) fn forward(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let enc = self.encode(src, mask, train)?;
+        let (b, t) = tgt_in.dims2()?;
+        let (e, h) = (self.embed_dim, self.hidden);
+        let w = self.weights()?;
+        let emb = self
+            .dropout
+            .forward(&self.tgt_embedding.forward(tgt_in)?, train)?;
+        // Layer 0's embedding projection for every step in one matmul, time-major.
+        let pre = emb
+            .reshape((b * t, e))?
+            .matmul(&w.w_emb_t)?
+            .broadcast_add(&w.bias[0])?
+            .reshape((b, t, 4 * h))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let mut st = self.start(&enc)?;
+        let mut tildes = Vec::with_capacity(t);
+        for s in 0..t {
+            let (tilde, next) = self.dec_step(&w, &pre.get(s)?, &st, &enc, train)?;
+            tildes.push(tilde);
+            st = next;
+        }
+        let tildes = Tensor::stack(&tildes, 1)?; // [B, T, H]
+        let tildes = self.dropout.forward(&tildes, train)?;
+        let v = self.out_b.dim(0)?;
+        self.project(&tildes.reshape((b * t, h))?)?
+            .reshape((b, t, v))
+    }
+
+    /// One evaluation step: logits `[N, V]` for the previous tokens `[N]`.
+    pub(crate) fn step(
+        &self,
+        enc: &LstmEncoded,
+        st: &LstmState,
+        prev: &Tensor,
+    ) -> Result<(Tensor, LstmState)> {
+        let w = self.weights()?;
+        let emb = self.tgt_embedding.forward(prev)?;
+        let pre0 = emb.matmul(&w.w_emb_t)?.broadcast_add(&w.bias[0])?;
+        let (tilde, next) = self.dec_step(&w, &pre0, st, enc, false)?;
+        Ok((self.project(&tilde)?, next))
+    }
+}
