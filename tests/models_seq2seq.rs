@@ -191,8 +191,13 @@ fn incremental_decoding_equals_teacher_forcing() -> Result<()> {
         }
         // Reordering rows of the encoder output and the state reorders the logits.
         let idx = Tensor::new(&[2u32, 0, 0], &Device::Cpu)?;
-        let (a, _) = model.step(&enc.select(&idx)?, &state.select(&idx)?, &y.narrow(1, 5, 1)?.squeeze(1)?.index_select(&idx, 0)?)?;
-        let (b, _) = model.step(&enc, &state, &y.narrow(1, 5, 1)?.squeeze(1)?)?;
+        let last = y.narrow(1, 5, 1)?.squeeze(1)?.contiguous()?;
+        let (a, _) = model.step(
+            &enc.select(&idx)?,
+            &state.select(&idx)?,
+            &last.index_select(&idx, 0)?,
+        )?;
+        let (b, _) = model.step(&enc, &state, &last)?;
         assert!(max_abs_diff(&a, &b.index_select(&idx, 0)?)? < 1e-6, "{what}: select");
     }
     Ok(())
@@ -228,7 +233,7 @@ fn sources() -> Vec<Vec<u32>> {
 /// Greedy = beam 1 (α = 0); batched results = one sentence at a time, so outputs
 /// come back in input order; `translate` dispatches on the beam width.
 #[test]
-fn decoding_is_batch_independent_and_beam_one_is_greedy() -> Result<()> {
+fn decoding_is_batch_independent_and_beam_one_is_greedy() -> cotext::Result<()> {
     let vocab = 20;
     for (what, cfg) in all_configs() {
         let model = cfg.build(vocab, PAD, DType::F32, &Device::Cpu, 13).unwrap();
@@ -269,7 +274,7 @@ fn set_var(model: &Seq2Seq, name: &str, f: impl Fn(&Tensor) -> Result<Tensor>) -
 /// A model whose output layer favours one token regardless of its input emits it
 /// until the length limit, or (favouring EOS) nothing.
 #[test]
-fn beam_search_returns_the_only_possible_output() -> Result<()> {
+fn beam_search_returns_the_only_possible_output() -> cotext::Result<()> {
     let vocab = 12;
     let model = lstm(AttentionScore::General, false)
         .build(vocab, PAD, DType::F32, &Device::Cpu, 5)
@@ -366,7 +371,7 @@ fn attention_weight_gradient_matches_finite_differences() -> Result<()> {
         let v0 = orig.flatten_all()?.to_vec1::<f64>()?;
         let eps = 1e-6;
         for i in 0..v0.len() {
-            let mut eval = |delta: f64| -> Result<f64> {
+            let eval = |delta: f64| -> Result<f64> {
                 let mut v = v0.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu)?)?;
@@ -428,7 +433,7 @@ fn to_tensors(batch: &[(Vec<u32>, Vec<u32>)]) -> Result<(Tensor, Tensor, Tensor,
 /// Trains `cfg` on the reversal task and returns greedy token accuracy on held-out
 /// sentences (matches at equal positions over reference tokens; extra output tokens
 /// count as errors).
-fn learn_reversal(cfg: &Seq2SeqConfig, steps: usize, lr: f64) -> Result<f64> {
+fn learn_reversal(cfg: &Seq2SeqConfig, steps: usize, lr: f64) -> cotext::Result<f64> {
     let vocab = 12;
     let model = cfg.build(vocab, PAD, DType::F32, &Device::Cpu, 42).unwrap();
     let vars: Vec<(String, Var)> = model
@@ -488,7 +493,7 @@ fn learn_reversal(cfg: &Seq2SeqConfig, steps: usize, lr: f64) -> Result<f64> {
 }
 
 #[test]
-fn lstm_learns_to_reverse() -> Result<()> {
+fn lstm_learns_to_reverse() -> cotext::Result<()> {
     let cfg = Seq2SeqConfig::Lstm(LstmSeq2SeqConfig {
         embed_dim: 32,
         hidden: 64,
@@ -503,7 +508,7 @@ fn lstm_learns_to_reverse() -> Result<()> {
 }
 
 #[test]
-fn transformer_learns_to_reverse() -> Result<()> {
+fn transformer_learns_to_reverse() -> cotext::Result<()> {
     let cfg = Seq2SeqConfig::Transformer(TransformerSeq2SeqConfig {
         d_model: 32,
         heads: 2,

@@ -26,6 +26,7 @@ use candle_nn::Embedding;
 use crate::models::bilstm::BiLstm;
 use crate::models::layers::{self, Dropout, SharedRng};
 use crate::models::params::{Init, Params};
+use super::select_rows;
 
 /// Luong's attention score between the decoder state `h_t` and an encoder output
 /// `h̄_s`.
@@ -160,10 +161,10 @@ pub(crate) struct LstmEncoded {
 impl LstmEncoded {
     pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
         Ok(Self {
-            memory: self.memory.index_select(idx, 0)?,
-            keys_t: self.keys_t.index_select(idx, 0)?,
-            bias: self.bias.index_select(idx, 0)?,
-            last: self.last.index_select(idx, 0)?,
+            memory: select_rows(&self.memory, idx)?,
+            keys_t: select_rows(&self.keys_t, idx)?,
+            bias: select_rows(&self.bias, idx)?,
+            last: select_rows(&self.last, idx)?,
         })
     }
 
@@ -183,12 +184,12 @@ pub(crate) struct LstmState {
 impl LstmState {
     pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
         let sel = |v: &[Tensor]| -> Result<Vec<Tensor>> {
-            v.iter().map(|t| t.index_select(idx, 0)).collect()
+            v.iter().map(|t| select_rows(t, idx)).collect()
         };
         Ok(Self {
             h: sel(&self.h)?,
             c: sel(&self.c)?,
-            feed: self.feed.index_select(idx, 0)?,
+            feed: select_rows(&self.feed, idx)?,
         })
     }
 

@@ -22,6 +22,11 @@ use candle_nn::VarMap;
 
 use super::layers::SharedRng;
 use super::params::Params;
+
+/// `t.index_select(idx, 0)` (which needs a contiguous tensor).
+pub(crate) fn select_rows(t: &Tensor, idx: &Tensor) -> Result<Tensor> {
+    t.contiguous()?.index_select(idx, 0)
+}
 use crate::rng::SplitMix64;
 
 pub use lstm::{AttentionScore, LstmSeq2SeqConfig};

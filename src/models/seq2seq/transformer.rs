@@ -23,6 +23,7 @@ use crate::models::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
 };
 use crate::models::params::{Init, Params};
+use super::select_rows;
 
 /// Configuration of the Transformer encoder-decoder (TOML `[model]` with
 /// `kind = "transformer"`).
@@ -263,11 +264,11 @@ pub(crate) struct TransformerEncoded {
 impl TransformerEncoded {
     pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
         Ok(Self {
-            bias: self.bias.index_select(idx, 0)?,
+            bias: select_rows(&self.bias, idx)?,
             cross: self
                 .cross
                 .iter()
-                .map(|(k, v)| Ok((k.index_select(idx, 0)?, v.index_select(idx, 0)?)))
+                .map(|(k, v)| Ok((select_rows(k, idx)?, select_rows(v, idx)?)))
                 .collect::<Result<_>>()?,
         })
     }
@@ -294,7 +295,7 @@ impl TransformerState {
                 .iter()
                 .map(|kv| {
                     kv.as_ref()
-                        .map(|(k, v)| Ok((k.index_select(idx, 0)?, v.index_select(idx, 0)?)))
+                        .map(|(k, v)| Ok((select_rows(k, idx)?, select_rows(v, idx)?)))
                         .transpose()
                 })
                 .collect::<Result<_>>()?,
