@@ -22,12 +22,14 @@ enum Command {
     Data(data::DataArgs),
     /// Tokenizers: train, encode, decode, check round trips.
     Tokenizer(tokenizer::TokenizerArgs),
-    /// Train a classifier (objectives ce, cot, gce, hcot) from a TOML config.
+    /// Train a classifier (ce, cot, gce, hcot) or a translator (ce, cot, gce) from a TOML config.
     Train(train::TrainArgs),
-    /// Evaluate a trained run: accuracy, macro-F1, per-class scores, confusion.
+    /// Evaluate a trained run: accuracy, macro-F1, per-class scores, confusion; BLEU for translation.
     Eval(train::EvalArgs),
     /// Classify text lines from stdin with a trained run.
     Predict(train::PredictArgs),
+    /// Translate source lines from stdin with a trained translation run.
+    Translate(train::TranslateArgs),
     /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
     Bleu(bleu::BleuArgs),
 }
@@ -41,6 +43,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
         Command::Predict(args) => train::predict(args),
+        Command::Translate(args) => train::translate(args),
         Command::Bleu(args) => bleu::run(args),
     }
 }

@@ -11,6 +11,7 @@ use clap::Args;
 use cotext::data::{DataDir, Dataset};
 use cotext::metrics::ClassificationReport;
 use cotext::train::classify::{self, Outcome, TrainOptions};
+use cotext::train::translate;
 use cotext::train::{ObjectiveKind, RunConfig};
 
 /// Arguments of `cotext train`.
@@ -134,7 +135,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         config.train.seed,
         out.display()
     );
-    let outcome = classify::train(&config, &out, &TrainOptions { resume: args.resume, progress: !args.quiet }, &stop)?;
+    let options = TrainOptions { resume: args.resume, progress: !args.quiet };
+    if translate::is_translation(&config)? {
+        return report_translation(&config, &out, translate::train(&config, &out, &options, &stop)?, started);
+    }
+    let outcome = classify::train(&config, &out, &options, &stop)?;
     let secs = started.elapsed().as_secs_f64();
     match outcome {
         Outcome::Interrupted { steps } => {
@@ -155,16 +160,44 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn report_translation(config: &RunConfig, out: &std::path::Path, outcome: translate::Outcome, started: Instant) -> anyhow::Result<()> {
+    let secs = started.elapsed().as_secs_f64();
+    match outcome {
+        translate::Outcome::Interrupted { steps } => {
+            eprintln!("stopped at step {steps}; checkpoint saved in {}. Continue with: cotext train --resume --out {}", out.display(), out.display());
+            std::process::exit(130);
+        }
+        translate::Outcome::Finished { steps, best, test } => {
+            println!("run: {}", out.display());
+            println!("steps: {steps}  wall time: {secs:.1} s");
+            if let Some((value, step)) = best {
+                println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
+            }
+            if let Some((score, signature)) = test {
+                println!("{} BLEU (beam {}): {}", config.data.test_split, config.decode.beam, score.verbose());
+                println!("signature: {signature}");
+                println!("translations: {}", out.join("test.hyp.txt").display());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn model_name(config: &RunConfig) -> &'static str {
     match config.model {
         cotext::models::ModelConfig::Bilstm(_) => "a BiLSTM",
         cotext::models::ModelConfig::Transformer(_) => "a Transformer",
         cotext::models::ModelConfig::Bert(_) => "a BERT model",
+        cotext::models::ModelConfig::LstmAttention(_) => "an attentional LSTM translator",
+        cotext::models::ModelConfig::TransformerSeq2seq(_) => "a Transformer translator",
     }
 }
 
 /// `cotext eval`.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if !args.run.join("labels.json").exists() && args.run.join("config.toml").exists() {
+        return eval_translation(args);
+    }
     let (setup, model) = classify::load_run(&args.run)?;
     let mut config = setup.config.clone();
     if let Some(d) = &args.data {
@@ -199,6 +232,45 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Text => print_report(&config.data.dataset, &split, &report, loss, &setup.labels),
+    }
+    Ok(())
+}
+
+/// `cotext eval` on a translation run: BLEU of the split decoded with the run's
+/// `decode.beam`.
+fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
+    let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
+    if let Some(d) = &args.data {
+        config.data.dataset = d.clone();
+    }
+    if args.data_dir.is_some() {
+        config.data.data_dir = args.data_dir.clone();
+    }
+    let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
+    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let pairs = translate::load_pairs(&dataset, &config, &split, None)?;
+    let sources: Vec<String> = pairs.iter().map(|p| p.source.clone()).collect();
+    let refs: Vec<String> = pairs.iter().map(|p| p.target.clone()).collect();
+    let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
+    let started = Instant::now();
+    let hyps = translate::translate_lines(&model, &tokenizer, &config, &sources, &options)?;
+    let secs = started.elapsed().as_secs_f64();
+    let (score, signature) = translate::corpus_bleu(&hyps, &refs)?;
+    match args.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "run": args.run, "dataset": config.data.dataset, "split": split, "count": pairs.len(),
+                "bleu": score.score, "precisions": score.precisions, "bp": score.bp, "ratio": score.ratio,
+                "sys_len": score.sys_len, "ref_len": score.ref_len, "signature": signature,
+                "beam": config.decode.beam, "decode_seconds": secs,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text => {
+            println!("{} {split}: {} sentences, beam {}, decoded in {secs:.1} s", config.data.dataset, pairs.len(), config.decode.beam);
+            println!("{}", score.verbose());
+            println!("signature: {signature}");
+        }
     }
     Ok(())
 }
@@ -258,3 +330,55 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+
+/// Arguments of `cotext translate`.
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    /// A translation run directory written by `cotext train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Beam size (1 = greedy). Default: the run's decode.beam.
+    #[arg(long)]
+    beam: Option<usize>,
+    /// GNMT length penalty α. Default: the run's decode.length_penalty.
+    #[arg(long)]
+    length_penalty: Option<f64>,
+    /// Sentences decoded together. Default: the run's decode.batch_size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+}
+
+/// `cotext translate`: source lines on stdin, translations (detokenized) on stdout,
+/// in order, one per line.
+pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
+    let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
+    if let Some(b) = args.beam {
+        config.decode.beam = b;
+    }
+    if let Some(lp) = args.length_penalty {
+        config.decode.length_penalty = lp;
+    }
+    if let Some(n) = args.batch_size {
+        config.decode.batch_size = n;
+    }
+    config.validate().map_err(|e| cotext::Error::Config(format!("translate: {e}")))?;
+    let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut lines = std::io::stdin().lock().lines();
+    let chunk = 1024;
+    loop {
+        let mut batch = Vec::with_capacity(chunk);
+        for line in lines.by_ref().take(chunk) {
+            batch.push(line.context("reading stdin")?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        for hyp in translate::translate_lines(&model, &tokenizer, &config, &batch, &options)? {
+            writeln!(out, "{hyp}")?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

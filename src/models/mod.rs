@@ -86,9 +86,25 @@ pub enum ModelConfig {
     Transformer(TransformerConfig),
     /// [`BertClassifier`], fields in [`BertConfig`].
     Bert(BertConfig),
+    /// Translation: the attentional LSTM encoder-decoder, fields in
+    /// [`LstmSeq2SeqConfig`] (`kind = "lstm_attention"`).
+    LstmAttention(seq2seq::LstmSeq2SeqConfig),
+    /// Translation: the Transformer encoder-decoder, fields in
+    /// [`TransformerSeq2SeqConfig`](seq2seq::TransformerSeq2SeqConfig)
+    /// (`kind = "transformer_seq2seq"`).
+    TransformerSeq2seq(seq2seq::TransformerSeq2SeqConfig),
 }
 
 impl ModelConfig {
+    /// The translation model this config describes, if it is one.
+    pub fn seq2seq(&self) -> Option<seq2seq::Seq2SeqConfig> {
+        match self {
+            ModelConfig::LstmAttention(c) => Some(seq2seq::Seq2SeqConfig::Lstm(c.clone())),
+            ModelConfig::TransformerSeq2seq(c) => Some(seq2seq::Seq2SeqConfig::Transformer(c.clone())),
+            _ => None,
+        }
+    }
+
     /// Builds the model for a tokenizer of `vocab` ids and `classes` labels, with
     /// weights and dropout masks drawn from `seed` (a BERT encoder's weights come from
     /// its checkpoint; only the head is drawn).
@@ -175,6 +191,13 @@ impl ModelConfig {
                     )));
                 }
                 Net::Bert(m)
+            }
+            ModelConfig::LstmAttention(_) | ModelConfig::TransformerSeq2seq(_) => {
+                return Err(crate::Error::Config(
+                    "model.kind is a translation model (lstm_attention, transformer_seq2seq); \
+                     a classification data set needs bilstm, transformer or bert"
+                        .into(),
+                ))
             }
         };
         Ok(Model {

@@ -6,18 +6,17 @@
 //! checkpoint, for `--resume`), `best.safetensors` (the weights of the best
 //! evaluation) and `metrics.jsonl`. Every file is written atomically.
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use candle_core::{DType, Device, Tensor, Var};
 
-use super::checkpoint::{atomic_write, load_tensors, save_tensors};
+use super::checkpoint::atomic_write;
 use super::config::{parse_device, Metric, RunConfig, TokenizerSource};
+use super::runner::{self, io, Evaluation, LoopEnd, Task};
 use super::step::{LossConfig, Objective, ObjectiveKind, Stepper};
-use crate::data::{BatchCursor, Batcher, BatcherConfig, DataDir, Dataset, LoadOptions, SplitData};
+use crate::data::{DataDir, Dataset, LoadOptions, SplitData};
 use crate::error::{Error, Result};
 use crate::loss::{ComplementOptions, CrossEntropyOptions, LabelHierarchy, Normalization};
 use crate::metrics::ClassificationReport;
@@ -33,27 +32,7 @@ pub struct Encoded {
     pub label: u32,
 }
 
-/// What `state.json` holds: everything besides weights and optimizer moments that
-/// an exact resume needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunState {
-    /// Updates made.
-    pub step: u64,
-    /// Position of the next batch.
-    pub cursor: BatchCursor,
-    /// The dropout RNG's state.
-    pub rng_state: u64,
-    /// Best dev metric so far, and the step it was reached at.
-    pub best: Option<(f64, u64)>,
-    /// Evaluations since the best one.
-    pub bad_evals: u64,
-    /// Whether training ended (all steps done or early stop).
-    pub finished: bool,
-    /// Whether it ended by early stopping (a resume then has nothing to do, even
-    /// with a larger step budget).
-    #[serde(default)]
-    pub stopped_early: bool,
-}
+pub use super::runner::{RunState, TrainOptions};
 
 /// How a training call ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,15 +53,6 @@ pub enum Outcome {
     },
 }
 
-/// Run-time options that are not part of the config.
-#[derive(Debug, Clone, Default)]
-pub struct TrainOptions {
-    /// Continue from the run directory's checkpoint.
-    pub resume: bool,
-    /// Draw progress bars on stderr (when it is a terminal).
-    pub progress: bool,
-}
-
 /// A loaded classification setup: config, tokenizer, labels and data.
 pub struct Setup {
     /// The config.
@@ -93,10 +63,6 @@ pub struct Setup {
     pub labels: Vec<String>,
     /// The compute device.
     pub device: Device,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 fn load_options(config: &RunConfig) -> LoadOptions {
@@ -204,6 +170,7 @@ fn loss_config(config: &RunConfig) -> LossConfig {
         cross_entropy: CrossEntropyOptions { ignore_index: None, label_smoothing: t.label_smoothing },
         complement: ComplementOptions { form: t.complement_form, normalization, ignore_index: None },
         clip_norm: t.clip_norm,
+        chunked: t.chunked_loss,
     }
 }
 
@@ -260,22 +227,8 @@ fn metric_value(report: &ClassificationReport, metric: Metric) -> f64 {
     match metric {
         Metric::Accuracy => report.accuracy,
         Metric::MacroF1 => report.macro_f1,
+        Metric::Bleu => unreachable!("rejected before training"),
     }
-}
-
-/// Appends one JSON line to `metrics.jsonl`.
-fn log_line(run: &Path, value: serde_json::Value) -> Result<()> {
-    let path = run.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-    writeln!(f, "{value}").map_err(io(&path))
-}
-
-fn save_checkpoint(run: &Path, model: &Model, stepper: &Stepper, state: &RunState) -> Result<()> {
-    save_tensors(&run.join("model.safetensors"), &model.tensors())?;
-    save_tensors(&run.join("optim.safetensors"), &stepper.state_tensors()?)?;
-    // state.json last: it is what marks the checkpoint complete.
-    let json = serde_json::to_vec_pretty(state).expect("state serializes");
-    atomic_write(&run.join("state.json"), &json)
 }
 
 fn build_model(config: &RunConfig, vocab: usize, classes: usize, device: &Device) -> Result<Model> {
@@ -316,17 +269,10 @@ pub fn load_run(run: &Path) -> Result<(Setup, Model)> {
 /// saved and [`Outcome::Interrupted`] returned.
 pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &AtomicBool) -> Result<Outcome> {
     let config_path = run.join("config.toml");
-    if options.resume {
-        if !run.join("state.json").exists() {
-            return Err(Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())));
-        }
-    } else if run.join("state.json").exists() {
-        return Err(Error::Config(format!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            run.display()
-        )));
+    if config.train.metric == Metric::Bleu {
+        return Err(Error::Config("train.metric = \"bleu\" is for translation; classification uses \"accuracy\" or \"macro_f1\"".into()));
     }
-    std::fs::create_dir_all(run).map_err(io(run))?;
+    runner::prepare_run_dir(run, options.resume)?;
     let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
     let dataset = open_dataset(config)?;
     let labels = dataset.label_names(&load_options(config));
@@ -384,205 +330,94 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         );
     }
     let model = build_model(config, tokenizer.vocab_size(), classes, &device)?;
-    let vars: Vec<(String, candle_core::Var)> = {
-        let data = model.varmap().data().lock().expect("VarMap lock");
-        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    };
-    let mut stepper = Stepper::new(objective, loss_config(config), vars, config.train.optimizer.clone())?;
-
+    let task = ClassifyTask { model: &model, train: &train_data, dev: dev.as_deref(), pad, classes, config, device: &device };
+    let mut stepper = Stepper::new(objective, loss_config(config), task.vars(), config.train.optimizer.clone())?;
     let t = &config.train;
-    let batcher = Batcher::new(
-        train_data.iter().map(|e| e.ids.len()).collect(),
-        BatcherConfig { batch_size: t.batch_size, seed: t.seed, ..Default::default() },
-    )?;
-    let batches_per_epoch = batcher.epoch(0).len() as u64;
-    let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate as u64).max(1);
-    let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
-
-    let mut state = if options.resume {
-        let path = run.join("state.json");
-        let state: RunState = serde_json::from_slice(&std::fs::read(&path).map_err(io(&path))?)
-            .map_err(|e| Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
-        model.load_weights(&run.join("model.safetensors"))?;
-        stepper.load_state(&load_tensors(&run.join("optim.safetensors"))?)?;
-        model.set_rng_state(state.rng_state);
-        let mut state: RunState = state;
-        // A finished run resumed with a larger budget (more epochs or max_steps)
-        // continues; one that stopped early does not.
-        if !state.stopped_early && state.step < total {
-            state.finished = false;
-        }
-        state
-    } else {
-        let _ = std::fs::remove_file(run.join("metrics.jsonl"));
-        RunState { step: 0, cursor: BatchCursor::default(), rng_state: model.rng_state(), best: None, bad_evals: 0, finished: false, stopped_early: false }
+    let (steps, best) = match runner::run(&task, &mut stepper, t, run, options, stop)? {
+        LoopEnd::Interrupted { steps } => return Ok(Outcome::Interrupted { steps }),
+        LoopEnd::Finished { steps, best } => (steps, best),
     };
-    if state.finished {
-        eprintln!(
-            "{}: training already finished at step {}{}",
-            run.display(),
-            state.step,
-            if state.stopped_early { " (early stop)" } else { "" }
-        );
-    }
-
-    let bar = progress_bar(options.progress, total, state.step);
-    let started = Instant::now();
-    let mut tokens_seen = 0usize;
-    let mut batches = batcher.iter_from(state.cursor);
-    let mut window = (0.0f64, 0usize, 0usize); // loss sum, correct, examples since last log
-    let mut complement_sum = 0.0f64;
-    let mut early_stop = false;
-    while state.step < total && !early_stop && !state.finished {
-        let mut micro = Vec::with_capacity(t.accumulate);
-        let epoch = batches.cursor().epoch;
-        for _ in 0..t.accumulate {
-            // Keep a step inside one epoch so "every epoch" evaluations line up.
-            if !micro.is_empty() && batches.cursor().epoch != epoch {
-                break;
-            }
-            let Some(batch) = batches.next() else { break };
-            let ((ids, mask), labels, tokens) = batch_tensors(&train_data, &batch.indices, pad, &device)?;
-            tokens_seen += tokens;
-            micro.push(((ids, mask, labels.clone()), labels));
-        }
-        if micro.is_empty() {
-            return Err(Error::Config("the training split yields no batch".into()));
-        }
-        let lr = t.schedule.lr(t.optimizer.lr(), state.step, total);
-        stepper.set_learning_rate(lr);
-        let mut correct = 0usize;
-        let mut seen = 0usize;
-        let mut first_pass = true;
-        let mut passes = 0usize;
-        let report = stepper.step(&micro, |(ids, mask, labels)| {
-            let logits = model.forward(ids, mask, true)?;
-            passes += 1;
-            if first_pass {
-                let pred = logits.argmax(1)?.to_vec1::<u32>()?;
-                let gold = labels.to_vec1::<u32>()?;
-                correct += pred.iter().zip(&gold).filter(|(a, b)| a == b).count();
-                seen += gold.len();
-                if passes == micro.len() {
-                    first_pass = false;
-                }
-            }
-            Ok(logits)
-        })?;
-        let report = match report {
-            Ok(r) => r,
-            Err(bad) => {
-                bar.finish_and_clear();
-                return Err(Error::NonFinite {
-                    step: state.step + 1,
-                    what: format!("{} loss", bad.pass),
-                    value: bad.value,
-                    kept: run.to_path_buf(),
-                });
-            }
-        };
-        state.step += 1;
-        state.cursor = batches.cursor();
-        state.rng_state = model.rng_state();
-        window.0 += report.loss;
-        window.1 += correct;
-        window.2 += seen;
-        complement_sum += report.complement.unwrap_or(0.0);
-        let tok_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(state.step);
-        bar.set_message(format!(
-            "loss {:.4} acc {:.3} {:.0} tok/s",
-            report.loss,
-            window.1 as f64 / window.2.max(1) as f64,
-            tok_per_s
-        ));
-        if state.step % t.log_every == 0 || state.step == total {
-            let n = (state.step - 1) % t.log_every + 1;
-            let mut line = serde_json::json!({
-                "step": state.step, "epoch": state.cursor.epoch, "lr": lr,
-                "loss": window.0 / n as f64, "train_accuracy": window.1 as f64 / window.2.max(1) as f64,
-                "tokens_per_s": tok_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
-            });
-            if stepper.objective().alternates() {
-                line["complement"] = serde_json::json!(complement_sum / n as f64);
-            }
-            log_line(run, line)?;
-            window = (0.0, 0, 0);
-            complement_sum = 0.0;
-        }
-        let epoch_end = state.cursor.epoch != epoch || batches.cursor().batch == 0;
-        let eval_now = match t.eval_every {
-            Some(every) => state.step % every == 0,
-            None => epoch_end,
-        } || state.step == total;
-        if eval_now {
-            if let Some(dev) = &dev {
-                let (r, loss) = evaluate(&model, dev, pad, t.eval_batch_size, classes, &device)?;
-                let value = metric_value(&r, t.metric);
-                let better = state.best.is_none_or(|(b, _)| value > b);
-                log_line(run, serde_json::json!({
-                    "step": state.step, "epoch": state.cursor.epoch, "split": "dev", "loss": loss,
-                    "accuracy": r.accuracy, "macro_f1": r.macro_f1, "best": better,
-                }))?;
-                bar.println(format!(
-                    "step {:>6}  dev {} {:.4}  loss {:.4}{}",
-                    state.step, t.metric.name(), value, loss, if better { "  (best)" } else { "" }
-                ));
-                if better {
-                    state.best = Some((value, state.step));
-                    state.bad_evals = 0;
-                    save_tensors(&run.join("best.safetensors"), &model.tensors())?;
-                } else {
-                    state.bad_evals += 1;
-                    if t.patience.is_some_and(|p| state.bad_evals >= p) {
-                        bar.println(format!("early stop: no improvement in {} evaluations", state.bad_evals));
-                        early_stop = true;
-                    }
-                }
-            }
-            state.stopped_early = early_stop;
-            state.finished = early_stop || state.step >= total;
-            save_checkpoint(run, &model, &stepper, &state)?;
-        }
-        if stop.load(Ordering::SeqCst) && !state.finished {
-            save_checkpoint(run, &model, &stepper, &state)?;
-            bar.finish_and_clear();
-            return Ok(Outcome::Interrupted { steps: state.step });
-        }
-    }
-    bar.finish_and_clear();
-    if !state.finished {
-        state.finished = true;
-        save_checkpoint(run, &model, &stepper, &state)?;
-    }
     let test_report = match &test {
         Some(test) => {
             if run.join("best.safetensors").exists() {
                 model.load_weights(&run.join("best.safetensors"))?;
             }
             let (r, loss) = evaluate(&model, test, pad, t.eval_batch_size, classes, &device)?;
-            log_line(run, serde_json::json!({
-                "step": state.step, "split": config.data.test_split, "loss": loss,
+            runner::log_line(run, serde_json::json!({
+                "step": steps, "split": config.data.test_split, "loss": loss,
                 "accuracy": r.accuracy, "macro_f1": r.macro_f1,
             }))?;
             Some(r)
         }
         None => None,
     };
-    Ok(Outcome::Finished { steps: state.step, best: state.best, test: test_report })
+    Ok(Outcome::Finished { steps, best, test: test_report })
 }
 
-fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
+/// Classification as a [`Task`] for the shared loop.
+struct ClassifyTask<'a> {
+    model: &'a Model,
+    train: &'a [Encoded],
+    dev: Option<&'a [Encoded]>,
+    pad: u32,
+    classes: usize,
+    config: &'a RunConfig,
+    device: &'a Device,
+}
+
+impl Task for ClassifyTask<'_> {
+    type Input = (Tensor, Tensor);
+
+    fn metric_name(&self) -> &'static str {
+        self.config.train.metric.name()
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
-    bar.set_position(at);
-    bar
+
+    fn train_lengths(&self) -> Vec<usize> {
+        self.train.iter().map(|e| e.ids.len()).collect()
+    }
+
+    fn batch(&self, indices: &[usize]) -> Result<(Self::Input, Tensor, usize)> {
+        batch_tensors(self.train, indices, self.pad, self.device)
+    }
+
+    fn forward(&self, (ids, mask): &Self::Input, train: bool) -> candle_core::Result<Tensor> {
+        self.model.forward(ids, mask, train)
+    }
+
+    fn ignore_index(&self) -> Option<u32> {
+        None
+    }
+
+    fn evaluate(&self) -> Result<Option<Evaluation>> {
+        let Some(dev) = self.dev else { return Ok(None) };
+        let (r, loss) = evaluate(self.model, dev, self.pad, self.config.train.eval_batch_size, self.classes, self.device)?;
+        let mut fields = serde_json::Map::new();
+        fields.insert("loss".into(), loss.into());
+        fields.insert("accuracy".into(), r.accuracy.into());
+        fields.insert("macro_f1".into(), r.macro_f1.into());
+        Ok(Some(Evaluation { value: metric_value(&r, self.config.train.metric), fields, summary: format!("loss {loss:.4}") }))
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        let data = self.model.varmap().data().lock().expect("VarMap lock");
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn weights(&self) -> HashMap<String, Tensor> {
+        self.model.tensors()
+    }
+
+    fn load_weights(&self, path: &Path) -> Result<()> {
+        self.model.load_weights(path)
+    }
+
+    fn rng_state(&self) -> u64 {
+        self.model.rng_state()
+    }
+
+    fn set_rng_state(&self, state: u64) {
+        self.model.set_rng_state(state)
+    }
 }
 
 /// Path helper for callers: the default run directory for a config file.

@@ -31,6 +31,61 @@ pub struct RunConfig {
     /// The optimization. Every field has a default.
     #[serde(default)]
     pub train: TrainSettings,
+    /// Translation only: how sentences are decoded (validation, test, `cotext
+    /// translate`). Every field has a default.
+    #[serde(default)]
+    pub decode: DecodeSettings,
+}
+
+/// `[decode]`: decoding of translation models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSettings {
+    /// Beam size for the test split and `cotext translate` (1 = greedy). Default 5.
+    #[serde(default = "default_beam")]
+    pub beam: usize,
+    /// Beam size of the validation decoding during training (BLEU metric).
+    /// Default 1 (greedy: cheaper, and it ranks checkpoints the same way).
+    #[serde(default = "default_eval_beam")]
+    pub eval_beam: usize,
+    /// Output length limit `a·|source| + b` (in tokens): `a`. Default 1.5.
+    #[serde(default = "default_len_a")]
+    pub max_len_a: f64,
+    /// Output length limit `a·|source| + b` (in tokens): `b`. Default 10.
+    #[serde(default = "default_len_b")]
+    pub max_len_b: usize,
+    /// GNMT length penalty α: a hypothesis scores log P / ((5 + |Y|) / 6)^α.
+    /// Default 0.6; 0 ranks by log P alone.
+    #[serde(default = "default_lp")]
+    pub length_penalty: f64,
+    /// Sentences decoded together. Default 64.
+    #[serde(default = "default_decode_batch")]
+    pub batch_size: usize,
+}
+
+fn default_beam() -> usize {
+    5
+}
+fn default_eval_beam() -> usize {
+    1
+}
+fn default_len_a() -> f64 {
+    1.5
+}
+fn default_len_b() -> usize {
+    10
+}
+fn default_lp() -> f64 {
+    0.6
+}
+fn default_decode_batch() -> usize {
+    64
+}
+
+impl Default for DecodeSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("every decode field has a default")
+    }
 }
 
 /// `[data]`: the data set and its preprocessing.
@@ -78,6 +133,13 @@ pub struct DataConfig {
     /// Maximum tokens per example, special tokens included. Default 128.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Translation: the source language (one of the card's `languages`). Default:
+    /// the card's first language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lang: Option<String>,
+    /// Translation: the target language. Default: the card's other language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_lang: Option<String>,
     /// Keep this many tokens from the start of a long text and the rest from its
     /// end (head + tail truncation, for IMDB reviews); default: keep the head only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +215,10 @@ pub enum Metric {
     Accuracy,
     /// Macro-averaged F1.
     MacroF1,
+    /// Translation: corpus BLEU (sacreBLEU's default settings) of the dev split
+    /// decoded with `decode.eval_beam`, on detokenized text. (`accuracy` there is
+    /// the teacher-forced token accuracy.)
+    Bleu,
 }
 
 impl Metric {
@@ -161,6 +227,7 @@ impl Metric {
         match self {
             Metric::Accuracy => "accuracy",
             Metric::MacroF1 => "macro_f1",
+            Metric::Bleu => "bleu",
         }
     }
 }
@@ -195,6 +262,11 @@ pub struct TrainSettings {
     /// Clip the global gradient norm to this. Default: no clipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_norm: Option<f64>,
+    /// Use the chunked loss kernels (same values and gradients as the plain ones,
+    /// a fraction of the memory over large vocabularies; see the README's "Memory
+    /// and speed"). Default false.
+    #[serde(default)]
+    pub chunked_loss: bool,
     /// Cross-entropy label smoothing. Default 0.
     #[serde(default)]
     pub label_smoothing: f64,
@@ -327,6 +399,19 @@ impl RunConfig {
         }
         if t.log_every == 0 {
             return Err("train.log_every must be at least 1".into());
+        }
+        let d = &self.decode;
+        if d.beam == 0 || d.eval_beam == 0 {
+            return Err("decode.beam and decode.eval_beam must be at least 1".into());
+        }
+        if d.batch_size == 0 {
+            return Err("decode.batch_size must be at least 1".into());
+        }
+        if !(d.max_len_a.is_finite() && d.max_len_a >= 0.0) {
+            return Err(format!("decode.max_len_a must be >= 0, got {}", d.max_len_a));
+        }
+        if !(d.length_penalty.is_finite() && d.length_penalty >= 0.0) {
+            return Err(format!("decode.length_penalty must be >= 0, got {}", d.length_penalty));
         }
         parse_device(&t.device)?;
         t.optimizer.validate()?;

@@ -6,10 +6,12 @@ pub mod checkpoint;
 pub mod classify;
 mod config;
 mod optim;
+pub mod runner;
 mod schedule;
 mod step;
+pub mod translate;
 
-pub use config::{parse_device, DataConfig, DeviceSpec, Metric, RunConfig, TokenizerSource, TrainSettings};
+pub use config::{parse_device, DataConfig, DecodeSettings, DeviceSpec, Metric, RunConfig, TokenizerSource, TrainSettings};
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 pub use step::{LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};

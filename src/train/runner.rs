@@ -1,0 +1,374 @@
+//! The training loop every task shares (classification and translation): batching
+//! with a resumable cursor, the [`Stepper`] (CE, COT, GCE, HCOT), the learning-rate
+//! schedule, progress bars, `metrics.jsonl`, evaluation every epoch or N updates,
+//! the best checkpoint, early stopping, NaN/Inf guard, Ctrl-C and exact resume.
+//!
+//! A task supplies what differs through [`Task`]: how a batch becomes tensors, the
+//! model's forward pass, its weights, and a dev evaluation. Everything a run writes
+//! here is atomic: `model.safetensors` + `optim.safetensors` + `state.json` (the last
+//! checkpoint; `state.json` is written last and marks it complete),
+//! `best.safetensors` and `metrics.jsonl` (append-only).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{atomic_write, load_tensors, save_tensors};
+use super::config::TrainSettings;
+use super::step::Stepper;
+use crate::data::{BatchCursor, Batcher, BatcherConfig};
+use crate::error::{Error, Result};
+
+/// What `state.json` holds: everything besides weights and optimizer moments that
+/// an exact resume needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Updates made.
+    pub step: u64,
+    /// Position of the next batch.
+    pub cursor: BatchCursor,
+    /// The dropout RNG's state.
+    pub rng_state: u64,
+    /// Best dev metric so far, and the step it was reached at.
+    pub best: Option<(f64, u64)>,
+    /// Evaluations since the best one.
+    pub bad_evals: u64,
+    /// Whether training ended (all steps done or early stop).
+    pub finished: bool,
+    /// Whether it ended by early stopping (a resume then has nothing to do, even
+    /// with a larger step budget).
+    #[serde(default)]
+    pub stopped_early: bool,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LoopEnd {
+    /// All steps done, or stopped early by patience.
+    Finished {
+        /// Updates made.
+        steps: u64,
+        /// Best dev metric and its step, if there was a dev evaluation.
+        best: Option<(f64, u64)>,
+    },
+    /// Ctrl-C: the checkpoint was saved at this step.
+    Interrupted {
+        /// Updates made.
+        steps: u64,
+    },
+}
+
+/// One dev evaluation.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The value of the selection metric (higher is better).
+    pub value: f64,
+    /// The fields written to `metrics.jsonl` (besides step, epoch, split, best).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// A short human-readable summary for the progress output (may be empty).
+    pub summary: String,
+}
+
+/// What differs between tasks. The loop owns the order of everything else.
+pub trait Task {
+    /// The model input of one micro-batch (e.g. ids and mask, or source and target).
+    type Input;
+    /// The name of the selection metric, as logged (e.g. `accuracy`, `bleu`).
+    fn metric_name(&self) -> &'static str;
+    /// Lengths (in tokens) of the training examples, for length-bucketed batches.
+    fn train_lengths(&self) -> Vec<usize>;
+    /// The input, targets (`[N]` classes or `[B, T]` token ids) and token count of
+    /// the training examples at `indices`.
+    fn batch(&self, indices: &[usize]) -> Result<(Self::Input, Tensor, usize)>;
+    /// The model's forward pass: logits `[N, K]` or `[B, T, V]`.
+    fn forward(&self, input: &Self::Input, train: bool) -> candle_core::Result<Tensor>;
+    /// A target id that counts for nothing (padding), if any.
+    fn ignore_index(&self) -> Option<u32>;
+    /// Evaluates on the dev split (`None` when there is none).
+    fn evaluate(&self) -> Result<Option<Evaluation>>;
+    /// Every trainable variable, by name.
+    fn vars(&self) -> Vec<(String, Var)>;
+    /// The weights to save, by name.
+    fn weights(&self) -> HashMap<String, Tensor>;
+    /// Loads saved weights.
+    fn load_weights(&self, path: &Path) -> Result<()>;
+    /// The dropout RNG's state.
+    fn rng_state(&self) -> u64;
+    /// Restores the dropout RNG's state.
+    fn set_rng_state(&self, state: u64);
+}
+
+/// Run-time options that are not part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the run directory's checkpoint.
+    pub resume: bool,
+    /// Draw progress bars on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// Checks that `run` can hold a fresh run (no checkpoint there) or, with
+/// `resume`, that it holds one; creates the folder.
+pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
+    if resume {
+        if !run.join("state.json").exists() {
+            return Err(Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())));
+        }
+    } else if run.join("state.json").exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            run.display()
+        )));
+    }
+    std::fs::create_dir_all(run).map_err(io(run))
+}
+
+/// Appends one JSON line to `metrics.jsonl`.
+pub fn log_line(run: &Path, value: serde_json::Value) -> Result<()> {
+    let path = run.join("metrics.jsonl");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    writeln!(f, "{value}").map_err(io(&path))
+}
+
+fn save_checkpoint<T: Task>(run: &Path, task: &T, stepper: &Stepper, state: &RunState) -> Result<()> {
+    save_tensors(&run.join("model.safetensors"), &task.weights())?;
+    save_tensors(&run.join("optim.safetensors"), &stepper.state_tensors()?)?;
+    // state.json last: it is what marks the checkpoint complete.
+    let json = serde_json::to_vec_pretty(state).expect("state serializes");
+    atomic_write(&run.join("state.json"), &json)
+}
+
+/// Correct argmax predictions and counted targets, for logits `[N, K]` with
+/// targets `[N]` or logits `[B, T, V]` with targets `[B, T]`; `ignore` targets do
+/// not count.
+pub fn count_correct(logits: &Tensor, targets: &Tensor, ignore: Option<u32>) -> candle_core::Result<(usize, usize)> {
+    let pred = logits.argmax(logits.rank() - 1)?.flatten_all()?.to_vec1::<u32>()?;
+    let gold = targets.flatten_all()?.to_vec1::<u32>()?;
+    let mut correct = 0;
+    let mut seen = 0;
+    for (p, g) in pred.iter().zip(&gold) {
+        if Some(*g) == ignore {
+            continue;
+        }
+        seen += 1;
+        correct += usize::from(p == g);
+    }
+    Ok((correct, seen))
+}
+
+/// Trains `task` with `stepper` into `run` as `settings` say, or resumes the run
+/// there (`options.resume`). `stop` is polled after every update (Ctrl-C sets it):
+/// the checkpoint is then saved and [`LoopEnd::Interrupted`] returned. On a fresh
+/// run `metrics.jsonl` is started anew.
+pub fn run<T: Task>(
+    task: &T,
+    stepper: &mut Stepper,
+    settings: &TrainSettings,
+    run: &Path,
+    options: &TrainOptions,
+    stop: &AtomicBool,
+) -> Result<LoopEnd> {
+    let t = settings;
+    let batcher = Batcher::new(task.train_lengths(), BatcherConfig { batch_size: t.batch_size, seed: t.seed, ..Default::default() })?;
+    let batches_per_epoch = batcher.epoch(0).len() as u64;
+    let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate as u64).max(1);
+    let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
+
+    let mut state = if options.resume {
+        let path = run.join("state.json");
+        let mut state: RunState = serde_json::from_slice(&std::fs::read(&path).map_err(io(&path))?)
+            .map_err(|e| Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
+        task.load_weights(&run.join("model.safetensors"))?;
+        stepper.load_state(&load_tensors(&run.join("optim.safetensors"))?)?;
+        task.set_rng_state(state.rng_state);
+        // A finished run resumed with a larger budget (more epochs or max_steps)
+        // continues; one that stopped early does not.
+        if !state.stopped_early && state.step < total {
+            state.finished = false;
+        }
+        state
+    } else {
+        let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+        RunState { step: 0, cursor: BatchCursor::default(), rng_state: task.rng_state(), best: None, bad_evals: 0, finished: false, stopped_early: false }
+    };
+    if state.finished {
+        eprintln!(
+            "{}: training already finished at step {}{}",
+            run.display(),
+            state.step,
+            if state.stopped_early { " (early stop)" } else { "" }
+        );
+    }
+
+    let ignore = task.ignore_index();
+    let bar = progress_bar(options.progress, total, state.step);
+    let started = Instant::now();
+    let mut tokens_seen = 0usize;
+    let mut batches = batcher.iter_from(state.cursor);
+    let mut window = (0.0f64, 0usize, 0usize); // loss sum, correct, counted since last log
+    let mut complement_sum = 0.0f64;
+    let mut early_stop = false;
+    while state.step < total && !early_stop && !state.finished {
+        let mut micro = Vec::with_capacity(t.accumulate);
+        let epoch = batches.cursor().epoch;
+        for _ in 0..t.accumulate {
+            // Keep a step inside one epoch so "every epoch" evaluations line up.
+            if !micro.is_empty() && batches.cursor().epoch != epoch {
+                break;
+            }
+            let Some(batch) = batches.next() else { break };
+            let (input, targets, tokens) = task.batch(&batch.indices)?;
+            tokens_seen += tokens;
+            micro.push(((input, targets.clone()), targets));
+        }
+        if micro.is_empty() {
+            return Err(Error::Config("the training split yields no batch".into()));
+        }
+        let lr = t.schedule.lr(t.optimizer.lr(), state.step, total);
+        stepper.set_learning_rate(lr);
+        let (mut correct, mut seen, mut passes) = (0usize, 0usize, 0usize);
+        let micro_len = micro.len();
+        let report = stepper.step(&micro, |(input, targets)| {
+            let logits = task.forward(input, true)?;
+            // Training accuracy from the first (CE) pass only.
+            if passes < micro_len {
+                let (c, s) = count_correct(&logits, targets, ignore)?;
+                correct += c;
+                seen += s;
+            }
+            passes += 1;
+            Ok(logits)
+        })?;
+        let report = match report {
+            Ok(r) => r,
+            Err(bad) => {
+                bar.finish_and_clear();
+                return Err(Error::NonFinite { step: state.step + 1, what: format!("{} loss", bad.pass), value: bad.value, kept: run.to_path_buf() });
+            }
+        };
+        state.step += 1;
+        state.cursor = batches.cursor();
+        state.rng_state = task.rng_state();
+        window.0 += report.loss;
+        window.1 += correct;
+        window.2 += seen;
+        complement_sum += report.complement.unwrap_or(0.0);
+        let tok_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(state.step);
+        bar.set_message(format!("loss {:.4} acc {:.3} {:.0} tok/s", report.loss, window.1 as f64 / window.2.max(1) as f64, tok_per_s));
+        if state.step % t.log_every == 0 || state.step == total {
+            let n = (state.step - 1) % t.log_every + 1;
+            let mut line = serde_json::json!({
+                "step": state.step, "epoch": state.cursor.epoch, "lr": lr,
+                "loss": window.0 / n as f64, "train_accuracy": window.1 as f64 / window.2.max(1) as f64,
+                "tokens_per_s": tok_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
+            });
+            if stepper.objective().alternates() {
+                line["complement"] = serde_json::json!(complement_sum / n as f64);
+            }
+            log_line(run, line)?;
+            if options.progress && bar.is_hidden() {
+                eprintln!(
+                    "step {:>6}/{total}  loss {:.4}  acc {:.3}  {:.0} tok/s  {:.0} s",
+                    state.step,
+                    window.0 / n as f64,
+                    window.1 as f64 / window.2.max(1) as f64,
+                    tok_per_s,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            window = (0.0, 0, 0);
+            complement_sum = 0.0;
+        }
+        let epoch_end = state.cursor.epoch != epoch || batches.cursor().batch == 0;
+        let eval_now = match t.eval_every {
+            Some(every) => state.step % every == 0,
+            None => epoch_end,
+        } || state.step == total;
+        if eval_now {
+            if let Some(eval) = task.evaluate()? {
+                let better = state.best.is_none_or(|(b, _)| eval.value > b);
+                let mut line = serde_json::json!({ "step": state.step, "epoch": state.cursor.epoch, "split": "dev" });
+                line.as_object_mut().expect("object").extend(eval.fields.clone());
+                line["best"] = serde_json::json!(better);
+                log_line(run, line)?;
+                bar.println(format!(
+                    "step {:>6}  dev {} {:.4}{}{}",
+                    state.step,
+                    task.metric_name(),
+                    eval.value,
+                    if eval.summary.is_empty() { String::new() } else { format!("  {}", eval.summary) },
+                    if better { "  (best)" } else { "" }
+                ));
+                if bar.is_hidden() && options.progress {
+                    eprintln!("step {:>6}  dev {} {:.4}{}", state.step, task.metric_name(), eval.value, if better { "  (best)" } else { "" });
+                }
+                if better {
+                    state.best = Some((eval.value, state.step));
+                    state.bad_evals = 0;
+                    save_tensors(&run.join("best.safetensors"), &task.weights())?;
+                } else {
+                    state.bad_evals += 1;
+                    if t.patience.is_some_and(|p| state.bad_evals >= p) {
+                        bar.println(format!("early stop: no improvement in {} evaluations", state.bad_evals));
+                        early_stop = true;
+                    }
+                }
+            }
+            state.stopped_early = early_stop;
+            state.finished = early_stop || state.step >= total;
+            save_checkpoint(run, task, stepper, &state)?;
+        }
+        if stop.load(Ordering::SeqCst) && !state.finished {
+            save_checkpoint(run, task, stepper, &state)?;
+            bar.finish_and_clear();
+            return Ok(LoopEnd::Interrupted { steps: state.step });
+        }
+    }
+    bar.finish_and_clear();
+    if !state.finished {
+        state.finished = true;
+        save_checkpoint(run, task, stepper, &state)?;
+    }
+    Ok(LoopEnd::Finished { steps: state.step, best: state.best })
+}
+
+/// A progress bar on stderr when `show` and stderr is a terminal (hidden
+/// otherwise; the loop then prints a line per log interval instead).
+fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+    );
+    bar.set_position(at);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn count_correct_skips_ignored_targets() {
+        let logits = Tensor::new(&[[[0f32, 1.0, 0.0], [2.0, 0.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[[1u32, 1], [2, 0]], &Device::Cpu).unwrap();
+        assert_eq!(count_correct(&logits, &targets, None).unwrap(), (3, 4));
+        assert_eq!(count_correct(&logits, &targets, Some(0)).unwrap(), (2, 3));
+        let flat = Tensor::new(&[[0f32, 1.0], [1.0, 0.0]], &Device::Cpu).unwrap();
+        assert_eq!(count_correct(&flat, &Tensor::new(&[1u32, 1], &Device::Cpu).unwrap(), None).unwrap(), (1, 2));
+    }
+}

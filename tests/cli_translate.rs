@@ -1,0 +1,186 @@
+//! `cotext train / eval / translate` on translation runs, as a user would run
+//! them, on a small slice of Multi30k (de→en) from ../shared/datasets in a temp
+//! dir: exact resume for ce and cot, the test translations scored the same way
+//! by training, `cotext eval` and `cotext bleu`, and `translate` on stdin.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("COTEXT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+    if dir.join("multi30k").is_dir() {
+        Some(dir.canonicalize().unwrap())
+    } else {
+        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        None
+    }
+}
+
+fn cotext(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
+    cmd.args(args).current_dir(cwd).env("HF_HOME", cwd.join("hf")).env("HF_ENDPOINT", "http://127.0.0.1:9");
+    match stdin {
+        None => cmd.output().unwrap(),
+        Some(text) => {
+            use std::io::Write;
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+const LSTM: &str = "[model]\nkind = \"lstm_attention\"\nembed_dim = 16\nhidden = 16\nlayers = 1\n";
+const TRANSFORMER: &str =
+    "[model]\nkind = \"transformer_seq2seq\"\nd_model = 16\nheads = 2\nencoder_layers = 1\ndecoder_layers = 1\nffn_dim = 32\n";
+
+fn config(dir: &Path, data: &Path, name: &str, model: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[data]\ndataset = \"multi30k-en-de\"\nsource_lang = \"de\"\ndata_dir = {data:?}\ndev_split = \"val\"\n\
+             max_len = 24\ntrain_limit = 128\neval_limit = 24\n\n\
+             [tokenizer]\nsource = \"train\"\nkind = \"bpe\"\nvocab_size = 400\n\n{model}\n\
+             [train]\nbatch_size = 16\nepochs = 1\nlog_every = 2\nmetric = \"bleu\"\n\n\
+             [decode]\nbeam = 2\nmax_len_a = 1.0\nmax_len_b = 4\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn read(run: &Path, file: &str) -> Vec<u8> {
+    std::fs::read(run.join(file)).unwrap()
+}
+
+#[test]
+fn translation_resume_continues_exactly() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for objective in ["ce", "cot"] {
+        let cfg = config(tmp.path(), &data, objective, LSTM, "");
+        let cfg = cfg.to_str().unwrap();
+        let args = |steps: u32, out: &Path| -> Vec<String> {
+            ["train", "-q", "--config", cfg, "--objective", objective, "--set", "train.eval_every=3", "--set"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("train.max_steps={steps}"), "--out".into(), out.display().to_string()])
+                .collect()
+        };
+        let straight = tmp.path().join(format!("straight-{objective}"));
+        let o = cotext(tmp.path(), &args(6, &straight).iter().map(String::as_str).collect::<Vec<_>>(), None);
+        assert!(o.status.success(), "{}", text(&o));
+        let split = tmp.path().join(format!("split-{objective}"));
+        let o = cotext(tmp.path(), &args(3, &split).iter().map(String::as_str).collect::<Vec<_>>(), None);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(read(&split, "model.safetensors") != read(&straight, "model.safetensors"));
+        let o = cotext(
+            tmp.path(),
+            &["train", "-q", "--resume", "--set", "train.max_steps=6", "--out", split.to_str().unwrap()],
+            None,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(read(&split, "model.safetensors") == read(&straight, "model.safetensors"), "{objective}: weights differ after resume");
+        assert!(read(&split, "optim.safetensors") == read(&straight, "optim.safetensors"), "{objective}: optimizer state differs");
+        if objective == "cot" {
+            let metrics = String::from_utf8(read(&straight, "metrics.jsonl")).unwrap();
+            assert!(metrics.contains("\"complement\""), "cot logs its complement loss: {metrics}");
+        }
+    }
+}
+
+#[test]
+fn train_eval_translate_and_bleu_agree() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // No eval limit on the test split: its 1000 translations are scored three ways.
+    let cfg = config(tmp.path(), &data, "tf", TRANSFORMER, "");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("eval_limit = 24\n", "");
+    std::fs::write(&cfg, text_cfg.replace("dev_split = \"val\"", "dev_split = \"\"")).unwrap();
+    let run = tmp.path().join("run");
+    let o = cotext(
+        tmp.path(),
+        &["train", "-q", "--config", cfg.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "decode.beam=1", "--out", run.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("BLEU") && out.contains("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"), "{out}");
+    for f in ["config.toml", "tokenizer.json", "model.safetensors", "optim.safetensors", "state.json", "metrics.jsonl", "test.hyp.txt"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let hyps = String::from_utf8(read(&run, "test.hyp.txt")).unwrap();
+    assert_eq!(hyps.lines().count(), 1000);
+    let metrics = String::from_utf8(read(&run, "metrics.jsonl")).unwrap();
+    let test_line: serde_json::Value =
+        serde_json::from_str(metrics.lines().rev().find(|l| l.contains("\"split\":\"test\"")).expect("a test line")).unwrap();
+    let trained_bleu = test_line["bleu"].as_f64().unwrap();
+
+    // `cotext bleu` on the written translations against the raw references.
+    let refs = data.join("multi30k/test_2016_flickr.en");
+    let o = cotext(tmp.path(), &["bleu", "-r", refs.to_str().unwrap(), run.join("test.hyp.txt").to_str().unwrap(), "--format", "json"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let scored: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert!((scored["score"].as_f64().unwrap() - trained_bleu).abs() < 1e-9, "{scored} vs {trained_bleu}");
+
+    // `cotext eval` decodes the test split again (the run's beam, here 1): same text, same score.
+    let o = cotext(tmp.path(), &["eval", "--run", run.to_str().unwrap(), "--format", "json"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["count"], 1000);
+    assert!((report["bleu"].as_f64().unwrap() - trained_bleu).abs() < 1e-9);
+    assert!(report["signature"].as_str().unwrap().starts_with("nrefs:1|"));
+
+    // `cotext translate`: one output line per input line, in order, empty lines included.
+    let input = "Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n";
+    let o = cotext(tmp.path(), &["translate", "--run", run.to_str().unwrap(), "--beam", "3"], Some(input));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3, "{}", text(&o));
+    // Greedy from the CLI equals the training run's greedy test translations.
+    let first_src = std::fs::read_to_string(data.join("multi30k/test_2016_flickr.de")).unwrap();
+    let first_src = first_src.lines().take(5).collect::<Vec<_>>().join("\n") + "\n";
+    let o = cotext(tmp.path(), &["translate", "--run", run.to_str().unwrap(), "--beam", "1"], Some(&first_src));
+    assert!(o.status.success(), "{}", text(&o));
+    let got: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
+    let want: Vec<String> = hyps.lines().take(5).map(str::to_string).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn translation_config_errors_exit_2() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("classifier", "[model]\nkind = \"bilstm\"\n", "", "model.kind"),
+        ("hcot", LSTM, "", "hcot"),
+        ("lang", LSTM, "", "data.source_lang"),
+        ("badkey", LSTM, "beams = 3\n", "beams"),
+    ];
+    for (name, model, extra, needle) in cases {
+        let cfg = config(tmp.path(), &data, name, model, extra);
+        let mut args = vec!["train", "-q", "--config", cfg.to_str().unwrap(), "--out"];
+        let out = tmp.path().join(name);
+        args.push(out.to_str().unwrap());
+        if name == "hcot" {
+            args.extend(["--objective", "hcot"]);
+        }
+        if name == "lang" {
+            args.extend(["--set", "data.source_lang=fr"]);
+        }
+        let o = cotext(tmp.path(), &args, None);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{name}: {}", text(&o));
+    }
+}
