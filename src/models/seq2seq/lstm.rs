@@ -23,10 +23,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Embedding;
 
+use super::select_rows;
 use crate::models::bilstm::BiLstm;
 use crate::models::layers::{self, Dropout, SharedRng};
 use crate::models::params::{Init, Params};
-use super::select_rows;
 
 /// Luong's attention score between the decoder state `h_t` and an encoder output
 /// `h̄_s`.
@@ -95,12 +95,15 @@ impl LstmSeq2SeqConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !(0.0..1.0).contains(&self.dropout) {
-            return err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+            return err(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
         }
         if self.embed_dim == 0 || self.layers == 0 {
             return err("model.embed_dim and model.layers must be positive".into());
         }
-        if self.hidden < 2 || self.hidden % 2 != 0 {
+        if self.hidden < 2 || !self.hidden.is_multiple_of(2) {
             return err(format!(
                 "model.hidden must be even and positive (the bidirectional encoder has hidden/2 units per direction), got {}",
                 self.hidden
@@ -336,7 +339,13 @@ impl LstmSeq2Seq {
                 .decoder
                 .iter()
                 .enumerate()
-                .map(|(i, l)| if i == 0 { Ok(None) } else { l.w_ih.t().map(Some) })
+                .map(|(i, l)| {
+                    if i == 0 {
+                        Ok(None)
+                    } else {
+                        l.w_ih.t().map(Some)
+                    }
+                })
                 .collect::<Result<_>>()?,
             w_hh_t: self
                 .decoder

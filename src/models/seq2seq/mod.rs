@@ -221,10 +221,7 @@ impl Seq2Seq {
     ) -> Result<Tensor> {
         let b = check_pair(src, src_mask)?;
         if tgt_in.dim(0)? != b {
-            candle_core::bail!(
-                "seq2seq: src has {b} rows but tgt_in {:?}",
-                tgt_in.dims()
-            );
+            candle_core::bail!("seq2seq: src has {b} rows but tgt_in {:?}", tgt_in.dims());
         }
         let net = if train {
             self.net.clone()
@@ -289,7 +286,9 @@ impl Seq2Seq {
                 let (logits, s) = m.detached().step(e, s, prev)?;
                 Ok((logits, DecoderState(StateKind::Transformer(s))))
             }
-            _ => candle_core::bail!("seq2seq step: encoder output or state from another kind of model"),
+            _ => candle_core::bail!(
+                "seq2seq step: encoder output or state from another kind of model"
+            ),
         }
     }
 

@@ -19,11 +19,11 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear};
 
+use super::select_rows;
 use crate::models::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
 };
 use crate::models::params::{Init, Params};
-use super::select_rows;
 
 /// Configuration of the Transformer encoder-decoder (TOML `[model]` with
 /// `kind = "transformer"`).
@@ -114,7 +114,10 @@ impl TransformerSeq2SeqConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !(0.0..1.0).contains(&self.dropout) {
-            return err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+            return err(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
         }
         if self.heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.heads) {
             return err(format!(
@@ -132,7 +135,7 @@ impl TransformerSeq2SeqConfig {
                 return err(format!("model.{k} must be positive"));
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return err(format!(
                 "model.layer_norm_eps must be > 0, got {}",
                 self.layer_norm_eps
@@ -163,7 +166,8 @@ fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 
 impl Attention {
     fn build(d: usize, heads: usize, p: &Params) -> Result<Self> {
-        let lin = |name: &str| layers::linear(d, d, layers::torch_linear_init(d), true, &p.pp(name));
+        let lin =
+            |name: &str| layers::linear(d, d, layers::torch_linear_init(d), true, &p.pp(name));
         Ok(Self {
             query: lin("query")?,
             key: lin("key")?,
