@@ -6,7 +6,7 @@ mod models_support;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use cotext::decode::{beam_search, greedy, translate, translate_all, DecodeOptions};
-use cotext::loss::{cross_entropy, CrossEntropyOptions};
+use cotext::loss::{cross_entropy, projected_token_loss, CrossEntropyOptions, ProjectedLoss};
 use cotext::models::{
     AttentionScore, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig, SplitMix64, TransformerSeq2SeqConfig,
 };
@@ -181,6 +181,38 @@ fn every_variable_gets_a_gradient_and_shapes_are_right() -> Result<()> {
         assert_all_trained(what, &norms);
         let eval = model.forward(&src, &mask, &tgt, false)?;
         assert!(!eval.track_op(), "{what}: eval logits carry a graph");
+    }
+    Ok(())
+}
+
+/// `forward_hidden` + `output_layer` through the chunked projected loss gives the
+/// cross-entropy of `forward`'s logits, and still trains every variable.
+#[test]
+fn hidden_states_with_the_projected_loss_match_the_logits() -> Result<()> {
+    let vocab = 20;
+    let ce = CrossEntropyOptions::default().with_ignore_index(PAD);
+    for (what, cfg) in all_configs() {
+        let model = cfg.build(vocab, PAD, DType::F32, &Device::Cpu, 17).unwrap();
+        let (src, mask) = ids(vocab as u32, &[5, 2, 4], 0, 1)?;
+        let (tgt, _) = ids(vocab as u32, &[4, 6, 1], 0, 2)?;
+        let (w, b) = model.output_layer();
+        assert_eq!(w.dims()[0], vocab);
+        let projected = |train: bool| -> Result<Tensor> {
+            let h = model.forward_hidden(&src, &mask, &tgt, train)?;
+            projected_token_loss(
+                &h,
+                &w,
+                b.as_ref(),
+                &tgt,
+                &ProjectedLoss::CrossEntropy(ce),
+                5,
+            )?
+            .mean()
+        };
+        let plain = cross_entropy(&model.forward(&src, &mask, &tgt, false)?, &tgt, &ce)?;
+        let d = max_abs_diff(&projected(false)?, &plain)?;
+        assert!(d < 1e-5, "{what}: projected loss differs by {d}");
+        assert_all_trained(what, &grad_norms(model.varmap(), &projected(true)?)?);
     }
     Ok(())
 }

@@ -416,8 +416,9 @@ impl LstmSeq2Seq {
         tilde.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)
     }
 
-    /// Teacher-forced logits `[B, T, V]`.
-    pub(crate) fn forward(
+    /// Teacher-forced attentional vectors `h̃ [B, T, H]` (after the output dropout),
+    /// the input of the output projection.
+    pub(crate) fn forward_hidden(
         &self,
         src: &Tensor,
         mask: &Tensor,
@@ -447,10 +448,26 @@ impl LstmSeq2Seq {
             st = next;
         }
         let tildes = Tensor::stack(&tildes, 1)?; // [B, T, H]
-        let tildes = self.dropout.forward(&tildes, train)?;
+        self.dropout.forward(&tildes, train)
+    }
+
+    /// The output projection's weight `[V, H]` and bias `[V]`.
+    pub(crate) fn output_layer(&self) -> (Tensor, Option<Tensor>) {
+        (self.out_w.clone(), Some(self.out_b.clone()))
+    }
+
+    /// Teacher-forced logits `[B, T, V]`.
+    pub(crate) fn forward(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hs = self.forward_hidden(src, mask, tgt_in, train)?;
+        let (b, t, h) = hs.dims3()?;
         let v = self.out_b.dim(0)?;
-        self.project(&tildes.reshape((b * t, h))?)?
-            .reshape((b, t, v))
+        self.project(&hs.reshape((b * t, h))?)?.reshape((b, t, v))
     }
 
     /// One evaluation step: logits `[N, V]` for the previous tokens `[N]`.

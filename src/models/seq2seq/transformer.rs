@@ -530,6 +530,28 @@ impl TransformerSeq2Seq {
         y.matmul(&self.out_w.t()?)
     }
 
+    /// Teacher-forced decoder outputs `[B, T, d]` (after the final norm), the input
+    /// of the output projection.
+    pub(crate) fn forward_hidden(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let enc = self.encode(src, mask, train)?;
+        let (_, t) = tgt_in.dims2()?;
+        let y = self.embed(&self.tgt_embedding, tgt_in, 0, train)?;
+        let causal = causal_bias(t, y.dtype(), y.device())?;
+        self.decode_layers(y, &enc, Some(&causal), None, train)
+    }
+
+    /// The output projection's weight `[V, d]` (the shared embedding when tied); no
+    /// bias.
+    pub(crate) fn output_layer(&self) -> (Tensor, Option<Tensor>) {
+        (self.out_w.clone(), None)
+    }
+
     /// Teacher-forced logits `[B, T, V]`.
     pub(crate) fn forward(
         &self,
@@ -538,14 +560,10 @@ impl TransformerSeq2Seq {
         tgt_in: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let enc = self.encode(src, mask, train)?;
-        let (b, t) = tgt_in.dims2()?;
-        let y = self.embed(&self.tgt_embedding, tgt_in, 0, train)?;
-        let causal = causal_bias(t, y.dtype(), y.device())?;
-        let y = self.decode_layers(y, &enc, Some(&causal), None, train)?;
+        let y = self.forward_hidden(src, mask, tgt_in, train)?;
+        let (b, t, d) = y.dims3()?;
         let v = self.out_w.dim(0)?;
-        self.project(&y.reshape((b * t, self.d_model))?)?
-            .reshape((b, t, v))
+        self.project(&y.reshape((b * t, d))?)?.reshape((b, t, v))
     }
 
     pub(crate) fn start(&self, enc: &TransformerEncoded) -> TransformerState {
