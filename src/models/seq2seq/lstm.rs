@@ -41,6 +41,15 @@ pub enum AttentionScore {
 }
 
 /// Configuration of the LSTM encoder-decoder (TOML `[model]` with `kind = "lstm"`).
+///
+/// The model's variables: `encoder.embedding.weight`, `encoder.lstm.*` (PyTorch
+/// `nn.LSTM` names, `_reverse` for the backward direction),
+/// `decoder.embedding.weight`, `decoder.lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{i}`
+/// (layer 0's input is `[embedding; h̃_{t-1}]`), `decoder.attention.weight`
+/// (`general` only), `decoder.combine.weight` (`W_c [H, 2H]`, no bias),
+/// `decoder.output.weight` (untied only) and `decoder.output.bias`. Every weight is
+/// drawn from U(−0.1, 0.1) as in TF-NMT, except the encoder LSTM's (PyTorch's
+/// U(−1/√(hidden/2), 1/√(hidden/2))); the output bias starts at zero.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LstmSeq2SeqConfig {

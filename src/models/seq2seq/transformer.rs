@@ -27,6 +27,16 @@ use crate::models::params::{Init, Params};
 
 /// Configuration of the Transformer encoder-decoder (TOML `[model]` with
 /// `kind = "transformer"`).
+///
+/// The model's variables: `embedding.weight` (tied; N(0, 1/d)) or
+/// `encoder.embedding.weight`, `decoder.embedding.weight` and `output.weight`
+/// (untied); `encoder.layers.{i}.attention.{query,key,value,output}.{weight,bias}`,
+/// `encoder.layers.{i}.{attention_norm,ffn_norm}.*`,
+/// `encoder.layers.{i}.ffn.{up,down}.*`, `encoder.final_norm.*`;
+/// `decoder.layers.{i}.{self_attention,cross_attention}.{query,key,value,output}.*`,
+/// `decoder.layers.{i}.{self_attention_norm,cross_attention_norm,ffn_norm}.*`,
+/// `decoder.layers.{i}.ffn.{up,down}.*`, `decoder.final_norm.*`. Linear layers use
+/// PyTorch's default init.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerSeq2SeqConfig {
