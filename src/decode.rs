@@ -68,7 +68,10 @@ impl DecodeOptions {
             return err("decode.beam must be at least 1".into());
         }
         if !(self.max_len_a.is_finite() && self.max_len_a >= 0.0) {
-            return err(format!("decode.max_len_a must be >= 0, got {}", self.max_len_a));
+            return err(format!(
+                "decode.max_len_a must be >= 0, got {}",
+                self.max_len_a
+            ));
         }
         if !(self.length_penalty.is_finite() && self.length_penalty >= 0.0) {
             return err(format!(
@@ -78,7 +81,9 @@ impl DecodeOptions {
         }
         for (k, v) in [("bos", self.bos), ("eos", self.eos), ("pad", self.pad)] {
             if v as usize >= vocab {
-                return err(format!("decode.{k} = {v} is not an id of the vocabulary of {vocab}"));
+                return err(format!(
+                    "decode.{k} = {v} is not an id of the vocabulary of {vocab}"
+                ));
             }
         }
         Ok(())
@@ -102,6 +107,27 @@ pub fn translate(model: &Seq2Seq, src: &[Vec<u32>], opts: &DecodeOptions) -> Res
     } else {
         beam_search(model, src, opts)
     }
+}
+
+/// [`translate`] over any number of sentences, `chunk` at a time (at least 1),
+/// longest first so each chunk pads little; returns the outputs in input order.
+/// Each sentence's output does not depend on the chunking.
+pub fn translate_all(
+    model: &Seq2Seq,
+    src: &[Vec<u32>],
+    opts: &DecodeOptions,
+    chunk: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut order: Vec<usize> = (0..src.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(src[i].len()));
+    let mut out = vec![Vec::new(); src.len()];
+    for part in order.chunks(chunk.max(1)) {
+        let batch: Vec<Vec<u32>> = part.iter().map(|&i| src[i].clone()).collect();
+        for (&i, y) in part.iter().zip(translate(model, &batch, opts)?) {
+            out[i] = y;
+        }
+    }
+    Ok(out)
 }
 
 /// Pads `src` into ids and mask `[B, S]` (S ≥ 1) on `dev`.
@@ -337,7 +363,10 @@ pub fn beam_search(
             } else if s.finished.len() >= k {
                 s.finished.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let kth = s.finished[k - 1].0;
-                let best_live = live.iter().map(|h| h.logp).fold(f64::NEG_INFINITY, f64::max);
+                let best_live = live
+                    .iter()
+                    .map(|h| h.logp)
+                    .fold(f64::NEG_INFINITY, f64::max);
                 kth >= best_live / opts.penalty(s.limit)
             } else {
                 false

@@ -5,11 +5,10 @@
 mod models_support;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use cotext::decode::{beam_search, greedy, translate, DecodeOptions};
-use cotext::loss::{cross_entropy, CrossEntropyOptions};
+use cotext::decode::{beam_search, greedy, translate, translate_all, DecodeOptions};
+use cotext::loss::{cross_entropy, projected_token_loss, CrossEntropyOptions, ProjectedLoss};
 use cotext::models::{
-    AttentionScore, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig, SplitMix64,
-    TransformerSeq2SeqConfig,
+    AttentionScore, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig, SplitMix64, TransformerSeq2SeqConfig,
 };
 use cotext::train::{Optimizer, OptimizerConfig};
 use models_support::{assert_all_trained, grad_norms, max_abs_diff};
@@ -46,7 +45,10 @@ fn transformer(tie: bool) -> Seq2SeqConfig {
 fn all_configs() -> Vec<(&'static str, Seq2SeqConfig)> {
     vec![
         ("lstm general", lstm(AttentionScore::General, false)),
-        ("lstm scaled_dot tied", lstm(AttentionScore::ScaledDot, true)),
+        (
+            "lstm scaled_dot tied",
+            lstm(AttentionScore::ScaledDot, true),
+        ),
         ("transformer tied", transformer(true)),
         ("transformer untied", transformer(false)),
     ]
@@ -90,12 +92,26 @@ fn configs_parse_with_defaults_and_reject_bad_keys() {
     );
     let d = LstmSeq2SeqConfig::default();
     assert_eq!(
-        (d.embed_dim, d.hidden, d.layers, d.dropout, d.attention, d.tie_embeddings),
+        (
+            d.embed_dim,
+            d.hidden,
+            d.layers,
+            d.dropout,
+            d.attention,
+            d.tie_embeddings
+        ),
         (256, 256, 2, 0.2, AttentionScore::General, false)
     );
     let t = TransformerSeq2SeqConfig::default();
     assert_eq!(
-        (t.d_model, t.heads, t.encoder_layers, t.decoder_layers, t.ffn_dim, t.max_len),
+        (
+            t.d_model,
+            t.heads,
+            t.encoder_layers,
+            t.decoder_layers,
+            t.ffn_dim,
+            t.max_len
+        ),
         (256, 4, 3, 3, 1024, 256)
     );
     assert_eq!((t.dropout, t.tie_embeddings), (0.1, true));
@@ -169,6 +185,38 @@ fn every_variable_gets_a_gradient_and_shapes_are_right() -> Result<()> {
     Ok(())
 }
 
+/// `forward_hidden` + `output_layer` through the chunked projected loss gives the
+/// cross-entropy of `forward`'s logits, and still trains every variable.
+#[test]
+fn hidden_states_with_the_projected_loss_match_the_logits() -> Result<()> {
+    let vocab = 20;
+    let ce = CrossEntropyOptions::default().with_ignore_index(PAD);
+    for (what, cfg) in all_configs() {
+        let model = cfg.build(vocab, PAD, DType::F32, &Device::Cpu, 17).unwrap();
+        let (src, mask) = ids(vocab as u32, &[5, 2, 4], 0, 1)?;
+        let (tgt, _) = ids(vocab as u32, &[4, 6, 1], 0, 2)?;
+        let (w, b) = model.output_layer();
+        assert_eq!(w.dims()[0], vocab);
+        let projected = |train: bool| -> Result<Tensor> {
+            let h = model.forward_hidden(&src, &mask, &tgt, train)?;
+            projected_token_loss(
+                &h,
+                &w,
+                b.as_ref(),
+                &tgt,
+                &ProjectedLoss::CrossEntropy(ce),
+                5,
+            )?
+            .mean()
+        };
+        let plain = cross_entropy(&model.forward(&src, &mask, &tgt, false)?, &tgt, &ce)?;
+        let d = max_abs_diff(&projected(false)?, &plain)?;
+        assert!(d < 1e-5, "{what}: projected loss differs by {d}");
+        assert_all_trained(what, &grad_norms(model.varmap(), &projected(true)?)?);
+    }
+    Ok(())
+}
+
 /// `start` + repeated `step` gives the teacher-forced logits position by position.
 #[test]
 fn incremental_decoding_equals_teacher_forcing() -> Result<()> {
@@ -198,7 +246,10 @@ fn incremental_decoding_equals_teacher_forcing() -> Result<()> {
             &last.index_select(&idx, 0)?,
         )?;
         let (b, _) = model.step(&enc, &state, &last)?;
-        assert!(max_abs_diff(&a, &b.index_select(&idx, 0)?)? < 1e-6, "{what}: select");
+        assert!(
+            max_abs_diff(&a, &b.index_select(&idx, 0)?)? < 1e-6,
+            "{what}: select"
+        );
     }
     Ok(())
 }
@@ -250,12 +301,17 @@ fn decoding_is_batch_independent_and_beam_one_is_greedy() -> cotext::Result<()> 
             let limit = (0.5 * s.len() as f64) as usize + 4;
             assert!(g[i].len() <= limit, "{what}: {:?} over {limit}", g[i]);
             assert!(!g[i].contains(&EOS) && !g[i].contains(&BOS));
-            assert_eq!(greedy(&model, &src[i..=i], &opts)?[0], g[i], "{what}: greedy row {i}");
+            assert_eq!(
+                greedy(&model, &src[i..=i], &opts)?[0],
+                g[i],
+                "{what}: greedy row {i}"
+            );
         }
         opts.beam = 3;
         opts.length_penalty = 0.6;
         let b = translate(&model, &src, &opts)?;
         assert_eq!(b.len(), src.len());
+        assert_eq!(translate_all(&model, &src, &opts, 2)?, b, "{what}: chunked");
         for (i, out) in b.iter().enumerate() {
             let one = beam_search(&model, &src[i..=i], &opts)?;
             assert_eq!(&one[0], out, "{what}: beam row {i}");
@@ -267,7 +323,9 @@ fn decoding_is_batch_independent_and_beam_one_is_greedy() -> cotext::Result<()> 
 /// Sets the variable `name` of `model` to `f(its value)`.
 fn set_var(model: &Seq2Seq, name: &str, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
     let data = model.varmap().data().lock().unwrap();
-    let var: &Var = data.get(name).unwrap_or_else(|| panic!("no variable {name}"));
+    let var: &Var = data
+        .get(name)
+        .unwrap_or_else(|| panic!("no variable {name}"));
     var.set(&f(var.as_tensor())?)
 }
 
@@ -362,11 +420,16 @@ fn attention_weight_gradient_matches_finite_differences() -> Result<()> {
             let v: Vec<f64> = (0..2 * 3 * vocab).map(|_| g.normal()).collect();
             Tensor::from_vec(v, (2, 3, vocab), &Device::Cpu)?
         };
-        let loss = || -> Result<Tensor> { (model.forward(&src, &mask, &tgt, true)? * &up)?.sum_all() };
+        let loss =
+            || -> Result<Tensor> { (model.forward(&src, &mask, &tgt, true)? * &up)?.sum_all() };
         let data = model.varmap().data().lock().unwrap().clone();
         let var = data.get(name).unwrap();
         let grads = loss()?.backward()?;
-        let analytic = grads.get(var.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let analytic = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let orig = var.as_tensor().copy()?;
         let v0 = orig.flatten_all()?.to_vec1::<f64>()?;
         let eps = 1e-6;
@@ -488,7 +551,10 @@ fn learn_reversal(cfg: &Seq2SeqConfig, steps: usize, lr: f64) -> cotext::Result<
     eprintln!(
         "reversal: token accuracy {good}/{total}, exact greedy {greedy_good}/64, exact beam {beam_good}/64"
     );
-    assert!(beam_good + 3 >= greedy_good, "beam {beam_good} vs greedy {greedy_good}");
+    assert!(
+        beam_good + 3 >= greedy_good,
+        "beam {beam_good} vs greedy {greedy_good}"
+    );
     Ok(good as f64 / total as f64)
 }
 

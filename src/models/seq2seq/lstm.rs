@@ -23,10 +23,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Embedding;
 
+use super::select_rows;
 use crate::models::bilstm::BiLstm;
 use crate::models::layers::{self, Dropout, SharedRng};
 use crate::models::params::{Init, Params};
-use super::select_rows;
 
 /// Luong's attention score between the decoder state `h_t` and an encoder output
 /// `h̄_s`.
@@ -41,6 +41,15 @@ pub enum AttentionScore {
 }
 
 /// Configuration of the LSTM encoder-decoder (TOML `[model]` with `kind = "lstm"`).
+///
+/// The model's variables: `encoder.embedding.weight`, `encoder.lstm.*` (PyTorch
+/// `nn.LSTM` names, `_reverse` for the backward direction),
+/// `decoder.embedding.weight`, `decoder.lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{i}`
+/// (layer 0's input is `[embedding; h̃_{t-1}]`), `decoder.attention.weight`
+/// (`general` only), `decoder.combine.weight` (`W_c [H, 2H]`, no bias),
+/// `decoder.output.weight` (untied only) and `decoder.output.bias`. Every weight is
+/// drawn from U(−0.1, 0.1) as in TF-NMT, except the encoder LSTM's (PyTorch's
+/// U(−1/√(hidden/2), 1/√(hidden/2))); the output bias starts at zero.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LstmSeq2SeqConfig {
@@ -95,12 +104,15 @@ impl LstmSeq2SeqConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !(0.0..1.0).contains(&self.dropout) {
-            return err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+            return err(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
         }
         if self.embed_dim == 0 || self.layers == 0 {
             return err("model.embed_dim and model.layers must be positive".into());
         }
-        if self.hidden < 2 || self.hidden % 2 != 0 {
+        if self.hidden < 2 || !self.hidden.is_multiple_of(2) {
             return err(format!(
                 "model.hidden must be even and positive (the bidirectional encoder has hidden/2 units per direction), got {}",
                 self.hidden
@@ -336,7 +348,13 @@ impl LstmSeq2Seq {
                 .decoder
                 .iter()
                 .enumerate()
-                .map(|(i, l)| if i == 0 { Ok(None) } else { l.w_ih.t().map(Some) })
+                .map(|(i, l)| {
+                    if i == 0 {
+                        Ok(None)
+                    } else {
+                        l.w_ih.t().map(Some)
+                    }
+                })
                 .collect::<Result<_>>()?,
             w_hh_t: self
                 .decoder
@@ -407,8 +425,9 @@ impl LstmSeq2Seq {
         tilde.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)
     }
 
-    /// Teacher-forced logits `[B, T, V]`.
-    pub(crate) fn forward(
+    /// Teacher-forced attentional vectors `h̃ [B, T, H]` (after the output dropout),
+    /// the input of the output projection.
+    pub(crate) fn forward_hidden(
         &self,
         src: &Tensor,
         mask: &Tensor,
@@ -438,10 +457,26 @@ impl LstmSeq2Seq {
             st = next;
         }
         let tildes = Tensor::stack(&tildes, 1)?; // [B, T, H]
-        let tildes = self.dropout.forward(&tildes, train)?;
+        self.dropout.forward(&tildes, train)
+    }
+
+    /// The output projection's weight `[V, H]` and bias `[V]`.
+    pub(crate) fn output_layer(&self) -> (Tensor, Option<Tensor>) {
+        (self.out_w.clone(), Some(self.out_b.clone()))
+    }
+
+    /// Teacher-forced logits `[B, T, V]`.
+    pub(crate) fn forward(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hs = self.forward_hidden(src, mask, tgt_in, train)?;
+        let (b, t, h) = hs.dims3()?;
         let v = self.out_b.dim(0)?;
-        self.project(&tildes.reshape((b * t, h))?)?
-            .reshape((b, t, v))
+        self.project(&hs.reshape((b * t, h))?)?.reshape((b, t, v))
     }
 
     /// One evaluation step: logits `[N, V]` for the previous tokens `[N]`.

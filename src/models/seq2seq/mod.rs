@@ -221,10 +221,7 @@ impl Seq2Seq {
     ) -> Result<Tensor> {
         let b = check_pair(src, src_mask)?;
         if tgt_in.dim(0)? != b {
-            candle_core::bail!(
-                "seq2seq: src has {b} rows but tgt_in {:?}",
-                tgt_in.dims()
-            );
+            candle_core::bail!("seq2seq: src has {b} rows but tgt_in {:?}", tgt_in.dims());
         }
         let net = if train {
             self.net.clone()
@@ -234,6 +231,44 @@ impl Seq2Seq {
         match &net {
             Net::Lstm(m) => m.forward(src, src_mask, tgt_in, train),
             Net::Transformer(m) => m.forward(src, src_mask, tgt_in, train),
+        }
+    }
+
+    /// What [`Seq2Seq::forward`] computes before the output projection: `[B, T, H]`
+    /// (the LSTM's attentional vectors `h̃_t` after dropout, the Transformer's
+    /// normalised decoder outputs), so that `logits = hidden · Wᵀ + b` with
+    /// `(W, b)` from [`Seq2Seq::output_layer`]. Pass both to
+    /// [`crate::loss::projected_token_loss`] to train on a large vocabulary without
+    /// materialising the `[B, T, V]` logits.
+    pub fn forward_hidden(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let b = check_pair(src, src_mask)?;
+        if tgt_in.dim(0)? != b {
+            candle_core::bail!("seq2seq: src has {b} rows but tgt_in {:?}", tgt_in.dims());
+        }
+        let net = if train {
+            self.net.clone()
+        } else {
+            self.net.detached()
+        };
+        match &net {
+            Net::Lstm(m) => m.forward_hidden(src, src_mask, tgt_in, train),
+            Net::Transformer(m) => m.forward_hidden(src, src_mask, tgt_in, train),
+        }
+    }
+
+    /// The output projection: weight `[V, H]` (the target embedding table when
+    /// tied) and bias `[V]` (the LSTM has one, the Transformer none). These are the
+    /// trainable variables themselves (gradients reach them).
+    pub fn output_layer(&self) -> (Tensor, Option<Tensor>) {
+        match &self.net {
+            Net::Lstm(m) => m.output_layer(),
+            Net::Transformer(m) => m.output_layer(),
         }
     }
 
@@ -289,7 +324,9 @@ impl Seq2Seq {
                 let (logits, s) = m.detached().step(e, s, prev)?;
                 Ok((logits, DecoderState(StateKind::Transformer(s))))
             }
-            _ => candle_core::bail!("seq2seq step: encoder output or state from another kind of model"),
+            _ => candle_core::bail!(
+                "seq2seq step: encoder output or state from another kind of model"
+            ),
         }
     }
 

@@ -19,14 +19,24 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear};
 
+use super::select_rows;
 use crate::models::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
 };
 use crate::models::params::{Init, Params};
-use super::select_rows;
 
 /// Configuration of the Transformer encoder-decoder (TOML `[model]` with
 /// `kind = "transformer"`).
+///
+/// The model's variables: `embedding.weight` (tied; N(0, 1/d)) or
+/// `encoder.embedding.weight`, `decoder.embedding.weight` and `output.weight`
+/// (untied); `encoder.layers.{i}.attention.{query,key,value,output}.{weight,bias}`,
+/// `encoder.layers.{i}.{attention_norm,ffn_norm}.*`,
+/// `encoder.layers.{i}.ffn.{up,down}.*`, `encoder.final_norm.*`;
+/// `decoder.layers.{i}.{self_attention,cross_attention}.{query,key,value,output}.*`,
+/// `decoder.layers.{i}.{self_attention_norm,cross_attention_norm,ffn_norm}.*`,
+/// `decoder.layers.{i}.ffn.{up,down}.*`, `decoder.final_norm.*`. Linear layers use
+/// PyTorch's default init.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerSeq2SeqConfig {
@@ -114,7 +124,10 @@ impl TransformerSeq2SeqConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !(0.0..1.0).contains(&self.dropout) {
-            return err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+            return err(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
         }
         if self.heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.heads) {
             return err(format!(
@@ -132,7 +145,7 @@ impl TransformerSeq2SeqConfig {
                 return err(format!("model.{k} must be positive"));
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return err(format!(
                 "model.layer_norm_eps must be > 0, got {}",
                 self.layer_norm_eps
@@ -163,7 +176,8 @@ fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 
 impl Attention {
     fn build(d: usize, heads: usize, p: &Params) -> Result<Self> {
-        let lin = |name: &str| layers::linear(d, d, layers::torch_linear_init(d), true, &p.pp(name));
+        let lin =
+            |name: &str| layers::linear(d, d, layers::torch_linear_init(d), true, &p.pp(name));
         Ok(Self {
             query: lin("query")?,
             key: lin("key")?,
@@ -526,6 +540,28 @@ impl TransformerSeq2Seq {
         y.matmul(&self.out_w.t()?)
     }
 
+    /// Teacher-forced decoder outputs `[B, T, d]` (after the final norm), the input
+    /// of the output projection.
+    pub(crate) fn forward_hidden(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let enc = self.encode(src, mask, train)?;
+        let (_, t) = tgt_in.dims2()?;
+        let y = self.embed(&self.tgt_embedding, tgt_in, 0, train)?;
+        let causal = causal_bias(t, y.dtype(), y.device())?;
+        self.decode_layers(y, &enc, Some(&causal), None, train)
+    }
+
+    /// The output projection's weight `[V, d]` (the shared embedding when tied); no
+    /// bias.
+    pub(crate) fn output_layer(&self) -> (Tensor, Option<Tensor>) {
+        (self.out_w.clone(), None)
+    }
+
     /// Teacher-forced logits `[B, T, V]`.
     pub(crate) fn forward(
         &self,
@@ -534,14 +570,10 @@ impl TransformerSeq2Seq {
         tgt_in: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let enc = self.encode(src, mask, train)?;
-        let (b, t) = tgt_in.dims2()?;
-        let y = self.embed(&self.tgt_embedding, tgt_in, 0, train)?;
-        let causal = causal_bias(t, y.dtype(), y.device())?;
-        let y = self.decode_layers(y, &enc, Some(&causal), None, train)?;
+        let y = self.forward_hidden(src, mask, tgt_in, train)?;
+        let (b, t, d) = y.dims3()?;
         let v = self.out_w.dim(0)?;
-        self.project(&y.reshape((b * t, self.d_model))?)?
-            .reshape((b, t, v))
+        self.project(&y.reshape((b * t, d))?)?.reshape((b, t, v))
     }
 
     pub(crate) fn start(&self, enc: &TransformerEncoded) -> TransformerState {
