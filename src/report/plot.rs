@@ -190,14 +190,15 @@ pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f6
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0i32..ranks as i32 + 1, (lo / 1.5..hi * 1.5).log_scale())?;
+            .build_cartesian_2d(0i32..ranks as i32 + 1, decades(lo, hi).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("rank of the wrong class (by predicted probability)")
             .y_desc("mean predicted probability")
-            .x_labels(ranks.clamp(1, 12))
+            .x_labels(ranks.clamp(1, 12) + 2)
             .x_label_formatter(&|r| if *r >= 1 && *r <= ranks as i32 { r.to_string() } else { String::new() })
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .y_labels(12)
+            .y_label_formatter(&|v| probability_label(*v))
             .light_line_style(WHITE)
             .label_style(("sans-serif", 13))
             .draw()?;
@@ -219,6 +220,27 @@ pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f6
             .draw()?;
         Ok(())
     })
+}
+
+/// `lo..hi` widened to whole powers of ten: plotters' log axis labels only the
+/// powers of ten and the steps between them, so a range inside one decade
+/// would get no labels at all.
+fn decades(lo: f64, hi: f64) -> std::ops::Range<f64> {
+    let lo = 10f64.powf(lo.log10().floor());
+    let mut hi = 10f64.powf(hi.log10().ceil());
+    if hi <= lo {
+        hi = lo * 10.0;
+    }
+    lo..hi
+}
+
+fn probability_label(v: f64) -> String {
+    if v >= 1e-3 {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
 }
 
 /// One confusion matrix for [`draw_confusion`].
@@ -296,8 +318,7 @@ fn draw_heatmap(area: &Area, labels: &[String], map: &Heatmap) -> DrawResult {
     }
     let axis = TextStyle::from(("sans-serif", 13).into_font());
     area.draw(&Text::new("predicted", (x0 + c * k as i32 / 2, y0 + k as i32 * c + 42), axis.clone().pos(Pos::new(HPos::Center, VPos::Center))))?;
-    let rotated = axis.transform(FontTransform::Rotate270).pos(Pos::new(HPos::Center, VPos::Center));
-    area.draw(&Text::new("gold", (10, y0 + c * k as i32 / 2), rotated))?;
+    area.draw(&Text::new("gold", (x0 - 6, y0 - 12), axis.pos(Pos::new(HPos::Right, VPos::Center))))?;
     Ok(())
 }
 
@@ -308,6 +329,16 @@ mod tests {
     #[test]
     fn the_embedded_font_registers() {
         register_font().unwrap();
+    }
+
+    #[test]
+    fn log_axis_spans_whole_decades() {
+        let close = |r: std::ops::Range<f64>, lo: f64, hi: f64| (r.start / lo - 1.0).abs() < 1e-12 && (r.end / hi - 1.0).abs() < 1e-12;
+        assert!(close(decades(0.12, 0.4), 0.1, 1.0));
+        assert!(close(decades(0.0012, 0.1), 0.001, 0.1));
+        assert!(close(decades(0.1, 0.1), 0.1, 1.0));
+        assert_eq!(probability_label(0.25), "0.25");
+        assert_eq!(probability_label(0.0001), "1e-4");
     }
 
     #[test]
