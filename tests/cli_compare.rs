@@ -189,7 +189,7 @@ fn bad_compare_flags_exit_2_naming_the_flag() {
         (vec!["--objectives", "ce,xent"], "--objectives"),
         (vec!["--objectives", "ce,ce"], "--objectives"),
         (vec!["--seeds", "0"], "--seeds"),
-        (vec!["--set", "train.epochs=0"], "train.epochs"),
+        (vec!["--set", "train.no_such_key=1"], "no_such_key"),
     ] {
         let mut args = vec!["compare", "--config", cfg];
         args.extend(flags);
