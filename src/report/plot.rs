@@ -186,11 +186,15 @@ pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f6
         let Some((lo, hi)) = finite_bounds(lines.iter().flat_map(|l| l.2.iter().copied()).filter(|&v| v > 0.0)) else {
             return no_data(area, "complement");
         };
-        let mut chart = ChartBuilder::on(area)
+        let mut chart_builder = ChartBuilder::on(area);
+        chart_builder
             .margin(14)
             .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0i32..ranks as i32 + 1, decades(lo, hi).log_scale())?;
+            .y_label_area_size(70);
+        let y = decades(lo, hi);
+        let ticks = log_ticks(&y);
+        let mut chart = chart_builder
+            .build_cartesian_2d(0i32..ranks as i32 + 1, y.log_scale().with_key_points(ticks))?;
         chart
             .configure_mesh()
             .x_desc("rank of the wrong class (by predicted probability)")
@@ -241,6 +245,23 @@ fn probability_label(v: f64) -> String {
     } else {
         format!("{v:.0e}")
     }
+}
+
+/// Ticks at 1, 2, 3 and 5 times each power of ten in `range` (plotters' own log
+/// axis labels only the powers of ten).
+fn log_ticks(range: &std::ops::Range<f64>) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = range.start;
+    while decade <= range.end * (1.0 + 1e-9) {
+        for m in [1.0, 2.0, 3.0, 5.0] {
+            let t = decade * m;
+            if t <= range.end * (1.0 + 1e-9) {
+                ticks.push(t);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
 }
 
 /// One confusion matrix for [`draw_confusion`].
@@ -338,6 +359,7 @@ mod tests {
         assert!(close(decades(0.0012, 0.1), 0.001, 0.1));
         assert!(close(decades(0.1, 0.1), 0.1, 1.0));
         assert_eq!(probability_label(0.25), "0.25");
+        assert_eq!(log_ticks(&(0.1..1.0)).len(), 5);
         assert_eq!(probability_label(0.0001), "1e-4");
     }
 
