@@ -16,6 +16,7 @@
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
+//! | [`report`] | reading `metrics.jsonl`, mean ± std over seeds, the complement-distribution profile, PNG plots and the Markdown report of `cotext compare` |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
@@ -28,6 +29,7 @@ pub mod fsio;
 pub mod loss;
 pub mod metrics;
 pub mod models;
+pub mod report;
 pub mod rng;
 pub mod tokenize;
 pub mod train;

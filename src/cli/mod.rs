@@ -5,6 +5,7 @@ mod data;
 mod tokenizer;
 mod train;
 mod bleu;
+mod compare;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,10 @@ enum Command {
     Translate(train::TranslateArgs),
     /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
     Bleu(bleu::BleuArgs),
+    /// Train every objective × seed from one config, then write report.md, summary.json and plots.
+    Compare(compare::CompareArgs),
+    /// Draw one run's curves (loss, train accuracy, dev metric) as a PNG.
+    Plot(compare::PlotArgs),
 }
 
 /// Parses the process arguments and runs the chosen subcommand.
@@ -45,6 +50,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Predict(args) => train::predict(args),
         Command::Translate(args) => train::translate(args),
         Command::Bleu(args) => bleu::run(args),
+        Command::Compare(args) => compare::compare(args),
+        Command::Plot(args) => compare::plot(args),
     }
 }
 

@@ -1,0 +1,289 @@
+//! `cotext compare` (every objective × seed as a normal run, then `report.md`,
+//! `summary.json` and plots) and `cotext plot` (one run's curves).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use cotext::report::{self, ComplementProfile, Heatmap, Machine, ObjectiveRuns, RunMetrics, Summary};
+use cotext::train::classify::{self, Outcome, TrainOptions};
+use cotext::train::{Metric, ObjectiveKind, RunConfig};
+
+/// Arguments of `cotext compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The TOML config every run starts from (its objective and seed are overridden).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Objectives to compare, comma-separated: ce, cot, gce, hcot.
+    #[arg(long, default_value = "ce,cot", value_name = "LIST")]
+    objectives: String,
+    /// Seeds per objective.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    seeds: u64,
+    /// The first seed: the runs use seeds S, S+1, …, S+N−1.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    first_seed: u64,
+    /// Output folder: one run directory per objective and seed, and the report.
+    /// Default: runs/compare-<config name>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override a config key for every run, e.g. `--set train.max_steps=500` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Arguments of `cotext plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A run directory written by `cotext train` (or one of `compare`'s).
+    #[arg(long)]
+    run: PathBuf,
+    /// The PNG to write. Default: <run>/curves.png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `compare`'s arguments, checked: nothing below re-validates.
+struct Plan {
+    config_path: PathBuf,
+    overrides: Vec<String>,
+    objectives: Vec<ObjectiveKind>,
+    seeds: Vec<u64>,
+    out: PathBuf,
+    progress: bool,
+}
+
+fn name(objective: ObjectiveKind) -> String {
+    serde_json::to_value(objective).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn user_error(msg: String) -> anyhow::Error {
+    cotext::Error::Config(msg).into()
+}
+
+impl Plan {
+    fn from_args(args: CompareArgs) -> anyhow::Result<Plan> {
+        let mut objectives = Vec::new();
+        for raw in args.objectives.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let o: ObjectiveKind = raw.parse().map_err(|e| user_error(format!("--objectives: {e}")))?;
+            if objectives.contains(&o) {
+                return Err(user_error(format!("--objectives: {raw} is listed twice")));
+            }
+            objectives.push(o);
+        }
+        if objectives.is_empty() {
+            return Err(user_error("--objectives: give at least one of ce, cot, gce, hcot".into()));
+        }
+        if args.seeds == 0 {
+            return Err(user_error("--seeds must be at least 1".into()));
+        }
+        let last = args
+            .first_seed
+            .checked_add(args.seeds - 1)
+            .ok_or_else(|| user_error(format!("--first-seed {} + --seeds {} overflows", args.first_seed, args.seeds)))?;
+        let mut overrides = args.set;
+        if let Some(d) = &args.data_dir {
+            let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+            overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));
+        }
+        let out = args.out.unwrap_or_else(|| {
+            let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+            PathBuf::from("runs").join(format!("compare-{stem}"))
+        });
+        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, progress: !args.quiet };
+        // A bad config or --set fails here, before any run starts.
+        for &o in &plan.objectives {
+            plan.config(o, plan.seeds[0])?;
+        }
+        Ok(plan)
+    }
+
+    fn config(&self, objective: ObjectiveKind, seed: u64) -> cotext::Result<RunConfig> {
+        let mut overrides = self.overrides.clone();
+        overrides.push(format!("train.objective=\"{}\"", name(objective)));
+        overrides.push(format!("train.seed={seed}"));
+        RunConfig::load(&self.config_path, &overrides)
+    }
+
+    fn run_dir(&self, objective: ObjectiveKind, seed: u64) -> PathBuf {
+        self.out.join(format!("{}-seed{seed}", name(objective)))
+    }
+}
+
+/// What a run directory holds.
+enum Status {
+    /// No checkpoint: start.
+    Missing,
+    /// A checkpoint of an unfinished run: resume.
+    Partial,
+    /// Finished, test line written: skip.
+    Finished,
+}
+
+fn status(dir: &Path, config: &RunConfig) -> anyhow::Result<Status> {
+    let path = dir.join("state.json");
+    if !path.exists() {
+        return Ok(Status::Missing);
+    }
+    let bytes = std::fs::read(&path).map_err(|source| cotext::Error::Io { path: path.clone(), source })?;
+    let state: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| cotext::Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
+    if state["finished"].as_bool() != Some(true) {
+        return Ok(Status::Partial);
+    }
+    // Finished but killed while scoring the test split: a resume only does that.
+    let metrics = dir.join("metrics.jsonl");
+    let has_test = metrics.exists() && RunMetrics::read(&metrics)?.test.is_some();
+    Ok(if has_test || config.data.test_split.is_empty() { Status::Finished } else { Status::Partial })
+}
+
+fn install_ctrlc() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // First Ctrl-C: finish the step, save, exit. Second: exit at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    });
+    stop
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@".contains(c)) {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    Ok(cotext::fsio::atomic_write(path, bytes)?)
+}
+
+/// `cotext compare`.
+pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_args(args)?;
+    let stop = install_ctrlc();
+    let started = Instant::now();
+    let total = plan.objectives.len() * plan.seeds.len();
+    let mut index = 0;
+    for &objective in &plan.objectives {
+        for &seed in &plan.seeds {
+            index += 1;
+            let config = plan.config(objective, seed)?;
+            let dir = plan.run_dir(objective, seed);
+            let label = format!("[{index}/{total}] {} seed {seed}", name(objective));
+            let resume = match status(&dir, &config)? {
+                Status::Finished => {
+                    let saved = RunConfig::load(&dir.join("config.toml"), &[]).ok();
+                    let note = if saved.is_some_and(|s| s != config) { " (its config.toml differs from this one; delete the folder to retrain)" } else { "" };
+                    eprintln!("{label}: finished, skipped: {}{note}", dir.display());
+                    continue;
+                }
+                Status::Partial => true,
+                Status::Missing => false,
+            };
+            eprintln!("{label}: {} {}", if resume { "resuming" } else { "training" }, dir.display());
+            let outcome = classify::train(&config, &dir, &TrainOptions { resume, progress: plan.progress }, &stop)?;
+            if let Outcome::Interrupted { steps } = outcome {
+                eprintln!("stopped at step {steps}; checkpoint saved in {}. Run the same command again to continue.", dir.display());
+                std::process::exit(130);
+            }
+        }
+    }
+
+    let first = plan.config(plan.objectives[0], plan.seeds[0])?;
+    let metric = first.train.metric;
+    let mut groups = Vec::new();
+    let mut labels = Vec::new();
+    for &objective in &plan.objectives {
+        let mut runs = Vec::new();
+        let mut profile = ComplementProfile::new(usize::MAX);
+        let mut confusion: Vec<Vec<usize>> = Vec::new();
+        for &seed in &plan.seeds {
+            let dir = plan.run_dir(objective, seed);
+            runs.push((seed, dir.clone(), RunMetrics::read(&dir.join("metrics.jsonl"))?));
+            if let Some(p) = report::classification_test_predictions(&dir)? {
+                profile.add_rows(&p.probs, &p.gold)?;
+                let c = p.confusion()?;
+                if confusion.is_empty() {
+                    confusion = c;
+                } else {
+                    confusion.iter_mut().flatten().zip(c.iter().flatten()).for_each(|(a, b)| *a += b);
+                }
+                labels = p.labels;
+            }
+        }
+        groups.push(ObjectiveRuns { objective: name(objective), runs, complement: profile.mean(), confusion });
+    }
+
+    let out = &plan.out;
+    let curves: Vec<(String, Vec<RunMetrics>)> =
+        groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.2.clone()).collect())).collect();
+    let title = format!("{} — {} seed{}", first.data.dataset, plan.seeds.len(), if plan.seeds.len() == 1 { "" } else { "s" });
+    report::draw_curves(&out.join("curves.png"), &title, &report::comparison_panels(&curves, metric))?;
+    let lines: Vec<(String, usize, Vec<f64>)> = groups.iter().enumerate().map(|(i, g)| (g.objective.clone(), i, g.complement.clone())).collect();
+    report::draw_complement(&out.join("complement.png"), &format!("{} test: sorted wrong-class probabilities", first.data.dataset), &lines)?;
+    let maps: Vec<Heatmap> = groups
+        .iter()
+        .map(|g| Heatmap { title: format!("{} (summed over {} seeds)", g.objective, g.runs.len()), counts: g.confusion.clone() })
+        .collect();
+    report::draw_confusion(&out.join("confusion.png"), &format!("{} test confusion", first.data.dataset), &labels, &maps)?;
+
+    let mut objectives = Vec::new();
+    let mut runs = Vec::new();
+    for g in &groups {
+        let (o, r) = g.summarize();
+        objectives.push(o);
+        runs.extend(r);
+    }
+    let summary = Summary {
+        command: command_line(),
+        machine: Machine::detect(&first.train.device),
+        wall_s: started.elapsed().as_secs_f64(),
+        metric: metric.name().into(),
+        labels,
+        objectives,
+        runs,
+    };
+    write(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    write(&out.join("report.md"), summary.to_markdown().as_bytes())?;
+
+    println!("report: {}", out.join("report.md").display());
+    for o in &summary.objectives {
+        for (split, stats) in [("dev (best)", &o.dev), ("test", &o.test)] {
+            if let Some(st) = stats {
+                let (acc, f1) = report::split_cells(st);
+                println!("{:<5} {split:<10}  accuracy {acc}  macro-F1 {f1}  (n = {})", o.objective, st.accuracy.n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cotext plot`.
+pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    let metrics = RunMetrics::read(&args.run.join("metrics.jsonl"))?;
+    let metric = RunConfig::load(&args.run.join("config.toml"), &[]).map(|c| c.train.metric).unwrap_or(Metric::Accuracy);
+    let out = args.out.unwrap_or_else(|| args.run.join("curves.png"));
+    let title = args.run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.run.display().to_string());
+    report::draw_curves(&out, &title, &report::run_panels(&metrics, metric))?;
+    println!("{}", out.display());
+    Ok(())
+}

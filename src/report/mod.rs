@@ -1,0 +1,137 @@
+//! Reports over finished runs: reading `metrics.jsonl`, mean ± std across seeds,
+//! the complement-distribution profile, PNG plots and the Markdown report of
+//! `cotext compare` / `cotext plot`.
+//!
+//! This room reads run directories and draws; it must not train or change a run
+//! (it only loads a run's best weights to predict its test split). The pure parts
+//! ([`summary`], [`complement`], [`plot`]) take numbers, not paths.
+
+pub mod complement;
+mod markdown;
+pub mod plot;
+pub mod summary;
+
+use std::path::Path;
+
+pub use complement::{sorted_complement, ComplementProfile};
+pub use markdown::split_cells;
+pub use plot::{draw_complement, draw_confusion, draw_curves, Band, Heatmap, Panel};
+pub use summary::{mean_curve, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary, RunMetrics, RunSummary, Scores, SplitStats, Summary};
+
+use crate::data::{DataDir, Dataset};
+use crate::error::{Error, Result};
+use crate::metrics::ClassificationReport;
+use crate::train::{classify, Metric};
+
+/// A classification run's predictions on its test split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// Class names, by index.
+    pub labels: Vec<String>,
+    /// Gold class per example.
+    pub gold: Vec<u32>,
+    /// Predicted probabilities per example (`[N][K]`).
+    pub probs: Vec<Vec<f32>>,
+}
+
+impl Predictions {
+    /// `confusion[gold][predicted]` counts (the predicted class is the argmax).
+    pub fn confusion(&self) -> Result<Vec<Vec<usize>>> {
+        let predicted: Vec<u32> = self
+            .probs
+            .iter()
+            .map(|p| p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b }) as u32)
+            .collect();
+        Ok(ClassificationReport::new(&self.gold, &predicted, self.labels.len()).map_err(Error::Config)?.confusion)
+    }
+}
+
+/// Predicts a classification run's test split with its best weights: the same
+/// examples the run's own test line scored (`data.test_split`, with the run's
+/// `eval_limit` subset). `None` when the run has no test split.
+pub fn classification_test_predictions(run: &Path) -> Result<Option<Predictions>> {
+    let (setup, model) = classify::load_run(run)?;
+    let config = &setup.config;
+    let split = &config.data.test_split;
+    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    if split.is_empty() || !dataset.has_split(split) {
+        return Ok(None);
+    }
+    let examples = classify::load_split(&dataset, config, split, config.data.eval_limit)?;
+    let data = classify::encode(&setup.tokenizer, config, &examples)?;
+    let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, &setup.device)?;
+    Ok(Some(Predictions { gold: data.iter().map(|e| e.label).collect(), probs, labels: setup.labels }))
+}
+
+fn dev_value(p: &summary::EvalPoint, metric: Metric) -> f64 {
+    match metric {
+        Metric::Accuracy => p.accuracy,
+        Metric::MacroF1 => p.macro_f1,
+    }
+}
+
+fn band(label: &str, color: usize, curve: Vec<(u64, MeanStd)>) -> Band {
+    Band {
+        label: label.to_string(),
+        color,
+        points: curve
+            .into_iter()
+            .map(|(step, m)| {
+                let (lo, hi) = m.band();
+                (step as f64, m.mean, lo, hi)
+            })
+            .collect(),
+    }
+}
+
+/// The two panels of `compare`'s `curves.png`: training loss and the dev metric
+/// against the step, one band (mean ± std over seeds) per objective, coloured
+/// by its position in `groups`.
+pub fn comparison_panels(groups: &[(String, Vec<RunMetrics>)], metric: Metric) -> Vec<Panel> {
+    let loss = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (name, runs))| {
+            band(name, i, mean_curve(&runs.iter().map(|m| m.train.iter().map(|p| (p.step, p.loss)).collect()).collect::<Vec<_>>()))
+        })
+        .collect();
+    let dev = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (name, runs))| {
+            band(name, i, mean_curve(&runs.iter().map(|m| m.dev.iter().map(|p| (p.step, dev_value(p, metric))).collect()).collect::<Vec<_>>()))
+        })
+        .collect();
+    vec![
+        Panel { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), bands: loss },
+        Panel { title: format!("dev {}", metric.name()), x_label: "step".into(), y_label: metric.name().into(), bands: dev },
+    ]
+}
+
+/// The three panels of `cotext plot`: training loss, training accuracy and the
+/// dev metric against the step, for one run.
+pub fn run_panels(m: &RunMetrics, metric: Metric) -> Vec<Panel> {
+    let line = |label: &str, points: Vec<(u64, f64)>| {
+        band(label, 0, points.into_iter().filter_map(|(s, v)| MeanStd::of(&[v]).map(|m| (s, m))).collect())
+    };
+    vec![
+        Panel {
+            title: "training loss".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            bands: vec![line("", m.train.iter().map(|p| (p.step, p.loss)).collect())],
+        },
+        Panel {
+            title: "training accuracy".into(),
+            x_label: "step".into(),
+            y_label: "accuracy".into(),
+            bands: vec![line("", m.train.iter().map(|p| (p.step, p.train_accuracy)).collect())],
+        },
+        Panel {
+            title: format!("dev {}", metric.name()),
+            x_label: "step".into(),
+            y_label: metric.name().into(),
+            bands: vec![line("", m.dev.iter().map(|p| (p.step, dev_value(p, metric))).collect())],
+        },
+    ]
+}

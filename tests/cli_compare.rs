@@ -1,0 +1,203 @@
+//! `cotext compare` and `cotext plot` run as a user would, on a small slice of
+//! SST-5 from ../shared/datasets, in a temp dir: the run directories, report.md,
+//! summary.json agreeing with the runs' metrics, the PNGs, a second call skipping
+//! finished runs, and bad flags exiting 2 with the flag named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Instant, SystemTime};
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("COTEXT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+    if dir.join("sst5").is_dir() {
+        Some(dir.canonicalize().unwrap())
+    } else {
+        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        None
+    }
+}
+
+fn cotext(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cotext"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_HOME", cwd.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn config(dir: &Path, data: &Path) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[data]\ndataset = \"sst5\"\ndata_dir = {data:?}\nmax_len = 24\ntrain_limit = 160\neval_limit = 64\n\n\
+             [model]\nkind = \"bilstm\"\nembed_dim = 16\nhidden = 16\n\n\
+             [train]\nbatch_size = 16\nmax_steps = 6\neval_every = 3\nlog_every = 2\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).map(|b| b.starts_with(PNG)).unwrap_or(false)
+}
+
+/// Every file of a run directory with its modification time and contents.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, SystemTime, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), std::fs::metadata(&p).unwrap().modified().unwrap(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files
+}
+
+#[test]
+fn compare_reports_every_run_and_skips_finished_ones_when_run_again() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data);
+    let args = ["compare", "-q", "--config", cfg.to_str().unwrap(), "--objectives", "ce,cot", "--seeds", "2", "--out", "cmp"];
+    let first = Instant::now();
+    let o = cotext(tmp.path(), &args);
+    let first = first.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("cmp");
+    let runs = ["ce-seed1", "ce-seed2", "cot-seed1", "cot-seed2"];
+    for run in runs {
+        for f in ["config.toml", "state.json", "best.safetensors", "metrics.jsonl"] {
+            assert!(out.join(run).join(f).is_file(), "{run}/{f} missing");
+        }
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(run).join("state.json")).unwrap()).unwrap();
+        assert_eq!(state["finished"], true, "{run}");
+        assert_eq!(state["step"], 6, "{run}");
+    }
+    // The objective and seed were overridden per run.
+    let saved = std::fs::read_to_string(out.join("cot-seed2/config.toml")).unwrap();
+    assert!(saved.contains("objective = \"cot\"") && saved.contains("seed = 2"), "{saved}");
+
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| ce |") && report.contains("| cot |") && report.contains('±'), "{report}");
+    assert!(report.contains("compare") && report.contains("--seeds 2"), "{report}");
+    assert!(report.contains("Against ce"), "{report}");
+
+    // summary.json holds the runs' own numbers.
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["runs"].as_array().unwrap().len(), 4);
+    for run in summary["runs"].as_array().unwrap() {
+        let dir = PathBuf::from(run["dir"].as_str().unwrap());
+        let metrics = std::fs::read_to_string(tmp.path().join(&dir).join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let test = lines.iter().find(|l| l["split"] == "test").unwrap();
+        assert_eq!(run["test"]["accuracy"], test["accuracy"], "{}", dir.display());
+        assert_eq!(run["test"]["macro_f1"], test["macro_f1"], "{}", dir.display());
+        let best = lines.iter().filter(|l| l["split"] == "dev" && l["best"] == true).last().unwrap();
+        assert_eq!(run["dev"]["accuracy"], best["accuracy"], "{}", dir.display());
+        assert_eq!(run["dev"]["step"], best["step"], "{}", dir.display());
+    }
+    for (i, objective) in ["ce", "cot"].iter().enumerate() {
+        let o = &summary["objectives"][i];
+        assert_eq!(o["objective"], *objective);
+        let tests: Vec<f64> = summary["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["objective"] == *objective)
+            .map(|r| r["test"]["accuracy"].as_f64().unwrap())
+            .collect();
+        assert_eq!(tests.len(), 2);
+        let mean = (tests[0] + tests[1]) / 2.0;
+        let std = ((tests[0] - mean).powi(2) + (tests[1] - mean).powi(2)).sqrt(); // n − 1 = 1
+        assert!((o["test"]["accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+        assert!((o["test"]["accuracy"]["std"].as_f64().unwrap() - std).abs() < 1e-12);
+        assert_eq!(o["test"]["accuracy"]["n"], 2);
+        // 4 wrong classes of SST-5, decreasing, each below 1.
+        let complement: Vec<f64> = o["complement"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(complement.len(), 4);
+        assert!(complement.windows(2).all(|w| w[0] >= w[1]) && complement[0] < 1.0, "{complement:?}");
+        // 64 test examples per seed, summed over 2 seeds.
+        let confusion: usize = o["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap() as usize).sum();
+        assert_eq!(confusion, 128);
+    }
+    for png in ["curves.png", "complement.png", "confusion.png"] {
+        assert!(is_png(&out.join(png)), "{png} is not a PNG");
+    }
+
+    // Again: every run is finished, so nothing is trained or rewritten.
+    let before: Vec<_> = runs.iter().map(|r| snapshot(&out.join(r))).collect();
+    let again = Instant::now();
+    let o = cotext(tmp.path(), &args);
+    let again = again.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches("finished, skipped").count(), 4, "{}", text(&o));
+    let after: Vec<_> = runs.iter().map(|r| snapshot(&out.join(r))).collect();
+    assert!(before == after, "a finished run's files changed");
+    assert!(again < first, "skipping took {again:?}, training took {first:?}");
+
+    // `plot` draws one run's curves.
+    let o = cotext(tmp.path(), &["plot", "--run", "cmp/cot-seed1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(is_png(&out.join("cot-seed1/curves.png")));
+    let o = cotext(tmp.path(), &["plot", "--run", "cmp/ce-seed1", "--out", "plots/ce.png"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(is_png(&tmp.path().join("plots/ce.png")));
+}
+
+#[test]
+fn compare_resumes_a_half_finished_run() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data);
+    let cfg = cfg.to_str().unwrap();
+    // A run stopped at step 3 of 6, as Ctrl-C would leave it.
+    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--objective", "cot", "--seed", "1", "--set", "train.max_steps=3", "--out", "cmp/cot-seed1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = tmp.path().join("cmp/cot-seed1/state.json");
+    let partial = std::fs::read_to_string(&state).unwrap().replace("\"finished\": true", "\"finished\": false");
+    std::fs::write(&state, partial).unwrap();
+    let o = cotext(tmp.path(), &["compare", "-q", "--config", cfg, "--objectives", "cot", "--seeds", "1", "--out", "cmp"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming"), "{}", text(&o));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!((state["step"].as_u64(), state["finished"].as_bool()), (Some(6), Some(true)));
+    // The resumed run equals a straight one.
+    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--objective", "cot", "--seed", "1", "--out", "straight"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let weights = |run: &str| std::fs::read(tmp.path().join(run).join("model.safetensors")).unwrap();
+    assert!(weights("cmp/cot-seed1") == weights("straight"));
+}
+
+#[test]
+fn bad_compare_flags_exit_2_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &tmp.path().join("nodata"));
+    let cfg = cfg.to_str().unwrap();
+    for (flags, named) in [
+        (vec!["--objectives", "ce,xent"], "--objectives"),
+        (vec!["--objectives", "ce,ce"], "--objectives"),
+        (vec!["--seeds", "0"], "--seeds"),
+        (vec!["--set", "train.no_such_key=1"], "no_such_key"),
+    ] {
+        let mut args = vec!["compare", "--config", cfg];
+        args.extend(flags);
+        let o = cotext(tmp.path(), &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(named), "{args:?}: {}", text(&o));
+    }
+    let o = cotext(tmp.path(), &["plot", "--run", "nowhere"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("nowhere"), "{}", text(&o));
+}
