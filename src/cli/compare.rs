@@ -179,6 +179,14 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// `cotext compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::from_args(args)?;
+    if cotext::train::translate::is_translation(&plan.config(plan.objectives[0], plan.seeds[0])?)? {
+        return Err(cotext::Error::Config(
+            "compare: translation configs are not supported yet (their reports need BLEU and token-level \
+             complement profiles); run `cotext train --objective …` per objective instead"
+                .into(),
+        )
+        .into());
+    }
     let stop = install_ctrlc();
     let started = Instant::now();
     let total = plan.objectives.len() * plan.seeds.len();

@@ -67,6 +67,7 @@ fn dev_value(p: &summary::EvalPoint, metric: Metric) -> f64 {
     match metric {
         Metric::Accuracy => p.accuracy,
         Metric::MacroF1 => p.macro_f1,
+        Metric::Bleu => unreachable!("compare rejects translation configs before reporting"),
     }
 }
 
