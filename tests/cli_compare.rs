@@ -201,3 +201,51 @@ fn bad_compare_flags_exit_2_naming_the_flag() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("nowhere"), "{}", text(&o));
 }
+
+#[test]
+fn compare_on_translation_reports_bleu_and_a_token_level_profile() {
+    let Some(data) = shared() else { return };
+    if !data.join("multi30k").is_dir() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("mt.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndataset = \"multi30k-en-de\"\nsource_lang = \"de\"\ndata_dir = {data:?}\ndev_split = \"val\"\n\
+             max_len = 20\ntrain_limit = 96\neval_limit = 12\n\n\
+             [tokenizer]\nsource = \"train\"\nkind = \"bpe\"\nvocab_size = 300\n\n\
+             [model]\nkind = \"transformer_seq2seq\"\nd_model = 16\nheads = 2\nencoder_layers = 1\ndecoder_layers = 1\nffn_dim = 32\n\n\
+             [train]\nbatch_size = 16\nmax_steps = 4\neval_every = 2\nlog_every = 2\nmetric = \"bleu\"\n\n\
+             [decode]\nbeam = 2\nmax_len_a = 1.0\nmax_len_b = 3\n"
+        ),
+    )
+    .unwrap();
+    let o = cotext(tmp.path(), &["compare", "-q", "--config", cfg.to_str().unwrap(), "--objectives", "ce,cot", "--seeds", "2", "--out", "cmp"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("BLEU"), "{}", text(&o));
+    let out = tmp.path().join("cmp");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| BLEU |") && report.contains("token accuracy"), "{report}");
+    assert!(is_png(&out.join("curves.png")) && is_png(&out.join("complement.png")));
+    assert!(!out.join("confusion.png").exists(), "no confusion matrix for translation");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    for o in summary["objectives"].as_array().unwrap() {
+        let profile: Vec<f64> = o["complement"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(profile.len(), 100, "the first 100 wrong-token ranks");
+        assert!(profile.windows(2).all(|w| w[0] >= w[1]), "sorted largest first: {profile:?}");
+        assert_eq!(o["test"]["bleu"]["n"], 2);
+    }
+    // Each run's test BLEU in summary.json is the one its metrics.jsonl logged.
+    for r in summary["runs"].as_array().unwrap() {
+        let dir = PathBuf::from(r["dir"].as_str().unwrap());
+        let dir = if dir.is_absolute() { dir } else { tmp.path().join(dir) };
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let test: serde_json::Value = serde_json::from_str(metrics.lines().rev().find(|l| l.contains("\"split\":\"test\"")).unwrap()).unwrap();
+        assert_eq!(r["test"]["bleu"], test["bleu"]);
+    }
+    let o = cotext(tmp.path(), &["plot", "--run", out.join("cot-seed1").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(is_png(&out.join("cot-seed1/curves.png")));
+}

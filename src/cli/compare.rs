@@ -9,6 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use cotext::report::{self, ComplementProfile, Heatmap, Machine, ObjectiveRuns, RunMetrics, Summary};
 use cotext::train::classify::{self, Outcome, TrainOptions};
+use cotext::train::translate;
 use cotext::train::{Metric, ObjectiveKind, RunConfig};
 
 /// Arguments of `cotext compare`.
@@ -179,14 +180,7 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// `cotext compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::from_args(args)?;
-    if cotext::train::translate::is_translation(&plan.config(plan.objectives[0], plan.seeds[0])?)? {
-        return Err(cotext::Error::Config(
-            "compare: translation configs are not supported yet (their reports need BLEU and token-level \
-             complement profiles); run `cotext train --objective …` per objective instead"
-                .into(),
-        )
-        .into());
-    }
+    let translation = translate::is_translation(&plan.config(plan.objectives[0], plan.seeds[0])?)?;
     let stop = install_ctrlc();
     let started = Instant::now();
     let total = plan.objectives.len() * plan.seeds.len();
@@ -208,8 +202,19 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 Status::Missing => false,
             };
             eprintln!("{label}: {} {}", if resume { "resuming" } else { "training" }, dir.display());
-            let outcome = classify::train(&config, &dir, &TrainOptions { resume, progress: plan.progress }, &stop)?;
-            if let Outcome::Interrupted { steps } = outcome {
+            let options = TrainOptions { resume, progress: plan.progress };
+            let interrupted = if translation {
+                match translate::train(&config, &dir, &options, &stop)? {
+                    translate::Outcome::Interrupted { steps } => Some(steps),
+                    translate::Outcome::Finished { .. } => None,
+                }
+            } else {
+                match classify::train(&config, &dir, &options, &stop)? {
+                    Outcome::Interrupted { steps } => Some(steps),
+                    Outcome::Finished { .. } => None,
+                }
+            };
+            if let Some(steps) = interrupted {
                 eprintln!("stopped at step {steps}; checkpoint saved in {}. Run the same command again to continue.", dir.display());
                 std::process::exit(130);
             }
@@ -227,7 +232,11 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         for &seed in &plan.seeds {
             let dir = plan.run_dir(objective, seed);
             runs.push((seed, dir.clone(), RunMetrics::read(&dir.join("metrics.jsonl"))?));
-            if let Some(p) = report::classification_test_predictions(&dir)? {
+            if translation {
+                if let Some(p) = report::translation_test_profile(&dir)? {
+                    profile.merge(&p);
+                }
+            } else if let Some(p) = report::classification_test_predictions(&dir)? {
                 profile.add_rows(&p.probs, &p.gold)?;
                 let c = p.confusion()?;
                 if confusion.is_empty() {
@@ -247,12 +256,15 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let title = format!("{} — {} seed{}", first.data.dataset, plan.seeds.len(), if plan.seeds.len() == 1 { "" } else { "s" });
     report::draw_curves(&out.join("curves.png"), &title, &report::comparison_panels(&curves, metric))?;
     let lines: Vec<(String, usize, Vec<f64>)> = groups.iter().enumerate().map(|(i, g)| (g.objective.clone(), i, g.complement.clone())).collect();
-    report::draw_complement(&out.join("complement.png"), &format!("{} test: sorted wrong-class probabilities", first.data.dataset), &lines)?;
-    let maps: Vec<Heatmap> = groups
-        .iter()
-        .map(|g| Heatmap { title: format!("{} (summed over {} seeds)", g.objective, g.runs.len()), counts: g.confusion.clone() })
-        .collect();
-    report::draw_confusion(&out.join("confusion.png"), &format!("{} test confusion", first.data.dataset), &labels, &maps)?;
+    let what = if translation { "wrong-token probabilities (teacher forcing)" } else { "wrong-class probabilities" };
+    report::draw_complement(&out.join("complement.png"), &format!("{} test: sorted {what}", first.data.dataset), &lines)?;
+    if !translation {
+        let maps: Vec<Heatmap> = groups
+            .iter()
+            .map(|g| Heatmap { title: format!("{} (summed over {} seeds)", g.objective, g.runs.len()), counts: g.confusion.clone() })
+            .collect();
+        report::draw_confusion(&out.join("confusion.png"), &format!("{} test confusion", first.data.dataset), &labels, &maps)?;
+    }
 
     let mut objectives = Vec::new();
     let mut runs = Vec::new();
@@ -277,8 +289,12 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for o in &summary.objectives {
         for (split, stats) in [("dev (best)", &o.dev), ("test", &o.test)] {
             if let Some(st) = stats {
-                let (acc, f1) = report::split_cells(st);
-                println!("{:<5} {split:<10}  accuracy {acc}  macro-F1 {f1}  (n = {})", o.objective, st.accuracy.n);
+                let (acc, f1, bleu) = report::split_cells(st);
+                if translation {
+                    println!("{:<5} {split:<10}  BLEU {bleu}  token accuracy {acc}  (n = {})", o.objective, st.accuracy.n);
+                } else {
+                    println!("{:<5} {split:<10}  accuracy {acc}  macro-F1 {f1}  (n = {})", o.objective, st.accuracy.n);
+                }
             }
         }
     }

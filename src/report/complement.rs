@@ -75,6 +75,19 @@ impl ComplementProfile {
         self.sums.iter().zip(&self.counts).map(|(s, &c)| s / c as f64).collect()
     }
 
+    /// Adds everything `other` holds (e.g. one seed's profile into the
+    /// objective's), rank by rank.
+    pub fn merge(&mut self, other: &ComplementProfile) {
+        if other.sums.len() > self.sums.len() {
+            self.sums.resize(other.sums.len(), 0.0);
+            self.counts.resize(other.sums.len(), 0);
+        }
+        for (i, (s, c)) in other.sums.iter().zip(&other.counts).enumerate() {
+            self.sums[i] += s;
+            self.counts[i] += c;
+        }
+    }
+
     /// How many rows were added.
     pub fn rows(&self) -> u64 {
         self.counts.first().copied().unwrap_or(0)
@@ -112,5 +125,11 @@ mod tests {
         assert_eq!(p.rows(), 2);
         assert!(p.add(&[0.5, 0.5], 2).is_err());
         assert!(p.add_rows(&[vec![1.0]], &[]).is_err());
+        let mut q = ComplementProfile::new(usize::MAX);
+        q.add(&[0.7, 0.2, 0.1], 0).unwrap();
+        let mut r = ComplementProfile::new(usize::MAX);
+        r.add(&[0.1, 0.3, 0.6], 2).unwrap();
+        q.merge(&r);
+        assert_eq!(q, p);
     }
 }

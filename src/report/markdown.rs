@@ -11,6 +11,10 @@ fn cell(m: &MeanStd) -> String {
     }
 }
 
+fn opt_cell(m: &Option<MeanStd>) -> String {
+    m.as_ref().map(cell).unwrap_or_else(|| "–".into())
+}
+
 impl Summary {
     /// The report: command, machine, wall time, the mean ± std table per objective
     /// and split, each objective against the baseline (`ce` when compared, else the
@@ -34,12 +38,17 @@ impl Summary {
 
         let _ = writeln!(s, "## Results\n");
         let _ = writeln!(s, "Mean ± sample standard deviation over seeds (n runs; no ± when n = 1). \"dev (best)\" is each run's best dev evaluation.\n");
-        let _ = writeln!(s, "| objective | split | n | accuracy | macro-F1 |\n| --- | --- | --- | --- | --- |");
+        // Translation runs have BLEU and no macro-F1; classification the reverse.
+        let translation = self.objectives.iter().any(|o| [&o.dev, &o.test].iter().any(|st| st.is_some_and(|st| st.bleu.is_some())));
+        let (second, second_of): (&str, fn(&SplitStats) -> &Option<MeanStd>) =
+            if translation { ("BLEU", |st| &st.bleu) } else { ("macro-F1", |st| &st.macro_f1) };
+        let first = if translation { "token accuracy" } else { "accuracy" };
+        let _ = writeln!(s, "| objective | split | n | {first} | {second} |\n| --- | --- | --- | --- | --- |");
         for o in &self.objectives {
             for (split, stats) in [("dev (best)", &o.dev), ("test", &o.test)] {
                 match stats {
                     Some(st) => {
-                        let _ = writeln!(s, "| {} | {split} | {} | {} | {} |", o.objective, st.accuracy.n, cell(&st.accuracy), cell(&st.macro_f1));
+                        let _ = writeln!(s, "| {} | {split} | {} | {} | {} |", o.objective, st.accuracy.n, cell(&st.accuracy), opt_cell(second_of(st)));
                     }
                     None => {
                         let _ = writeln!(s, "| {} | {split} | 0 | – | – |", o.objective);
@@ -56,9 +65,10 @@ impl Summary {
                     for (split, mine, theirs) in [("dev (best)", &o.dev, &base.dev), ("test", &o.test, &base.test)] {
                         let (Some(mine), Some(theirs)) = (mine, theirs) else { continue };
                         for (metric, a, b) in [
-                            ("accuracy", &mine.accuracy, &theirs.accuracy),
-                            ("macro-F1", &mine.macro_f1, &theirs.macro_f1),
+                            (first, Some(&mine.accuracy), Some(&theirs.accuracy)),
+                            (second, second_of(mine).as_ref(), second_of(theirs).as_ref()),
                         ] {
+                            let (Some(a), Some(b)) = (a, b) else { continue };
                             let verdict = match a.overlaps(b) {
                                 Some(true) => "no clear difference (within one std)",
                                 Some(false) => "differs by more than one std",
@@ -84,7 +94,7 @@ impl Summary {
         }
 
         let _ = writeln!(s, "\n## Runs\n");
-        let _ = writeln!(s, "| objective | seed | steps | best dev step | dev accuracy | dev macro-F1 | test accuracy | test macro-F1 | directory |");
+        let _ = writeln!(s, "| objective | seed | steps | best dev step | dev {first} | dev {second} | test {first} | test {second} | directory |");
         let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let num = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
         for r in &self.runs {
@@ -96,9 +106,9 @@ impl Summary {
                 r.steps,
                 r.dev.map(|d| d.step.to_string()).unwrap_or_else(|| "–".into()),
                 num(r.dev.map(|d| d.accuracy)),
-                num(r.dev.map(|d| d.macro_f1)),
+                num(r.dev.and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
                 num(r.test.map(|d| d.accuracy)),
-                num(r.test.map(|d| d.macro_f1)),
+                num(r.test.and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
                 r.dir.display()
             );
         }
@@ -111,14 +121,19 @@ impl Summary {
              largest first, averaged rank by rank over examples and seeds (log scale). COT aims to \
              flatten this profile."
         );
-        let _ = writeln!(s, "* `confusion.png`: test confusion matrices, summed over seeds (rows gold, columns predicted).\n");
-        let _ = writeln!(s, "![curves](curves.png)\n\n![complement](complement.png)\n\n![confusion](confusion.png)");
+        if translation {
+            let _ = writeln!(s, "  For translation: every non-pad target token of the test split under teacher forcing, the first {} ranks of the wrong vocabulary entries.\n", super::TOKEN_PROFILE_RANKS);
+            let _ = writeln!(s, "![curves](curves.png)\n\n![complement](complement.png)");
+        } else {
+            let _ = writeln!(s, "* `confusion.png`: test confusion matrices, summed over seeds (rows gold, columns predicted).\n");
+            let _ = writeln!(s, "![curves](curves.png)\n\n![complement](complement.png)\n\n![confusion](confusion.png)");
+        }
         s
     }
 }
 
-/// The accuracy and macro-F1 cells of a split, for callers printing their own
-/// tables.
-pub fn split_cells(stats: &SplitStats) -> (String, String) {
-    (cell(&stats.accuracy), cell(&stats.macro_f1))
+/// The accuracy, macro-F1 and BLEU cells of a split ("–" where absent), for
+/// callers printing their own tables.
+pub fn split_cells(stats: &SplitStats) -> (String, String, String) {
+    (cell(&stats.accuracy), opt_cell(&stats.macro_f1), opt_cell(&stats.bleu))
 }

@@ -21,7 +21,7 @@ pub use summary::{mean_curve, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary,
 use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};
 use crate::metrics::ClassificationReport;
-use crate::train::{classify, Metric};
+use crate::train::{classify, translate, Metric};
 
 /// A classification run's predictions on its test split.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,11 +63,35 @@ pub fn classification_test_predictions(run: &Path) -> Result<Option<Predictions>
     Ok(Some(Predictions { gold: data.iter().map(|e| e.label).collect(), probs, labels: setup.labels }))
 }
 
+/// Ranks of the wrong vocabulary entries kept in a translation run's complement
+/// profile (the head of the distribution; the tail of a large vocabulary is flat
+/// and tiny).
+pub const TOKEN_PROFILE_RANKS: usize = 100;
+
+/// A translation run's token-level complement profile on its test split: with
+/// its best weights and teacher forcing, for every non-pad target token, the
+/// probabilities of the wrong vocabulary entries sorted largest first (the first
+/// [`TOKEN_PROFILE_RANKS`]). `None` when the run has no test split.
+pub fn translation_test_profile(run: &Path) -> Result<Option<ComplementProfile>> {
+    let (config, tokenizer, model) = translate::load_run(run)?;
+    let split = &config.data.test_split;
+    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    if split.is_empty() || !dataset.has_split(split) {
+        return Ok(None);
+    }
+    let pairs = translate::load_pairs(&dataset, &config, split, config.data.eval_limit)?;
+    let data = translate::encode_pairs(&tokenizer, &config, &pairs)?;
+    let device = crate::train::parse_device(&config.train.device).map_err(Error::Config)?.open()?;
+    let mut profile = ComplementProfile::new(TOKEN_PROFILE_RANKS);
+    translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, &device, |probs, gold| profile.add(probs, gold as usize))?;
+    Ok(Some(profile))
+}
+
 fn dev_value(p: &summary::EvalPoint, metric: Metric) -> f64 {
     match metric {
         Metric::Accuracy => p.accuracy,
-        Metric::MacroF1 => p.macro_f1,
-        Metric::Bleu => unreachable!("compare rejects translation configs before reporting"),
+        Metric::MacroF1 => p.macro_f1.unwrap_or(f64::NAN),
+        Metric::Bleu => p.bleu.unwrap_or(f64::NAN),
     }
 }
 

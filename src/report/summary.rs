@@ -69,10 +69,12 @@ pub struct TrainPoint {
 pub struct EvalPoint {
     /// Updates made when it was evaluated.
     pub step: u64,
-    /// Accuracy.
+    /// Accuracy (translation: teacher-forced token accuracy).
     pub accuracy: f64,
-    /// Macro-F1.
-    pub macro_f1: f64,
+    /// Macro-F1 (classification).
+    pub macro_f1: Option<f64>,
+    /// Corpus BLEU (translation runs whose metric is BLEU, and their test line).
+    pub bleu: Option<f64>,
     /// Mean cross-entropy, when it was finite.
     pub loss: Option<f64>,
     /// Whether it was the best dev evaluation so far (dev lines only).
@@ -99,6 +101,7 @@ struct Line {
     train_accuracy: Option<f64>,
     accuracy: Option<f64>,
     macro_f1: Option<f64>,
+    bleu: Option<f64>,
     #[serde(default)]
     best: bool,
 }
@@ -150,7 +153,8 @@ impl RunMetrics {
                     let point = EvalPoint {
                         step: line.step,
                         accuracy: line.accuracy.ok_or_else(|| missing("accuracy"))?,
-                        macro_f1: line.macro_f1.ok_or_else(|| missing("macro_f1"))?,
+                        macro_f1: line.macro_f1,
+                        bleu: line.bleu,
                         loss: line.loss,
                         best: line.best,
                     };
@@ -186,20 +190,22 @@ pub fn mean_curve(runs: &[Vec<(u64, f64)>]) -> Vec<(u64, MeanStd)> {
     at.into_iter().filter_map(|(step, vs)| MeanStd::of(&vs).map(|m| (step, m))).collect()
 }
 
-/// Accuracy and macro-F1 of one run on one split.
+/// The scores of one run on one split.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     /// The step evaluated.
     pub step: u64,
-    /// Accuracy.
+    /// Accuracy (translation: teacher-forced token accuracy).
     pub accuracy: f64,
-    /// Macro-F1.
-    pub macro_f1: f64,
+    /// Macro-F1 (classification).
+    pub macro_f1: Option<f64>,
+    /// Corpus BLEU (translation).
+    pub bleu: Option<f64>,
 }
 
 impl From<&EvalPoint> for Scores {
     fn from(p: &EvalPoint) -> Self {
-        Scores { step: p.step, accuracy: p.accuracy, macro_f1: p.macro_f1 }
+        Scores { step: p.step, accuracy: p.accuracy, macro_f1: p.macro_f1, bleu: p.bleu }
     }
 }
 
@@ -225,15 +231,20 @@ pub struct RunSummary {
 pub struct SplitStats {
     /// Accuracy across seeds.
     pub accuracy: MeanStd,
-    /// Macro-F1 across seeds.
-    pub macro_f1: MeanStd,
+    /// Macro-F1 across the seeds that have it (classification).
+    pub macro_f1: Option<MeanStd>,
+    /// BLEU across the seeds that have it (translation).
+    pub bleu: Option<MeanStd>,
 }
 
 impl SplitStats {
     /// Aggregates the runs' scores; `None` when no run has any.
     pub fn of<'a>(scores: impl IntoIterator<Item = &'a Scores>) -> Option<SplitStats> {
-        let (acc, f1): (Vec<f64>, Vec<f64>) = scores.into_iter().map(|s| (s.accuracy, s.macro_f1)).unzip();
-        Some(SplitStats { accuracy: MeanStd::of(&acc)?, macro_f1: MeanStd::of(&f1)? })
+        let scores: Vec<&Scores> = scores.into_iter().collect();
+        let acc: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();
+        let f1: Vec<f64> = scores.iter().filter_map(|s| s.macro_f1).collect();
+        let bleu: Vec<f64> = scores.iter().filter_map(|s| s.bleu).collect();
+        Some(SplitStats { accuracy: MeanStd::of(&acc)?, macro_f1: MeanStd::of(&f1), bleu: MeanStd::of(&bleu) })
     }
 }
 
@@ -383,7 +394,7 @@ mod tests {
         assert_eq!(m.dev.len(), 2);
         assert_eq!(m.best_dev().unwrap().step, 3);
         let test = m.test.unwrap();
-        assert_eq!((test.accuracy, test.macro_f1), (0.28, 0.21));
+        assert_eq!((test.accuracy, test.macro_f1, test.bleu), (0.28, Some(0.21), None));
     }
 
     #[test]
@@ -401,6 +412,21 @@ mod tests {
         let replay = format!("{LOG}{}\n", r#"{"step":4,"epoch":0,"lr":0.001,"loss":1.3,"train_accuracy":0.5}"#);
         let m = RunMetrics::parse(&replay, Path::new("m.jsonl")).unwrap();
         assert_eq!(m.train.iter().map(|p| (p.step, p.loss)).collect::<Vec<_>>(), [(2, 1.6), (4, 1.3)]);
+    }
+
+    #[test]
+    fn translation_lines_carry_bleu_and_no_macro_f1() {
+        let log = r#"{"step":2,"epoch":0,"lr":0.001,"loss":6.1,"train_accuracy":0.1,"tokens_per_s":10.0,"elapsed_s":0.1}
+{"step":2,"epoch":0,"split":"dev","loss":5.9,"accuracy":0.12,"bleu":1.5,"best":true}
+{"step":2,"split":"test","loss":5.8,"accuracy":0.13,"bleu":1.75,"beam":5,"signature":"nrefs:1"}
+"#;
+        let m = RunMetrics::parse(log, Path::new("m.jsonl")).unwrap();
+        assert_eq!(m.best_dev().unwrap().bleu, Some(1.5));
+        let t = Scores::from(m.test.as_ref().unwrap());
+        assert_eq!((t.accuracy, t.macro_f1, t.bleu), (0.13, None, Some(1.75)));
+        let st = SplitStats::of([&t, &t]).unwrap();
+        assert!(st.macro_f1.is_none());
+        assert_eq!(st.bleu.unwrap().mean, 1.75);
     }
 
     #[test]

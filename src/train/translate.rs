@@ -248,6 +248,36 @@ fn batch_tensors(data: &[EncodedPair], indices: &[usize], pad: u32, bos: u32, eo
     Ok(((src_ids, src_mask, tgt_in), targets, tokens))
 }
 
+/// Calls `f(probabilities, gold)` for every non-pad target token of `data` under
+/// teacher forcing with dropout off: the model's softmax over the vocabulary at
+/// that position and the reference token (for complement profiles).
+pub fn for_each_token_distribution(
+    model: &Seq2Seq,
+    tokenizer: &TextTokenizer,
+    data: &[EncodedPair],
+    batch: usize,
+    device: &Device,
+    mut f: impl FnMut(&[f32], u32) -> Result<()>,
+) -> Result<()> {
+    let (bos, eos) = special_ids(tokenizer)?;
+    let pad = tokenizer.pad_id();
+    let all: Vec<usize> = (0..data.len()).collect();
+    for chunk in all.chunks(batch.max(1)) {
+        let ((src, mask, tgt_in), targets, _) = batch_tensors(data, chunk, pad, bos, eos, device)?;
+        let logits = model.forward(&src, &mask, &tgt_in, false)?.detach().to_dtype(DType::F32)?;
+        let probs = crate::models::layers::softmax_last_dim(&logits)?;
+        let (b, t, v) = probs.dims3()?;
+        let probs = probs.reshape((b * t, v))?.to_vec2::<f32>()?;
+        let gold = targets.flatten_all()?.to_vec1::<u32>()?;
+        for (row, &g) in probs.iter().zip(&gold) {
+            if g != pad {
+                f(row, g)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Translation as a [`Task`] for the shared loop.
 struct TranslateTask<'a> {
     model: &'a Seq2Seq,
@@ -415,8 +445,10 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
             text.push('\n');
             atomic_write(&run.join("test.hyp.txt"), text.as_bytes())?;
             let (score, signature) = corpus_bleu(&hyps, refs)?;
+            let (loss, accuracy) = task.teacher_forced(data)?;
             runner::log_line(run, serde_json::json!({
                 "step": steps, "split": config.data.test_split, "bleu": score.score,
+                "loss": loss, "accuracy": accuracy,
                 "beam": config.decode.beam, "signature": signature,
             }))?;
             Some((score, signature))
