@@ -252,7 +252,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn threads() -> usize {
     let var = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
-    var("CANDLE_NUM_THREADS").or_else(|| var("RAYON_NUM_THREADS")).unwrap_or_else(|| candle_core::utils::get_num_threads())
+    var("CANDLE_NUM_THREADS").or_else(|| var("RAYON_NUM_THREADS")).unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
 fn main() -> Result<()> {

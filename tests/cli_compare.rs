@@ -104,7 +104,7 @@ fn compare_reports_every_run_and_skips_finished_ones_when_run_again() {
         let test = lines.iter().find(|l| l["split"] == "test").unwrap();
         assert_eq!(run["test"]["accuracy"], test["accuracy"], "{}", dir.display());
         assert_eq!(run["test"]["macro_f1"], test["macro_f1"], "{}", dir.display());
-        let best = lines.iter().filter(|l| l["split"] == "dev" && l["best"] == true).last().unwrap();
+        let best = lines.iter().rfind(|l| l["split"] == "dev" && l["best"] == true).unwrap();
         assert_eq!(run["dev"]["accuracy"], best["accuracy"], "{}", dir.display());
         assert_eq!(run["dev"]["step"], best["step"], "{}", dir.display());
     }

@@ -95,7 +95,7 @@ fn padded_positions_change_nothing() {
     let tt = targets(&tv, &[b, t]);
     let base = logits(&[b, t, v], 3, 3.0);
     // Same logits at real positions; garbage (including inf and NaN) at the pads.
-    let mask: Vec<f64> = tv.iter().flat_map(|&x| std::iter::repeat(if x == pad { 1.0 } else { 0.0 }).take(v)).collect();
+    let mask: Vec<f64> = tv.iter().flat_map(|&x| std::iter::repeat_n(if x == pad { 1.0 } else { 0.0 }, v)).collect();
     let mask = Tensor::from_vec(mask, (b, t, v), &Device::Cpu).unwrap();
     let noisy = (&base + (&mask * 1e6).unwrap()).unwrap();
     let mut poisoned = noisy.flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -190,7 +190,8 @@ fn chunked_equals_plain_at_a_large_vocabulary() {
         let tol = if dtype == DType::F64 { 1e-12 } else { 2e-6 };
         let co = ComplementOptions { normalization: Normalization::LogClassesMinusOne, ..exact() }.with_ignore_index(0);
         let ce = CrossEntropyOptions::default().with_ignore_index(0).with_label_smoothing(0.1);
-        let pairs: [(&str, Box<dyn Fn(&Tensor) -> Tensor>, Box<dyn Fn(&Tensor) -> Tensor>); 2] = [
+        type LossFn<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+        let pairs: [(&str, LossFn, LossFn); 2] = [
             ("complement", Box::new(|z| loss::complement_entropy(z, &tt, &co).unwrap()), Box::new(|z| loss::chunked_complement_entropy(z, &tt, &co).unwrap())),
             ("ce", Box::new(|z| loss::cross_entropy(z, &tt, &ce).unwrap()), Box::new(|z| loss::chunked_cross_entropy(z, &tt, &ce).unwrap())),
         ];

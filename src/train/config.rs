@@ -393,7 +393,8 @@ impl RunConfig {
             return Err(format!("train.gce_alpha must be >= 0, got {}", t.gce_alpha));
         }
         if let Some(c) = t.clip_norm {
-            if !(c > 0.0) {
+            // Written so that NaN fails too.
+            if c.is_nan() || c <= 0.0 {
                 return Err(format!("train.clip_norm must be > 0, got {c}"));
             }
         }
