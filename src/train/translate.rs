@@ -202,19 +202,12 @@ pub fn decode_options(settings: &DecodeSettings, tokenizer: &TextTokenizer, beam
 }
 
 /// Translates source ids (each `x EOS`) to detokenized text, `batch` sentences at
-/// a time (sorted by length inside, returned in input order).
+/// a time (longest first, see [`decode::translate_all`]), in input order.
 pub fn translate_ids(model: &Seq2Seq, tokenizer: &TextTokenizer, sources: &[Vec<u32>], options: &DecodeOptions, batch: usize) -> Result<Vec<String>> {
-    let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(sources[i].len()));
-    let mut out = vec![String::new(); sources.len()];
-    for chunk in order.chunks(batch.max(1)) {
-        let srcs: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
-        let hyps = decode::translate(model, &srcs, options)?;
-        for (&i, ids) in chunk.iter().zip(hyps) {
-            out[i] = tokenizer.decode(&ids, true)?.trim().to_string();
-        }
-    }
-    Ok(out)
+    decode::translate_all(model, sources, options, batch)?
+        .iter()
+        .map(|ids| Ok(tokenizer.decode(ids, true)?.trim().to_string()))
+        .collect()
 }
 
 /// Translates text lines with a model (each line encoded as a source).
