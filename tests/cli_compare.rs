@@ -181,6 +181,41 @@ fn compare_resumes_a_half_finished_run() {
 }
 
 #[test]
+fn compare_with_jobs_trains_runs_in_parallel_processes_and_gets_the_same_weights() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data);
+    let cfg = cfg.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cotext"))
+            .args(args)
+            .current_dir(tmp.path())
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        text(&o)
+    };
+    let common = ["compare", "-q", "--config", cfg, "--objectives", "ce,cot", "--seeds", "1"];
+    let parallel = run(&[&common[..], &["--jobs", "2", "--out", "par"]].concat());
+    assert!(parallel.contains("2 at a time"), "{parallel}");
+    run(&[&common[..], &["--out", "seq"]].concat());
+    for name in ["ce-seed1", "cot-seed1"] {
+        let log = std::fs::read_to_string(tmp.path().join("par").join(format!("{name}.log"))).unwrap();
+        assert!(log.contains("test"), "{name}.log: {log}");
+        let weights = |out: &str| std::fs::read(tmp.path().join(out).join(name).join("model.safetensors")).unwrap();
+        assert!(weights("par") == weights("seq"), "{name}: parallel and in-process runs differ");
+    }
+    let report = std::fs::read_to_string(tmp.path().join("par/report.md")).unwrap();
+    assert!(report.contains("--jobs 2") && report.contains("cot"), "{report}");
+    // Run again: both finished, nothing is started.
+    let again = run(&[&common[..], &["--jobs", "2", "--out", "par"]].concat());
+    assert!(again.matches("finished, skipped").count() == 2 && !again.contains("at a time"), "{again}");
+}
+
+#[test]
 fn bad_compare_flags_exit_2_naming_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &tmp.path().join("nodata"));
@@ -189,6 +224,7 @@ fn bad_compare_flags_exit_2_naming_the_flag() {
         (vec!["--objectives", "ce,xent"], "--objectives"),
         (vec!["--objectives", "ce,ce"], "--objectives"),
         (vec!["--seeds", "0"], "--seeds"),
+        (vec!["--jobs", "0"], "--jobs"),
         (vec!["--set", "train.no_such_key=1"], "no_such_key"),
     ] {
         let mut args = vec!["compare", "--config", cfg];

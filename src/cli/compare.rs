@@ -37,6 +37,11 @@ pub struct CompareArgs {
     /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Runs trained at the same time, each as its own `cotext train` process with
+    /// its output in `<out>/<objective>-seed<N>.log`. Each gets RAYON_NUM_THREADS =
+    /// cores / jobs (at least 1) unless RAYON_NUM_THREADS is set already.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    jobs: usize,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -60,6 +65,7 @@ struct Plan {
     objectives: Vec<ObjectiveKind>,
     seeds: Vec<u64>,
     out: PathBuf,
+    jobs: usize,
     progress: bool,
 }
 
@@ -84,6 +90,9 @@ impl Plan {
         if objectives.is_empty() {
             return Err(user_error("--objectives: give at least one of ce, cot, gce, hcot".into()));
         }
+        if args.jobs == 0 {
+            return Err(user_error("--jobs must be at least 1".into()));
+        }
         if args.seeds == 0 {
             return Err(user_error("--seeds must be at least 1".into()));
         }
@@ -100,7 +109,7 @@ impl Plan {
             let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
             PathBuf::from("runs").join(format!("compare-{stem}"))
         });
-        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, progress: !args.quiet };
+        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, jobs: args.jobs, progress: !args.quiet };
         // A bad config or --set fails here, before any run starts.
         for &o in &plan.objectives {
             plan.config(o, plan.seeds[0])?;
@@ -177,45 +186,134 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(cotext::fsio::atomic_write(path, bytes)?)
 }
 
+/// A run `compare` still has to train (or finish).
+struct Pending {
+    label: String,
+    objective: ObjectiveKind,
+    seed: u64,
+    config: RunConfig,
+    dir: PathBuf,
+    resume: bool,
+}
+
+/// Trains `pending` as `cotext train` child processes, at most `plan.jobs` at a
+/// time, each with its output in `<out>/<objective>-seed<N>.log`. A child gets the
+/// same config and overrides as the in-process path. Ctrl-C reaches the children
+/// too (same process group): each saves a checkpoint and exits; no new run starts.
+fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> anyhow::Result<()> {
+    use std::process::{Child, Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the cotext executable to start runs: {e}"))?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().unwrap_or_else(|| (cores / plan.jobs).max(1).to_string());
+    std::fs::create_dir_all(&plan.out).map_err(|source| cotext::Error::Io { path: plan.out.clone(), source })?;
+    eprintln!("running {} runs, {} at a time, RAYON_NUM_THREADS={threads} each", pending.len(), plan.jobs);
+    let mut queue = pending.into_iter();
+    let mut running: Vec<(Pending, PathBuf, Child)> = Vec::new();
+    let mut failures = Vec::new();
+    let mut interrupted = false;
+    loop {
+        while running.len() < plan.jobs && !stop.load(Ordering::SeqCst) {
+            let Some(run) = queue.next() else { break };
+            let log = plan.out.join(format!("{}-seed{}.log", name(run.objective), run.seed));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|source| cotext::Error::Io { path: log.clone(), source })?;
+            let err = file.try_clone().map_err(|source| cotext::Error::Io { path: log.clone(), source })?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("train").arg("--quiet").arg("--out").arg(&run.dir);
+            if run.resume {
+                cmd.arg("--resume");
+            } else {
+                cmd.arg("--config").arg(&plan.config_path);
+            }
+            for o in &plan.overrides {
+                cmd.arg("--set").arg(o);
+            }
+            cmd.arg("--set").arg(format!("train.objective=\"{}\"", name(run.objective)));
+            cmd.arg("--set").arg(format!("train.seed={}", run.seed));
+            cmd.env("RAYON_NUM_THREADS", &threads).stdin(Stdio::null()).stdout(file).stderr(err);
+            let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", exe.display()))?;
+            eprintln!("{}: {} {} (log: {})", run.label, if run.resume { "resuming" } else { "training" }, run.dir.display(), log.display());
+            running.push((run, log, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            let exited = running[i].2.try_wait().map_err(|e| anyhow::anyhow!("waiting for a run: {e}"))?;
+            match exited {
+                None => i += 1,
+                Some(code) => {
+                    let (run, log, _) = running.swap_remove(i);
+                    if code.success() {
+                        eprintln!("{}: finished {}", run.label, run.dir.display());
+                    } else if code.code() == Some(130) || stop.load(Ordering::SeqCst) {
+                        interrupted = true;
+                        eprintln!("{}: stopped; checkpoint in {}", run.label, run.dir.display());
+                    } else {
+                        eprintln!("{}: failed ({code}); see {}", run.label, log.display());
+                        failures.push(format!("{} ({})", run.label, log.display()));
+                    }
+                }
+            }
+        }
+    }
+    if interrupted || stop.load(Ordering::SeqCst) {
+        eprintln!("stopped; the checkpoints are saved. Run the same command again to continue.");
+        std::process::exit(130);
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} run(s) failed: {}", failures.len(), failures.join(", "));
+    }
+    Ok(())
+}
+
 /// `cotext compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::from_args(args)?;
     let translation = translate::is_translation(&plan.config(plan.objectives[0], plan.seeds[0])?)?;
     let stop = install_ctrlc();
     let started = Instant::now();
+    // Every run not yet finished, in the order the table lists them.
     let total = plan.objectives.len() * plan.seeds.len();
-    let mut index = 0;
-    for &objective in &plan.objectives {
-        for &seed in &plan.seeds {
-            index += 1;
-            let config = plan.config(objective, seed)?;
-            let dir = plan.run_dir(objective, seed);
-            let label = format!("[{index}/{total}] {} seed {seed}", name(objective));
-            let resume = match status(&dir, &config)? {
-                Status::Finished => {
-                    let saved = RunConfig::load(&dir.join("config.toml"), &[]).ok();
-                    let note = if saved.is_some_and(|s| s != config) { " (its config.toml differs from this one; delete the folder to retrain)" } else { "" };
-                    eprintln!("{label}: finished, skipped: {}{note}", dir.display());
-                    continue;
-                }
-                Status::Partial => true,
-                Status::Missing => false,
-            };
-            eprintln!("{label}: {} {}", if resume { "resuming" } else { "training" }, dir.display());
-            let options = TrainOptions { resume, progress: plan.progress };
+    let mut pending = Vec::new();
+    for (index, (objective, seed)) in plan.objectives.iter().flat_map(|&o| plan.seeds.iter().map(move |&s| (o, s))).enumerate() {
+        let config = plan.config(objective, seed)?;
+        let dir = plan.run_dir(objective, seed);
+        let label = format!("[{}/{total}] {} seed {seed}", index + 1, name(objective));
+        match status(&dir, &config)? {
+            Status::Finished => {
+                let saved = RunConfig::load(&dir.join("config.toml"), &[]).ok();
+                let note = if saved.is_some_and(|s| s != config) { " (its config.toml differs from this one; delete the folder to retrain)" } else { "" };
+                eprintln!("{label}: finished, skipped: {}{note}", dir.display());
+            }
+            Status::Partial => pending.push(Pending { label, objective, seed, config, dir, resume: true }),
+            Status::Missing => pending.push(Pending { label, objective, seed, config, dir, resume: false }),
+        }
+    }
+    if plan.jobs > 1 && pending.len() > 1 {
+        run_in_processes(&plan, pending, &stop)?;
+    } else {
+        for run in pending {
+            eprintln!("{}: {} {}", run.label, if run.resume { "resuming" } else { "training" }, run.dir.display());
+            let options = TrainOptions { resume: run.resume, progress: plan.progress };
             let interrupted = if translation {
-                match translate::train(&config, &dir, &options, &stop)? {
+                match translate::train(&run.config, &run.dir, &options, &stop)? {
                     translate::Outcome::Interrupted { steps } => Some(steps),
                     translate::Outcome::Finished { .. } => None,
                 }
             } else {
-                match classify::train(&config, &dir, &options, &stop)? {
+                match classify::train(&run.config, &run.dir, &options, &stop)? {
                     Outcome::Interrupted { steps } => Some(steps),
                     Outcome::Finished { .. } => None,
                 }
             };
             if let Some(steps) = interrupted {
-                eprintln!("stopped at step {steps}; checkpoint saved in {}. Run the same command again to continue.", dir.display());
+                eprintln!("stopped at step {steps}; checkpoint saved in {}. Run the same command again to continue.", run.dir.display());
                 std::process::exit(130);
             }
         }
