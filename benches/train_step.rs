@@ -256,6 +256,8 @@ fn threads() -> usize {
 }
 
 fn main() -> Result<()> {
+    // As the cotext binary does.
+    cotext::malloc::tune();
     let Some(args) = parse_args()? else { return Ok(()) };
     let w = WORKLOADS
         .iter()

@@ -13,6 +13,7 @@
 //! | [`models`] | BiLSTM, Transformer and BERT classifiers and LSTM/Transformer translation models, with layers that backpropagate, seeded init and dropout, HF-named weights |
 //! | [`decode`] | greedy and batched beam search over a [`models::Seq2Seq`] |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
+//! | [`malloc`] | glibc heap settings that keep a training step's buffers out of `mmap` |
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
@@ -27,6 +28,7 @@ pub mod decode;
 pub mod error;
 pub mod fsio;
 pub mod loss;
+pub mod malloc;
 pub mod metrics;
 pub mod models;
 pub mod report;
