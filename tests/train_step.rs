@@ -127,3 +127,33 @@ fn non_finite_loss_leaves_the_weights_alone() {
     assert!(err.value.is_nan());
     assert_eq!(flat(&w), before);
 }
+
+#[test]
+fn complement_lr_scale_runs_the_complement_optimizer_at_a_fraction_of_the_rate() {
+    let (x, y) = data();
+    let w = weights();
+    let adam = OptimizerConfig::default();
+    let mut stepper =
+        Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], adam.clone()).unwrap().with_complement_lr_scale(0.1);
+    assert!((stepper.complement_learning_rate().unwrap() - 0.1 * adam.lr()).abs() < 1e-15);
+    // The schedule's rate reaches the complement optimizer scaled.
+    stepper.set_learning_rate(0.02);
+    assert!((stepper.complement_learning_rate().unwrap() - 0.002).abs() < 1e-15);
+    // By hand: optimizer A at 0.02 on CE, optimizer B at 0.002 on the complement.
+    let v = weights();
+    let mut a = Optimizer::new(vec![("w".into(), v.clone())], adam.clone()).unwrap();
+    let mut b = Optimizer::new(vec![("w".into(), v.clone())], adam.clone()).unwrap();
+    a.set_learning_rate(0.02);
+    b.set_learning_rate(0.002);
+    for _ in 0..3 {
+        stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+        let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
+        a.step(&ce.backward().unwrap()).unwrap();
+        let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
+        b.step(&c.backward().unwrap()).unwrap();
+    }
+    assert_eq!(flat(&w), flat(&v));
+    // Objectives with one step have no complement optimizer.
+    let ce = Stepper::new(Objective::CrossEntropy, LossConfig::default(), vec![("w".into(), weights())], adam).unwrap().with_complement_lr_scale(0.1);
+    assert_eq!(ce.complement_learning_rate(), None);
+}

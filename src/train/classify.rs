@@ -331,7 +331,8 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     }
     let model = build_model(config, tokenizer.vocab_size(), classes, &device)?;
     let task = ClassifyTask { model: &model, train: &train_data, dev: dev.as_deref(), pad, classes, config, device: &device };
-    let mut stepper = Stepper::new(objective, loss_config(config), task.vars(), config.train.optimizer.clone())?;
+    let mut stepper = Stepper::new(objective, loss_config(config), task.vars(), config.train.optimizer.clone())?
+        .with_complement_lr_scale(config.train.complement_lr_scale);
     let t = &config.train;
     let (steps, best) = match runner::run(&task, &mut stepper, t, run, options, stop)? {
         LoopEnd::Interrupted { steps } => return Ok(Outcome::Interrupted { steps }),

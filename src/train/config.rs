@@ -155,6 +155,14 @@ fn default_dev_split() -> String {
 fn default_test_split() -> String {
     "test".into()
 }
+fn default_one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
 fn default_max_len() -> usize {
     128
 }
@@ -278,6 +286,12 @@ pub struct TrainSettings {
     /// hcot (the authors' COT code), `"log-classes"` for gce (the authors' GCE code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complement_normalization: Option<Normalization>,
+    /// The complement optimizer's learning rate as a multiple of the schedule's
+    /// (COT and HCOT; ignored by ce and gce). Default 1: Algorithm 1's same rate.
+    /// With Adam-type optimizers the loss normalization does not shrink the
+    /// complement updates; this does (see the README's "Results").
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub complement_lr_scale: f64,
     /// GCE's exponent α. Default 1/3 (the GCE paper).
     #[serde(default = "default_alpha")]
     pub gce_alpha: f64,
@@ -385,6 +399,9 @@ impl RunConfig {
         }
         if t.eval_every == Some(0) {
             return Err("train.eval_every must be at least 1".into());
+        }
+        if !(t.complement_lr_scale.is_finite() && t.complement_lr_scale > 0.0) {
+            return Err(format!("train.complement_lr_scale must be a number above 0, got {}", t.complement_lr_scale));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             return Err(format!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing));
@@ -541,5 +558,18 @@ mod tests {
         let e = RunConfig::from_toml(MIN, &["train.device=tpu".into()], "cfg.toml").unwrap_err().to_string();
         assert!(e.contains("train.device"), "{e}");
         assert!(RunConfig::from_toml(MIN, &["nokey".into()], "c").is_err());
+        for bad in ["0", "-1", "nan"] {
+            let e = RunConfig::from_toml(MIN, &[format!("train.complement_lr_scale={bad}")], "cfg.toml").unwrap_err().to_string();
+            assert!(e.contains("train.complement_lr_scale must be a number above 0"), "{e}");
+        }
+    }
+
+    #[test]
+    fn complement_lr_scale_defaults_to_one_and_is_saved_only_when_set() {
+        let c = RunConfig::from_toml(MIN, &[], "c").unwrap();
+        assert_eq!(c.train.complement_lr_scale, 1.0);
+        assert!(!c.to_toml().contains("complement_lr_scale"));
+        let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=0.1".into()], "c").unwrap();
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap().train.complement_lr_scale, 0.1);
     }
 }

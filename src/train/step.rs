@@ -121,6 +121,7 @@ pub struct Stepper {
     losses: LossConfig,
     primary: Optimizer,
     complement: Option<Optimizer>,
+    complement_lr_scale: f64,
 }
 
 impl Stepper {
@@ -136,7 +137,25 @@ impl Stepper {
         } else {
             None
         };
-        Ok(Self { primary: Optimizer::new(vars, optimizer)?, complement, objective, losses })
+        Ok(Self { primary: Optimizer::new(vars, optimizer)?, complement, objective, losses, complement_lr_scale: 1.0 })
+    }
+
+    /// Runs the complement optimizer (COT, HCOT) at `scale` times the learning rate
+    /// of the cross-entropy one, now and at every later
+    /// [`set_learning_rate`](Self::set_learning_rate). Default 1 (Algorithm 1: the
+    /// same rate). Adam-type optimizers normalize each update by the gradient's
+    /// running scale, so the complement loss's normalization (÷K, ÷ln K) does not
+    /// shrink its updates; this does. No effect on objectives with one step.
+    pub fn with_complement_lr_scale(mut self, scale: f64) -> Self {
+        self.complement_lr_scale = scale;
+        let lr = self.primary.learning_rate();
+        self.set_learning_rate(lr);
+        self
+    }
+
+    /// The complement optimizer's learning rate, if the objective has one.
+    pub fn complement_learning_rate(&self) -> Option<f64> {
+        self.complement.as_ref().map(Optimizer::learning_rate)
     }
 
     /// The objective.
@@ -144,11 +163,12 @@ impl Stepper {
         &self.objective
     }
 
-    /// Sets the learning rate of both optimizers (they share the schedule).
+    /// Sets the learning rate of both optimizers (they share the schedule; the
+    /// complement one runs at `lr ×` [`with_complement_lr_scale`](Self::with_complement_lr_scale)).
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.primary.set_learning_rate(lr);
         if let Some(c) = &mut self.complement {
-            c.set_learning_rate(lr);
+            c.set_learning_rate(lr * self.complement_lr_scale);
         }
     }
 

@@ -421,7 +421,8 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         eos,
         device: &device,
     };
-    let mut stepper = Stepper::new(objective, loss_config(config, pad), task.vars(), config.train.optimizer.clone())?;
+    let mut stepper = Stepper::new(objective, loss_config(config, pad), task.vars(), config.train.optimizer.clone())?
+        .with_complement_lr_scale(config.train.complement_lr_scale);
     let (steps, best) = match runner::run(&task, &mut stepper, &config.train, run, options, stop)? {
         LoopEnd::Interrupted { steps } => return Ok(Outcome::Interrupted { steps }),
         LoopEnd::Finished { steps, best } => (steps, best),
