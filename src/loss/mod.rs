@@ -28,6 +28,8 @@
 mod chunked;
 mod complement;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod hierarchy;
 mod rows;
 

@@ -17,7 +17,7 @@
 //! activation of [`layers::Activation`].
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use crate::models::layers::{Embedding, Linear};
 
 use super::select_rows;
 use crate::models::layers::{
@@ -470,7 +470,8 @@ impl TransformerSeq2Seq {
             );
         }
         let x = (table.forward(ids)? * (self.d_model as f64).sqrt())?;
-        let x = x.broadcast_add(&self.positions.narrow(0, start, t)?)?;
+        let pos = self.positions.narrow(0, start, t)?.to_dtype(x.dtype())?;
+        let x = x.broadcast_add(&pos)?;
         self.dropout.forward(&x, train)
     }
 
@@ -537,7 +538,7 @@ impl TransformerSeq2Seq {
 
     /// `[N, d]` → logits `[N, V]`.
     fn project(&self, y: &Tensor) -> Result<Tensor> {
-        y.matmul(&self.out_w.t()?)
+        y.matmul(&self.out_w.to_dtype(y.dtype())?.t()?)
     }
 
     /// Teacher-forced decoder outputs `[B, T, d]` (after the final norm), the input
