@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::complement::{ComplementOptions, Form};
 use super::cross_entropy::CrossEntropyOptions;
-use super::rows::{counted_rows, flatten, flatten_as, targets_to_host};
+use super::rows::{counted_rows, flatten_as, targets_to_host};
 use super::{complement_entropy_sum, cross_entropy_sum, LossSum};
 
 /// Which token-level loss a row kernel computes.

@@ -359,17 +359,25 @@ pub fn mask_as(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     mask.to_dtype(DType::F32)?.ne(0f32)?.to_dtype(dtype)
 }
 
+/// The most negative finite value of a float dtype, as f64. (f32's, converted to
+/// bf16, rounds to −∞, and `0 · −∞` would turn unmasked positions into NaN.)
+pub fn lowest_finite(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        // bf16::MIN: 0xFF7F.
+        DType::BF16 => -3.389_531_389_251_535_5e38,
+        _ => f32::MIN as f64,
+    }
+}
+
 /// The additive attention bias `[B, 1, 1, T]` for a key padding mask `[B, T]`:
 /// 0 at real keys, the dtype's lowest finite value at padding (as HF BERT, so a
 /// padded key gets exactly zero weight).
 pub fn key_padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, t) = mask.dims2()?;
     let m = mask_as(mask, dtype)?;
-    let lowest = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let lowest = lowest_finite(dtype);
     // (1 - m) * lowest, written so that m = 1 gives exactly 0.
     let bias = ((m - 1.0)? * (-lowest))?;
     bias.reshape((b, 1, 1, t))

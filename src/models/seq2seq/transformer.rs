@@ -326,11 +326,7 @@ impl TransformerState {
 /// The causal bias `[1, 1, T, T]`: 0 on and below the diagonal, the dtype's lowest
 /// finite value above it (so a future key gets exactly zero weight).
 fn causal_bias(t: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
-    let lowest = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let lowest = layers::lowest_finite(dtype);
     let v: Vec<f64> = (0..t * t)
         .map(|k| if k % t > k / t { lowest } else { 0.0 })
         .collect();
