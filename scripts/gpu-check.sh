@@ -10,7 +10,7 @@
 # (tests/device.rs) and the training benchmark (benches/train_step.rs) with
 # `--features cuda` into target-cuda/ (the first build compiles candle's kernels with
 # nvcc: ~15 min on 2 cores), strips them, and copies them, run-env.sh, Multi30k
-# (de-en), SST-2 and all-MiniLM-L6-v2's config.json into .gpu/ (ignored by git;
+# (de-en), SST-2 (with the SST-5 trees it reads) and all-MiniLM-L6-v2's config.json into .gpu/ (ignored by git;
 # carry it). MiniLM's 90 MB weights do not fit: the MiniLM benchmark uses random
 # weights of the same shapes on both sides (`--random-init`), which does not change
 # the speed.
@@ -92,6 +92,9 @@ EOF
         cp "$DATA/multi30k/$f.de" "$DATA/multi30k/$f.en" "$STAGE/data/multi30k/"
     done
     cp "$DATA"/sst2/*.tsv "$STAGE/data/sst2/"
+    # SST-2's card reads the SST-5 trees for phrase labels.
+    mkdir -p "$STAGE/data/sst5/trees"
+    cp "$DATA"/sst5/trees/*.txt "$STAGE/data/sst5/trees/"
     MINILM=${COTEXT_MINILM:-${COTEXT_CACHE:-$HOME/.cache/cotext}/all-minilm-l6-v2}
     cp "$MINILM/config.json" "$STAGE/minilm/config.json"
     # Built from this commit (the remote report names it).

@@ -56,7 +56,9 @@ __device__ __forceinline__ void add(Acc& a, float x) {
         a.m = x;
     } else {
         float d = x - a.m, e = expf(d);
-        if (e > 0.0f) { a.s += e; a.w += e * d; }
+        a.s += e;
+        // x = -inf adds nothing (not 0 * -inf); a NaN propagates, as on the host.
+        if (e > 0.0f || d != d) a.w += e * d;
     }
 }
 

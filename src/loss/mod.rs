@@ -15,7 +15,8 @@
 //!
 //! # Precision
 //! `f32` and `f64` logits are used as they are; `bf16` and `f16` logits are upcast to
-//! `f32` first, so the reduction always runs in at least single precision.
+//! `f32` first (the fused CUDA kernel reads them in place and accumulates in `f32`),
+//! so the reduction always runs in at least single precision.
 //!
 //! # Exact accumulation
 //! Each loss has a `*_sum` variant returning a [`LossSum`]: the sum over counted rows
