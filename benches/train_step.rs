@@ -337,7 +337,7 @@ impl Batch {
     }
 
     /// The same batch on `dev`.
-    fn to_device(self, dev: &Device) -> Result<Self> {
+    fn on_device(self, dev: &Device) -> Result<Self> {
         Ok(match self {
             Batch::Classify { ids, mask, labels, tokens } => Batch::Classify {
                 ids: ids.to_device(dev)?,
@@ -469,7 +469,7 @@ fn main() -> Result<()> {
     };
     let vars = varmap.data().lock().expect("VarMap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut stepper = Stepper::new(objective, losses, vars, t.optimizer.clone())?;
-    let batch = Batch::synthetic(w.shape)?.to_device(&dev)?;
+    let batch = Batch::synthetic(w.shape)?.on_device(&dev)?;
 
     let mut step_once = || -> Result<f64> {
         let report = match (&net, &batch) {
