@@ -6,6 +6,13 @@ complement-entropy update with optimizer B), one JSON line per case.
 
     /work/venvs/torch/bin/python benches/torch_ref.py --workload bilstm-sst5 --objective cot --steps 20 --warmup 3
 
+On a GPU: `--device cuda --precision bf16` (torch.autocast around the forward
+passes and losses, as PyTorch users write mixed precision; f32 weights and
+optimizer), `--random-init` (MiniLM's shapes with random weights: only its
+config.json is read), and `--workload loss --rows N --vocab V` (one token-level
+loss forward + backward on random logits). The line then also reports
+torch.cuda.max_memory_allocated / max_memory_reserved.
+
 Needs only torch (no transformers, no safetensors package): the BERT encoder is
 written here with HF's module names and loads all-MiniLM-L6-v2's model.safetensors
 with a small reader. Threads: CANDLE_NUM_THREADS, else RAYON_NUM_THREADS, else 2
@@ -284,7 +291,7 @@ class BertClassifier(nn.Module):
     """HF BertModel (post-norm, absolute positions, token type 0, no pooler) loaded
     from model.safetensors, mean pooling, dropout, a new linear head."""
 
-    def __init__(self, c, vocab, classes, path):
+    def __init__(self, c, vocab, classes, path, random_init=False):
         super().__init__()
         hf = json.loads((Path(path) / "config.json").read_text())
         assert hf.get("hidden_act", "gelu") == "gelu" and c.get("pooling", "mean") == "mean"
@@ -304,6 +311,8 @@ class BertClassifier(nn.Module):
         self.classifier = nn.Linear(d, classes)
         nn.init.normal_(self.classifier.weight, std=hf.get("initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)
+        if random_init:
+            return
         tensors = {}
         for name, t in load_safetensors(Path(path) / "model.safetensors").items():
             name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
@@ -489,13 +498,38 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["f32", "bf16", "f16"], default="f32")
+    ap.add_argument("--random-init", action="store_true")
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--vocab", type=int, default=32000)
     args = ap.parse_args()
     if args.list:
-        print("\n".join(WORKLOADS))
+        print("\n".join([*WORKLOADS, "loss"]))
         return
     if not args.workload or args.steps <= 0:
         ap.error("--workload and a positive --steps are required")
     torch.set_num_threads(threads())
+    device = torch.device(args.device)
+    amp_dtype = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}[args.precision]
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def gpu_memory():
+        if device.type != "cuda":
+            return {}
+        return {"max_memory_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+                "max_memory_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+                "gpu": torch.cuda.get_device_name(device)}
+
+    if args.workload == "loss":
+        loss_bench(args, device, amp_dtype, sync, gpu_memory)
+        return
     config_path, shape = WORKLOADS[args.workload]
     config = tomllib.loads((ROOT / config_path).read_text())
     mc, tc = config["model"], config.get("train", {})
@@ -508,17 +542,19 @@ def main():
         model = TransformerClassifier(mc, shape[1], shape[2])
     elif kind == "bert":
         d = minilm_dir()
-        if not (d / "model.safetensors").is_file():
-            sys.exit(f"minilm-sst2 needs all-MiniLM-L6-v2 in {d} (scripts/fetch-minilm.sh, or set COTEXT_MINILM)")
-        model = BertClassifier(mc, shape[1], shape[2], d)
+        need = "config.json" if args.random_init else "model.safetensors"
+        if not (d / need).is_file():
+            sys.exit(f"minilm-sst2 needs all-MiniLM-L6-v2's {need} in {d} (scripts/fetch-minilm.sh, or set COTEXT_MINILM)")
+        model = BertClassifier(mc, shape[1], shape[2], d, args.random_init)
     elif kind == "lstm_attention":
         model = LstmSeq2Seq(mc, shape[1])
     elif kind == "transformer_seq2seq":
         model = TransformerSeq2Seq(mc, shape[1])
     else:
         sys.exit(f"{config_path}: model kind {kind!r} is not replicated")
+    model.to(device)
     model.train()
-    batch = synthetic_batch(shape)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in synthetic_batch(shape).items()}
     ignore = PAD if shape[0] == "translate" else None
     targets = batch["tgt_out"] if shape[0] == "translate" else batch["labels"]
     opt = tc.get("optimizer", {})
@@ -548,11 +584,13 @@ def main():
         optimizer.step()
 
     def step():
-        loss = cross_entropy(model(batch), targets, ignore, smoothing)
+        with autocast():
+            loss = cross_entropy(model(batch).float(), targets, ignore, smoothing)
         update(opt_a, loss, "primary", True)
         if opt_b is not None:
             # Algorithm 1: a second forward pass with the updated weights.
-            c = complement_entropy(model(batch), targets, ignore)
+            with autocast():
+                c = complement_entropy(model(batch).float(), targets, ignore)
             update(opt_b, c, "complement", False)
         return loss.item()
 
@@ -564,6 +602,7 @@ def main():
         s = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - s)
+    sync()
     total = time.perf_counter() - start
     times.sort()
     tokens = batch["tokens"]
@@ -574,6 +613,9 @@ def main():
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": torch.get_num_threads(),
+        "device": args.device,
+        "precision": args.precision,
+        "random_init": args.random_init,
         "parameters": sum(p.numel() for p in params),
         "tokens_per_update": tokens,
         "ms_per_update": 1e3 * total / args.steps,
@@ -584,6 +626,44 @@ def main():
         "chunked_loss": tc.get("chunked_loss", False),
         "last_loss": loss,
         "torch": torch.__version__,
+        **gpu_memory(),
+    }))
+
+
+def loss_bench(args, device, amp_dtype, sync, gpu_memory):
+    """train_step.rs's `loss` workload: F.cross_entropy or the complement entropy
+    above, forward + backward on random logits [rows, vocab] (every tenth target
+    the padding id), in the precision's dtype."""
+    n, v = args.rows, args.vocab
+    g = torch.Generator().manual_seed(0)
+    z = (3.0 * torch.randn(n, v, generator=g)).to(device=device, dtype=amp_dtype or torch.float32)
+    z.requires_grad_(True)
+    t = torch.tensor([PAD if i % 10 == 9 else 3 + (i * 7919) % (v - 3) for i in range(n)], device=device)
+
+    def once():
+        zf = z.float()
+        value = cross_entropy(zf, t, PAD, 0.0) if args.objective == "ce" else complement_entropy(zf, t, PAD)
+        (grad,) = torch.autograd.grad(value, z)
+        grad[0, 0].item()
+        return value.item()
+
+    for _ in range(args.warmup):
+        once()
+    times, last = [], float("nan")
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        s = time.perf_counter()
+        last = once()
+        times.append(time.perf_counter() - s)
+    sync()
+    total = time.perf_counter() - start
+    times.sort()
+    print(json.dumps({
+        "side": "pytorch", "workload": "loss", "objective": args.objective, "rows": n, "vocab": v,
+        "device": args.device, "precision": args.precision, "steps": args.steps,
+        "ms_per_update": 1e3 * total / args.steps, "ms_median": 1e3 * times[len(times) // 2],
+        "tokens_per_s": n * args.steps / total, "peak_rss_mib": peak_rss_mib(), "last_loss": last,
+        "torch": torch.__version__, **gpu_memory(),
     }))
 
 

@@ -15,6 +15,20 @@
 //! every workload × objective here and in `benches/torch_ref.py` (the same models in
 //! PyTorch eager, the same synthetic batch) and prints the comparison table.
 //!
+//! On a GPU (a `--features cuda` build; `scripts/gpu-check.sh` runs this):
+//!
+//! ```text
+//! train_step --workload transformer-multi30k --objective cot --device cuda --precision bf16
+//! train_step --workload minilm-sst2 --device cuda --random-init      # needs only config.json
+//! train_step --workload loss --objective cot --device cuda --chunked false --rows 4096 --vocab 32000
+//! ```
+//!
+//! `--chunked true|false` overrides `train.chunked_loss` (on CUDA: the fused loss
+//! kernel or the plain path); `--random-init` gives MiniLM random weights of the
+//! checkpoint's shapes (speed does not depend on the values), so only its
+//! `config.json` is needed; the `loss` workload times one token-level loss forward
+//! and backward on random logits `[rows, vocab]` in the precision's dtype.
+//!
 //! The batch comes from [`SplitMix64`] with a fixed seed, drawn in an order that
 //! `torch_ref.py` repeats (see [`Batch::synthetic`]), so both sides train on the
 //! same ids, lengths and labels. Threads: candle reads `RAYON_NUM_THREADS` /
@@ -25,10 +39,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use cotext::loss::{ComplementOptions, CrossEntropyOptions, Normalization};
-use cotext::models::{Model, Seq2Seq};
+use cotext::loss::{self, ComplementOptions, CrossEntropyOptions, Normalization};
+use cotext::models::{Bert, HfBertConfig, Model, Params, Seq2Seq, SharedRng};
 use cotext::rng::SplitMix64;
-use cotext::train::{LossConfig, Objective, OptimizerConfig, RunConfig, Stepper};
+use cotext::train::{parse_device, LossConfig, Objective, OptimizerConfig, Precision, RunConfig, Stepper};
 
 /// Seed of the synthetic batch (`torch_ref.py` uses the same).
 const DATA_SEED: u64 = 20_261_127;
@@ -89,10 +103,27 @@ struct Args {
     objective: String,
     steps: usize,
     warmup: usize,
+    device: String,
+    precision: Precision,
+    chunked: Option<bool>,
+    random_init: bool,
+    rows: usize,
+    vocab: usize,
 }
 
 fn parse_args() -> Result<Option<Args>> {
-    let mut args = Args { workload: String::new(), objective: "ce".into(), steps: 10, warmup: 2 };
+    let mut args = Args {
+        workload: String::new(),
+        objective: "ce".into(),
+        steps: 10,
+        warmup: 2,
+        device: "cpu".into(),
+        precision: Precision::F32,
+        chunked: None,
+        random_init: false,
+        rows: 4096,
+        vocab: 32000,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -101,15 +132,25 @@ fn parse_args() -> Result<Option<Args>> {
             "--objective" => args.objective = value("--objective")?,
             "--steps" => args.steps = value("--steps")?.parse().context("--steps")?,
             "--warmup" => args.warmup = value("--warmup")?.parse().context("--warmup")?,
+            "--device" => args.device = value("--device")?,
+            "--precision" => args.precision = value("--precision")?.parse().map_err(anyhow::Error::msg)?,
+            "--chunked" => args.chunked = Some(value("--chunked")?.parse().context("--chunked true|false")?),
+            "--random-init" => args.random_init = true,
+            "--rows" => args.rows = value("--rows")?.parse().context("--rows")?,
+            "--vocab" => args.vocab = value("--vocab")?.parse().context("--vocab")?,
             "--list" => {
                 for w in WORKLOADS {
                     println!("{}", w.name);
                 }
+                println!("loss");
                 return Ok(None);
             }
             // `cargo bench` passes `--bench` to every harness = false target.
             "--bench" => {}
-            other => bail!("unknown argument {other:?} (expected --workload, --objective, --steps, --warmup, --list)"),
+            other => bail!(
+                "unknown argument {other:?} (expected --workload, --objective, --steps, --warmup, --device, \
+                 --precision, --chunked, --random-init, --rows, --vocab, --list)"
+            ),
         }
     }
     if args.workload.is_empty() {
@@ -135,6 +176,86 @@ fn minilm_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cotext"));
     cache.join("all-minilm-l6-v2")
+}
+
+/// A copy of the MiniLM checkpoint in `dir` with random weights of the same shapes
+/// (`Init::Normal(initializer_range)`, layer norms at 1 and 0), written to a fresh
+/// temporary folder with `dir`'s config.json: the speed benchmark without the 90 MB
+/// weights file.
+fn random_minilm(dir: &std::path::Path) -> Result<PathBuf> {
+    let config = dir.join("config.json");
+    let hf = HfBertConfig::from_file(&config)?;
+    let varmap = candle_nn::VarMap::new();
+    let p = Params::new(varmap.clone(), DType::F32, &Device::Cpu, 1);
+    Bert::build(&hf, &p.pp("bert"), 0.0, 0.0, SharedRng::new(0))?;
+    let out = std::env::temp_dir().join(format!("cotext-random-minilm-{}", std::process::id()));
+    std::fs::create_dir_all(&out)?;
+    std::fs::copy(&config, out.join("config.json"))?;
+    varmap.save(out.join("model.safetensors"))?;
+    Ok(out)
+}
+
+/// The `loss` workload: one token-level loss forward + backward on random logits
+/// `[rows, vocab]` (in the compute dtype) per "update"; `chunked` picks the chunked
+/// entry point (the fused kernel on CUDA) or the plain one.
+fn loss_bench(args: &Args, dev: &Device) -> Result<()> {
+    let dtype = args.precision.compute_dtype();
+    let chunked = args.chunked.unwrap_or(true);
+    let (n, v) = (args.rows, args.vocab);
+    let logits = Tensor::randn(0f32, 3.0, (n, v), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let logits = candle_core::Var::from_tensor(&logits)?;
+    let targets: Vec<u32> = (0..n as u32).map(|i| if i % 10 == 9 { PAD } else { 3 + (i * 7919) % (v as u32 - 3) }).collect();
+    let targets = Tensor::from_vec(targets, n, dev)?;
+    let ce = CrossEntropyOptions { ignore_index: Some(PAD), label_smoothing: 0.0 };
+    let co = ComplementOptions { ignore_index: Some(PAD), ..Default::default() };
+    let once = || -> Result<f64> {
+        let z = logits.as_tensor();
+        let value = match (args.objective.as_str(), chunked) {
+            ("ce", true) => loss::chunked_cross_entropy(z, &targets, &ce)?,
+            ("ce", false) => loss::cross_entropy(z, &targets, &ce)?,
+            (_, true) => loss::chunked_complement_entropy(z, &targets, &co)?,
+            (_, false) => loss::complement_entropy(z, &targets, &co)?,
+        };
+        let grads = value.backward()?;
+        let g = grads.get(z).context("no gradient")?;
+        // Reading one value waits for the backward kernels.
+        g.narrow(0, 0, 1)?.narrow(1, 0, 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(value.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    };
+    for _ in 0..args.warmup {
+        once()?;
+    }
+    let mut times = Vec::with_capacity(args.steps);
+    let mut last = f64::NAN;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        let s = Instant::now();
+        last = once()?;
+        times.push(s.elapsed().as_secs_f64());
+    }
+    dev.synchronize()?;
+    let total = start.elapsed().as_secs_f64();
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{}",
+        serde_json::json!({
+            "side": "cotext",
+            "workload": "loss",
+            "objective": args.objective,
+            "rows": n,
+            "vocab": v,
+            "device": args.device,
+            "precision": args.precision.name(),
+            "chunked_loss": chunked,
+            "steps": args.steps,
+            "ms_per_update": 1e3 * total / args.steps as f64,
+            "ms_median": 1e3 * times[times.len() / 2],
+            "tokens_per_s": n as f64 * args.steps as f64 / total,
+            "peak_rss_mib": peak_rss_mib(),
+            "last_loss": last,
+        })
+    );
+    Ok(())
 }
 
 /// A fixed training batch: inputs, targets, and the non-pad input tokens it holds
@@ -214,6 +335,25 @@ impl Batch {
             Batch::Classify { tokens, .. } | Batch::Translate { tokens, .. } => *tokens,
         }
     }
+
+    /// The same batch on `dev`.
+    fn on_device(self, dev: &Device) -> Result<Self> {
+        Ok(match self {
+            Batch::Classify { ids, mask, labels, tokens } => Batch::Classify {
+                ids: ids.to_device(dev)?,
+                mask: mask.to_device(dev)?,
+                labels: labels.to_device(dev)?,
+                tokens,
+            },
+            Batch::Translate { src, mask, tgt_in, tgt_out, tokens } => Batch::Translate {
+                src: src.to_device(dev)?,
+                mask: mask.to_device(dev)?,
+                tgt_in: tgt_in.to_device(dev)?,
+                tgt_out: tgt_out.to_device(dev)?,
+                tokens,
+            },
+        })
+    }
 }
 
 /// The synthetic batch's random source.
@@ -259,6 +399,10 @@ fn main() -> Result<()> {
     // As the cotext binary does.
     cotext::malloc::tune();
     let Some(args) = parse_args()? else { return Ok(()) };
+    let dev = parse_device(&args.device).map_err(anyhow::Error::msg)?.open()?;
+    if args.workload == "loss" {
+        return loss_bench(&args, &dev);
+    }
     let w = WORKLOADS
         .iter()
         .find(|w| w.name == args.workload)
@@ -269,9 +413,19 @@ fn main() -> Result<()> {
         other => bail!("--objective must be ce or cot, got {other:?}"),
     };
     let mut overrides = vec![format!("train.optimizer.lr={LR}")];
+    if let Some(c) = args.chunked {
+        overrides.push(format!("train.chunked_loss={c}"));
+    }
+    let mut random_dir = None;
     if w.name == "minilm-sst2" {
-        let dir = minilm_dir();
-        if !dir.join("model.safetensors").is_file() {
+        let mut dir = minilm_dir();
+        if args.random_init {
+            if !dir.join("config.json").is_file() {
+                bail!("minilm-sst2 --random-init needs all-MiniLM-L6-v2's config.json in {} (or set COTEXT_MINILM)", dir.display());
+            }
+            dir = random_minilm(&dir)?;
+            random_dir = Some(dir.clone());
+        } else if !dir.join("model.safetensors").is_file() {
             bail!("minilm-sst2 needs all-MiniLM-L6-v2 in {} (scripts/fetch-minilm.sh, or set COTEXT_MINILM)", dir.display());
         }
         overrides.push(format!("model.path={:?}", dir.display().to_string()));
@@ -282,7 +436,7 @@ fn main() -> Result<()> {
     let OptimizerConfig::Adamw { .. } = t.optimizer else {
         bail!("{}: the benchmark expects an AdamW optimizer", config_path.display());
     };
-    let dev = Device::Cpu;
+    let compute = args.precision.compute_dtype();
     let ignore = match w.shape {
         Shape::Classify { .. } => None,
         Shape::Translate { .. } => Some(PAD),
@@ -299,19 +453,25 @@ fn main() -> Result<()> {
         chunked: t.chunked_loss,
     };
     let net = match w.shape {
-        Shape::Classify { vocab, classes, .. } => Net::Classifier(config.model.build(vocab, classes, DType::F32, &dev, t.seed)?),
+        Shape::Classify { vocab, classes, .. } => {
+            Net::Classifier(config.model.build_mixed(vocab, classes, DType::F32, compute, &dev, t.seed)?)
+        }
         Shape::Translate { vocab, .. } => {
             let s = config.model.seq2seq().context("a translation workload needs a seq2seq config")?;
-            Net::Translator(s.build(vocab, PAD, DType::F32, &dev, t.seed)?)
+            Net::Translator(s.build_mixed(vocab, PAD, DType::F32, compute, &dev, t.seed)?)
         }
     };
+    if let Some(d) = random_dir {
+        // The weights are in the model now.
+        std::fs::remove_dir_all(d).ok();
+    }
     let (varmap, parameters) = match &net {
         Net::Classifier(m) => (m.varmap().clone(), m.num_parameters()),
         Net::Translator(m) => (m.varmap().clone(), m.num_parameters()),
     };
     let vars = varmap.data().lock().expect("VarMap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut stepper = Stepper::new(objective, losses, vars, t.optimizer.clone())?;
-    let batch = Batch::synthetic(w.shape)?;
+    let batch = Batch::synthetic(w.shape)?.on_device(&dev)?;
 
     let mut step_once = || -> Result<f64> {
         let report = match (&net, &batch) {
@@ -340,6 +500,7 @@ fn main() -> Result<()> {
         loss = step_once()?;
         times.push(s.elapsed().as_secs_f64());
     }
+    dev.synchronize()?;
     let total = start.elapsed().as_secs_f64();
     times.sort_by(|a, b| a.total_cmp(b));
     let tokens = batch.tokens();
@@ -350,6 +511,9 @@ fn main() -> Result<()> {
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": threads(),
+        "device": args.device,
+        "precision": args.precision.name(),
+        "random_init": args.random_init,
         "parameters": parameters,
         "tokens_per_update": tokens,
         "ms_per_update": 1e3 * total / args.steps as f64,

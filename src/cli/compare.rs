@@ -10,7 +10,7 @@ use clap::Args;
 use cotext::report::{self, ComplementProfile, Heatmap, Machine, ObjectiveRuns, RunMetrics, Summary};
 use cotext::train::classify::{self, Outcome, TrainOptions};
 use cotext::train::translate;
-use cotext::train::{Metric, ObjectiveKind, RunConfig};
+use cotext::train::{Metric, ObjectiveKind, Precision, RunConfig};
 
 /// Arguments of `cotext compare`.
 #[derive(Debug, Args)]
@@ -42,6 +42,12 @@ pub struct CompareArgs {
     /// cores / jobs (at least 1) unless RAYON_NUM_THREADS is set already.
     #[arg(long, default_value_t = 1, value_name = "N")]
     jobs: usize,
+    /// Device for every run: cpu, cuda, cuda:N or metal (overrides train.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Compute precision for every run: f32, bf16 or f16 (overrides train.precision).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -101,6 +107,12 @@ impl Plan {
             .checked_add(args.seeds - 1)
             .ok_or_else(|| user_error(format!("--first-seed {} + --seeds {} overflows", args.first_seed, args.seeds)))?;
         let mut overrides = args.set;
+        if let Some(d) = &args.device {
+            overrides.push(format!("train.device={d:?}"));
+        }
+        if let Some(p) = args.precision {
+            overrides.push(format!("train.precision={:?}", p.name()));
+        }
         if let Some(d) = &args.data_dir {
             let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
             overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));

@@ -12,7 +12,7 @@ use cotext::data::{DataDir, Dataset};
 use cotext::metrics::ClassificationReport;
 use cotext::train::classify::{self, Outcome, TrainOptions};
 use cotext::train::translate;
-use cotext::train::{ObjectiveKind, RunConfig};
+use cotext::train::{ObjectiveKind, Precision, RunConfig};
 
 /// Arguments of `cotext train`.
 #[derive(Debug, Args)]
@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// Seed of init, dropout and data order (overrides train.seed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Compute precision: f32, bf16 or f16 (overrides train.precision; weights,
+    /// optimizer state and losses stay f32).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -96,6 +100,9 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     if let Some(s) = args.seed {
         overrides.push(format!("train.seed={s}"));
+    }
+    if let Some(p) = args.precision {
+        overrides.push(format!("train.precision={:?}", p.name()));
     }
     if let Some(d) = &args.data_dir {
         let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());

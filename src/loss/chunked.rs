@@ -13,8 +13,10 @@
 //!
 //! Both are equal to the plain path to rounding (sums are accumulated in f64), and
 //! both support only [`Form::Exact`], the form worth running at scale. The row
-//! kernels run on the host; on CUDA or Metal the logits entry points fall back to
-//! the plain path.
+//! kernels run on the host. With the `cuda` feature, the logits entry points run a
+//! fused CUDA kernel on CUDA devices (`cuda.rs`: one pass over each row, f32
+//! accumulation, bf16/f16/f32 logits read in place, the backward one elementwise
+//! kernel); on Metal they fall back to the plain path.
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
@@ -24,12 +26,12 @@ use rayon::prelude::*;
 
 use super::complement::{ComplementOptions, Form};
 use super::cross_entropy::CrossEntropyOptions;
-use super::rows::{counted_rows, flatten, targets_to_host};
+use super::rows::{counted_rows, flatten_as, targets_to_host};
 use super::{complement_entropy_sum, cross_entropy_sum, LossSum};
 
 /// Which token-level loss a row kernel computes.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     /// `(1 − ε)(lse − z_g) + ε(lse − mean z)`.
     CrossEntropy { smoothing: f64 },
     /// `Σ_{j≠g} q_j log q_j = −H_c`.
@@ -301,7 +303,8 @@ fn row_loss_sum(
     ignore_index: Option<u32>,
     what: &str,
 ) -> Result<(Tensor, usize, usize)> {
-    let (flat, host, classes) = flatten(logits, targets, what)?;
+    let on_device = device_kernel(logits);
+    let (flat, host, classes) = flatten_as(logits, targets, what, on_device)?;
     let count = counted_rows(&host, classes, ignore_index, what)?.len();
     // Valid after the check above: every target is a class or the (u32) ignore index.
     let targets = Tensor::from_vec(
@@ -309,6 +312,13 @@ fn row_loss_sum(
         host.len(),
         flat.device(),
     )?;
+    #[cfg(feature = "cuda")]
+    if on_device {
+        let stats = flat
+            .contiguous()?
+            .apply_op2(&targets, super::cuda::RowLossCuda::new(kind, ignore_index))?;
+        return Ok((stats.narrow(1, 0, 1)?.sum_all()?, count, classes));
+    }
     let values = flat
         .contiguous()?
         .apply_op2(
@@ -322,9 +332,24 @@ fn row_loss_sum(
     Ok((values.sum_all()?, count, classes))
 }
 
+/// Whether the chunked entry points run a device kernel for these logits (CUDA,
+/// with the `cuda` feature, for f32/bf16/f16).
+fn device_kernel(logits: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && logits.device().is_cuda()
+        && matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// Whether the chunked entry points have a kernel for these logits; the others take
+/// the plain path.
+fn has_kernel(logits: &Tensor) -> bool {
+    logits.device().is_cpu() || device_kernel(logits)
+}
+
 /// [`super::cross_entropy`] through the chunked row kernel: the same value and
 /// gradient, with no `[rows, V]` intermediate in the forward pass and one (the
-/// gradient) in the backward pass. Falls back to the plain path off the CPU.
+/// gradient) in the backward pass. On CUDA (with the `cuda` feature) a fused kernel;
+/// on other devices the plain path.
 pub fn chunked_cross_entropy(
     logits: &Tensor,
     targets: &Tensor,
@@ -339,7 +364,7 @@ pub fn chunked_cross_entropy_sum(
     targets: &Tensor,
     opts: &CrossEntropyOptions,
 ) -> Result<LossSum> {
-    if !logits.device().is_cpu() {
+    if !has_kernel(logits) {
         return cross_entropy_sum(logits, targets, opts);
     }
     opts.check("chunked_cross_entropy")?;
@@ -353,8 +378,8 @@ pub fn chunked_cross_entropy_sum(
 
 /// [`super::complement_entropy`] through the chunked row kernel: the same value and
 /// gradient, with no `[rows, V]` intermediate in the forward pass and one (the
-/// gradient) in the backward pass. Only [`Form::Exact`]. Falls back to the plain
-/// path off the CPU.
+/// gradient) in the backward pass. Only [`Form::Exact`]. On CUDA (with the `cuda`
+/// feature) a fused kernel; on other devices the plain path.
 pub fn chunked_complement_entropy(
     logits: &Tensor,
     targets: &Tensor,
@@ -373,7 +398,7 @@ pub fn chunked_complement_entropy_sum(
     if opts.form != Form::Exact {
         bail!("{WHAT}: only Form::Exact has a chunked kernel; use complement_entropy for the reference form");
     }
-    if !logits.device().is_cpu() {
+    if !has_kernel(logits) {
         return complement_entropy_sum(logits, targets, opts);
     }
     let (sum, count, classes) =
@@ -437,6 +462,11 @@ pub fn projected_token_loss(
             }
             (Kind::Complement, o.ignore_index, Some(o.normalization))
         }
+    };
+    // Half-precision hidden states (mixed precision) are projected in f32.
+    let hidden = &match hidden.dtype() {
+        DType::BF16 | DType::F16 => hidden.to_dtype(DType::F32)?,
+        _ => hidden.clone(),
     };
     let dtype = hidden.dtype();
     if !matches!(dtype, DType::F32 | DType::F64) {

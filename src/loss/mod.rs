@@ -15,7 +15,8 @@
 //!
 //! # Precision
 //! `f32` and `f64` logits are used as they are; `bf16` and `f16` logits are upcast to
-//! `f32` first, so the reduction always runs in at least single precision.
+//! `f32` first (the fused CUDA kernel reads them in place and accumulates in `f32`),
+//! so the reduction always runs in at least single precision.
 //!
 //! # Exact accumulation
 //! Each loss has a `*_sum` variant returning a [`LossSum`]: the sum over counted rows
@@ -28,6 +29,8 @@
 mod chunked;
 mod complement;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod hierarchy;
 mod rows;
 

@@ -23,6 +23,17 @@ pub(crate) fn flatten(
     targets: &Tensor,
     what: &str,
 ) -> Result<(Tensor, Vec<i64>, usize)> {
+    flatten_as(logits, targets, what, false)
+}
+
+/// [`flatten`], leaving bf16 and f16 logits as they are when `keep_half` (for a
+/// kernel that reads them in place and accumulates in f32).
+pub(crate) fn flatten_as(
+    logits: &Tensor,
+    targets: &Tensor,
+    what: &str,
+    keep_half: bool,
+) -> Result<(Tensor, Vec<i64>, usize)> {
     let (rows, classes) = match (logits.dims(), targets.dims()) {
         (&[n, k], &[tn]) if n == tn => (n, k),
         (&[b, t, v], &[tb, tt]) if b == tb && t == tt => (b * t, v),
@@ -36,6 +47,7 @@ pub(crate) fn flatten(
     }
     let logits = match logits.dtype() {
         DType::F32 | DType::F64 => logits.clone(),
+        DType::BF16 | DType::F16 if keep_half => logits.clone(),
         DType::BF16 | DType::F16 => logits.to_dtype(DType::F32)?,
         dt => bail!("{what}: logits must be a float tensor (got {dt:?})"),
     };

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use super::layers::{Embedding, Linear};
 
 use super::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
@@ -323,7 +323,7 @@ impl Bert {
         let x = self.word.forward(ids)?;
         let extra =
             (self.position.narrow(0, 0, t)? + self.token_type.get(0)?.broadcast_as((t, d))?)?;
-        let x = x.broadcast_add(&extra)?;
+        let x = x.broadcast_add(&extra.to_dtype(x.dtype())?)?;
         let mut x = self.dropout.forward(&self.emb_norm.forward(&x)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         debug_assert_eq!(bias.dims(), &[b, 1, 1, t]);

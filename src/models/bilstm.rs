@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use super::layers::{Embedding, Linear};
 
 use super::fused;
 use super::layers::{self, Dropout, SharedRng};
@@ -143,7 +143,9 @@ impl BiLstm {
     /// Runs the stack over `xs [B, T, input]` with `mask [B, T]` (1 real, 0 padding;
     /// the real tokens of a row need not be contiguous, but padding usually trails).
     pub fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Result<BiLstmOutput> {
-        self.forward_with(xs, mask, train, fused::supported(xs))
+        // The recurrence runs in the weights' dtype: that decides the fused kernel.
+        let use_fused = fused::supported(&self.layers[0][0].w_hh);
+        self.forward_with(xs, mask, train, use_fused)
     }
 
     fn forward_with(
@@ -155,7 +157,11 @@ impl BiLstm {
     ) -> Result<BiLstmOutput> {
         let (b, t, _) = xs.dims3()?;
         let dev = xs.device();
-        let dtype = xs.dtype();
+        // Input projections run in the input's (compute) dtype; the recurrence in the
+        // weights' own dtype, f32 under mixed precision, where a bf16 cell state
+        // would drift over long sequences.
+        let compute = xs.dtype();
+        let dtype = self.layers[0][0].w_hh.dtype();
         let keep_host: Vec<Vec<f32>> = layers::mask_as(mask, DType::F32)?.to_vec2::<f32>()?;
         // Step s handles time s for the forward direction and T-1-s for the backward one.
         let keep_steps: Vec<Vec<bool>> = (0..t)
@@ -179,15 +185,18 @@ impl BiLstm {
             }
             let in_dim = input.dim(2)?;
             // One matmul: both directions' input projections for every time step.
-            let w_ih = Tensor::cat(&[&fw.w_ih, &bw.w_ih], 0)?;
-            let bias = Tensor::cat(&[(&fw.b_ih + &fw.b_hh)?, (&bw.b_ih + &bw.b_hh)?], 0)?;
+            let w_ih = Tensor::cat(&[&fw.w_ih, &bw.w_ih], 0)?.to_dtype(compute)?;
+            let bias = Tensor::cat(&[(&fw.b_ih + &fw.b_hh)?, (&bw.b_ih + &bw.b_hh)?], 0)?
+                .to_dtype(compute)?;
             let xp = input
+                .to_dtype(compute)?
                 .reshape((b * t, in_dim))?
                 .matmul(&w_ih.t()?)?
                 .broadcast_add(&bias)?
                 .reshape((b, t, 2, 4 * h))?
                 .permute((1, 2, 0, 3))?
-                .contiguous()?; // [T, 2, B, 4H]
+                .contiguous()?
+                .to_dtype(dtype)?; // [T, 2, B, 4H]
             let xp = Tensor::cat(
                 &[
                     xp.narrow(1, 0, 1)?,

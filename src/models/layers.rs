@@ -13,7 +13,6 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear};
 
 use super::fused;
 use super::params::{Init, Params};
@@ -92,6 +91,10 @@ impl Dropout {
 /// `candle_nn::ops::softmax_last_dim`): a fused kernel on the CPU (f32/f64),
 /// [`softmax_last_dim_ops`] elsewhere.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if is_half(xs.dtype()) {
+        // Half-precision scores are normalized in f32 (as PyTorch's autocast does).
+        return softmax_last_dim_ops(&xs.to_dtype(DType::F32)?)?.to_dtype(xs.dtype());
+    }
     if fused::supported(xs) {
         fused::softmax_last_dim(xs)
     } else {
@@ -182,13 +185,122 @@ impl LayerNorm {
         Ok(Self::new(weight, bias, eps))
     }
 
-    /// Normalises `xs` over its last dimension.
+    /// Normalises `xs` over its last dimension. Half-precision inputs are normalized
+    /// in f32 (statistics over bf16 values lose too many digits) and cast back.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if is_half(xs.dtype()) {
+            let x = xs.to_dtype(DType::F32)?;
+            let w = self.weight.to_dtype(DType::F32)?;
+            let b = self.bias.to_dtype(DType::F32)?;
+            let y = if fused::supported(&x) {
+                fused::layer_norm(&x, &w, &b, self.eps)?
+            } else {
+                layer_norm_ops(&x, &w, &b, self.eps)?
+            };
+            return y.to_dtype(xs.dtype());
+        }
         if fused::supported(xs) {
             fused::layer_norm(xs, &self.weight, &self.bias, self.eps)
         } else {
             layer_norm_ops(xs, &self.weight, &self.bias, self.eps)
         }
+    }
+}
+
+/// Whether `dtype` is a half-precision float (bf16 or f16), the compute dtypes of
+/// `train.precision`.
+pub fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// `xs` as f32 when it is a half-precision float, unchanged otherwise: what the models
+/// apply to their logits, so losses always reduce in at least single precision.
+pub fn upcast_half(xs: &Tensor) -> Result<Tensor> {
+    if is_half(xs.dtype()) {
+        xs.to_dtype(DType::F32)
+    } else {
+        Ok(xs.clone())
+    }
+}
+
+/// A linear layer `x·Wᵀ + b` computed in the dtype of its input.
+///
+/// The weights stay in their master dtype (f32) in the [`VarMap`](candle_nn::VarMap);
+/// for a bf16 or f16 input they are cast on the fly, and the cast's backward brings
+/// the gradient back to the master dtype. When the dtypes agree this is exactly
+/// `candle_nn::Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// A layer from its weight `[out, in]` and optional bias `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            inner: candle_nn::Linear::new(weight, bias),
+        }
+    }
+
+    /// The weight `[out, in]`, in the master dtype.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// The bias `[out]`, in the master dtype.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.weight().dtype() == xs.dtype() {
+            return self.inner.forward(xs);
+        }
+        let w = self.weight().to_dtype(xs.dtype())?;
+        let b = self.bias().map(|b| b.to_dtype(xs.dtype())).transpose()?;
+        candle_nn::Linear::new(w, b).forward(xs)
+    }
+}
+
+/// An embedding table whose lookups come out in the compute dtype: the entry point
+/// of `train.precision` (everything downstream computes in the dtype of its input).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    inner: candle_nn::Embedding,
+    compute: DType,
+}
+
+impl Embedding {
+    /// A lookup into `table [vocab, dim]` whose results are cast to `compute`.
+    pub fn new(table: Tensor, dim: usize, compute: DType) -> Self {
+        Self {
+            inner: candle_nn::Embedding::new(table, dim),
+            compute,
+        }
+    }
+
+    /// The table `[vocab, dim]`, in the master dtype.
+    pub fn embeddings(&self) -> &Tensor {
+        self.inner.embeddings()
+    }
+
+    /// The width of an embedding.
+    pub fn hidden_size(&self) -> usize {
+        self.inner.hidden_size()
+    }
+
+    /// The dtype lookups are cast to.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        // Gather first, then cast: B·T·D values rather than the whole table.
+        self.inner.forward(ids)?.to_dtype(self.compute)
     }
 }
 
@@ -199,7 +311,7 @@ pub(crate) fn detach_linear(l: &Linear) -> Linear {
 
 /// A copy of `e` whose table is detached.
 pub(crate) fn detach_embedding(e: &Embedding) -> Embedding {
-    Embedding::new(e.embeddings().detach(), e.hidden_size())
+    Embedding::new(e.embeddings().detach(), e.hidden_size(), e.compute)
 }
 
 impl LayerNorm {
@@ -235,15 +347,28 @@ pub fn torch_linear_init(in_dim: usize) -> Init {
     Init::Uniform(1.0 / (in_dim as f64).sqrt())
 }
 
-/// An embedding table `[vocab, dim]` named `weight` under `p`.
+/// An embedding table `[vocab, dim]` named `weight` under `p`, looking up in `p`'s
+/// compute dtype.
 pub fn embedding(vocab: usize, dim: usize, init: Init, p: &Params) -> Result<Embedding> {
     let w = p.get((vocab, dim), "weight", init)?;
-    Ok(Embedding::new(w, dim))
+    Ok(Embedding::new(w, dim, p.compute_dtype()))
 }
 
 /// The mask `[B, T]` (1 at real tokens, 0 at padding, any dtype) as `dtype`.
 pub fn mask_as(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     mask.to_dtype(DType::F32)?.ne(0f32)?.to_dtype(dtype)
+}
+
+/// The most negative finite value of a float dtype, as f64. (f32's, converted to
+/// bf16, rounds to −∞, and `0 · −∞` would turn unmasked positions into NaN.)
+pub fn lowest_finite(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        // bf16::MIN: 0xFF7F.
+        DType::BF16 => -3.389_531_389_251_535_5e38,
+        _ => f32::MIN as f64,
+    }
 }
 
 /// The additive attention bias `[B, 1, 1, T]` for a key padding mask `[B, T]`:
@@ -252,11 +377,7 @@ pub fn mask_as(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 pub fn key_padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, t) = mask.dims2()?;
     let m = mask_as(mask, dtype)?;
-    let lowest = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let lowest = lowest_finite(dtype);
     // (1 - m) * lowest, written so that m = 1 gives exactly 0.
     let bias = ((m - 1.0)? * (-lowest))?;
     bias.reshape((b, 1, 1, t))
@@ -338,11 +459,12 @@ impl MultiHeadSelfAttention {
         let w = Tensor::cat(
             &[self.query.weight(), self.key.weight(), self.value.weight()],
             0,
-        )?;
+        )?
+        .to_dtype(xs.dtype())?;
         let bq = self.bias_of(&self.query, d, xs)?;
         let bk = self.bias_of(&self.key, d, xs)?;
         let bv = self.bias_of(&self.value, d, xs)?;
-        let bqkv = Tensor::cat(&[bq, bk, bv], 0)?;
+        let bqkv = Tensor::cat(&[bq, bk, bv], 0)?.to_dtype(xs.dtype())?;
         let qkv = xs
             .reshape((b * t, d))?
             .matmul(&w.t()?)?
@@ -380,7 +502,7 @@ impl MultiHeadSelfAttention {
     fn bias_of(&self, l: &Linear, d: usize, xs: &Tensor) -> Result<Tensor> {
         match l.bias() {
             Some(b) => Ok(b.clone()),
-            None => Tensor::zeros(d, xs.dtype(), xs.device()),
+            None => Tensor::zeros(d, l.weight().dtype(), xs.device()),
         }
     }
 }

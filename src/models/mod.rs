@@ -116,6 +116,21 @@ impl ModelConfig {
         device: &Device,
         seed: u64,
     ) -> crate::Result<Model> {
+        self.build_mixed(vocab, classes, dtype, dtype, device, seed)
+    }
+
+    /// As [`ModelConfig::build`], with variables in `dtype` (the master weights) and
+    /// the forward and backward passes computed in `compute` (bf16 or f16 for mixed
+    /// precision; layer norms and softmaxes still normalize in f32).
+    pub fn build_mixed(
+        &self,
+        vocab: usize,
+        classes: usize,
+        dtype: DType,
+        compute: DType,
+        device: &Device,
+        seed: u64,
+    ) -> crate::Result<Model> {
         if classes < 2 {
             return Err(crate::Error::Config(format!(
                 "a classifier needs at least 2 classes, got {classes}"
@@ -131,7 +146,7 @@ impl ModelConfig {
             }
         };
         let varmap = VarMap::new();
-        let params = Params::new(varmap.clone(), dtype, device, seed);
+        let params = Params::new(varmap.clone(), dtype, device, seed).with_compute_dtype(compute);
         // A stream independent of the init's.
         let rng = SharedRng::new(SplitMix64::new(seed ^ 0xD20F_0A7C_5EED_0001).next_u64());
         let net = match self {
@@ -245,19 +260,25 @@ impl Model {
     /// With `train` false the network runs on detached copies of its weights (candle
     /// has no no-grad mode): no backward graph is recorded, intermediate tensors are
     /// freed as soon as they are used, and the logits carry no gradient.
+    ///
+    /// Under mixed precision (`train.precision = "bf16"` or `"f16"`) the network
+    /// computes in half precision and the logits come out as f32, so every loss
+    /// reduces in single precision.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        if !train {
-            return match &self.net {
+        let logits = if !train {
+            match &self.net {
                 Net::BiLstm(m) => m.detached().forward(ids, mask, false),
                 Net::Transformer(m) => m.detached().forward(ids, mask, false),
                 Net::Bert(m) => m.detached().forward(ids, mask, false),
-            };
-        }
-        match &self.net {
-            Net::BiLstm(m) => m.forward(ids, mask, true),
-            Net::Transformer(m) => m.forward(ids, mask, true),
-            Net::Bert(m) => m.forward(ids, mask, true),
-        }
+            }
+        } else {
+            match &self.net {
+                Net::BiLstm(m) => m.forward(ids, mask, true),
+                Net::Transformer(m) => m.forward(ids, mask, true),
+                Net::Bert(m) => m.forward(ids, mask, true),
+            }
+        }?;
+        layers::upcast_half(&logits)
     }
 
     /// Every trainable variable, by name.

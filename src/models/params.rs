@@ -36,6 +36,7 @@ pub struct Params {
     varmap: VarMap,
     prefix: Vec<String>,
     dtype: DType,
+    compute: DType,
     device: Device,
     rng: Arc<Mutex<SplitMix64>>,
     pretrained: Arc<HashMap<String, Tensor>>,
@@ -48,6 +49,7 @@ impl Params {
             varmap,
             prefix: Vec::new(),
             dtype,
+            compute: dtype,
             device: device.clone(),
             rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
             pretrained: Arc::new(HashMap::new()),
@@ -59,6 +61,19 @@ impl Params {
     pub fn with_pretrained(mut self, tensors: HashMap<String, Tensor>) -> Self {
         self.pretrained = Arc::new(tensors);
         self
+    }
+
+    /// Layers built from here compute in `compute` (bf16 or f16 for mixed precision;
+    /// the default is the variables' own dtype). The variables themselves keep
+    /// [`Params::dtype`]: only their uses are cast.
+    pub fn with_compute_dtype(mut self, compute: DType) -> Self {
+        self.compute = compute;
+        self
+    }
+
+    /// The dtype layers built from here compute in.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     /// A builder for the sub-module `name` (names joined with `.`).

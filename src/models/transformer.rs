@@ -5,7 +5,7 @@
 //! absolute positions; key padding mask. Token embeddings are scaled by √d.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use super::layers::{Embedding, Linear};
 
 use super::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
@@ -284,7 +284,9 @@ impl TransformerEncoder {
         } else {
             pos.detach()
         };
-        let mut x = self.dropout.forward(&x.broadcast_add(&pos)?, train)?;
+        let mut x = self
+            .dropout
+            .forward(&x.broadcast_add(&pos.to_dtype(x.dtype())?)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         for l in &self.layers {
             x = match self.norm {

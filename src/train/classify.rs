@@ -232,7 +232,8 @@ fn metric_value(report: &ClassificationReport, metric: Metric) -> f64 {
 }
 
 fn build_model(config: &RunConfig, vocab: usize, classes: usize, device: &Device) -> Result<Model> {
-    resolved_model(config)?.build(vocab, classes, DType::F32, device, config.train.seed)
+    let compute = config.train.precision.compute_dtype();
+    resolved_model(config)?.build_mixed(vocab, classes, DType::F32, compute, device, config.train.seed)
 }
 
 /// The model config with a BERT `path` resolved to a local folder (a hub id is

@@ -314,6 +314,10 @@ pub struct TrainSettings {
     /// `"cpu"`, `"cuda"`, `"cuda:N"` or `"metal"`. Default `"cpu"`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Compute precision: `"f32"`, `"bf16"` or `"f16"` (mixed precision: weights,
+    /// optimizer state and loss sums stay f32; see [`Precision`]). Default `"f32"`.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Examples per evaluation batch. Default 64.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
@@ -483,6 +487,62 @@ fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
+/// The dtype the forward and backward passes compute in (`train.precision`).
+///
+/// Under `bf16` and `f16` the master weights stay f32 in the model's `VarMap` and
+/// the optimizers keep f32 state; every layer casts its weights to the compute dtype
+/// where it uses them (the cast's backward returns f32 gradients), layer norms and
+/// softmaxes normalize in f32, LSTM recurrences run in f32, and logits come out as
+/// f32, so losses accumulate in f32. `f16` has no loss scaling: prefer `bf16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision throughout. The default.
+    #[default]
+    F32,
+    /// bfloat16 compute, f32 master weights.
+    Bf16,
+    /// IEEE half compute, f32 master weights.
+    F16,
+}
+
+impl Precision {
+    /// The compute dtype.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+
+    /// Whether this is the default, f32.
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The name as configs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("unknown precision {other:?}: expected f32, bf16 or f16")),
+        }
+    }
+}
+
 /// Parses `cpu`, `cuda`, `cuda:N` or `metal`.
 pub fn parse_device(spec: &str) -> std::result::Result<DeviceSpec, String> {
     match spec {
@@ -545,6 +605,11 @@ mod tests {
         // Round trip through the saved form.
         let again = RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap();
         assert_eq!(again, c);
+        // The default precision is not written, so saved configs read as before.
+        assert!(!c.to_toml().contains("precision"));
+        let c = RunConfig::from_toml(MIN, &["train.precision=bf16".into()], "x.toml").unwrap();
+        assert_eq!(c.train.precision, Precision::Bf16);
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap(), c);
     }
 
     #[test]
@@ -557,6 +622,8 @@ mod tests {
         assert!(e.contains("train.batch_size must be at least 1"), "{e}");
         let e = RunConfig::from_toml(MIN, &["train.device=tpu".into()], "cfg.toml").unwrap_err().to_string();
         assert!(e.contains("train.device"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["train.precision=fp8".into()], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("cfg.toml") && e.contains("fp8"), "{e}");
         assert!(RunConfig::from_toml(MIN, &["nokey".into()], "c").is_err());
         for bad in ["0", "-1", "nan"] {
             let e = RunConfig::from_toml(MIN, &[format!("train.complement_lr_scale={bad}")], "cfg.toml").unwrap_err().to_string();

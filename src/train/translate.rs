@@ -161,7 +161,8 @@ pub fn seq2seq_config(config: &RunConfig) -> Result<Seq2SeqConfig> {
 }
 
 fn build_model(config: &RunConfig, tokenizer: &TextTokenizer, device: &Device) -> Result<Seq2Seq> {
-    seq2seq_config(config)?.build(tokenizer.vocab_size(), tokenizer.pad_id(), DType::F32, device, config.train.seed)
+    let compute = config.train.precision.compute_dtype();
+    seq2seq_config(config)?.build_mixed(tokenizer.vocab_size(), tokenizer.pad_id(), DType::F32, compute, device, config.train.seed)
 }
 
 fn objective(config: &RunConfig) -> Result<Objective> {
@@ -409,7 +410,8 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     let dev = split(&config.data.dev_split)?;
     let test = split(&config.data.test_split)?;
 
-    let model = model_config.build(tokenizer.vocab_size(), pad, DType::F32, &device, config.train.seed)?;
+    let compute = config.train.precision.compute_dtype();
+    let model = model_config.build_mixed(tokenizer.vocab_size(), pad, DType::F32, compute, &device, config.train.seed)?;
     let task = TranslateTask {
         model: &model,
         tokenizer: &tokenizer,

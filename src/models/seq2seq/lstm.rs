@@ -21,7 +21,7 @@
 //! candle ops; only layer 0's embedding projection is one matmul for all steps.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::Embedding;
+use crate::models::layers::Embedding;
 
 use super::select_rows;
 use crate::models::bilstm::BiLstm;
@@ -421,8 +421,23 @@ impl LstmSeq2Seq {
         ))
     }
 
+    /// Logits `[N, V]` of `h̃ [N, H]`, in the compute dtype (the vocabulary-wide
+    /// matmul is where mixed precision pays).
     fn project(&self, tilde: &Tensor) -> Result<Tensor> {
-        tilde.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)
+        let cd = self.tgt_embedding.compute_dtype();
+        tilde
+            .to_dtype(cd)?
+            .matmul(&self.out_w.to_dtype(cd)?.t()?)?
+            .broadcast_add(&self.out_b.to_dtype(cd)?)
+    }
+
+    /// Layer 0's input projection of target embeddings `[N, E]` (in the compute
+    /// dtype) with its bias, returned in the recurrence's dtype (the weights').
+    fn project_embedding(&self, w: &DecWeights, emb: &Tensor) -> Result<Tensor> {
+        let cd = emb.dtype();
+        emb.matmul(&w.w_emb_t.to_dtype(cd)?)?
+            .broadcast_add(&w.bias[0].to_dtype(cd)?)?
+            .to_dtype(w.bias[0].dtype())
     }
 
     /// Teacher-forced attentional vectors `h̃ [B, T, H]` (after the output dropout),
@@ -442,10 +457,8 @@ impl LstmSeq2Seq {
             .dropout
             .forward(&self.tgt_embedding.forward(tgt_in)?, train)?;
         // Layer 0's embedding projection for every step in one matmul, time-major.
-        let pre = emb
-            .reshape((b * t, e))?
-            .matmul(&w.w_emb_t)?
-            .broadcast_add(&w.bias[0])?
+        let pre = self
+            .project_embedding(&w, &emb.reshape((b * t, e))?)?
             .reshape((b, t, 4 * h))?
             .transpose(0, 1)?
             .contiguous()?;
@@ -488,7 +501,7 @@ impl LstmSeq2Seq {
     ) -> Result<(Tensor, LstmState)> {
         let w = self.weights()?;
         let emb = self.tgt_embedding.forward(prev)?;
-        let pre0 = emb.matmul(&w.w_emb_t)?.broadcast_add(&w.bias[0])?;
+        let pre0 = self.project_embedding(&w, &emb)?;
         let (tilde, next) = self.dec_step(&w, &pre0, st, enc, false)?;
         Ok((self.project(&tilde)?, next))
     }

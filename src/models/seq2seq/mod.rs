@@ -64,6 +64,22 @@ impl Seq2SeqConfig {
         device: &Device,
         seed: u64,
     ) -> crate::Result<Seq2Seq> {
+        self.build_mixed(vocab, pad, dtype, dtype, device, seed)
+    }
+
+    /// As [`Seq2SeqConfig::build`], with variables in `dtype` (the master weights)
+    /// and the passes computed in `compute` (bf16 or f16 for mixed precision; layer
+    /// norms and softmaxes normalize in f32, the LSTM recurrences run in `dtype`).
+    /// Half-precision logits come out as f32.
+    pub fn build_mixed(
+        &self,
+        vocab: usize,
+        pad: u32,
+        dtype: DType,
+        compute: DType,
+        device: &Device,
+        seed: u64,
+    ) -> crate::Result<Seq2Seq> {
         self.validate()?;
         if vocab < 2 || pad as usize >= vocab {
             return Err(crate::Error::Config(format!(
@@ -71,7 +87,7 @@ impl Seq2SeqConfig {
             )));
         }
         let varmap = VarMap::new();
-        let params = Params::new(varmap.clone(), dtype, device, seed);
+        let params = Params::new(varmap.clone(), dtype, device, seed).with_compute_dtype(compute);
         // A stream independent of the init's (the same derivation as the classifiers).
         let rng = SharedRng::new(SplitMix64::new(seed ^ 0xD20F_0A7C_5EED_0001).next_u64());
         let net = match self {
@@ -228,10 +244,11 @@ impl Seq2Seq {
         } else {
             self.net.detached()
         };
-        match &net {
+        let logits = match &net {
             Net::Lstm(m) => m.forward(src, src_mask, tgt_in, train),
             Net::Transformer(m) => m.forward(src, src_mask, tgt_in, train),
-        }
+        }?;
+        super::layers::upcast_half(&logits)
     }
 
     /// What [`Seq2Seq::forward`] computes before the output projection: `[B, T, H]`
@@ -318,11 +335,14 @@ impl Seq2Seq {
         match (&self.net, &enc.0, &state.0) {
             (Net::Lstm(m), EncodedKind::Lstm(e), StateKind::Lstm(s)) => {
                 let (logits, s) = m.detached().step(e, s, prev)?;
-                Ok((logits, DecoderState(StateKind::Lstm(s))))
+                Ok((super::layers::upcast_half(&logits)?, DecoderState(StateKind::Lstm(s))))
             }
             (Net::Transformer(m), EncodedKind::Transformer(e), StateKind::Transformer(s)) => {
                 let (logits, s) = m.detached().step(e, s, prev)?;
-                Ok((logits, DecoderState(StateKind::Transformer(s))))
+                Ok((
+                    super::layers::upcast_half(&logits)?,
+                    DecoderState(StateKind::Transformer(s)),
+                ))
             }
             _ => candle_core::bail!(
                 "seq2seq step: encoder output or state from another kind of model"

@@ -17,7 +17,7 @@
 //! activation of [`layers::Activation`].
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use crate::models::layers::{Embedding, Linear};
 
 use super::select_rows;
 use crate::models::layers::{
@@ -326,11 +326,7 @@ impl TransformerState {
 /// The causal bias `[1, 1, T, T]`: 0 on and below the diagonal, the dtype's lowest
 /// finite value above it (so a future key gets exactly zero weight).
 fn causal_bias(t: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
-    let lowest = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let lowest = layers::lowest_finite(dtype);
     let v: Vec<f64> = (0..t * t)
         .map(|k| if k % t > k / t { lowest } else { 0.0 })
         .collect();
@@ -470,7 +466,8 @@ impl TransformerSeq2Seq {
             );
         }
         let x = (table.forward(ids)? * (self.d_model as f64).sqrt())?;
-        let x = x.broadcast_add(&self.positions.narrow(0, start, t)?)?;
+        let pos = self.positions.narrow(0, start, t)?.to_dtype(x.dtype())?;
+        let x = x.broadcast_add(&pos)?;
         self.dropout.forward(&x, train)
     }
 
@@ -537,7 +534,7 @@ impl TransformerSeq2Seq {
 
     /// `[N, d]` → logits `[N, V]`.
     fn project(&self, y: &Tensor) -> Result<Tensor> {
-        y.matmul(&self.out_w.t()?)
+        y.matmul(&self.out_w.to_dtype(y.dtype())?.t()?)
     }
 
     /// Teacher-forced decoder outputs `[B, T, d]` (after the final norm), the input
