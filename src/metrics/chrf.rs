@@ -80,8 +80,7 @@ impl ChrfSignature {
 
 impl fmt::Display for ChrfSignature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.fields().into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
-        f.write_str(&parts.join("|"))
+        super::write_signature(f, &self.fields())
     }
 }
 
