@@ -394,3 +394,50 @@ pub(crate) fn load_varmap(varmap: &VarMap, path: &Path) -> crate::Result<()> {
         }
         Ok(())
 }
+
+/// What the training loop needs from any model it trains: its variables, its
+/// weights to save and load, and its dropout RNG state (for exact resume).
+/// Implemented by [`Model`] (classifiers) and [`seq2seq::Seq2Seq`].
+pub trait Trainable {
+    /// The variables, by name.
+    fn varmap(&self) -> &VarMap;
+    /// The weights to save, by name.
+    fn tensors(&self) -> HashMap<String, Tensor>;
+    /// Loads saved weights.
+    fn load_weights(&self, path: &Path) -> crate::Result<()>;
+    /// The dropout RNG's state.
+    fn rng_state(&self) -> u64;
+    /// Restores the dropout RNG's state.
+    fn set_rng_state(&self, state: u64);
+
+    /// Every trainable variable, by name.
+    fn vars(&self) -> Vec<(String, candle_core::Var)> {
+        let data = self.varmap().data().lock().expect("VarMap lock");
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+macro_rules! trainable_by_inherent_methods {
+    ($t:ty) => {
+        impl Trainable for $t {
+            fn varmap(&self) -> &VarMap {
+                <$t>::varmap(self)
+            }
+            fn tensors(&self) -> HashMap<String, Tensor> {
+                <$t>::tensors(self)
+            }
+            fn load_weights(&self, path: &Path) -> crate::Result<()> {
+                <$t>::load_weights(self, path)
+            }
+            fn rng_state(&self) -> u64 {
+                <$t>::rng_state(self)
+            }
+            fn set_rng_state(&self, state: u64) {
+                <$t>::set_rng_state(self, state)
+            }
+        }
+    };
+}
+
+trainable_by_inherent_methods!(Model);
+trainable_by_inherent_methods!(seq2seq::Seq2Seq);

@@ -6,11 +6,10 @@
 //! checkpoint, for `--resume`), `best.safetensors` (the weights of the best
 //! evaluation) and `metrics.jsonl`. Every file is written atomically.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::atomic_write;
 use super::config::{parse_device, Metric, RunConfig, TokenizerSource};
@@ -20,7 +19,7 @@ use crate::data::{DataDir, Dataset, LoadOptions, SplitData};
 use crate::error::{Error, Result};
 use crate::loss::{ComplementOptions, CrossEntropyOptions, LabelHierarchy, Normalization};
 use crate::metrics::ClassificationReport;
-use crate::models::{Model, ModelConfig};
+use crate::models::{Model, ModelConfig, Trainable};
 use crate::tokenize::{self, EncodeOptions, TextTokenizer, Truncation};
 
 /// One encoded example.
@@ -400,25 +399,8 @@ impl Task for ClassifyTask<'_> {
         Ok(Some(Evaluation { value: metric_value(&r, self.config.train.metric), fields, summary: format!("loss {loss:.4}") }))
     }
 
-    fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.model.varmap().data().lock().expect("VarMap lock");
-        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    fn weights(&self) -> HashMap<String, Tensor> {
-        self.model.tensors()
-    }
-
-    fn load_weights(&self, path: &Path) -> Result<()> {
-        self.model.load_weights(path)
-    }
-
-    fn rng_state(&self) -> u64 {
-        self.model.rng_state()
-    }
-
-    fn set_rng_state(&self, state: u64) {
-        self.model.set_rng_state(state)
+    fn model(&self) -> &dyn Trainable {
+        self.model
     }
 }
 

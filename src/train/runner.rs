@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{atomic_write, load_tensors, save_tensors};
 use super::config::TrainSettings;
 use super::step::Stepper;
+use crate::models::Trainable;
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
 
@@ -91,16 +92,28 @@ pub trait Task {
     fn ignore_index(&self) -> Option<u32>;
     /// Evaluates on the dev split (`None` when there is none).
     fn evaluate(&self) -> Result<Option<Evaluation>>;
+    /// The model being trained.
+    fn model(&self) -> &dyn Trainable;
     /// Every trainable variable, by name.
-    fn vars(&self) -> Vec<(String, Var)>;
+    fn vars(&self) -> Vec<(String, Var)> {
+        self.model().vars()
+    }
     /// The weights to save, by name.
-    fn weights(&self) -> HashMap<String, Tensor>;
+    fn weights(&self) -> HashMap<String, Tensor> {
+        self.model().tensors()
+    }
     /// Loads saved weights.
-    fn load_weights(&self, path: &Path) -> Result<()>;
+    fn load_weights(&self, path: &Path) -> Result<()> {
+        self.model().load_weights(path)
+    }
     /// The dropout RNG's state.
-    fn rng_state(&self) -> u64;
+    fn rng_state(&self) -> u64 {
+        self.model().rng_state()
+    }
     /// Restores the dropout RNG's state.
-    fn set_rng_state(&self, state: u64);
+    fn set_rng_state(&self, state: u64) {
+        self.model().set_rng_state(state)
+    }
 }
 
 /// Run-time options that are not part of the config.

@@ -12,11 +12,10 @@
 //! [`super::runner`]) minus `labels.json`, plus `test.hyp.txt` (the test split's
 //! translations with the best weights).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::atomic_write;
 use super::config::{parse_device, DecodeSettings, Metric, RunConfig, TokenizerSource};
@@ -28,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::loss::{ComplementOptions, CrossEntropyOptions, Normalization};
 use crate::metrics::bleu::{Bleu, BleuConfig, BleuScore};
 use crate::models::seq2seq::{Seq2Seq, Seq2SeqConfig};
+use crate::models::Trainable;
 use crate::tokenize::{self, EncodeOptions, TextTokenizer, TokenizerKind, Truncation};
 
 /// One encoded sentence pair.
@@ -350,25 +350,8 @@ impl Task for TranslateTask<'_> {
         Ok(Some(Evaluation { value, fields, summary }))
     }
 
-    fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.model.varmap().data().lock().expect("VarMap lock");
-        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    fn weights(&self) -> HashMap<String, Tensor> {
-        self.model.tensors()
-    }
-
-    fn load_weights(&self, path: &Path) -> Result<()> {
-        self.model.load_weights(path)
-    }
-
-    fn rng_state(&self) -> u64 {
-        self.model.rng_state()
-    }
-
-    fn set_rng_state(&self, state: u64) {
-        self.model.set_rng_state(state)
+    fn model(&self) -> &dyn Trainable {
+        self.model
     }
 }
 
