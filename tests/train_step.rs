@@ -61,6 +61,15 @@ fn micro_batches_step_like_one_batch() {
     }
 }
 
+/// One COT update written out: optimizer `a` on CE, then a second forward with
+/// the updated weights and optimizer `b` on the complement entropy.
+fn cot_by_hand(a: &mut Optimizer, b: &mut Optimizer, v: &Var, x: &Tensor, y: &Tensor) {
+    let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), y, &Default::default()).unwrap();
+    a.step(&ce.backward().unwrap()).unwrap();
+    let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), y, &ComplementOptions::default()).unwrap();
+    b.step(&c.backward().unwrap()).unwrap();
+}
+
 #[test]
 fn cot_is_algorithm_one() {
     let (x, y) = data();
@@ -73,10 +82,7 @@ fn cot_is_algorithm_one() {
     let mut b = Optimizer::new(vec![("w".into(), v.clone())], sgd()).unwrap();
     for _ in 0..3 {
         stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
-        let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
-        a.step(&ce.backward().unwrap()).unwrap();
-        let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
-        b.step(&c.backward().unwrap()).unwrap();
+        cot_by_hand(&mut a, &mut b, &v, &x, &y);
     }
     assert_eq!(flat(&w), flat(&v));
     // And it is not the same as running both losses through one optimizer.
@@ -147,10 +153,7 @@ fn complement_lr_scale_runs_the_complement_optimizer_at_a_fraction_of_the_rate()
     b.set_learning_rate(0.002);
     for _ in 0..3 {
         stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
-        let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
-        a.step(&ce.backward().unwrap()).unwrap();
-        let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
-        b.step(&c.backward().unwrap()).unwrap();
+        cot_by_hand(&mut a, &mut b, &v, &x, &y);
     }
     assert_eq!(flat(&w), flat(&v));
     // Objectives with one step have no complement optimizer.
