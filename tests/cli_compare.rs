@@ -92,10 +92,21 @@ fn compare_reports_every_run_and_skips_finished_ones_when_run_again() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| ce |") && report.contains("| cot |") && report.contains('±'), "{report}");
     assert!(report.contains("compare") && report.contains("--seeds 2"), "{report}");
-    assert!(report.contains("Against ce"), "{report}");
+    assert!(report.contains("Against ce") && report.contains("Welch"), "{report}");
 
     // summary.json holds the runs' own numbers.
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // cot against ce, per split and metric, with Welch's test (2 seeds a side).
+    let diffs = summary["differences"].as_array().unwrap();
+    let d = diffs.iter().find(|d| d["objective"] == "cot" && d["split"] == "test" && d["metric"] == "accuracy").expect("cot vs ce");
+    assert_eq!(d["baseline"], "ce");
+    let diff = d["value"]["mean"].as_f64().unwrap() - d["base"]["mean"].as_f64().unwrap();
+    if let Some(w) = d["welch"].as_object() {
+        assert!((w["diff"].as_f64().unwrap() - diff).abs() < 1e-12);
+        let p = w["p"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{p}");
+        assert!(w["ci_low"].as_f64().unwrap() <= diff && diff <= w["ci_high"].as_f64().unwrap());
+    }
     assert_eq!(summary["runs"].as_array().unwrap().len(), 4);
     for run in summary["runs"].as_array().unwrap() {
         let dir = PathBuf::from(run["dir"].as_str().unwrap());

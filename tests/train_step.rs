@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use cotext::loss::{self, ComplementOptions, LabelHierarchy};
-use cotext::train::{LossConfig, Objective, Optimizer, OptimizerConfig, Stepper};
+use cotext::train::{ComplementLrScale, LossConfig, Objective, Optimizer, OptimizerConfig, Stepper};
 
 const K: usize = 5;
 const D: usize = 4;
@@ -31,6 +31,7 @@ fn objectives() -> Vec<Objective> {
         Objective::Cot,
         Objective::Gce { alpha: 1.0 / 3.0 },
         Objective::Hcot(LabelHierarchy::sst5()),
+        Objective::CotJoint { weight: 0.7 },
     ]
 }
 
@@ -53,7 +54,10 @@ fn micro_batches_step_like_one_batch() {
             let r2 = two.step(&micro, |x| x.matmul(&w2.as_tensor().t()?)).unwrap().unwrap();
             assert!((r1.loss - r2.loss).abs() < 1e-6, "{objective:?}");
             assert_eq!(r1.count, 8);
-            assert_eq!(r1.complement.is_some(), objective.alternates());
+            assert_eq!(r1.complement.is_some(), objective.reports_complement());
+            if let (Some(c1), Some(c2)) = (r1.complement, r2.complement) {
+                assert!((c1 - c2).abs() < 1e-6, "{objective:?}");
+            }
         }
         for (a, b) in flat(&w1).iter().zip(flat(&w2)) {
             assert!((a - b).abs() < 1e-5, "{objective:?}: {a} vs {b}");
@@ -159,4 +163,104 @@ fn complement_lr_scale_runs_the_complement_optimizer_at_a_fraction_of_the_rate()
     // Objectives with one step have no complement optimizer.
     let ce = Stepper::new(Objective::CrossEntropy, LossConfig::default(), vec![("w".into(), weights())], adam).unwrap().with_complement_lr_scale(0.1);
     assert_eq!(ce.complement_learning_rate(), None);
+}
+
+/// The gradient of `w ↦ loss(x wᵀ, y)` at `v`.
+fn grad_of(v: &Var, x: &Tensor, y: &Tensor, complement: bool) -> Tensor {
+    let logits = x.matmul(&v.as_tensor().t().unwrap()).unwrap();
+    let l = if complement {
+        loss::complement_entropy(&logits, y, &ComplementOptions::default()).unwrap()
+    } else {
+        loss::cross_entropy(&logits, y, &Default::default()).unwrap()
+    };
+    l.backward().unwrap().get(v.as_tensor()).unwrap().clone()
+}
+
+#[test]
+fn cot_joint_gradient_is_the_weighted_sum_of_the_two_gradients() {
+    let (x, y) = data();
+    let gamma = 0.7;
+    // Plain SGD (no momentum) at lr 1: the update is the gradient itself.
+    let plain = OptimizerConfig::Sgd { lr: 1.0, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+    let w = weights();
+    let mut stepper = Stepper::new(Objective::CotJoint { weight: gamma }, LossConfig::default(), vec![("w".into(), w.clone())], plain).unwrap();
+    let v = weights();
+    let g_ce = grad_of(&v, &x, &y, false);
+    let g_c = grad_of(&v, &x, &y, true);
+    let report = stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+    let expected = (v.as_tensor() - (&g_ce + (&g_c * gamma).unwrap()).unwrap()).unwrap();
+    let got = flat(&w);
+    for (a, b) in got.iter().zip(expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // The complement part is really there (γ·g_c is not negligible) ...
+    let only_ce = (v.as_tensor() - &g_ce).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(got.iter().zip(&only_ce).any(|(a, b)| (a - b).abs() > 1e-3));
+    // ... and the report gives the two parts separately, unweighted.
+    let logits = x.matmul(&v.as_tensor().t().unwrap()).unwrap();
+    let ce: f32 = loss::cross_entropy(&logits, &y, &Default::default()).unwrap().to_scalar().unwrap();
+    let c: f32 = loss::complement_entropy(&logits, &y, &ComplementOptions::default()).unwrap().to_scalar().unwrap();
+    assert!((report.loss - ce as f64).abs() < 1e-6, "{} vs {ce}", report.loss);
+    assert!((report.complement.unwrap() - c as f64).abs() < 1e-6);
+    // One optimizer: no complement learning rate.
+    assert_eq!(stepper.complement_learning_rate(), None);
+    // Weight 0 is cross-entropy exactly.
+    let w0 = weights();
+    let w1 = weights();
+    let mut joint0 = Stepper::new(Objective::CotJoint { weight: 0.0 }, LossConfig::default(), vec![("w".into(), w0.clone())], sgd()).unwrap();
+    let mut ce_only = Stepper::new(Objective::CrossEntropy, LossConfig::default(), vec![("w".into(), w1.clone())], sgd()).unwrap();
+    for _ in 0..3 {
+        joint0.step(&[(x.clone(), y.clone())], |x| x.matmul(&w0.as_tensor().t()?)).unwrap().unwrap();
+        ce_only.step(&[(x.clone(), y.clone())], |x| x.matmul(&w1.as_tensor().t()?)).unwrap().unwrap();
+    }
+    assert_eq!(flat(&w0), flat(&w1));
+}
+
+fn norm(t: &Tensor) -> f64 {
+    t.to_dtype(candle_core::DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+}
+
+#[test]
+fn auto_complement_lr_scale_is_the_gradient_norm_ratio_under_adam_and_one_under_sgd() {
+    let (x, y) = data();
+    let adam = OptimizerConfig::default();
+    let w = weights();
+    let mut stepper = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], adam.clone())
+        .unwrap()
+        .with_complement_lr_scale(ComplementLrScale::Auto);
+    // By hand: optimizer A on CE; then the complement gradient at the updated
+    // weights, and optimizer B at lr · ‖g_c‖ / ‖g_ce‖.
+    let v = weights();
+    let mut a = Optimizer::new(vec![("w".into(), v.clone())], adam.clone()).unwrap();
+    let mut b = Optimizer::new(vec![("w".into(), v.clone())], adam.clone()).unwrap();
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+        let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
+        let g = ce.backward().unwrap();
+        let g_ce = norm(g.get(v.as_tensor()).unwrap());
+        a.step(&g).unwrap();
+        let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
+        let g = c.backward().unwrap();
+        let ratio = (norm(g.get(v.as_tensor()).unwrap()) / g_ce).min(1.0);
+        ratios.push(ratio);
+        b.set_learning_rate(adam.lr() * ratio);
+        b.step(&g).unwrap();
+        assert!((stepper.complement_learning_rate().unwrap() - adam.lr() * ratio).abs() < 1e-12);
+    }
+    for (p, q) in flat(&w).iter().zip(flat(&v)) {
+        assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+    }
+    // The ratio is a real fraction here (÷K shrinks the complement gradient).
+    assert!(ratios.iter().all(|&r| r > 0.0 && r < 0.5), "{ratios:?}");
+    // Under SGD the updates already carry the ratio: auto is Algorithm 1.
+    let w1 = weights();
+    let w2 = weights();
+    let mut auto = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w1.clone())], sgd()).unwrap().with_complement_lr_scale(ComplementLrScale::Auto);
+    let mut one = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w2.clone())], sgd()).unwrap();
+    for _ in 0..3 {
+        auto.step(&[(x.clone(), y.clone())], |x| x.matmul(&w1.as_tensor().t()?)).unwrap().unwrap();
+        one.step(&[(x.clone(), y.clone())], |x| x.matmul(&w2.as_tensor().t()?)).unwrap().unwrap();
+    }
+    assert_eq!(flat(&w1), flat(&w2));
 }

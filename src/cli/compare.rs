@@ -18,7 +18,7 @@ pub struct CompareArgs {
     /// The TOML config every run starts from (its objective and seed are overridden).
     #[arg(long, short)]
     config: PathBuf,
-    /// Objectives to compare, comma-separated: ce, cot, gce, hcot.
+    /// Objectives to compare, comma-separated: ce, cot, gce, hcot, cot-joint.
     #[arg(long, default_value = "ce,cot", value_name = "LIST")]
     objectives: String,
     /// Seeds per objective.
@@ -76,7 +76,7 @@ struct Plan {
 }
 
 fn name(objective: ObjectiveKind) -> String {
-    serde_json::to_value(objective).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    objective.name().to_string()
 }
 
 fn user_error(msg: String) -> anyhow::Error {
@@ -94,7 +94,7 @@ impl Plan {
             objectives.push(o);
         }
         if objectives.is_empty() {
-            return Err(user_error("--objectives: give at least one of ce, cot, gce, hcot".into()));
+            return Err(user_error("--objectives: give at least one of ce, cot, gce, hcot, cot-joint".into()));
         }
         if args.jobs == 0 {
             return Err(user_error("--jobs must be at least 1".into()));
@@ -389,6 +389,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         wall_s: started.elapsed().as_secs_f64(),
         metric: metric.name().into(),
         labels,
+        differences: cotext::report::differences(&objectives),
         objectives,
         runs,
     };

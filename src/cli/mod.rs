@@ -23,7 +23,7 @@ enum Command {
     Data(data::DataArgs),
     /// Tokenizers: train, encode, decode, check round trips.
     Tokenizer(tokenizer::TokenizerArgs),
-    /// Train a classifier (ce, cot, gce, hcot) or a translator (ce, cot, gce) from a TOML config.
+    /// Train a classifier (ce, cot, gce, hcot, cot-joint) or a translator (ce, cot, gce, cot-joint) from a TOML config.
     Train(train::TrainArgs),
     /// Evaluate a trained run: accuracy, macro-F1, per-class scores, confusion; BLEU for translation.
     Eval(train::EvalArgs),

@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// Override a config key, e.g. `--set train.optimizer.lr=3e-5` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Objective: ce, cot, gce or hcot (overrides train.objective).
+    /// Objective: ce, cot, gce, hcot or cot-joint (overrides train.objective).
     #[arg(long)]
     objective: Option<ObjectiveKind>,
     /// Device: cpu, cuda, cuda:N or metal (overrides train.device).
@@ -93,7 +93,7 @@ pub enum Format {
 fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     let mut overrides = args.set.clone();
     if let Some(o) = args.objective {
-        overrides.push(format!("train.objective=\"{}\"", serde_json::to_value(o)?.as_str().unwrap_or("ce")));
+        overrides.push(format!("train.objective=\"{o}\""));
     }
     if let Some(d) = &args.device {
         overrides.push(format!("train.device={d:?}"));
@@ -138,7 +138,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         "training {} on {} with objective {} (seed {}) into {}",
         model_name(&config),
         config.data.dataset,
-        serde_json::to_value(config.train.objective)?.as_str().unwrap_or("?"),
+        config.train.objective.name(),
         config.train.seed,
         out.display()
     );

@@ -57,38 +57,36 @@ impl Summary {
             }
         }
 
-        if let Some(base) = self.objectives.iter().find(|o| o.objective == "ce").or(self.objectives.first()) {
-            let others: Vec<_> = self.objectives.iter().filter(|o| o.objective != base.objective).collect();
-            if !others.is_empty() {
-                let _ = writeln!(s, "\n## Against {}\n", base.objective);
-                for o in others {
-                    for (split, mine, theirs) in [("dev (best)", &o.dev, &base.dev), ("test", &o.test, &base.test)] {
-                        let (Some(mine), Some(theirs)) = (mine, theirs) else { continue };
-                        for (metric, a, b) in [
-                            (first, Some(&mine.accuracy), Some(&theirs.accuracy)),
-                            (second, second_of(mine).as_ref(), second_of(theirs).as_ref()),
-                        ] {
-                            let (Some(a), Some(b)) = (a, b) else { continue };
-                            let verdict = match a.overlaps(b) {
-                                Some(true) => "no clear difference (within one std)",
-                                Some(false) => "differs by more than one std",
-                                None => "one seed each: no spread to judge by",
-                            };
-                            let _ = writeln!(
-                                s,
-                                "* {} {split} {metric}: {:.4} vs {:.4} ({:+.4}): {verdict}",
-                                o.objective,
-                                a.mean,
-                                b.mean,
-                                a.mean - b.mean
-                            );
-                        }
-                    }
-                }
+        if let Some(first_diff) = self.differences.first() {
+            let _ = writeln!(s, "\n## Against {}\n", first_diff.baseline);
+            let _ = writeln!(
+                s,
+                "Difference of the means (objective − {}) with its 95% confidence interval and the two-sided \
+                 p-value of Welch's t-test across seeds (unequal variances; needs at least 2 seeds a side). \
+                 With few seeds a large p says \"not shown\", not \"equal\".\n",
+                first_diff.baseline
+            );
+            let _ = writeln!(s, "| objective | split | metric | mean | {} | difference | 95% interval | p |", first_diff.baseline);
+            let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+            for d in &self.differences {
+                let metric = match d.metric.as_str() {
+                    "accuracy" => first,
+                    "macro_f1" => "macro-F1",
+                    "bleu" => "BLEU",
+                    other => other,
+                };
+                let (interval, p) = match &d.welch {
+                    Some(w) => (format!("[{:+.4}, {:+.4}]", w.ci_low, w.ci_high), format_p(w.p)),
+                    None => ("–".into(), "– (one seed)".into()),
+                };
                 let _ = writeln!(
                     s,
-                    "\n\"Within one std\": the means differ by at most the larger of the two sample stds. \
-                     A rough reading with few seeds, not a significance test."
+                    "| {} | {} | {metric} | {} | {} | {:+.4} | {interval} | {p} |",
+                    d.objective,
+                    d.split,
+                    cell(&d.value),
+                    cell(&d.base),
+                    d.value.mean - d.base.mean
                 );
             }
         }
@@ -136,4 +134,13 @@ impl Summary {
 /// callers printing their own tables.
 pub fn split_cells(stats: &SplitStats) -> (String, String, String) {
     (cell(&stats.accuracy), opt_cell(&stats.macro_f1), opt_cell(&stats.bleu))
+}
+
+/// A p-value for a table: three significant digits, `< 0.001` below that.
+pub fn format_p(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
 }

@@ -9,6 +9,7 @@
 pub mod complement;
 mod markdown;
 pub mod plot;
+pub mod stats;
 pub mod summary;
 
 use std::path::Path;
@@ -16,7 +17,8 @@ use std::path::Path;
 pub use complement::{sorted_complement, ComplementProfile};
 pub use markdown::split_cells;
 pub use plot::{draw_complement, draw_confusion, draw_curves, Band, Heatmap, Panel};
-pub use summary::{mean_curve, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary, RunMetrics, RunSummary, Scores, SplitStats, Summary};
+pub use stats::Welch;
+pub use summary::{differences, mean_curve, Difference, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary, RunMetrics, RunSummary, Scores, SplitStats, Summary};
 
 use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};

@@ -39,18 +39,6 @@ impl MeanStd {
         let s = self.std.unwrap_or(0.0);
         (self.mean - s, self.mean + s)
     }
-
-    /// Whether the two means are within one standard deviation of each other,
-    /// the larger of the two stds (the cautious reading of "no clear
-    /// difference"); `None` when neither has a std (a single seed each).
-    pub fn overlaps(&self, other: &MeanStd) -> Option<bool> {
-        let spread = match (self.std, other.std) {
-            (Some(a), Some(b)) => a.max(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return None,
-        };
-        Some((self.mean - other.mean).abs() <= spread)
-    }
 }
 
 /// One training log line of `metrics.jsonl` (a line without `"split"`).
@@ -310,6 +298,61 @@ pub struct Summary {
     pub objectives: Vec<ObjectiveSummary>,
     /// Every run.
     pub runs: Vec<RunSummary>,
+    /// Each objective against the baseline (`ce` when compared, else the first
+    /// objective), per split and metric: see [`Difference`].
+    #[serde(default)]
+    pub differences: Vec<Difference>,
+}
+
+/// One objective against the baseline on one split and metric: the difference
+/// of the means across seeds, its 95% interval and Welch's p-value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    /// The objective.
+    pub objective: String,
+    /// The baseline it is compared with.
+    pub baseline: String,
+    /// `"dev (best)"` or `"test"`.
+    pub split: String,
+    /// `"accuracy"`, `"macro_f1"` or `"bleu"`.
+    pub metric: String,
+    /// The objective's mean ± std.
+    pub value: MeanStd,
+    /// The baseline's mean ± std.
+    pub base: MeanStd,
+    /// Welch's t-test of `value − base`; `None` when either side has one seed.
+    pub welch: Option<super::stats::Welch>,
+}
+
+/// Every objective against the baseline (`ce` when present, else the first), for
+/// each split and metric both have.
+pub fn differences(objectives: &[ObjectiveSummary]) -> Vec<Difference> {
+    let Some(base) = objectives.iter().find(|o| o.objective == "ce").or(objectives.first()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for o in objectives.iter().filter(|o| o.objective != base.objective) {
+        for (split, mine, theirs) in [("dev (best)", &o.dev, &base.dev), ("test", &o.test, &base.test)] {
+            let (Some(mine), Some(theirs)) = (mine, theirs) else { continue };
+            for (metric, a, b) in [
+                ("accuracy", Some(mine.accuracy), Some(theirs.accuracy)),
+                ("macro_f1", mine.macro_f1, theirs.macro_f1),
+                ("bleu", mine.bleu, theirs.bleu),
+            ] {
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                out.push(Difference {
+                    objective: o.objective.clone(),
+                    baseline: base.objective.clone(),
+                    split: split.into(),
+                    metric: metric.into(),
+                    value: a,
+                    base: b,
+                    welch: super::stats::Welch::test(&a, &b),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// One objective's runs as read from disk, with its test-split predictions
@@ -367,17 +410,6 @@ mod tests {
         assert_eq!((one.mean, one.std, one.n), (0.25, None, 1));
         assert_eq!(one.band(), (0.25, 0.25));
         assert!(MeanStd::of(&[]).is_none());
-    }
-
-    #[test]
-    fn overlap_uses_the_larger_std() {
-        let a = MeanStd { mean: 0.40, std: Some(0.01), n: 3 };
-        let b = MeanStd { mean: 0.42, std: Some(0.03), n: 3 };
-        assert_eq!(a.overlaps(&b), Some(true));
-        let c = MeanStd { mean: 0.45, std: Some(0.01), n: 3 };
-        assert_eq!(a.overlaps(&c), Some(false));
-        let single = MeanStd { mean: 0.40, std: None, n: 1 };
-        assert_eq!(single.overlaps(&single), None);
     }
 
     const LOG: &str = r#"{"step":2,"epoch":0,"lr":0.001,"loss":1.6,"train_accuracy":0.25,"tokens_per_s":10.0,"elapsed_s":0.1}

@@ -141,6 +141,7 @@ pub fn objective(config: &RunConfig, classes: usize) -> Result<Objective> {
         ObjectiveKind::Ce => Objective::CrossEntropy,
         ObjectiveKind::Cot => Objective::Cot,
         ObjectiveKind::Gce => Objective::Gce { alpha: t.gce_alpha },
+        ObjectiveKind::CotJoint => Objective::CotJoint { weight: t.complement_weight },
         ObjectiveKind::Hcot => {
             let h = match (&t.hierarchy, classes) {
                 (Some(groups), _) => LabelHierarchy::from_groups(groups).map_err(|e| Error::Config(format!("train.hierarchy: {e}")))?,
@@ -320,7 +321,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     let test = eval_split(&config.data.test_split)?;
 
     let objective = objective(config, classes)?;
-    if classes == 2 && matches!(objective, Objective::Cot | Objective::Gce { .. } | Objective::Hcot(_)) {
+    if classes == 2 && objective.uses_complement() {
         eprintln!(
             "warning: {} has 2 classes: the complement entropy is identically 0 there (one wrong class has no spread), \
              so objective {} trains like {}",
@@ -407,5 +408,5 @@ impl Task for ClassifyTask<'_> {
 /// Path helper for callers: the default run directory for a config file.
 pub fn default_run_dir(config_path: &Path, objective: ObjectiveKind, seed: u64) -> PathBuf {
     let stem = config_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-    PathBuf::from("runs").join(format!("{stem}-{}-seed{seed}", serde_json::to_value(objective).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+    PathBuf::from("runs").join(format!("{stem}-{objective}-seed{seed}"))
 }

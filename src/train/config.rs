@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::OptimizerConfig;
 use super::schedule::Schedule;
-use super::step::ObjectiveKind;
+use super::step::{ComplementLrScale, ObjectiveKind};
 use crate::data::LabelScheme;
 use crate::error::{Error, Result};
 use crate::loss::{Form, Normalization};
@@ -163,6 +163,10 @@ fn is_one(x: &f64) -> bool {
     *x == 1.0
 }
 
+fn is_default_scale(x: &ComplementLrScale) -> bool {
+    *x == ComplementLrScale::default()
+}
+
 fn default_max_len() -> usize {
     128
 }
@@ -244,7 +248,7 @@ impl Metric {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSettings {
-    /// `"ce"`, `"cot"`, `"gce"` or `"hcot"`. Default `"ce"`.
+    /// `"ce"`, `"cot"`, `"gce"`, `"hcot"` or `"cot-joint"`. Default `"ce"`.
     #[serde(default)]
     pub objective: ObjectiveKind,
     /// Passes over the training data. Default 3.
@@ -287,11 +291,17 @@ pub struct TrainSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complement_normalization: Option<Normalization>,
     /// The complement optimizer's learning rate as a multiple of the schedule's
-    /// (COT and HCOT; ignored by ce and gce). Default 1: Algorithm 1's same rate.
-    /// With Adam-type optimizers the loss normalization does not shrink the
-    /// complement updates; this does (see the README's "Results").
+    /// (COT and HCOT; ignored by the others): a number, or `"auto"` (under Adam,
+    /// the ratio of the complement and CE gradient norms at each step, capped at 1:
+    /// the step-size ratio SGD would give; under SGD, 1). Default 1: Algorithm 1's
+    /// same rate. With Adam-type optimizers the loss normalization does not shrink
+    /// the complement updates; this does (see the README's "Results").
+    #[serde(default, skip_serializing_if = "is_default_scale")]
+    pub complement_lr_scale: ComplementLrScale,
+    /// `cot-joint`'s weight γ on the complement term: the step minimizes
+    /// `CE + γ · (−H_c / d)`. Default 1.
     #[serde(default = "default_one", skip_serializing_if = "is_one")]
-    pub complement_lr_scale: f64,
+    pub complement_weight: f64,
     /// GCE's exponent α. Default 1/3 (the GCE paper).
     #[serde(default = "default_alpha")]
     pub gce_alpha: f64,
@@ -404,8 +414,13 @@ impl RunConfig {
         if t.eval_every == Some(0) {
             return Err("train.eval_every must be at least 1".into());
         }
-        if !(t.complement_lr_scale.is_finite() && t.complement_lr_scale > 0.0) {
-            return Err(format!("train.complement_lr_scale must be a number above 0, got {}", t.complement_lr_scale));
+        if let ComplementLrScale::Fixed(x) = t.complement_lr_scale {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(format!("train.complement_lr_scale must be a number above 0 or \"auto\", got {x}"));
+            }
+        }
+        if !(t.complement_weight.is_finite() && t.complement_weight >= 0.0) {
+            return Err(format!("train.complement_weight must be a number >= 0, got {}", t.complement_weight));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             return Err(format!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing));
@@ -634,9 +649,35 @@ mod tests {
     #[test]
     fn complement_lr_scale_defaults_to_one_and_is_saved_only_when_set() {
         let c = RunConfig::from_toml(MIN, &[], "c").unwrap();
-        assert_eq!(c.train.complement_lr_scale, 1.0);
+        assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Fixed(1.0));
         assert!(!c.to_toml().contains("complement_lr_scale"));
         let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=0.1".into()], "c").unwrap();
-        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap().train.complement_lr_scale, 0.1);
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap().train.complement_lr_scale, ComplementLrScale::Fixed(0.1));
+        // Integers read as numbers; "auto" round-trips; other words are refused with the key.
+        let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=2".into()], "c").unwrap();
+        assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Fixed(2.0));
+        let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=auto".into()], "c").unwrap();
+        assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Auto);
+        assert!(c.to_toml().contains("complement_lr_scale = \"auto\""), "{}", c.to_toml());
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap(), c);
+        let e = RunConfig::from_toml(MIN, &["train.complement_lr_scale=big".into()], "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("cfg.toml") && e.contains("auto") && e.contains("big"), "{e}");
+    }
+
+    #[test]
+    fn cot_joint_and_its_weight() {
+        let c = RunConfig::from_toml(MIN, &["train.objective=cot-joint".into(), "train.complement_weight=0.5".into()], "c").unwrap();
+        assert_eq!(c.train.objective, ObjectiveKind::CotJoint);
+        assert_eq!(c.train.complement_weight, 0.5);
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap(), c);
+        assert!(!RunConfig::from_toml(MIN, &[], "c").unwrap().to_toml().contains("complement_weight"));
+        for bad in ["-1", "nan", "inf"] {
+            let e = RunConfig::from_toml(MIN, &[format!("train.complement_weight={bad}")], "cfg.toml").unwrap_err().to_string();
+            assert!(e.contains("train.complement_weight must be a number >= 0"), "{e}");
+        }
+        for k in ObjectiveKind::ALL {
+            assert_eq!(k.name().parse::<ObjectiveKind>().unwrap(), k);
+            assert_eq!(k.to_string(), k.name());
+        }
     }
 }

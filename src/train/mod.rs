@@ -14,4 +14,4 @@ pub mod translate;
 pub use config::{parse_device, DataConfig, DecodeSettings, DeviceSpec, Metric, Precision, RunConfig, TokenizerSource, TrainSettings};
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
-pub use step::{LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};
+pub use step::{ComplementLrScale, LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};

@@ -150,6 +150,11 @@ impl Optimizer {
         self.steps
     }
 
+    /// The update rule and its hyper-parameters.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
     /// The learning rate of the next update.
     pub fn learning_rate(&self) -> f64 {
         self.lr

@@ -285,7 +285,7 @@ pub fn run<T: Task>(
                 "loss": window.0 / n as f64, "train_accuracy": window.1 as f64 / window.2.max(1) as f64,
                 "tokens_per_s": tok_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
             });
-            if stepper.objective().alternates() {
+            if stepper.objective().reports_complement() {
                 line["complement"] = serde_json::json!(complement_sum / n as f64);
             }
             log_line(run, line)?;

@@ -29,6 +29,14 @@ pub enum Objective {
     /// Hierarchical COT: alternates cross-entropy with the hierarchical complement
     /// entropy, as COT does with the flat one.
     Hcot(LabelHierarchy),
+    /// Joint single-pass COT: minimizes `CE + weight · (−H_c / d)` with one
+    /// forward and one backward pass and the primary optimizer only (the form of
+    /// Complement Cross-Entropy, Kim et al. 2021). Half COT's cost; the weight sets
+    /// the complement term's share of every update, whatever the optimizer.
+    CotJoint {
+        /// γ, the complement term's weight (`train.complement_weight`).
+        weight: f64,
+    },
 }
 
 impl Objective {
@@ -44,7 +52,19 @@ impl Objective {
             Objective::Cot => "cot",
             Objective::Gce { .. } => "gce",
             Objective::Hcot(_) => "hcot",
+            Objective::CotJoint { .. } => "cot-joint",
         }
+    }
+
+    /// Whether a step reports a complement loss (COT, HCOT, cot-joint).
+    pub fn reports_complement(&self) -> bool {
+        matches!(self, Objective::Cot | Objective::Hcot(_) | Objective::CotJoint { .. })
+    }
+
+    /// Whether the objective uses the complement entropy at all (so it is a no-op
+    /// addition on 2-class tasks).
+    pub fn uses_complement(&self) -> bool {
+        !matches!(self, Objective::CrossEntropy)
     }
 }
 
@@ -61,18 +81,111 @@ pub enum ObjectiveKind {
     Gce,
     /// Hierarchical COT.
     Hcot,
+    /// Joint single-pass COT (`CE + γ·complement`, one backward pass).
+    #[serde(rename = "cot-joint")]
+    CotJoint,
+}
+
+impl ObjectiveKind {
+    /// Every objective, in the order the CLI lists them.
+    pub const ALL: [ObjectiveKind; 5] = [Self::Ce, Self::Cot, Self::Gce, Self::Hcot, Self::CotJoint];
+
+    /// The name as configs and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ce => "ce",
+            Self::Cot => "cot",
+            Self::Gce => "gce",
+            Self::Hcot => "hcot",
+            Self::CotJoint => "cot-joint",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectiveKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for ObjectiveKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "ce" => Ok(Self::Ce),
-            "cot" => Ok(Self::Cot),
-            "gce" => Ok(Self::Gce),
-            "hcot" => Ok(Self::Hcot),
-            other => Err(format!("unknown objective {other:?}: expected ce, cot, gce or hcot")),
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            format!("unknown objective {s:?}: expected ce, cot, gce, hcot or cot-joint")
+        })
+    }
+}
+
+/// The complement optimizer's learning rate relative to the primary one's
+/// (`train.complement_lr_scale`: a number, or `"auto"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ComplementLrScale {
+    /// A fixed multiple of the schedule's rate. 1 is Algorithm 1.
+    Fixed(f64),
+    /// Reproduces, under Adam-type optimizers, the step-size ratio that SGD gives
+    /// the authors' recipe: at every step the complement optimizer runs at
+    /// `lr · min(1, ‖g_c‖ / ‖g_ce‖)`, the ratio of the two gradients' norms (each
+    /// after clipping) that SGD's updates would have. SGD already has that ratio
+    /// in its updates, so there `auto` is 1.
+    Auto,
+}
+
+impl Default for ComplementLrScale {
+    fn default() -> Self {
+        ComplementLrScale::Fixed(1.0)
+    }
+}
+
+impl From<f64> for ComplementLrScale {
+    fn from(x: f64) -> Self {
+        ComplementLrScale::Fixed(x)
+    }
+}
+
+impl std::fmt::Display for ComplementLrScale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComplementLrScale::Fixed(x) => write!(f, "{x}"),
+            ComplementLrScale::Auto => f.write_str("auto"),
         }
+    }
+}
+
+impl Serialize for ComplementLrScale {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ComplementLrScale::Fixed(x) => s.serialize_f64(*x),
+            ComplementLrScale::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ComplementLrScale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ComplementLrScale;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number above 0 or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> std::result::Result<Self::Value, E> {
+                Ok(ComplementLrScale::Fixed(x))
+            }
+            fn visit_i64<E: serde::de::Error>(self, x: i64) -> std::result::Result<Self::Value, E> {
+                Ok(ComplementLrScale::Fixed(x as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, x: u64) -> std::result::Result<Self::Value, E> {
+                Ok(ComplementLrScale::Fixed(x as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+                match s {
+                    "auto" => Ok(ComplementLrScale::Auto),
+                    other => Err(E::custom(format!("expected a number above 0 or \"auto\", got {other:?}"))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -96,9 +209,11 @@ pub struct LossConfig {
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
-    /// The primary loss (CE, or GCE), averaged over the step's counted targets.
+    /// The primary loss (CE, or GCE), averaged over the step's counted targets;
+    /// for `cot-joint`, its cross-entropy part.
     pub loss: f64,
-    /// The complement loss of the second pass (COT, HCOT).
+    /// The complement loss of the second pass (COT, HCOT), or the (unweighted)
+    /// complement part of `cot-joint`'s loss.
     pub complement: Option<f64>,
     /// Counted targets (examples or non-pad tokens) in the step.
     pub count: usize,
@@ -121,7 +236,7 @@ pub struct Stepper {
     losses: LossConfig,
     primary: Optimizer,
     complement: Option<Optimizer>,
-    complement_lr_scale: f64,
+    complement_lr_scale: ComplementLrScale,
 }
 
 impl Stepper {
@@ -137,17 +252,22 @@ impl Stepper {
         } else {
             None
         };
-        Ok(Self { primary: Optimizer::new(vars, optimizer)?, complement, objective, losses, complement_lr_scale: 1.0 })
+        Ok(Self { primary: Optimizer::new(vars, optimizer)?, complement, objective, losses, complement_lr_scale: ComplementLrScale::default() })
     }
 
     /// Runs the complement optimizer (COT, HCOT) at `scale` times the learning rate
     /// of the cross-entropy one, now and at every later
-    /// [`set_learning_rate`](Self::set_learning_rate). Default 1 (Algorithm 1: the
-    /// same rate). Adam-type optimizers normalize each update by the gradient's
-    /// running scale, so the complement loss's normalization (÷K, ÷ln K) does not
-    /// shrink its updates; this does. No effect on objectives with one step.
-    pub fn with_complement_lr_scale(mut self, scale: f64) -> Self {
-        self.complement_lr_scale = scale;
+    /// [`set_learning_rate`](Self::set_learning_rate) (a number), or at the
+    /// gradient-norm ratio of each step ([`ComplementLrScale::Auto`]). Default 1
+    /// (Algorithm 1: the same rate). Adam-type optimizers normalize each update by
+    /// the gradient's running scale, so the complement loss's normalization (÷K,
+    /// ÷ln K) does not shrink its updates; this does. No effect on objectives with
+    /// one step.
+    pub fn with_complement_lr_scale(mut self, scale: impl Into<ComplementLrScale>) -> Self {
+        self.complement_lr_scale = scale.into();
+        if matches!(self.primary.config(), OptimizerConfig::Sgd { .. }) && self.complement_lr_scale == ComplementLrScale::Auto {
+            self.complement_lr_scale = ComplementLrScale::Fixed(1.0);
+        }
         let lr = self.primary.learning_rate();
         self.set_learning_rate(lr);
         self
@@ -168,7 +288,13 @@ impl Stepper {
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.primary.set_learning_rate(lr);
         if let Some(c) = &mut self.complement {
-            c.set_learning_rate(lr * self.complement_lr_scale);
+            // Under `auto` the step sets the complement rate from its gradients;
+            // until then it is the primary one's.
+            let scale = match self.complement_lr_scale {
+                ComplementLrScale::Fixed(x) => x,
+                ComplementLrScale::Auto => 1.0,
+            };
+            c.set_learning_rate(lr * scale);
         }
     }
 
@@ -193,61 +319,89 @@ impl Stepper {
         for (_, t) in micro {
             total += loss::count_targets(t, ignore)?;
         }
-        let primary_loss = |logits: &Tensor, targets: &Tensor| -> Result<LossSum> {
-            match &self.objective {
-                Objective::Gce { alpha } => {
-                    loss::guided_complement_entropy_sum(logits, targets, *alpha, &self.losses.complement)
-                }
-                _ if self.losses.chunked => loss::chunked_cross_entropy_sum(logits, targets, &self.losses.cross_entropy),
-                _ => loss::cross_entropy_sum(logits, targets, &self.losses.cross_entropy),
+        let complement_opts = ComplementOptions {
+            ignore_index: self.losses.complement.ignore_index.or(self.losses.cross_entropy.ignore_index),
+            ..self.losses.complement
+        };
+        let chunked_complement = self.losses.chunked && complement_opts.form == loss::Form::Exact;
+        let losses = &self.losses;
+        let cross_entropy = |logits: &Tensor, targets: &Tensor| -> Result<LossSum> {
+            if losses.chunked {
+                loss::chunked_cross_entropy_sum(logits, targets, &losses.cross_entropy)
+            } else {
+                loss::cross_entropy_sum(logits, targets, &losses.cross_entropy)
             }
         };
-        let (value, mut grads) = accumulate(micro, total, &mut forward, primary_loss)?;
-        if !value.is_finite() {
-            return Ok(Err(NonFinite { pass: "primary", value }));
+        let flat_complement = |logits: &Tensor, targets: &Tensor| -> Result<LossSum> {
+            if chunked_complement {
+                loss::chunked_complement_entropy_sum(logits, targets, &complement_opts)
+            } else {
+                loss::complement_entropy_sum(logits, targets, &complement_opts)
+            }
+        };
+        let objective = &self.objective;
+        let primary_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
+            Ok(match objective {
+                Objective::Gce { alpha } => {
+                    Parts::one(loss::guided_complement_entropy_sum(logits, targets, *alpha, &losses.complement)?.sum)
+                }
+                Objective::CotJoint { weight } => {
+                    let ce = cross_entropy(logits, targets)?.sum;
+                    let c = flat_complement(logits, targets)?.sum;
+                    Parts { minimized: (&ce + c.affine(*weight, 0.0)?)?, primary: ce, complement: Some(c) }
+                }
+                _ => Parts::one(cross_entropy(logits, targets)?.sum),
+            })
+        };
+        let Accumulated { minimized, primary: value, complement: joint_complement, mut grads } =
+            accumulate(micro, total, &mut forward, primary_loss)?;
+        if !minimized.is_finite() {
+            let pass = if value.is_finite() { "complement" } else { "primary" };
+            return Ok(Err(NonFinite { pass, value: if value.is_finite() { minimized } else { value } }));
         }
         let vars: Vec<Var> = self.primary.vars().cloned().collect();
-        let grad_norm = match self.losses.clip_norm {
-            Some(max) => clip_grad_norm(&mut grads, vars.iter(), max)?,
-            None => clip_grad_norm(&mut grads, vars.iter(), f64::INFINITY)?,
-        };
+        let max_norm = self.losses.clip_norm.unwrap_or(f64::INFINITY);
+        let grad_norm = clip_grad_norm(&mut grads, vars.iter(), max_norm)?;
         if !grad_norm.is_finite() {
             return Ok(Err(NonFinite { pass: "primary", value: grad_norm }));
         }
         self.primary.step(&grads)?;
         drop(grads);
 
-        let complement = match (&self.objective, &mut self.complement) {
+        let complement = match (objective, &mut self.complement) {
             (Objective::Cot | Objective::Hcot(_), Some(opt)) => {
-                let opts = ComplementOptions {
-                    ignore_index: self.losses.complement.ignore_index.or(self.losses.cross_entropy.ignore_index),
-                    ..self.losses.complement
-                };
-                let objective = &self.objective;
-                let chunked = self.losses.chunked && opts.form == loss::Form::Exact;
-                let complement_loss = |logits: &Tensor, targets: &Tensor| -> Result<LossSum> {
-                    match objective {
-                        Objective::Hcot(h) => loss::hierarchical_complement_entropy_sum(logits, targets, h, &opts),
-                        _ if chunked => loss::chunked_complement_entropy_sum(logits, targets, &opts),
-                        _ => loss::complement_entropy_sum(logits, targets, &opts),
-                    }
+                let complement_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
+                    Ok(Parts::one(match objective {
+                        Objective::Hcot(h) => loss::hierarchical_complement_entropy_sum(logits, targets, h, &complement_opts)?.sum,
+                        _ => flat_complement(logits, targets)?.sum,
+                    }))
                 };
                 // Algorithm 1: a second forward pass with the weights the CE step
                 // just updated (and fresh dropout masks).
-                let (value, mut grads) = accumulate(micro, total, &mut forward, complement_loss)?;
+                let Accumulated { minimized: value, mut grads, .. } = accumulate(micro, total, &mut forward, complement_loss)?;
                 if !value.is_finite() {
                     return Ok(Err(NonFinite { pass: "complement", value }));
                 }
-                if let Some(max) = self.losses.clip_norm {
-                    let norm = clip_grad_norm(&mut grads, vars.iter(), max)?;
-                    if !norm.is_finite() {
-                        return Ok(Err(NonFinite { pass: "complement", value: norm }));
-                    }
+                let auto = self.complement_lr_scale == ComplementLrScale::Auto;
+                let norm = if self.losses.clip_norm.is_some() || auto {
+                    clip_grad_norm(&mut grads, vars.iter(), max_norm)?
+                } else {
+                    0.0
+                };
+                if !norm.is_finite() {
+                    return Ok(Err(NonFinite { pass: "complement", value: norm }));
+                }
+                if auto {
+                    // The ratio SGD's two updates would have (after clipping);
+                    // never above Algorithm 1's equal rate.
+                    let primary = grad_norm.min(max_norm);
+                    let ratio = if primary > 0.0 { (norm.min(max_norm) / primary).min(1.0) } else { 1.0 };
+                    opt.set_learning_rate(self.primary.learning_rate() * ratio);
                 }
                 opt.step(&grads)?;
                 Some(value)
             }
-            _ => None,
+            _ => joint_complement,
         };
         Ok(Ok(StepReport { loss: value, complement, count: total, grad_norm }))
     }
@@ -276,20 +430,62 @@ impl Stepper {
     }
 }
 
-/// Forward + backward over every micro-batch; returns the step's loss (sum over
-/// micro-batches of sum_i / total) and the summed gradients.
+/// What a loss closure returns for one micro-batch: the sum to minimize, and the
+/// sums to report (the cross-entropy part, and the complement part of a joint
+/// objective). All are sums over the micro-batch's counted targets.
+struct Parts {
+    minimized: Tensor,
+    primary: Tensor,
+    complement: Option<Tensor>,
+}
+
+impl Parts {
+    fn one(sum: Tensor) -> Self {
+        Parts { minimized: sum.clone(), primary: sum, complement: None }
+    }
+}
+
+fn scalar(t: &Tensor, total: usize) -> Result<f64> {
+    LossSum { sum: t.clone(), count: 0 }.scaled(total)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+}
+
+/// What [`accumulate`] measured: each value is the sum over micro-batches of
+/// `sum_i / total`.
+struct Accumulated {
+    /// The minimized loss.
+    minimized: f64,
+    /// Its cross-entropy (or single-objective) part.
+    primary: f64,
+    /// Its complement part, for the joint objective.
+    complement: Option<f64>,
+    grads: GradStore,
+}
+
+/// Forward + backward over every micro-batch; returns the values and the summed
+/// gradients of the minimized loss.
 fn accumulate<B>(
     micro: &[(B, Tensor)],
     total: usize,
     forward: &mut impl FnMut(&B) -> Result<Tensor>,
-    loss_fn: impl Fn(&Tensor, &Tensor) -> Result<LossSum>,
-) -> Result<(f64, GradStore)> {
-    let mut value = 0.0;
+    loss_fn: impl Fn(&Tensor, &Tensor) -> Result<Parts>,
+) -> Result<Accumulated> {
+    let mut minimized = 0.0;
+    let mut primary = 0.0;
+    let mut complement: Option<f64> = None;
     let mut acc: Option<GradStore> = None;
     for (input, targets) in micro {
         let logits = forward(input)?;
-        let scaled = loss_fn(&logits, targets)?.scaled(total)?;
-        value += scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let parts = loss_fn(&logits, targets)?;
+        let scaled = LossSum { sum: parts.minimized.clone(), count: 0 }.scaled(total)?;
+        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        minimized += value;
+        primary += match parts.complement {
+            None => value,
+            Some(_) => scalar(&parts.primary, total)?,
+        };
+        if let Some(c) = &parts.complement {
+            *complement.get_or_insert(0.0) += scalar(c, total)?;
+        }
         let grads = scaled.backward()?;
         acc = Some(match acc {
             None => grads,
@@ -303,5 +499,5 @@ fn accumulate<B>(
         Some(g) => g,
         None => Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?.backward()?,
     };
-    Ok((value, grads))
+    Ok(Accumulated { minimized, primary, complement, grads })
 }

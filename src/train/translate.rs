@@ -170,7 +170,8 @@ fn objective(config: &RunConfig) -> Result<Objective> {
         ObjectiveKind::Ce => Objective::CrossEntropy,
         ObjectiveKind::Cot => Objective::Cot,
         ObjectiveKind::Gce => Objective::Gce { alpha: config.train.gce_alpha },
-        ObjectiveKind::Hcot => return Err(Error::Config("objective hcot needs class groups; translation supports ce, cot and gce".into())),
+        ObjectiveKind::CotJoint => Objective::CotJoint { weight: config.train.complement_weight },
+        ObjectiveKind::Hcot => return Err(Error::Config("objective hcot needs class groups; translation supports ce, cot, gce and cot-joint".into())),
     })
 }
 
