@@ -264,3 +264,26 @@ fn auto_complement_lr_scale_is_the_gradient_norm_ratio_under_adam_and_one_under_
     }
     assert_eq!(flat(&w1), flat(&w2));
 }
+
+#[test]
+fn gce_sums_over_the_targets_it_counts() {
+    // The ignore index set on the cross-entropy side only: the step counts targets
+    // without it, so the GCE sum must skip the same ones (regression: it summed
+    // over every target and divided by the smaller count).
+    let (x, y) = data();
+    let ignore = 0u32;
+    assert!(y.to_vec1::<u32>().unwrap().contains(&ignore));
+    let losses = LossConfig {
+        cross_entropy: loss::CrossEntropyOptions { ignore_index: Some(ignore), label_smoothing: 0.0 },
+        ..Default::default()
+    };
+    let w = weights();
+    let mut stepper = Stepper::new(Objective::Gce { alpha: 1.0 / 3.0 }, losses, vec![("w".into(), w.clone())], sgd()).unwrap();
+    let logits = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let opts = ComplementOptions { ignore_index: Some(ignore), ..Default::default() };
+    let want = loss::guided_complement_entropy_sum(&logits, &y, 1.0 / 3.0, &opts).unwrap();
+    let report = stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+    assert_eq!(report.count, want.count);
+    let want = want.mean().unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!((report.loss - want).abs() < 1e-6, "{} vs {want}", report.loss);
+}

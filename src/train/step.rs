@@ -343,7 +343,7 @@ impl Stepper {
         let primary_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
             Ok(match objective {
                 Objective::Gce { alpha } => {
-                    Parts::one(loss::guided_complement_entropy_sum(logits, targets, *alpha, &losses.complement)?.sum)
+                    Parts::one(loss::guided_complement_entropy_sum(logits, targets, *alpha, &complement_opts)?.sum)
                 }
                 Objective::CotJoint { weight } => {
                     let ce = cross_entropy(logits, targets)?.sum;
