@@ -41,7 +41,7 @@ hidden = 16
 [train]
 objective = "cot"
 batch_size = 8
-max_steps = 40
+max_steps = 80
 eval_every = 1
 log_every = 1
 TOML
@@ -65,15 +65,17 @@ while [ "$kills" -lt "$KILLS" ]; do
     fi
     "$BIN" train -q "${args[@]}" > "$work/log" 2>&1 &
     pid=$!
-    # 0.05 to 1.55 s: start-up takes a few tenths, then ~40 steps with a save each.
-    sleep "$(printf '%d.%03d' $((RANDOM % 2)) $((RANDOM % 1000)))"
+    # 0 to 1.5 s: start-up takes about half a second, then 80 steps of a few
+    # hundredths with a save after each.
+    sleep "$(printf '0.%03d' $((RANDOM % 1000)))" "$(printf '0.%03d' $((RANDOM % 500)))"
     if [ "$kills" -lt "$KILLS" ] && kill -9 "$pid" 2> /dev/null; then
       kills=$((kills + 1))
-      wait "$pid" || true
+      { wait "$pid"; } 2> /dev/null || true
       continue
     fi
-    if wait "$pid"; then break; fi
-    status=$?
+    status=0
+    { wait "$pid"; } 2> /dev/null || status=$?
+    [ "$status" -eq 0 ] && break
     if [ "$status" -eq 137 ]; then kills=$((kills + 1)); continue; fi
     echo "round $rounds: cotext train ${args[*]} failed ($status):" >&2
     cat "$work/log" >&2
