@@ -2,9 +2,9 @@
 //! early stopping and `metrics.jsonl`), evaluate, predict.
 //!
 //! A run directory holds `config.toml` (the resolved config), `tokenizer.json`,
-//! `labels.json`, `model.safetensors` + `optim.safetensors` + `state.json` (the last
-//! checkpoint, for `--resume`), `best.safetensors` (the weights of the best
-//! evaluation) and `metrics.jsonl`. Every file is written atomically.
+//! `labels.json`, `metrics.jsonl`, and the checkpoint: `ckpt-<step>/` with the last
+//! weights, optimizer state and best weights, and `state.json` pointing at it (see
+//! [`super::checkpoint`]). Every file is written atomically.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
