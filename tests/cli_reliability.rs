@@ -252,3 +252,21 @@ fn translate_on_a_classification_run_says_what_it_is() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("classification run") && text(&o).contains("cotext predict"), "{}", text(&o));
 }
+
+#[test]
+fn binary_stdin_to_predict_names_the_line() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained(tmp.path(), &data);
+    let mut child = command(tmp.path(), &["predict", "--run", run.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a fine film .\n\xff\xfe\x00 binary\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("<stdin>:2: not UTF-8"), "{}", text(&o));
+}

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use cotext::data::{DataDir, Dataset};
 use cotext::metrics::ClassificationReport;
@@ -320,19 +319,31 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
     }
 }
 
+/// Line `i` (0-based) of standard input; text that is not UTF-8 is the user's
+/// input error, with its line number (exit 2).
+fn stdin_line(i: usize, line: std::io::Result<String>) -> anyhow::Result<String> {
+    match line {
+        Ok(line) => Ok(line),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(cotext::Error::Parse { path: PathBuf::from("<stdin>"), line: i + 1, msg: "not UTF-8 text".into() }.into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("reading stdin")),
+    }
+}
+
 /// `cotext predict`.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let (setup, model) = classify::load_run(&args.run)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut lines = stdin.lock().lines();
+    let mut lines = stdin.lock().lines().enumerate();
     let mut eof = false;
     while !eof {
         let mut batch: Vec<String> = Vec::with_capacity(64);
         while batch.len() < 64 {
             match lines.next() {
-                Some(line) => batch.push(line.context("reading stdin")?),
+                Some((i, line)) => batch.push(stdin_line(i, line)?),
                 None => {
                     eof = true;
                     break;
@@ -395,12 +406,12 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = std::io::stdin().lock().lines().enumerate();
     let chunk = 1024;
     loop {
         let mut batch = Vec::with_capacity(chunk);
-        for line in lines.by_ref().take(chunk) {
-            batch.push(line.context("reading stdin")?);
+        for (i, line) in lines.by_ref().take(chunk) {
+            batch.push(stdin_line(i, line)?);
         }
         if batch.is_empty() {
             break;
