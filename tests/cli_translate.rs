@@ -150,6 +150,12 @@ fn train_eval_translate_and_bleu_agree() {
     assert_eq!(report["count"], 1000);
     assert!((report["bleu"].as_f64().unwrap() - trained_bleu).abs() < 1e-9);
     assert!(report["signature"].as_str().unwrap().starts_with("nrefs:1|"));
+    // The text report leads with the score, as sacreBLEU's does, for eval and train.
+    let o = cotext(tmp.path(), &["eval", "--run", run.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("BLEU")).unwrap_or_default().to_string();
+    assert!(line.starts_with(&format!("BLEU = {trained_bleu:.2} ")), "{line}");
+    assert!(out.contains(&format!("BLEU = {trained_bleu:.2} ")), "{out}");
 
     // `cotext translate`: one output line per input line, in order, empty lines included.
     let input = "Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n";
