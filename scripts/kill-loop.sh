@@ -66,8 +66,13 @@ while [ "$kills" -lt "$KILLS" ]; do
     "$BIN" train -q "${args[@]}" > "$work/log" 2>&1 &
     pid=$!
     # 0 to 1.5 s: start-up takes about half a second, then 80 steps of a few
-    # hundredths with a save after each.
-    sleep "$(printf '0.%03d' $((RANDOM % 1000)))" "$(printf '0.%03d' $((RANDOM % 500)))"
+    # hundredths with a save after each. Every other round's first start is
+    # killed within 0.4 s, mostly before its first checkpoint.
+    if [ "${args[0]}" = --config ] && [ $((rounds % 2)) -eq 1 ]; then
+      sleep "$(printf '0.%03d' $((RANDOM % 400)))"
+    else
+      sleep "$(printf '0.%03d' $((RANDOM % 1000)))" "$(printf '0.%03d' $((RANDOM % 500)))"
+    fi
     if [ "$kills" -lt "$KILLS" ] && kill -9 "$pid" 2> /dev/null; then
       kills=$((kills + 1))
       { wait "$pid"; } 2> /dev/null || true
