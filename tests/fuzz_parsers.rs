@@ -160,3 +160,19 @@ fn safetensors_loading_never_panics_and_names_the_file() {
         check(&bytes, &path);
     }
 }
+
+#[test]
+fn tokenizer_json_never_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf-bert/tokenizer.json")).unwrap();
+    fuzz("tokenizer.json", &seed, 6, Duration::from_secs(120), |input| {
+        std::fs::write(&path, input).unwrap();
+        match cotext::tokenize::TextTokenizer::from_file(&path) {
+            Ok(t) => {
+                let _ = t.encode_with("a fine film .", &Default::default());
+            }
+            Err(e) => assert!(e.is_user_error() && e.to_string().contains("tokenizer.json"), "{e}"),
+        }
+    });
+}
