@@ -33,8 +33,8 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// Training produced a NaN or infinite loss; the weights of that step were not
-    /// applied and the last checkpoint on disk is the last good one.
-    #[error("the {what} became {value} at step {step}; training stopped and the last good checkpoint in {} is kept", kept.display())]
+    /// applied and the last checkpoint on disk (if one was saved) is the last good one.
+    #[error("the {what} became {value} at step {step}; training stopped{}", kept_note(kept.as_deref()))]
     NonFinite {
         /// The update (1-based) whose loss was not finite.
         step: u64,
@@ -42,8 +42,8 @@ pub enum Error {
         what: String,
         /// Its value.
         value: f64,
-        /// The run directory holding the last good checkpoint.
-        kept: PathBuf,
+        /// The run directory holding the last good checkpoint, if one was saved.
+        kept: Option<PathBuf>,
     },
     /// A user-supplied file is malformed as a whole (no single line is to blame:
     /// an empty file, a bad `tokenizer.json`, a TOML card, an archive).
@@ -148,6 +148,13 @@ impl Error {
                 | Error::LineCount { .. }
                 | Error::EmptyInput { .. }
         )
+    }
+}
+
+fn kept_note(kept: Option<&std::path::Path>) -> String {
+    match kept {
+        Some(run) => format!(" and the last good checkpoint in {} is kept", run.display()),
+        None => " before its first checkpoint, so no weights were saved".to_string(),
     }
 }
 

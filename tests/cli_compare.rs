@@ -49,6 +49,11 @@ fn config(dir: &Path, data: &Path) -> PathBuf {
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
 
+/// A file of the run's live checkpoint, checked against state.json's sha256.
+fn checkpoint_file(run: &Path, name: &str) -> PathBuf {
+    cotext::train::checkpoint::Checkpoint::read(run).unwrap().expect("a checkpoint").verify(name).unwrap()
+}
+
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).map(|b| b.starts_with(PNG)).unwrap_or(false)
 }
@@ -78,9 +83,10 @@ fn compare_reports_every_run_and_skips_finished_ones_when_run_again() {
     let out = tmp.path().join("cmp");
     let runs = ["ce-seed1", "ce-seed2", "cot-seed1", "cot-seed2"];
     for run in runs {
-        for f in ["config.toml", "state.json", "best.safetensors", "metrics.jsonl"] {
+        for f in ["config.toml", "state.json", "metrics.jsonl"] {
             assert!(out.join(run).join(f).is_file(), "{run}/{f} missing");
         }
+        assert!(checkpoint_file(&out.join(run), "best.safetensors").is_file(), "{run}: no best weights");
         let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(run).join("state.json")).unwrap()).unwrap();
         assert_eq!(state["finished"], true, "{run}");
         assert_eq!(state["step"], 6, "{run}");
@@ -187,7 +193,7 @@ fn compare_resumes_a_half_finished_run() {
     // The resumed run equals a straight one.
     let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--objective", "cot", "--seed", "1", "--out", "straight"]);
     assert!(o.status.success(), "{}", text(&o));
-    let weights = |run: &str| std::fs::read(tmp.path().join(run).join("model.safetensors")).unwrap();
+    let weights = |run: &str| std::fs::read(checkpoint_file(&tmp.path().join(run), "model.safetensors")).unwrap();
     assert!(weights("cmp/cot-seed1") == weights("straight"));
 }
 
@@ -216,7 +222,7 @@ fn compare_with_jobs_trains_runs_in_parallel_processes_and_gets_the_same_weights
     for name in ["ce-seed1", "cot-seed1"] {
         let log = std::fs::read_to_string(tmp.path().join("par").join(format!("{name}.log"))).unwrap();
         assert!(log.contains("test"), "{name}.log: {log}");
-        let weights = |out: &str| std::fs::read(tmp.path().join(out).join(name).join("model.safetensors")).unwrap();
+        let weights = |out: &str| std::fs::read(checkpoint_file(&tmp.path().join(out).join(name), "model.safetensors")).unwrap();
         assert!(weights("par") == weights("seq"), "{name}: parallel and in-process runs differ");
     }
     let report = std::fs::read_to_string(tmp.path().join("par/report.md")).unwrap();

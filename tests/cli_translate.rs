@@ -61,8 +61,15 @@ fn config(dir: &Path, data: &Path, name: &str, model: &str, extra: &str) -> Path
     path
 }
 
+/// A file of the run: checkpoint files from the folder state.json points at
+/// (checked against its sha256), the others from the run directory.
 fn read(run: &Path, file: &str) -> Vec<u8> {
-    std::fs::read(run.join(file)).unwrap()
+    let path = if file.ends_with(".safetensors") {
+        cotext::train::checkpoint::Checkpoint::read(run).unwrap().expect("a checkpoint").verify(file).unwrap()
+    } else {
+        run.join(file)
+    };
+    std::fs::read(path).unwrap()
 }
 
 #[test]
@@ -118,9 +125,10 @@ fn train_eval_translate_and_bleu_agree() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("BLEU") && out.contains("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"), "{out}");
-    for f in ["config.toml", "tokenizer.json", "model.safetensors", "optim.safetensors", "state.json", "metrics.jsonl", "test.hyp.txt"] {
+    for f in ["config.toml", "tokenizer.json", "state.json", "metrics.jsonl", "test.hyp.txt"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
+    assert!(!read(&run, "model.safetensors").is_empty() && !read(&run, "optim.safetensors").is_empty());
     let hyps = String::from_utf8(read(&run, "test.hyp.txt")).unwrap();
     assert_eq!(hyps.lines().count(), 1000);
     let metrics = String::from_utf8(read(&run, "metrics.jsonl")).unwrap();
@@ -142,6 +150,12 @@ fn train_eval_translate_and_bleu_agree() {
     assert_eq!(report["count"], 1000);
     assert!((report["bleu"].as_f64().unwrap() - trained_bleu).abs() < 1e-9);
     assert!(report["signature"].as_str().unwrap().starts_with("nrefs:1|"));
+    // The text report leads with the score, as sacreBLEU's does, for eval and train.
+    let o = cotext(tmp.path(), &["eval", "--run", run.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("BLEU")).unwrap_or_default().to_string();
+    assert!(line.starts_with(&format!("BLEU = {trained_bleu:.2} ")), "{line}");
+    assert!(out.contains(&format!("BLEU = {trained_bleu:.2} ")), "{out}");
 
     // `cotext translate`: one output line per input line, in order, empty lines included.
     let input = "Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n";

@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use cotext::data::{DataDir, Dataset};
 use cotext::metrics::ClassificationReport;
 use cotext::train::classify::{self, Outcome, TrainOptions};
-use cotext::train::translate;
+use cotext::train::{runner, translate};
 use cotext::train::{ObjectiveKind, Precision, RunConfig};
 
 /// Arguments of `cotext train`.
@@ -110,7 +109,18 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     if args.resume {
         let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;
+        if let Some(c) = &args.config {
+            return Err(cotext::Error::Config(format!(
+                "--config {} cannot be combined with --resume: a resumed run keeps its saved config.toml (change allowed keys with --set)",
+                c.display()
+            ))
+            .into());
+        }
+        runner::prepare_run_dir(&out, true)?;
+        let saved = RunConfig::load(&out.join("config.toml"), &[])?;
         let config = RunConfig::load(&out.join("config.toml"), &overrides)?;
+        // Before anything is written: a refused resume leaves the run as it was.
+        runner::check_resume_config(&saved, &config)?;
         return Ok((config, out));
     }
     let path = args.config.clone().ok_or_else(|| cotext::Error::Config("--config FILE is required (or --resume --out DIR)".into()))?;
@@ -125,7 +135,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // First Ctrl-C: finish the step, save, exit. Second: exit at once.
+        // First Ctrl-C or SIGTERM (`timeout`, a batch scheduler, `docker stop`):
+        // finish the step, save, exit 130. Second: exit 130 at once (the
+        // checkpoint on disk stays whole either way).
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
@@ -143,10 +155,19 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         out.display()
     );
     let options = TrainOptions { resume: args.resume, progress: !args.quiet };
+    let existed = out.exists();
+    // A fresh run that fails before its first checkpoint leaves no folder behind.
+    let discard = |e: cotext::Error| {
+        if !args.resume {
+            runner::discard_unstarted(&out, existed);
+        }
+        e
+    };
     if translate::is_translation(&config)? {
-        return report_translation(&config, &out, translate::train(&config, &out, &options, &stop)?, started);
+        let outcome = translate::train(&config, &out, &options, &stop).map_err(discard)?;
+        return report_translation(&config, &out, outcome, started);
     }
-    let outcome = classify::train(&config, &out, &options, &stop)?;
+    let outcome = classify::train(&config, &out, &options, &stop).map_err(discard)?;
     let secs = started.elapsed().as_secs_f64();
     match outcome {
         Outcome::Interrupted { steps } => {
@@ -181,7 +202,7 @@ fn report_translation(config: &RunConfig, out: &std::path::Path, outcome: transl
                 println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
             }
             if let Some((score, signature)) = test {
-                println!("{} BLEU (beam {}): {}", config.data.test_split, config.decode.beam, score.verbose());
+                println!("{} (beam {}): BLEU = {:.2} {}", config.data.test_split, config.decode.beam, score.score, score.verbose());
                 println!("signature: {signature}");
                 println!("translations: {}", out.join("test.hyp.txt").display());
             }
@@ -275,7 +296,8 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
         }
         Format::Text => {
             println!("{} {split}: {} sentences, beam {}, decoded in {secs:.1} s", config.data.dataset, pairs.len(), config.decode.beam);
-            println!("{}", score.verbose());
+            // sacreBLEU's order: the score first, then precisions, BP and lengths.
+            println!("BLEU = {:.2} {}", score.score, score.verbose());
             println!("signature: {signature}");
         }
     }
@@ -297,19 +319,31 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
     }
 }
 
+/// Line `i` (0-based) of standard input; text that is not UTF-8 is the user's
+/// input error, with its line number (exit 2).
+fn stdin_line(i: usize, line: std::io::Result<String>) -> anyhow::Result<String> {
+    match line {
+        Ok(line) => Ok(line),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(cotext::Error::Parse { path: PathBuf::from("<stdin>"), line: i + 1, msg: "not UTF-8 text".into() }.into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("reading stdin")),
+    }
+}
+
 /// `cotext predict`.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let (setup, model) = classify::load_run(&args.run)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut lines = stdin.lock().lines();
+    let mut lines = stdin.lock().lines().enumerate();
     let mut eof = false;
     while !eof {
         let mut batch: Vec<String> = Vec::with_capacity(64);
         while batch.len() < 64 {
             match lines.next() {
-                Some(line) => batch.push(line.context("reading stdin")?),
+                Some((i, line)) => batch.push(stdin_line(i, line)?),
                 None => {
                     eof = true;
                     break;
@@ -372,12 +406,12 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = std::io::stdin().lock().lines().enumerate();
     let chunk = 1024;
     loop {
         let mut batch = Vec::with_capacity(chunk);
-        for line in lines.by_ref().take(chunk) {
-            batch.push(line.context("reading stdin")?);
+        for (i, line) in lines.by_ref().take(chunk) {
+            batch.push(stdin_line(i, line)?);
         }
         if batch.is_empty() {
             break;

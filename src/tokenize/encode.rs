@@ -135,10 +135,25 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut inner: Tokenizer = text.parse().map_err(|e| Error::InvalidFile {
-            path: path.to_path_buf(),
-            msg: format!("not a tokenizer.json: {e}"),
-        })?;
+        // tokenizers 0.23 panics on some malformed files (a WordPiece decoder whose
+        // `prefix` is not a string, found by tests/fuzz_parsers.rs) instead of
+        // returning an error: caught, and reported like any bad file.
+        let parsed = {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let parsed = std::panic::catch_unwind(|| text.parse::<Tokenizer>());
+            std::panic::set_hook(hook);
+            parsed
+        };
+        let mut inner: Tokenizer = parsed
+            .map_err(|_| Error::InvalidFile {
+                path: path.to_path_buf(),
+                msg: "not a tokenizer.json: the tokenizers library could not read it".into(),
+            })?
+            .map_err(|e| Error::InvalidFile {
+                path: path.to_path_buf(),
+                msg: format!("not a tokenizer.json: {e}"),
+            })?;
         // Checkpoints such as all-MiniLM-L6-v2 ship with truncation and padding to a
         // fixed length turned on; cotext truncates itself (head or head + tail) and
         // pads per batch, so both are switched off.

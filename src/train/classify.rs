@@ -2,16 +2,16 @@
 //! early stopping and `metrics.jsonl`), evaluate, predict.
 //!
 //! A run directory holds `config.toml` (the resolved config), `tokenizer.json`,
-//! `labels.json`, `model.safetensors` + `optim.safetensors` + `state.json` (the last
-//! checkpoint, for `--resume`), `best.safetensors` (the weights of the best
-//! evaluation) and `metrics.jsonl`. Every file is written atomically.
+//! `labels.json`, `metrics.jsonl`, and the checkpoint: `ckpt-<step>/` with the last
+//! weights, optimizer state and best weights, and `state.json` pointing at it (see
+//! [`super::checkpoint`]). Every file is written atomically.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::atomic_write;
+use super::checkpoint::{self, atomic_write};
 use super::config::{parse_device, Metric, RunConfig, TokenizerSource};
 use super::runner::{self, io, Evaluation, LoopEnd, Task};
 use super::step::{LossConfig, Objective, ObjectiveKind, Stepper};
@@ -233,6 +233,7 @@ fn metric_value(report: &ClassificationReport, metric: Metric) -> f64 {
 
 fn build_model(config: &RunConfig, vocab: usize, classes: usize, device: &Device) -> Result<Model> {
     let compute = config.train.precision.compute_dtype();
+    super::memory::check_fits(&config.model, vocab, device.is_cpu())?;
     resolved_model(config)?.build_mixed(vocab, classes, DType::F32, compute, device, config.train.seed)
 }
 
@@ -259,9 +260,7 @@ pub fn load_run(run: &Path) -> Result<(Setup, Model)> {
         .map_err(|e| Error::Parse { path: labels_path.clone(), line: e.line(), msg: e.to_string() })?;
     let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
     let model = build_model(&config, tokenizer.vocab_size(), labels.len(), &device)?;
-    let best = run.join("best.safetensors");
-    let weights = if best.exists() { best } else { run.join("model.safetensors") };
-    model.load_weights(&weights)?;
+    checkpoint::load_inference_weights(run, &model)?;
     Ok((Setup { config, tokenizer, labels, device }, model))
 }
 
@@ -341,9 +340,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     };
     let test_report = match &test {
         Some(test) => {
-            if run.join("best.safetensors").exists() {
-                model.load_weights(&run.join("best.safetensors"))?;
-            }
+            checkpoint::load_inference_weights(run, &model)?;
             let (r, loss) = evaluate(&model, test, pad, t.eval_batch_size, classes, &device)?;
             runner::log_line(run, serde_json::json!({
                 "step": steps, "split": config.data.test_split, "loss": loss,

@@ -386,9 +386,10 @@ impl RunConfig {
         if let Some(toml::Value::Table(opt)) = value.get_mut("train").and_then(|t| t.get_mut("optimizer")) {
             opt.entry("kind").or_insert_with(|| toml::Value::String("adamw".into()));
         }
-        let config: RunConfig = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.message())))?;
+        let error_of = |t: &toml::Table| toml::Value::Table(t.clone()).try_into::<RunConfig>().err().map(|e| e.message().to_string());
+        let config: RunConfig = toml::Value::Table(value.clone()).try_into().map_err(|e: toml::de::Error| {
+            Error::Config(format!("{origin}: {}", super::blame::name_the_key(&value, e.message(), &error_of)))
+        })?;
         config.validate().map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         Ok(config)
     }

@@ -2,9 +2,11 @@
 //! clipping, and atomic checkpoint files. This room owns the update rules and what
 //! a run writes to disk; it must not know how batches are read or models built.
 
+mod blame;
 pub mod checkpoint;
 pub mod classify;
 mod config;
+pub mod memory;
 mod optim;
 pub mod runner;
 mod schedule;

@@ -5,9 +5,10 @@
 //!
 //! A task supplies what differs through [`Task`]: how a batch becomes tensors, the
 //! model's forward pass, its weights, and a dev evaluation. Everything a run writes
-//! here is atomic: `model.safetensors` + `optim.safetensors` + `state.json` (the last
-//! checkpoint; `state.json` is written last and marks it complete),
-//! `best.safetensors` and `metrics.jsonl` (append-only).
+//! here is atomic: the checkpoint (weights, optimizer state, best weights and
+//! `state.json`) is switched as one unit by [`checkpoint::save`], and each
+//! `metrics.jsonl` line is appended with a single write (a torn last line left by a
+//! kill is dropped on resume).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,8 +19,9 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{atomic_write, load_tensors, save_tensors};
-use super::config::TrainSettings;
+use super::checkpoint::{self, BestWeights, Checkpoint};
+use super::config::{RunConfig, TrainSettings};
+use crate::fsio::atomic_write;
 use super::step::Stepper;
 use crate::models::Trainable;
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
@@ -129,35 +131,167 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-/// Checks that `run` can hold a fresh run (no checkpoint there) or, with
-/// `resume`, that it holds one; creates the folder.
+/// The file that marks a folder as a cotext run from the moment it is set up,
+/// before its first checkpoint: such a folder may be started over, as it holds
+/// nothing but what cotext wrote.
+pub const RUN_MARKER: &str = ".cotext-run";
+
+/// Checks that `run` can hold a fresh run or, with `resume`, that it holds one,
+/// and sets it up. A fresh run needs a new or empty folder, or one a cotext run
+/// was started in and never checkpointed; a folder with anything else in it
+/// (the user's files) is refused, so nothing that is not ours is overwritten.
 pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
+    let state = run.join(checkpoint::STATE);
     if resume {
-        if !run.join("state.json").exists() {
+        if !state.exists() {
             return Err(Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())));
         }
-    } else if run.join("state.json").exists() {
+        return Ok(());
+    }
+    if state.exists() {
         return Err(Error::Config(format!(
             "{} already holds a run; pass --resume to continue it or choose another --out",
             run.display()
         )));
     }
-    std::fs::create_dir_all(run).map_err(io(run))
+    if run.exists() && !run.join(RUN_MARKER).exists() {
+        let entries = std::fs::read_dir(run).map_err(io(run))?;
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        if !names.is_empty() {
+            names.sort();
+            names.truncate(3);
+            return Err(Error::Config(format!(
+                "{} is not empty (it holds {}) and is not a cotext run (no state.json): choose a new or empty folder for --out",
+                run.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    std::fs::create_dir_all(run).map_err(io(run))?;
+    atomic_write(&run.join(RUN_MARKER), b"a cotext run directory\n")
+}
+
+/// After a fresh run failed: removes what it wrote, provided it never reached a
+/// checkpoint and the folder is one [`prepare_run_dir`] set up (it holds only
+/// cotext's files then). `existed` says whether the folder was there before; if
+/// it was, it is emptied but kept. Errors are ignored: this is cleanup.
+pub fn discard_unstarted(run: &Path, existed: bool) {
+    if run.join(checkpoint::STATE).exists() || !run.join(RUN_MARKER).exists() {
+        return;
+    }
+    if !existed {
+        let _ = std::fs::remove_dir_all(run);
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(run) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+}
+
+/// Config keys that a resumed run may change: how long to train, where and how
+/// fast, and how to report. Everything else shapes the model, the data or the
+/// updates, and must match the checkpoint.
+const RESUMABLE_KEYS: &[&str] = &[
+    "train.epochs",
+    "train.max_steps",
+    "train.patience",
+    "train.device",
+    "train.precision",
+    "train.eval_batch_size",
+    "train.log_every",
+    "data.data_dir",
+    "decode",
+];
+
+/// Checks, before anything is written, that `resumed` (the run's saved config
+/// with the new overrides) changes only keys a resume may change; the error names
+/// the first key that differs, with both values.
+pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()> {
+    let flat = |c: &RunConfig| {
+        let mut out = std::collections::BTreeMap::new();
+        let value = toml::Value::try_from(c).expect("a config always serializes");
+        flatten_toml("", &value, &mut out);
+        out
+    };
+    let (before, after) = (flat(saved), flat(resumed));
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for key in keys {
+        let allowed = RESUMABLE_KEYS.iter().any(|k| key == k || key.starts_with(&format!("{k}.")));
+        let (a, b) = (before.get(key), after.get(key));
+        if !allowed && a != b {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
+            return Err(Error::Config(format!(
+                "--resume: {key} is {} in the checkpoint's config.toml and cannot change to {} (a resume may change only {})",
+                show(a),
+                show(b),
+                RESUMABLE_KEYS.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten_toml(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
 }
 
 /// Appends one JSON line to `metrics.jsonl`.
 pub fn log_line(run: &Path, value: serde_json::Value) -> Result<()> {
     let path = run.join("metrics.jsonl");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-    writeln!(f, "{value}").map_err(io(&path))
+    // One write of the whole line: a kill leaves the line whole or absent (or, at
+    // worst, cut short at the end of the file, which resume and readers drop),
+    // never interleaved with the next one.
+    let mut line = value.to_string();
+    line.push('\n');
+    f.write_all(line.as_bytes()).map_err(io(&path))
 }
 
-fn save_checkpoint<T: Task>(run: &Path, task: &T, stepper: &Stepper, state: &RunState) -> Result<()> {
-    save_tensors(&run.join("model.safetensors"), &task.weights())?;
-    save_tensors(&run.join("optim.safetensors"), &stepper.state_tensors()?)?;
-    // state.json last: it is what marks the checkpoint complete.
-    let json = serde_json::to_vec_pretty(state).expect("state serializes");
-    atomic_write(&run.join("state.json"), &json)
+/// Drops a last line of `metrics.jsonl` that a kill cut short (no final newline),
+/// so that the resumed run's lines start on a line of their own; says so on stderr.
+pub fn drop_torn_metrics_line(run: &Path) -> Result<()> {
+    let path = run.join("metrics.jsonl");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Io { path, source: e }),
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+    f.set_len(keep as u64).and_then(|()| f.sync_all()).map_err(io(&path))?;
+    eprintln!(
+        "note: {}: dropped a last line cut short by an interrupted write ({} bytes)",
+        path.display(),
+        bytes.len() - keep
+    );
+    Ok(())
+}
+
+fn save_checkpoint<T: Task>(run: &Path, task: &T, stepper: &Stepper, state: &RunState, live: &mut Option<Checkpoint>) -> Result<()> {
+    // best.safetensors is the model of the step that set the best dev metric.
+    let best = match state.best {
+        None => BestWeights::None,
+        Some((_, step)) if step == state.step => BestWeights::Current,
+        Some(_) => BestWeights::Previous,
+    };
+    let saved = checkpoint::save(run, state, &task.weights(), &stepper.state_tensors()?, best, live.as_ref())?;
+    *live = Some(saved);
+    Ok(())
 }
 
 /// Correct argmax predictions and counted targets, for logits `[N, K]` with
@@ -196,13 +330,36 @@ pub fn run<T: Task>(
     let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate as u64).max(1);
     let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
 
+    let mut live = None;
     let mut state = if options.resume {
-        let path = run.join("state.json");
-        let mut state: RunState = serde_json::from_slice(&std::fs::read(&path).map_err(io(&path))?)
-            .map_err(|e| Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
-        task.load_weights(&run.join("model.safetensors"))?;
-        stepper.load_state(&load_tensors(&run.join("optim.safetensors"))?)?;
+        let ckpt = Checkpoint::read(run)?
+            .ok_or_else(|| Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())))?;
+        if ckpt.reference.is_none() {
+            eprintln!("note: {} was saved by an older cotext without checksums: its checkpoint cannot be verified", run.display());
+        }
+        // Every file is checked against state.json before any is used.
+        let model = ckpt.verify(checkpoint::MODEL)?;
+        let optim = ckpt.verify(checkpoint::OPTIM)?;
+        if ckpt.has(checkpoint::BEST) {
+            ckpt.verify(checkpoint::BEST)?;
+        }
+        checkpoint::load_weights_checked(&model, task.model())?;
+        stepper.load_state(&checkpoint::load_tensors(&optim)?)?;
+        let mut state = ckpt.state.clone();
+        if state.cursor.batch > batches_per_epoch as usize {
+            return Err(Error::InvalidFile {
+                path: run.join(checkpoint::STATE),
+                msg: format!(
+                    "the data cursor is at batch {} of epoch {}, but an epoch here has only {batches_per_epoch} batches \
+                     (the training data or batching changed since the checkpoint)",
+                    state.cursor.batch, state.cursor.epoch
+                ),
+            });
+        }
         task.set_rng_state(state.rng_state);
+        checkpoint::remove_stale(run, false);
+        drop_torn_metrics_line(run)?;
+        live = Some(ckpt);
         // A finished run resumed with a larger budget (more epochs or max_steps)
         // continues; one that stopped early does not.
         if !state.stopped_early && state.step < total {
@@ -265,7 +422,8 @@ pub fn run<T: Task>(
             Ok(r) => r,
             Err(bad) => {
                 bar.finish_and_clear();
-                return Err(Error::NonFinite { step: state.step + 1, what: format!("{} loss", bad.pass), value: bad.value, kept: run.to_path_buf() });
+                let kept = live.as_ref().map(|_| run.to_path_buf());
+                return Err(Error::NonFinite { step: state.step + 1, what: format!("{} loss", bad.pass), value: bad.value, kept });
             }
         };
         state.step += 1;
@@ -328,7 +486,6 @@ pub fn run<T: Task>(
                 if better {
                     state.best = Some((eval.value, state.step));
                     state.bad_evals = 0;
-                    save_tensors(&run.join("best.safetensors"), &task.weights())?;
                 } else {
                     state.bad_evals += 1;
                     if t.patience.is_some_and(|p| state.bad_evals >= p) {
@@ -339,10 +496,10 @@ pub fn run<T: Task>(
             }
             state.stopped_early = early_stop;
             state.finished = early_stop || state.step >= total;
-            save_checkpoint(run, task, stepper, &state)?;
+            save_checkpoint(run, task, stepper, &state, &mut live)?;
         }
         if stop.load(Ordering::SeqCst) && !state.finished {
-            save_checkpoint(run, task, stepper, &state)?;
+            save_checkpoint(run, task, stepper, &state, &mut live)?;
             bar.finish_and_clear();
             return Ok(LoopEnd::Interrupted { steps: state.step });
         }
@@ -350,7 +507,7 @@ pub fn run<T: Task>(
     bar.finish_and_clear();
     if !state.finished {
         state.finished = true;
-        save_checkpoint(run, task, stepper, &state)?;
+        save_checkpoint(run, task, stepper, &state, &mut live)?;
     }
     Ok(LoopEnd::Finished { steps: state.step, best: state.best })
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::atomic_write;
+use super::checkpoint::{self, atomic_write};
 use super::config::{parse_device, DecodeSettings, Metric, RunConfig, TokenizerSource};
 use super::runner::{self, Evaluation, LoopEnd, Task, TrainOptions};
 use super::step::{LossConfig, Objective, ObjectiveKind, Stepper};
@@ -162,6 +162,7 @@ pub fn seq2seq_config(config: &RunConfig) -> Result<Seq2SeqConfig> {
 
 fn build_model(config: &RunConfig, tokenizer: &TextTokenizer, device: &Device) -> Result<Seq2Seq> {
     let compute = config.train.precision.compute_dtype();
+    super::memory::check_fits(&config.model, tokenizer.vocab_size(), device.is_cpu())?;
     seq2seq_config(config)?.build_mixed(tokenizer.vocab_size(), tokenizer.pad_id(), DType::F32, compute, device, config.train.seed)
 }
 
@@ -395,6 +396,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     let test = split(&config.data.test_split)?;
 
     let compute = config.train.precision.compute_dtype();
+    super::memory::check_fits(&config.model, tokenizer.vocab_size(), device.is_cpu())?;
     let model = model_config.build_mixed(tokenizer.vocab_size(), pad, DType::F32, compute, &device, config.train.seed)?;
     let task = TranslateTask {
         model: &model,
@@ -415,9 +417,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     };
     let test = match &test {
         Some((data, refs)) => {
-            if run.join("best.safetensors").exists() {
-                model.load_weights(&run.join("best.safetensors"))?;
-            }
+            checkpoint::load_inference_weights(run, &model)?;
             let opts = decode_options(&config.decode, &tokenizer, config.decode.beam)?;
             let sources: Vec<Vec<u32>> = data.iter().map(|p| p.source.clone()).collect();
             let hyps = translate_ids(&model, &tokenizer, &sources, &opts, config.decode.batch_size)?;
@@ -441,12 +441,17 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
 /// Loads a translation run for decoding: config, tokenizer, model with the best
 /// weights (or the last ones), device.
 pub fn load_run(run: &Path) -> Result<(RunConfig, TextTokenizer, Seq2Seq)> {
+    if run.join("labels.json").exists() {
+        return Err(Error::Config(format!(
+            "{} is a text classification run (it has labels.json), not a translation run: classify text with `cotext predict --run {}`",
+            run.display(),
+            run.display()
+        )));
+    }
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
     let tokenizer = TextTokenizer::from_file(&run.join("tokenizer.json"))?;
     let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
     let model = build_model(&config, &tokenizer, &device)?;
-    let best = run.join("best.safetensors");
-    let weights = if best.exists() { best } else { run.join("model.safetensors") };
-    model.load_weights(&weights)?;
+    checkpoint::load_inference_weights(run, &model)?;
     Ok((config, tokenizer, model))
 }
