@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use cotext::data::file;
 use cotext::data::{DataDir, Dataset};
+
+use super::data::ColumnArgs;
 use cotext::metrics::ClassificationReport;
 use cotext::train::classify::{self, Outcome, TrainOptions};
 use cotext::train::translate;
@@ -39,6 +42,8 @@ pub struct TrainArgs {
     /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    files: TrainFileArgs,
     /// Run directory. Default: runs/<config name>-<objective>-seed<N>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -50,6 +55,57 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// `cotext train` on your own files (`--data FILE`).
+#[derive(Debug, Args)]
+struct TrainFileArgs {
+    /// Train on this data file (.tsv, .csv, .jsonl) or data set (overrides data.dataset).
+    #[arg(long, value_name = "FILE")]
+    data: Option<String>,
+    /// With --data FILE: the dev split's file (overrides data.dev_data).
+    #[arg(long, value_name = "FILE")]
+    dev_data: Option<PathBuf>,
+    /// With --data FILE: the test split's file (overrides data.test_data).
+    #[arg(long, value_name = "FILE")]
+    test_data: Option<PathBuf>,
+    /// Hold out this many seeded training examples as the dev split (overrides data.dev_holdout).
+    #[arg(long, value_name = "N")]
+    dev_holdout: Option<usize>,
+    #[command(flatten)]
+    columns: ColumnArgs,
+}
+
+impl TrainFileArgs {
+    /// The `--set` overrides these flags stand for; file paths are made
+    /// absolute so the saved config works from any folder.
+    fn overrides(&self) -> Vec<String> {
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let mut o = Vec::new();
+        if let Some(d) = &self.data {
+            let d = if cotext::data::file::is_data_file(d) { abs(d.as_ref()) } else { d.clone() };
+            o.push(format!("data.dataset={d:?}"));
+        }
+        if let Some(p) = &self.dev_data {
+            o.push(format!("data.dev_data={:?}", abs(p)));
+        }
+        if let Some(p) = &self.test_data {
+            o.push(format!("data.test_data={:?}", abs(p)));
+        }
+        if let Some(n) = self.dev_holdout {
+            o.push(format!("data.dev_holdout={n}"));
+        }
+        if let Some(c) = &self.columns.text_column {
+            o.push(format!("data.text_column={c:?}"));
+        }
+        if let Some(c) = &self.columns.label_column {
+            o.push(format!("data.label_column={c:?}"));
+        }
+        if self.columns.no_header {
+            o.push("data.header=false".into());
+        }
+        o
+    }
+}
+
 /// Arguments of `cotext eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -59,12 +115,15 @@ pub struct EvalArgs {
     /// Split to evaluate. Default: the run's test split.
     #[arg(long)]
     split: Option<String>,
-    /// Evaluate on another data set (a card name) instead of the run's.
+    /// Evaluate on another data set instead of the run's: a card name, a card
+    /// (.toml), or a data file (.tsv, .csv, .jsonl; the file is the split).
     #[arg(long)]
     data: Option<String>,
     /// Folder with local copies of data sets (as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -76,9 +135,34 @@ pub struct PredictArgs {
     /// A run directory written by `cotext train`.
     #[arg(long)]
     run: PathBuf,
-    /// Output format: a tab-separated label and probability, or one JSON object per line.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
+    /// Read texts from this file instead of stdin: a data file (.tsv, .csv,
+    /// .jsonl: its text column) or any other file (one text per line).
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// With --input: the text column (as for `eval --data FILE`). Default: the first text-like column.
+    #[arg(long, value_name = "NAME")]
+    text_column: Option<String>,
+    /// With --input: the file's first line is data, not a header (default: guessed).
+    #[arg(long)]
+    no_header: bool,
+    /// Output: `tsv` (label, its probability, then every class's probability in
+    /// `labels.json` order; with --input a header line first) or `jsonl`.
+    #[arg(long, value_enum, default_value = "tsv")]
+    format: PredictFormat,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Output formats of `cotext predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PredictFormat {
+    /// Tab-separated values.
+    #[value(alias = "text")]
+    Tsv,
+    /// One JSON object per line.
+    #[value(alias = "json")]
+    Jsonl,
 }
 
 /// Output formats.
@@ -108,6 +192,7 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
         overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));
     }
+    overrides.extend(args.files.overrides());
     if args.resume {
         let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;
         let config = RunConfig::load(&out.join("config.toml"), &overrides)?;
@@ -207,24 +292,31 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let (setup, model) = classify::load_run(&args.run)?;
     let mut config = setup.config.clone();
-    if let Some(d) = &args.data {
-        config.data.dataset = d.clone();
-    }
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
     }
     let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let dataset = match &args.data {
+        // The file is the split, read against the run's labels.
+        Some(d) if file::is_data_file(d) => {
+            let opened = file::open(&[(split.clone(), PathBuf::from(d))], &args.columns.columns(), Some(&setup.labels))?;
+            eprintln!("{}", opened.layout.describe());
+            config.data.dataset = d.clone();
+            (config.data.trees, config.data.phrases) = (false, false);
+            opened.dataset
+        }
+        other => {
+            if let Some(d) = other {
+                config.data.dataset = d.clone();
+                (config.data.dev_data, config.data.test_data) = (None, None);
+            }
+            classify::open_dataset(&config, Some(&setup.labels))?
+        }
+    };
+    classify::check_run_labels(&dataset, &config, &args.run, &setup.labels)?;
     let examples = classify::load_split(&dataset, &config, &split, None)?;
     let data = classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
-    if let Some(bad) = data.iter().find(|e| e.label as usize >= classes) {
-        return Err(cotext::Error::Config(format!(
-            "{} has label {} but the model was trained with {classes} classes",
-            config.data.dataset, bad.label
-        ))
-        .into());
-    }
     let (report, loss) = classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
     match args.format {
         Format::Json => {
@@ -246,6 +338,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 /// `cotext eval` on a translation run: BLEU of the split decoded with the run's
 /// `decode.beam`.
 fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
+    if args.data.as_deref().is_some_and(file::is_data_file) {
+        return Err(cotext::Error::Config(format!(
+            "{} is a translation run; --data FILE (.tsv, .csv, .jsonl) is for classification runs: give a card (.toml) instead",
+            args.run.display()
+        ))
+        .into());
+    }
     let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
     if let Some(d) = &args.data {
         config.data.dataset = d.clone();
@@ -297,46 +396,87 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
     }
 }
 
-/// `cotext predict`.
+/// `cotext predict`: texts from stdin or `--input FILE`, one prediction per
+/// line with every class's probability, in input order.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let (setup, model) = classify::load_run(&args.run)?;
-    let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut lines = stdin.lock().lines();
-    let mut eof = false;
-    while !eof {
-        let mut batch: Vec<String> = Vec::with_capacity(64);
-        while batch.len() < 64 {
-            match lines.next() {
-                Some(line) => batch.push(line.context("reading stdin")?),
-                None => {
-                    eof = true;
-                    break;
-                }
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (total, texts): (Option<u64>, Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>) = match &args.input {
+        None => {
+            let stdin = std::io::stdin().lock();
+            (None, Box::new(cotext::data::lines::Lines::new(stdin, std::path::Path::new("<stdin>"))))
+        }
+        Some(path) if file::is_data_file(&path.to_string_lossy()) => {
+            let columns = file::FileColumns { text: args.text_column.clone(), label: None, header: args.no_header.then_some(false) };
+            let (layout, texts) = file::read_texts(path, &columns)?;
+            eprintln!("{}", layout.describe());
+            (Some(texts.len() as u64), Box::new(texts.into_iter().map(Ok)))
+        }
+        Some(path) => {
+            if args.text_column.is_some() || args.no_header {
+                return Err(cotext::Error::Config(format!(
+                    "{}: --text-column/--no-header are for .tsv, .csv and .jsonl files; this file is read as one text per line",
+                    path.display()
+                ))
+                .into());
             }
+            let total = cotext::data::lines::count_lines(path)? as u64;
+            (Some(total), Box::new(cotext::data::lines::Lines::open(path)?))
         }
-        if batch.is_empty() {
-            break;
-        }
-        let examples: Vec<cotext::data::Example> = batch.iter().map(|t| cotext::data::Example { text: t.clone(), label: 0 }).collect();
+    };
+    let bar = predict_bar(!args.quiet && total.is_some(), total.unwrap_or(0));
+    if args.input.is_some() && args.format == PredictFormat::Tsv {
+        let names: Vec<String> = setup.labels.iter().map(|l| format!("p({l})")).collect();
+        writeln!(out, "label\tprobability\t{}", names.join("\t"))?;
+    }
+    let mut texts = texts.peekable();
+    while texts.peek().is_some() {
+        let batch: Vec<(usize, String)> = texts.by_ref().take(64).collect::<cotext::Result<_>>()?;
+        let examples: Vec<cotext::data::Example> = batch.iter().map(|(_, t)| cotext::data::Example { text: t.clone(), label: 0 }).collect();
         let data = classify::encode(&setup.tokenizer, &setup.config, &examples)?;
         let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), setup.config.train.eval_batch_size, &setup.device)?;
-        for (text, p) in batch.iter().zip(&probs) {
+        for ((line, text), p) in batch.iter().zip(&probs) {
             let best = p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b });
             match args.format {
-                Format::Text => writeln!(out, "{}\t{:.4}", setup.labels[best], p[best])?,
-                Format::Json => {
+                PredictFormat::Tsv => {
+                    let all: Vec<String> = p.iter().map(|x| format!("{x:.4}")).collect();
+                    writeln!(out, "{}\t{:.4}\t{}", setup.labels[best], p[best], all.join("\t"))?
+                }
+                PredictFormat::Jsonl => {
                     let probs: serde_json::Map<String, serde_json::Value> =
                         setup.labels.iter().zip(p).map(|(l, &x)| (l.clone(), serde_json::json!(x))).collect();
-                    writeln!(out, "{}", serde_json::json!({"text": text, "label": setup.labels[best], "probs": probs}))?;
+                    let mut v = serde_json::json!({"text": text, "label": setup.labels[best], "probs": probs});
+                    if args.input.is_some() {
+                        v["line"] = serde_json::json!(line);
+                    }
+                    writeln!(out, "{v}")?;
                 }
             }
         }
+        bar.inc(batch.len() as u64);
+        // Stream when reading stdin: each batch's answers appear as it is done.
+        if args.input.is_none() {
+            out.flush()?;
+        }
     }
+    bar.finish_and_clear();
+    out.flush()?;
     Ok(())
 }
 
+/// A progress bar on stderr for `predict --input` (hidden when stderr is not a terminal).
+fn predict_bar(show: bool, total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} texts [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+    );
+    bar
+}
 
 /// Arguments of `cotext translate`.
 #[derive(Debug, Args)]
