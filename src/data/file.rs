@@ -101,6 +101,9 @@ impl Layout {
             (_, false) => format!(", no header line{}", how(self.header_guessed)),
         };
         let label = match &self.label {
+            Some(l) if self.label_guessed && self.header => {
+                format!(", label {} (the default)", column(l))
+            }
             Some(l) => format!(", label {}{}", column(l), how(self.label_guessed)),
             None => String::new(),
         };
@@ -149,6 +152,13 @@ fn empty_file(path: &Path) -> Error {
     Error::InvalidFile {
         path: path.to_path_buf(),
         msg: "empty file: expected labelled texts (a .tsv/.csv with a text and a label column, or JSON Lines)".into(),
+    }
+}
+
+fn no_examples(path: &Path) -> Error {
+    Error::InvalidFile {
+        path: path.to_path_buf(),
+        msg: "no examples: the file has a header line only".into(),
     }
 }
 
@@ -285,6 +295,9 @@ fn fields_layout(
             !(data_like && first.len() > 1)
         }
     };
+    if header && rows.len() == 1 {
+        return Err(no_examples(path));
+    }
     let data: Vec<&Vec<String>> = rows
         .iter()
         .skip(usize::from(header))
@@ -423,10 +436,7 @@ pub fn discover_labels(layout: &Layout) -> Result<Vec<String>> {
 pub fn read_examples(layout: &Layout, labels: &[String]) -> Result<Vec<Example>> {
     let examples = table::read_table(&layout.path, &layout.spec(labels))?;
     if examples.is_empty() {
-        return Err(Error::InvalidFile {
-            path: layout.path.clone(),
-            msg: "no examples: the file has a header line only".into(),
-        });
+        return Err(no_examples(&layout.path));
     }
     Ok(examples)
 }
@@ -507,10 +517,29 @@ pub fn open(
         .unwrap_or_default();
     let mut splits = Vec::new();
     let mut file_cards = Vec::new();
-    for (split, path) in files {
-        let layout = Layout {
-            path: path.clone(),
-            ..layout.clone()
+    for (i, (split, path)) in files.iter().enumerate() {
+        let layout = if i == 0 {
+            layout.clone()
+        } else {
+            if format_of(path)? != layout.format {
+                return Err(Error::Config(format!(
+                    "the files of one data set must share a layout: {} is {}, but {} is {}",
+                    first.display(),
+                    format_name(layout.format),
+                    path.display(),
+                    format_name(format_of(path)?)
+                )));
+            }
+            let other = self::layout(path, columns, Some(&labels), true)?;
+            let key = |l: &Layout| (l.format, l.header, l.text.clone(), l.label.clone());
+            if key(&other) != key(&layout) {
+                return Err(Error::Config(format!(
+                    "the files of one data set must share a layout: {}, but {}",
+                    layout.describe(),
+                    other.describe()
+                )));
+            }
+            other
         };
         let examples = read_examples(&layout, &labels)?;
         let mut label_counts = vec![0; labels.len()];
