@@ -396,13 +396,16 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
     }
 }
 
+/// Texts to classify with their line numbers, read lazily where possible.
+type Texts = Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>;
+
 /// `cotext predict`: texts from stdin or `--input FILE`, one prediction per
 /// line with every class's probability, in input order.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let (setup, model) = classify::load_run(&args.run)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let (total, texts): (Option<u64>, Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>) = match &args.input {
+    let (total, texts): (Option<u64>, Texts) = match &args.input {
         None => {
             let stdin = std::io::stdin().lock();
             (None, Box::new(cotext::data::lines::Lines::new(stdin, std::path::Path::new("<stdin>"))))

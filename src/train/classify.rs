@@ -111,10 +111,11 @@ pub fn check_run_labels(dataset: &Dataset, config: &RunConfig, run: &Path, run_l
     }
     Err(Error::Config(format!(
         "dataset {} has labels {names:?} but the run {} was trained with {run_labels:?} ({}); \
-         evaluate on data with the run's labels",
+         evaluate on data with the run's labels (a data file, --data FILE, may give them as names or indices 0-{})",
         dataset.card.name,
         run.display(),
-        run.join("labels.json").display()
+        run.join("labels.json").display(),
+        run_labels.len().saturating_sub(1)
     )))
 }
 
