@@ -8,7 +8,9 @@
 //!   column's name (default `label`) or the named text column; otherwise, if a
 //!   value of its first or last field is a label, the file has no header and
 //!   columns are numbered from 1; otherwise it is a header that lacks the label
-//!   column, which is an error asking for `--label-column`;
+//!   column, which is an error asking for `--label-column`. A one-column file
+//!   (texts to predict) has a header only when its first line is a usual name
+//!   (`text`, `sentence`, `review`, …);
 //! - **label column**: `label`, or for a file without a header the last column
 //!   (the first if only that one holds a label);
 //! - **text column**: the first column, other than the label's, whose values in
@@ -27,6 +29,11 @@ use crate::{Error, Result};
 
 /// The label column used when none is named.
 pub const DEFAULT_LABEL_COLUMN: &str = "label";
+
+/// Header names that mark the first line of a one-column file as a header.
+const USUAL_TEXT_NAMES: &[&str] = &[
+    "text", "sentence", "review", "content", "document", "comment", "body", "input",
+];
 
 /// Records looked at to guess the layout.
 const SAMPLE_RECORDS: usize = 101;
@@ -158,7 +165,8 @@ fn empty_file(path: &Path) -> Error {
 fn no_examples(path: &Path) -> Error {
     Error::InvalidFile {
         path: path.to_path_buf(),
-        msg: "no examples: the file has a header line only".into(),
+        msg: "no examples: the file has a header line only (pass --no-header if that line is data)"
+            .into(),
     }
 }
 
@@ -289,6 +297,10 @@ fn fields_layout(
         // Columns chosen by a name that is not on line 1: a header that lacks
         // them, which the check below reports.
         None if columns.text.is_some() || columns.label.is_some() => true,
+        // One column (texts to predict): a header only if it reads like one.
+        None if first.len() == 1 => {
+            USUAL_TEXT_NAMES.contains(&first[0].trim().to_lowercase().as_str())
+        }
         None => {
             let data_like = first.first().is_some_and(|f| is_label(f, labels))
                 || first.last().is_some_and(|f| is_label(f, labels));
@@ -696,6 +708,12 @@ mod tests {
             (l.header, l.text.as_str(), l.label.as_deref()),
             (false, "1", Some("2"))
         );
+        let texts = write(dir.path(), "t.tsv", b"fine .\nbad\n");
+        let l = layout(&texts, &FileColumns::default(), None, false).unwrap();
+        assert_eq!((l.header, l.text.as_str(), l.label), (false, "1", None));
+        let named = write(dir.path(), "n.tsv", b"Text\nfine .\n");
+        let l = layout(&named, &FileColumns::default(), None, false).unwrap();
+        assert_eq!((l.header, l.text.as_str()), (true, "Text"));
         let label_first = write(dir.path(), "c.csv", b"1,\"fine, really\"\n0,bad\n");
         let l = guess(&label_first);
         assert_eq!(
