@@ -77,6 +77,66 @@ impl ColumnArgs {
     }
 }
 
+/// `cotext train` on your own files (`--data FILE`).
+#[derive(Debug, Args)]
+pub struct TrainFileArgs {
+    /// Train on this data file (.tsv, .csv, .jsonl) or data set (overrides data.dataset).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<String>,
+    /// With --data FILE: the dev split's file (overrides data.dev_data).
+    #[arg(long, value_name = "FILE")]
+    pub dev_data: Option<PathBuf>,
+    /// With --data FILE: the test split's file (overrides data.test_data).
+    #[arg(long, value_name = "FILE")]
+    pub test_data: Option<PathBuf>,
+    /// Hold out this many seeded training examples as the dev split (overrides data.dev_holdout).
+    #[arg(long, value_name = "N")]
+    pub dev_holdout: Option<usize>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+}
+
+impl TrainFileArgs {
+    /// The `--set` overrides these flags stand for; file paths are made
+    /// absolute so the saved config works from any folder.
+    pub fn overrides(&self) -> Vec<String> {
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let mut o = Vec::new();
+        if let Some(d) = &self.data {
+            let d = if cotext::data::file::is_data_file(d) {
+                abs(d.as_ref())
+            } else {
+                d.clone()
+            };
+            o.push(format!("data.dataset={d:?}"));
+        }
+        if let Some(p) = &self.dev_data {
+            o.push(format!("data.dev_data={:?}", abs(p)));
+        }
+        if let Some(p) = &self.test_data {
+            o.push(format!("data.test_data={:?}", abs(p)));
+        }
+        if let Some(n) = self.dev_holdout {
+            o.push(format!("data.dev_holdout={n}"));
+        }
+        if let Some(c) = &self.columns.text_column {
+            o.push(format!("data.text_column={c:?}"));
+        }
+        if let Some(c) = &self.columns.label_column {
+            o.push(format!("data.label_column={c:?}"));
+        }
+        if self.columns.no_header {
+            o.push("data.header=false".into());
+        }
+        o
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Labels {
     Binary,

@@ -43,7 +43,7 @@ pub struct TrainArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
-    files: TrainFileArgs,
+    files: super::data::TrainFileArgs,
     /// Run directory. Default: runs/<config name>-<objective>-seed<N>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -53,57 +53,6 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
-}
-
-/// `cotext train` on your own files (`--data FILE`).
-#[derive(Debug, Args)]
-struct TrainFileArgs {
-    /// Train on this data file (.tsv, .csv, .jsonl) or data set (overrides data.dataset).
-    #[arg(long, value_name = "FILE")]
-    data: Option<String>,
-    /// With --data FILE: the dev split's file (overrides data.dev_data).
-    #[arg(long, value_name = "FILE")]
-    dev_data: Option<PathBuf>,
-    /// With --data FILE: the test split's file (overrides data.test_data).
-    #[arg(long, value_name = "FILE")]
-    test_data: Option<PathBuf>,
-    /// Hold out this many seeded training examples as the dev split (overrides data.dev_holdout).
-    #[arg(long, value_name = "N")]
-    dev_holdout: Option<usize>,
-    #[command(flatten)]
-    columns: ColumnArgs,
-}
-
-impl TrainFileArgs {
-    /// The `--set` overrides these flags stand for; file paths are made
-    /// absolute so the saved config works from any folder.
-    fn overrides(&self) -> Vec<String> {
-        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
-        let mut o = Vec::new();
-        if let Some(d) = &self.data {
-            let d = if cotext::data::file::is_data_file(d) { abs(d.as_ref()) } else { d.clone() };
-            o.push(format!("data.dataset={d:?}"));
-        }
-        if let Some(p) = &self.dev_data {
-            o.push(format!("data.dev_data={:?}", abs(p)));
-        }
-        if let Some(p) = &self.test_data {
-            o.push(format!("data.test_data={:?}", abs(p)));
-        }
-        if let Some(n) = self.dev_holdout {
-            o.push(format!("data.dev_holdout={n}"));
-        }
-        if let Some(c) = &self.columns.text_column {
-            o.push(format!("data.text_column={c:?}"));
-        }
-        if let Some(c) = &self.columns.label_column {
-            o.push(format!("data.label_column={c:?}"));
-        }
-        if self.columns.no_header {
-            o.push("data.header=false".into());
-        }
-        o
-    }
 }
 
 /// Arguments of `cotext eval`.
@@ -127,42 +76,6 @@ pub struct EvalArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-}
-
-/// Arguments of `cotext predict`.
-#[derive(Debug, Args)]
-pub struct PredictArgs {
-    /// A run directory written by `cotext train`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Read texts from this file instead of stdin: a data file (.tsv, .csv,
-    /// .jsonl: its text column) or any other file (one text per line).
-    #[arg(long, value_name = "FILE")]
-    input: Option<PathBuf>,
-    /// With --input: the text column (as for `eval --data FILE`). Default: the first text-like column.
-    #[arg(long, value_name = "NAME")]
-    text_column: Option<String>,
-    /// With --input: the file's first line is data, not a header (default: guessed).
-    #[arg(long)]
-    no_header: bool,
-    /// Output: `tsv` (label, its probability, then every class's probability in
-    /// `labels.json` order; with --input a header line first) or `jsonl`.
-    #[arg(long, value_enum, default_value = "tsv")]
-    format: PredictFormat,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-/// Output formats of `cotext predict`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PredictFormat {
-    /// Tab-separated values.
-    #[value(alias = "text")]
-    Tsv,
-    /// One JSON object per line.
-    #[value(alias = "json")]
-    Jsonl,
 }
 
 /// Output formats.
@@ -394,91 +307,6 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
         let cells: Vec<String> = row.iter().map(|c| format!("{c:>6}")).collect();
         println!("{name:<width$}  {}", cells.join(""));
     }
-}
-
-/// Texts to classify with their line numbers, read lazily where possible.
-type Texts = Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>;
-
-/// `cotext predict`: texts from stdin or `--input FILE`, one prediction per
-/// line with every class's probability, in input order.
-pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let (setup, model) = classify::load_run(&args.run)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let (total, texts): (Option<u64>, Texts) = match &args.input {
-        None => {
-            let stdin = std::io::stdin().lock();
-            (None, Box::new(cotext::data::lines::Lines::new(stdin, std::path::Path::new("<stdin>"))))
-        }
-        Some(path) if file::is_data_file(&path.to_string_lossy()) => {
-            let columns = file::FileColumns { text: args.text_column.clone(), label: None, header: args.no_header.then_some(false) };
-            let (layout, texts) = file::read_texts(path, &columns)?;
-            eprintln!("{}", layout.describe());
-            (Some(texts.len() as u64), Box::new(texts.into_iter().map(Ok)))
-        }
-        Some(path) => {
-            if args.text_column.is_some() || args.no_header {
-                return Err(cotext::Error::Config(format!(
-                    "{}: --text-column/--no-header are for .tsv, .csv and .jsonl files; this file is read as one text per line",
-                    path.display()
-                ))
-                .into());
-            }
-            let total = cotext::data::lines::count_lines(path)? as u64;
-            (Some(total), Box::new(cotext::data::lines::Lines::open(path)?))
-        }
-    };
-    let bar = predict_bar(!args.quiet && total.is_some(), total.unwrap_or(0));
-    if args.input.is_some() && args.format == PredictFormat::Tsv {
-        let names: Vec<String> = setup.labels.iter().map(|l| format!("p({l})")).collect();
-        writeln!(out, "label\tprobability\t{}", names.join("\t"))?;
-    }
-    let mut texts = texts.peekable();
-    while texts.peek().is_some() {
-        let batch: Vec<(usize, String)> = texts.by_ref().take(64).collect::<cotext::Result<_>>()?;
-        let examples: Vec<cotext::data::Example> = batch.iter().map(|(_, t)| cotext::data::Example { text: t.clone(), label: 0 }).collect();
-        let data = classify::encode(&setup.tokenizer, &setup.config, &examples)?;
-        let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), setup.config.train.eval_batch_size, &setup.device)?;
-        for ((line, text), p) in batch.iter().zip(&probs) {
-            let best = p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b });
-            match args.format {
-                PredictFormat::Tsv => {
-                    let all: Vec<String> = p.iter().map(|x| format!("{x:.4}")).collect();
-                    writeln!(out, "{}\t{:.4}\t{}", setup.labels[best], p[best], all.join("\t"))?
-                }
-                PredictFormat::Jsonl => {
-                    let probs: serde_json::Map<String, serde_json::Value> =
-                        setup.labels.iter().zip(p).map(|(l, &x)| (l.clone(), serde_json::json!(x))).collect();
-                    let mut v = serde_json::json!({"text": text, "label": setup.labels[best], "probs": probs});
-                    if args.input.is_some() {
-                        v["line"] = serde_json::json!(line);
-                    }
-                    writeln!(out, "{v}")?;
-                }
-            }
-        }
-        bar.inc(batch.len() as u64);
-        // Stream when reading stdin: each batch's answers appear as it is done.
-        if args.input.is_none() {
-            out.flush()?;
-        }
-    }
-    bar.finish_and_clear();
-    out.flush()?;
-    Ok(())
-}
-
-/// A progress bar on stderr for `predict --input` (hidden when stderr is not a terminal).
-fn predict_bar(show: bool, total: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} texts [{elapsed_precise} < {eta_precise}]").expect("valid template"),
-    );
-    bar
 }
 
 /// Arguments of `cotext translate`.
