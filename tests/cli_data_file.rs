@@ -131,6 +131,18 @@ fn every_format_and_the_card_route_give_the_same_score() {
     let rows: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     assert!(rows.iter().any(|r| r.starts_with("test 40 40 ok 20 (50.0%) 20 (50.0%)")), "{out}");
 
+    // A file without a header: the card keeps `header = false` and column numbers.
+    ok(&cotext(dir, &["data", "card", "bare.tsv", "--run", run.to_str().unwrap(), "--out", "bare.toml"]));
+    let bare_card = std::fs::read_to_string(dir.join("bare.toml")).unwrap();
+    assert!(bare_card.contains("header = false") && bare_card.contains("text_column = \"2\""), "{bare_card}");
+    let v = eval_json(dir, &run, &["--data", "bare.toml"]);
+    assert_eq!(v["accuracy"].as_f64().unwrap(), accuracy);
+    // `data info` on a file: its own labels (here indices), counts, the guess.
+    let o = cotext(dir, &["data", "info", "bare.tsv"]);
+    let out = ok(&o);
+    assert!(out.contains("labels    0 \"0\", 1 \"1\""), "{out}");
+    assert!(out.contains("no header line (guessed): text column 2 (guessed), label column 1 (guessed)"), "{out}");
+
     // `data card` never overwrites.
     let err = exit_2(&cotext(dir, &["data", "card", "test.tsv", "--out", "card.toml"]));
     assert!(err.contains("card.toml exists"), "{err}");
