@@ -454,6 +454,24 @@ fn train_on_files_with_a_holdout_or_a_test_file() {
     // Dev and test files must share the training file's layout.
     let err = exit_2(&train(&["--test-data", "test.tsv", "--out", "r2"]));
     assert!(err.contains("must share a layout"), "{err}");
+    // A dev file needs a training file, not a card.
+    let err = exit_2(&cotext(
+        dir,
+        &[
+            "train",
+            "-q",
+            "--config",
+            "m.toml",
+            "--dev-data",
+            "test.csv",
+            "--out",
+            "r4",
+        ],
+    ));
+    assert!(
+        err.contains("data.dev_data and data.test_data need data.dataset to be a data file"),
+        "{err}"
+    );
     let err = exit_2(&train(&["--text-column", "sentence", "--out", "r3"]));
     assert!(
         err.contains("train.csv:1: no text column \"sentence\""),

@@ -458,6 +458,12 @@ impl RunConfig {
         }
         parse_device(&t.device)?;
         t.optimizer.validate()?;
+        if (self.data.dev_data.is_some() || self.data.test_data.is_some()) && !crate::data::file::is_data_file(&self.data.dataset) {
+            return Err(format!(
+                "data.dev_data and data.test_data need data.dataset to be a data file (.tsv, .csv, .jsonl), not {:?}",
+                self.data.dataset
+            ));
+        }
         if self.data.max_len < 2 {
             return Err("data.max_len must be at least 2".into());
         }
