@@ -268,5 +268,5 @@ fn binary_stdin_to_predict_names_the_line() {
     child.stdin.take().unwrap().write_all(b"a fine film .\n\xff\xfe\x00 binary\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("<stdin>:2: not UTF-8"), "{}", text(&o));
+    assert!(text(&o).contains("<stdin>:2: invalid UTF-8"), "{}", text(&o));
 }

@@ -209,6 +209,7 @@ fn generic_table_errors() {
         text_column: "text".into(),
         label_column: "label".into(),
         labels: vec!["neg".into(), "pos".into()],
+        header: true,
     };
     let tsv = write(dir.path(), "a.tsv", b"text\tscore\nx\t1\n");
     let (_, line, msg) = parse_error(read_table(&tsv, &spec(TableFormat::Tsv)).unwrap_err());

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use cotext::data::card::{builtin_names, Task};
+use cotext::data::file::{self, FileColumns};
 use cotext::data::stats::{split_stats, LengthStats};
 use cotext::data::{hub, DataDir, Dataset, DatasetCard, LabelScheme, LoadOptions};
 
@@ -48,6 +49,94 @@ impl DataSource {
     }
 }
 
+/// How to read a data file given as `--data FILE` (shared by every command
+/// that takes one).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ColumnArgs {
+    /// Data file: the text column (header name or JSON key; a column number
+    /// from 1 if the file has no header). Default: the first text-like column.
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Data file: the label column (as --text-column). Default: `label`; the
+    /// last column in a file without a header.
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// Data file: the first line is data, not a header (default: guessed).
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+impl ColumnArgs {
+    /// The user's choices for the file reader.
+    pub fn columns(&self) -> FileColumns {
+        FileColumns {
+            text: self.text_column.clone(),
+            label: self.label_column.clone(),
+            header: self.no_header.then_some(false),
+        }
+    }
+}
+
+/// `cotext train` on your own files (`--data FILE`).
+#[derive(Debug, Args)]
+pub struct TrainFileArgs {
+    /// Train on this data file (.tsv, .csv, .jsonl) or data set (overrides data.dataset).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<String>,
+    /// With --data FILE: the dev split's file (overrides data.dev_data).
+    #[arg(long, value_name = "FILE")]
+    pub dev_data: Option<PathBuf>,
+    /// With --data FILE: the test split's file (overrides data.test_data).
+    #[arg(long, value_name = "FILE")]
+    pub test_data: Option<PathBuf>,
+    /// Hold out this many seeded training examples as the dev split (overrides data.dev_holdout).
+    #[arg(long, value_name = "N")]
+    pub dev_holdout: Option<usize>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+}
+
+impl TrainFileArgs {
+    /// The `--set` overrides these flags stand for; file paths are made
+    /// absolute so the saved config works from any folder.
+    pub fn overrides(&self) -> Vec<String> {
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let mut o = Vec::new();
+        if let Some(d) = &self.data {
+            let d = if cotext::data::file::is_data_file(d) {
+                abs(d.as_ref())
+            } else {
+                d.clone()
+            };
+            o.push(format!("data.dataset={d:?}"));
+        }
+        if let Some(p) = &self.dev_data {
+            o.push(format!("data.dev_data={:?}", abs(p)));
+        }
+        if let Some(p) = &self.test_data {
+            o.push(format!("data.test_data={:?}", abs(p)));
+        }
+        if let Some(n) = self.dev_holdout {
+            o.push(format!("data.dev_holdout={n}"));
+        }
+        if let Some(c) = &self.columns.text_column {
+            o.push(format!("data.text_column={c:?}"));
+        }
+        if let Some(c) = &self.columns.label_column {
+            o.push(format!("data.label_column={c:?}"));
+        }
+        if self.columns.no_header {
+            o.push("data.header=false".into());
+        }
+        o
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Labels {
     Binary,
@@ -60,10 +149,32 @@ enum DataCommand {
     List,
     /// Print splits, counts (against the card), label distribution and length percentiles.
     Info {
-        /// Dataset name (see `cotext data list`) or path to a card (.toml).
+        /// Dataset name (see `cotext data list`), path to a card (.toml), or a
+        /// data file (.tsv, .csv, .jsonl).
         name: String,
         #[command(flatten)]
         source: DataSource,
+        #[command(flatten)]
+        columns: ColumnArgs,
+    },
+    /// Write the dataset card for a data file (.tsv, .csv, .jsonl): the file's
+    /// columns, labels, count, size and sha256, so `--data card.toml` reads
+    /// exactly what `--data FILE` reads.
+    Card {
+        /// The data file.
+        file: PathBuf,
+        /// Where to write the card (refuses to overwrite). Default: stdout.
+        #[arg(long, value_name = "CARD.toml")]
+        out: Option<PathBuf>,
+        /// The split the file becomes. Default `test`, the split `cotext eval` scores.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Take the label names from this trained run's `labels.json`, so the
+        /// card matches the run (default: the file's distinct labels).
+        #[arg(long, value_name = "RUN")]
+        run: Option<PathBuf>,
+        #[command(flatten)]
+        columns: ColumnArgs,
     },
     /// Download a dataset into the HF cache and verify it; with --data-dir,
     /// verify the local copy (sizes, sha256, counts) instead.
@@ -79,7 +190,18 @@ enum DataCommand {
 pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
         DataCommand::List => list(),
-        DataCommand::Info { name, source } => info(&name, &source),
+        DataCommand::Info {
+            name,
+            source,
+            columns,
+        } => info(&name, &source, &columns),
+        DataCommand::Card {
+            file,
+            out,
+            split,
+            run,
+            columns,
+        } => card(&file, out.as_deref(), split, run.as_deref(), &columns),
         DataCommand::Fetch { name, data_dir } => fetch(&name, data_dir),
     }
 }
@@ -138,8 +260,17 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
-    let dataset = source.open(name)?;
+fn info(name: &str, source: &DataSource, columns: &ColumnArgs) -> anyhow::Result<()> {
+    let dataset = if file::is_data_file(name) {
+        let path = PathBuf::from(name);
+        let split = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data".into());
+        file::open(&[(split, path)], &columns.columns(), None)?.dataset
+    } else {
+        source.open(name)?
+    };
     let options = source.options();
     let card = &dataset.card;
     let labels = dataset.label_names(&options);
@@ -248,6 +379,50 @@ fn info(name: &str, source: &DataSource) -> anyhow::Result<()> {
             println!("MISMATCH {m}");
         }
         anyhow::bail!("{} split(s) differ from the card", mismatches.len());
+    }
+    Ok(())
+}
+
+fn card(
+    path: &std::path::Path,
+    out: Option<&std::path::Path>,
+    split: String,
+    run: Option<&std::path::Path>,
+    columns: &ColumnArgs,
+) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        // Refuse before reading anything: the card may be hand-edited.
+        if out.exists() {
+            return Err(cotext::Error::Config(format!(
+                "{} exists; remove it or choose another --out",
+                out.display()
+            ))
+            .into());
+        }
+    }
+    let labels = run
+        .map(cotext::train::classify::read_run_labels)
+        .transpose()?;
+    let files = file::open(
+        &[(split, path.to_path_buf())],
+        &columns.columns(),
+        labels.as_deref(),
+    )?;
+    eprintln!("{}", files.layout.describe());
+    let text = file::card_toml(&files)?;
+    match out {
+        None => print!("{text}"),
+        Some(out) => {
+            cotext::fsio::atomic_write(out, text.as_bytes())?;
+            let split = &files.dataset.card.splits[0];
+            eprintln!(
+                "wrote {}: split {} with {} examples, labels {:?}",
+                out.display(),
+                split.name,
+                split.count,
+                files.dataset.card.labels
+            );
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod data;
 mod tokenizer;
 mod train;
+mod predict;
 mod bleu;
 mod compare;
 
@@ -28,7 +29,7 @@ enum Command {
     /// Evaluate a trained run: accuracy, macro-F1, per-class scores, confusion; BLEU for translation.
     Eval(train::EvalArgs),
     /// Classify text lines from stdin with a trained run.
-    Predict(train::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Translate source lines from stdin with a trained translation run.
     Translate(train::TranslateArgs),
     /// Score translations with BLEU or chrF, identical to sacreBLEU 2.6.0.
@@ -47,7 +48,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Tokenizer(args) => tokenizer::run(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
-        Command::Predict(args) => train::predict(args),
+        Command::Predict(args) => predict::predict(args),
         Command::Translate(args) => train::translate(args),
         Command::Bleu(args) => bleu::run(args),
         Command::Compare(args) => compare::compare(args),

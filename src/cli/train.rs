@@ -1,13 +1,16 @@
 //! `cotext train`, `cotext eval`, `cotext predict`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use cotext::data::file;
 use cotext::data::{DataDir, Dataset};
+
+use super::data::ColumnArgs;
 use cotext::metrics::ClassificationReport;
 use cotext::train::classify::{self, Outcome, TrainOptions};
 use cotext::train::{runner, translate};
@@ -38,6 +41,8 @@ pub struct TrainArgs {
     /// Folder with local copies of the data sets (overrides data.data_dir; as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    files: super::data::TrainFileArgs,
     /// Run directory. Default: runs/<config name>-<objective>-seed<N>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -58,24 +63,16 @@ pub struct EvalArgs {
     /// Split to evaluate. Default: the run's test split.
     #[arg(long)]
     split: Option<String>,
-    /// Evaluate on another data set (a card name) instead of the run's.
+    /// Evaluate on another data set instead of the run's: a card name, a card
+    /// (.toml), or a data file (.tsv, .csv, .jsonl; the file is the split).
     #[arg(long)]
     data: Option<String>,
     /// Folder with local copies of data sets (as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
-}
-
-/// Arguments of `cotext predict`.
-#[derive(Debug, Args)]
-pub struct PredictArgs {
-    /// A run directory written by `cotext train`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Output format: a tab-separated label and probability, or one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -107,6 +104,7 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
         overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));
     }
+    overrides.extend(args.files.overrides());
     if args.resume {
         let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;
         if let Some(c) = &args.config {
@@ -228,24 +226,31 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let (setup, model) = classify::load_run(&args.run)?;
     let mut config = setup.config.clone();
-    if let Some(d) = &args.data {
-        config.data.dataset = d.clone();
-    }
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
     }
     let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let dataset = match &args.data {
+        // The file is the split, read against the run's labels.
+        Some(d) if file::is_data_file(d) => {
+            let opened = file::open(&[(split.clone(), PathBuf::from(d))], &args.columns.columns(), Some(&setup.labels))?;
+            eprintln!("{}", opened.layout.describe());
+            config.data.dataset = d.clone();
+            (config.data.trees, config.data.phrases) = (false, false);
+            opened.dataset
+        }
+        other => {
+            if let Some(d) = other {
+                config.data.dataset = d.clone();
+                (config.data.dev_data, config.data.test_data) = (None, None);
+            }
+            classify::open_dataset(&config, Some(&setup.labels))?
+        }
+    };
+    classify::check_run_labels(&dataset, &config, &args.run, &setup.labels)?;
     let examples = classify::load_split(&dataset, &config, &split, None)?;
     let data = classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
-    if let Some(bad) = data.iter().find(|e| e.label as usize >= classes) {
-        return Err(cotext::Error::Config(format!(
-            "{} has label {} but the model was trained with {classes} classes",
-            config.data.dataset, bad.label
-        ))
-        .into());
-    }
     let (report, loss) = classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
     match args.format {
         Format::Json => {
@@ -267,6 +272,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 /// `cotext eval` on a translation run: BLEU of the split decoded with the run's
 /// `decode.beam`.
 fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
+    if args.data.as_deref().is_some_and(file::is_data_file) {
+        return Err(cotext::Error::Config(format!(
+            "{} is a translation run; --data FILE (.tsv, .csv, .jsonl) is for classification runs: give a card (.toml) instead",
+            args.run.display()
+        ))
+        .into());
+    }
     let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
     if let Some(d) = &args.data {
         config.data.dataset = d.clone();
@@ -319,59 +331,6 @@ fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64,
     }
 }
 
-/// Line `i` (0-based) of standard input; text that is not UTF-8 is the user's
-/// input error, with its line number (exit 2).
-fn stdin_line(i: usize, line: std::io::Result<String>) -> anyhow::Result<String> {
-    match line {
-        Ok(line) => Ok(line),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            Err(cotext::Error::Parse { path: PathBuf::from("<stdin>"), line: i + 1, msg: "not UTF-8 text".into() }.into())
-        }
-        Err(e) => Err(anyhow::Error::new(e).context("reading stdin")),
-    }
-}
-
-/// `cotext predict`.
-pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let (setup, model) = classify::load_run(&args.run)?;
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut lines = stdin.lock().lines().enumerate();
-    let mut eof = false;
-    while !eof {
-        let mut batch: Vec<String> = Vec::with_capacity(64);
-        while batch.len() < 64 {
-            match lines.next() {
-                Some((i, line)) => batch.push(stdin_line(i, line)?),
-                None => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let examples: Vec<cotext::data::Example> = batch.iter().map(|t| cotext::data::Example { text: t.clone(), label: 0 }).collect();
-        let data = classify::encode(&setup.tokenizer, &setup.config, &examples)?;
-        let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), setup.config.train.eval_batch_size, &setup.device)?;
-        for (text, p) in batch.iter().zip(&probs) {
-            let best = p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b });
-            match args.format {
-                Format::Text => writeln!(out, "{}\t{:.4}", setup.labels[best], p[best])?,
-                Format::Json => {
-                    let probs: serde_json::Map<String, serde_json::Value> =
-                        setup.labels.iter().zip(p).map(|(l, &x)| (l.clone(), serde_json::json!(x))).collect();
-                    writeln!(out, "{}", serde_json::json!({"text": text, "label": setup.labels[best], "probs": probs}))?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-
 /// Arguments of `cotext translate`.
 #[derive(Debug, Args)]
 pub struct TranslateArgs {
@@ -406,12 +365,13 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut lines = std::io::stdin().lock().lines().enumerate();
+    // Strict UTF-8 with line numbers: bad input is the user's error (exit 2).
+    let mut lines = cotext::data::lines::Lines::new(std::io::stdin().lock(), std::path::Path::new("<stdin>"));
     let chunk = 1024;
     loop {
         let mut batch = Vec::with_capacity(chunk);
-        for (i, line) in lines.by_ref().take(chunk) {
-            batch.push(stdin_line(i, line)?);
+        for line in lines.by_ref().take(chunk) {
+            batch.push(line?.1);
         }
         if batch.is_empty() {
             break;

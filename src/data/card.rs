@@ -133,6 +133,11 @@ pub struct SourceCard {
     /// Table format, classification: the label column.
     #[serde(default)]
     pub label_column: Option<String>,
+    /// Table format, TSV or CSV: whether the first line names the columns
+    /// (default true). Without a header, `text_column`/`label_column` are
+    /// 1-based column numbers (`"1"`).
+    #[serde(default)]
+    pub header: Option<bool>,
     /// Free-text note shown by `cotext data info` (differences from other sources).
     #[serde(default)]
     pub note: Option<String>,
@@ -179,10 +184,10 @@ pub struct SplitCard {
     /// Number of examples (records, sentence pairs).
     pub count: usize,
     /// Examples per label, in label order (classification; may be empty).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub label_counts: Vec<usize>,
     /// IMDB only: examples per rating-scheme label (1, 2, 3, 4, 7, 8, 9, 10).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rating_counts: Vec<usize>,
 }
 
@@ -197,10 +202,10 @@ pub struct DatasetCard {
     /// Classification or translation.
     pub task: Task,
     /// Classification: label names in class order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     /// Translation: `[source, target]` language codes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub languages: Vec<String>,
     /// Licence or terms of use, as stated by the sources.
     pub license: String,
@@ -308,6 +313,12 @@ impl DatasetCard {
             return DatasetCard::from_toml(Path::new(&origin), text);
         }
         let path = Path::new(name_or_path);
+        if super::file::is_data_file(name_or_path) {
+            return Err(Error::Config(format!(
+                "{name_or_path} is a data file, not a dataset card: this command needs a card; \
+                 `cotext data card {name_or_path} --out card.toml` writes one"
+            )));
+        }
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
                 path: path.to_path_buf(),
@@ -316,7 +327,8 @@ impl DatasetCard {
             return DatasetCard::from_toml(path, &text);
         }
         Err(Error::Config(format!(
-            "unknown dataset {name_or_path:?}: expected one of {} or a path to a card (.toml)",
+            "unknown dataset {name_or_path:?}: expected one of {}, a path to a card (.toml) \
+             or a data file (.tsv, .csv, .jsonl)",
             builtin_names().join(", ")
         )))
     }

@@ -236,6 +236,7 @@ impl Dataset {
                             text_column: self.source.text_column.clone().expect("validated card"),
                             label_column: self.source.label_column.clone().expect("validated card"),
                             labels: self.card.labels.clone(),
+                            header: self.source.header.unwrap_or(true),
                         };
                         let examples = table::read_table(&path, &spec)?;
                         check_labels(&path, &examples, num_classes)?;

@@ -159,6 +159,17 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
         root,
         origin,
     };
+    // A card written by `cotext data card` names its file's folder by an
+    // absolute path: that folder is the data, wherever the command runs.
+    for source in card.sources.iter().filter(|s| s.kind == SourceKind::Local) {
+        let Some(dir) = source.dir.as_deref().map(Path::new).filter(|d| d.is_absolute()) else {
+            continue;
+        };
+        if any_split_present(card, source, dir) {
+            return Ok(found(source, dir.to_path_buf(), "the card's absolute path".into()));
+        }
+        looked.push(format!("{} (the card's absolute path): no complete split", dir.display()));
+    }
     let local_dirs: Vec<(PathBuf, &str)> = match data_dir {
         DataDir::Flag(dir) => vec![(dir.clone(), "--data-dir")],
         DataDir::Env(dir) => vec![(dir.clone(), "COTEXT_DATA")],
@@ -170,6 +181,9 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
     for (dir, how) in &local_dirs {
         for source in card.sources.iter().filter(|s| s.kind == SourceKind::Local) {
             let sub = source.dir.as_deref().unwrap_or("");
+            if Path::new(sub).is_absolute() {
+                continue;
+            }
             let mut candidates = vec![dir.join(sub)];
             if !sub.is_empty() {
                 candidates.push(dir.clone());

@@ -2,7 +2,7 @@
 //!
 //! This room owns everything between files on disk (or on the hub) and
 //! in-memory examples: the readers ([`sst`], [`imdb`], [`parallel`],
-//! [`table`]), the dataset cards in `datasets/*.toml` ([`card`]), finding and
+//! [`table`]), data files used directly ([`file`]), the dataset cards in `datasets/*.toml` ([`card`]), finding and
 //! downloading data ([`hub`]), split statistics ([`stats`]) and batching with
 //! our own seeded RNG ([`batch`], [`crate::rng`]). It never touches tensors or models.
 //!
@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod card;
 mod dataset;
+pub mod file;
 pub mod hub;
 pub mod imdb;
 pub mod lines;

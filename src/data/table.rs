@@ -48,6 +48,10 @@ pub struct TableSpec {
     /// or an integer class index below `labels.len()`. When empty, labels must
     /// be non-negative integers and any value is accepted.
     pub labels: Vec<String>,
+    /// Whether the first line (TSV, CSV) names the columns. Without one, the
+    /// columns are named by their 1-based number (`"1"`, `"2"`, …). Ignored for
+    /// JSON Lines.
+    pub header: bool,
 }
 
 /// Splits a TSV line into exactly `N` fields (no quoting).
@@ -130,6 +134,51 @@ fn column_index(path: &Path, header: &[&str], name: &str) -> Result<usize> {
         })
 }
 
+/// The 0-based index of column `name` in a file without a header line, where
+/// columns are named by their 1-based number.
+fn column_number(path: &Path, first: &[&str], name: &str) -> Result<usize> {
+    match name.parse::<usize>() {
+        Ok(n) if (1..=first.len()).contains(&n) => Ok(n - 1),
+        _ => Err(Error::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: format!(
+                "no column {name:?}: the file has no header line, so columns are numbered 1-{} (first line {first:?})",
+                first.len()
+            ),
+        }),
+    }
+}
+
+/// Where each of `columns` is in the first record: by header name, or by
+/// number when there is no header.
+fn column_indices(
+    path: &Path,
+    first: &[&str],
+    columns: &[&str],
+    header: bool,
+) -> Result<Vec<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            if header {
+                column_index(path, first, c)
+            } else {
+                column_number(path, first, c)
+            }
+        })
+        .collect()
+}
+
+/// Drops a UTF-8 byte order mark at the start of a file's first line (Excel
+/// and Notepad write one; it would otherwise stick to the first column name).
+fn strip_bom(line: usize, text: String) -> String {
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) if line == 1 => rest.to_string(),
+        _ => text,
+    }
+}
+
 fn empty_file(path: &Path, expected: &str) -> Error {
     Error::InvalidFile {
         path: path.to_path_buf(),
@@ -144,7 +193,12 @@ fn empty_file(path: &Path, expected: &str) -> Error {
 /// fields, bad JSON, a non-string text, a bad label or invalid UTF-8;
 /// [`Error::InvalidFile`] for an empty file; [`Error::Io`] if unreadable.
 pub fn read_table(path: &Path, spec: &TableSpec) -> Result<Vec<Example>> {
-    let rows = read_columns(path, spec.format, &[&spec.text_column, &spec.label_column])?;
+    let rows = read_columns_with(
+        path,
+        spec.format,
+        spec.header,
+        &[&spec.text_column, &spec.label_column],
+    )?;
     rows.into_iter()
         .map(|(line, mut fields)| {
             let label = fields.pop().expect("two columns");
@@ -188,25 +242,54 @@ pub fn read_columns(
     format: TableFormat,
     columns: &[&str],
 ) -> Result<Vec<(usize, Vec<String>)>> {
+    read_columns_with(path, format, true, columns)
+}
+
+/// As [`read_columns`], for a TSV or CSV file with (`header`) or without a
+/// header line; without one, `columns` are 1-based column numbers.
+///
+/// # Errors
+/// As [`read_table`].
+pub fn read_columns_with(
+    path: &Path,
+    format: TableFormat,
+    header: bool,
+    columns: &[&str],
+) -> Result<Vec<(usize, Vec<String>)>> {
     match format {
-        TableFormat::Tsv => read_tsv_columns(path, columns),
-        TableFormat::Csv => read_csv_columns(path, columns),
+        TableFormat::Tsv => read_tsv_columns(path, header, columns),
+        TableFormat::Csv => read_csv_columns(path, header, columns),
         TableFormat::Jsonl => read_jsonl_columns(path, columns),
     }
 }
 
-fn read_tsv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<String>)>> {
+fn read_tsv_columns(
+    path: &Path,
+    header: bool,
+    columns: &[&str],
+) -> Result<Vec<(usize, Vec<String>)>> {
     let mut lines = Lines::open(path)?;
-    let (_, header) = lines
-        .next()
-        .ok_or_else(|| empty_file(path, "a header line naming the columns"))??;
-    let header: Vec<&str> = header.split('\t').collect();
-    let index: Vec<usize> = columns
-        .iter()
-        .map(|c| column_index(path, &header, c))
-        .collect::<Result<_>>()?;
-    let width = header.len();
+    let (first_line, first) = lines.next().ok_or_else(|| {
+        empty_file(
+            path,
+            if header {
+                "a header line naming the columns"
+            } else {
+                "TAB-separated lines"
+            },
+        )
+    })??;
+    let first = strip_bom(first_line, first);
+    let fields: Vec<&str> = first.split('\t').collect();
+    let index = column_indices(path, &fields, columns, header)?;
+    let width = fields.len();
     let mut rows = Vec::new();
+    if !header {
+        rows.push((
+            first_line,
+            index.iter().map(|&i| fields[i].to_string()).collect(),
+        ));
+    }
     for item in lines {
         let (line, text) = item?;
         let fields: Vec<&str> = text.split('\t').collect();
@@ -215,7 +298,8 @@ fn read_tsv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<Str
                 path: path.to_path_buf(),
                 line,
                 msg: format!(
-                    "expected {width} TAB-separated columns as in the header, found {} (a missing column or a TAB inside the text)",
+                    "expected {width} TAB-separated columns as {}, found {} (a missing column or a TAB inside the text)",
+                    if header { "in the header" } else { "on line 1" },
                     fields.len()
                 ),
             });
@@ -225,7 +309,11 @@ fn read_tsv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<Str
     Ok(rows)
 }
 
-fn read_csv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<String>)>> {
+fn read_csv_columns(
+    path: &Path,
+    header: bool,
+    columns: &[&str],
+) -> Result<Vec<(usize, Vec<String>)>> {
     let file = super::lines::open(path)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -287,19 +375,19 @@ fn read_csv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<Str
         }
         if first {
             first = false;
-            index = columns
-                .iter()
-                .map(|c| column_index(path, &fields, c))
-                .collect::<Result<_>>()?;
+            index = column_indices(path, &fields, columns, header)?;
             width = fields.len();
-            continue;
+            if header {
+                continue;
+            }
         }
         if fields.len() != width {
             return Err(Error::Parse {
                 path: path.to_path_buf(),
                 line,
                 msg: format!(
-                    "expected {width} comma-separated fields as in the header, found {}",
+                    "expected {width} comma-separated fields as {}, found {}",
+                    if header { "in the header" } else { "on line 1" },
                     fields.len()
                 ),
             });
@@ -307,7 +395,14 @@ fn read_csv_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<Str
         rows.push((line, index.iter().map(|&i| fields[i].to_string()).collect()));
     }
     if first {
-        return Err(empty_file(path, "a header line naming the columns"));
+        return Err(empty_file(
+            path,
+            if header {
+                "a header line naming the columns"
+            } else {
+                "comma-separated lines"
+            },
+        ));
     }
     Ok(rows)
 }
@@ -316,6 +411,7 @@ fn read_jsonl_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<S
     let mut rows = Vec::new();
     for item in Lines::open(path)? {
         let (line, text) = item?;
+        let text = strip_bom(line, text);
         if text.trim().is_empty() {
             continue;
         }
@@ -359,6 +455,110 @@ fn read_jsonl_columns(path: &Path, columns: &[&str]) -> Result<Vec<(usize, Vec<S
     Ok(rows)
 }
 
+/// The first records of a file as they are, for guessing its layout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// TSV or CSV: `(line, fields)`; the header line, if any, is the first record.
+    Fields(Vec<(usize, Vec<String>)>),
+    /// JSON Lines: `(line, key-value pairs)` in the order the keys are written.
+    Objects(Vec<(usize, Vec<(String, serde_json::Value)>)>),
+}
+
+impl Sample {
+    /// Whether the file holds no record at all.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Sample::Fields(v) => v.is_empty(),
+            Sample::Objects(v) => v.is_empty(),
+        }
+    }
+}
+
+/// Reads up to `limit` records from the start of a file (blank JSON Lines
+/// skipped), without looking for any column.
+///
+/// # Errors
+/// [`Error::Parse`] for a record that cannot be read (bad UTF-8, bad CSV
+/// quoting, a line that is not a JSON object); [`Error::Io`] if unreadable.
+pub fn sample(path: &Path, format: TableFormat, limit: usize) -> Result<Sample> {
+    match format {
+        TableFormat::Tsv => {
+            let mut rows = Vec::new();
+            for item in Lines::open(path)?.take(limit) {
+                let (line, text) = item?;
+                let text = strip_bom(line, text);
+                rows.push((line, text.split('\t').map(str::to_string).collect()));
+            }
+            Ok(Sample::Fields(rows))
+        }
+        TableFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(super::lines::open(path)?);
+            let mut rows = Vec::new();
+            for record in reader.records().take(limit) {
+                let record = record.map_err(|err| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: err.position().map(|p| p.line() as usize).unwrap_or(0),
+                    msg: format!("malformed CSV (expected UTF-8, RFC 4180 quoting): {err}"),
+                })?;
+                let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+                rows.push((line, record.iter().map(str::to_string).collect()));
+            }
+            Ok(Sample::Fields(rows))
+        }
+        TableFormat::Jsonl => {
+            let mut rows = Vec::new();
+            for item in Lines::open(path)? {
+                if rows.len() == limit {
+                    break;
+                }
+                let (line, text) = item?;
+                let text = strip_bom(line, text);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let object: Ordered = serde_json::from_str(&text).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    msg: format!("expected a JSON object: {e}"),
+                })?;
+                rows.push((line, object.0));
+            }
+            Ok(Sample::Objects(rows))
+        }
+    }
+}
+
+/// A JSON object with its keys in file order (`serde_json::Map` sorts them
+/// unless the `preserve_order` feature is on, which would change every JSON
+/// file cotext writes).
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +575,7 @@ mod tests {
             text_column: "review".into(),
             label_column: "stars".into(),
             labels: vec!["neg".into(), "pos".into()],
+            header: true,
         }
     }
 

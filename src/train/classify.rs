@@ -15,6 +15,7 @@ use super::checkpoint::{self, atomic_write};
 use super::config::{parse_device, Metric, RunConfig, TokenizerSource};
 use super::runner::{self, io, Evaluation, LoopEnd, Task};
 use super::step::{LossConfig, Objective, ObjectiveKind, Stepper};
+use crate::data::file::{self, FileColumns};
 use crate::data::{DataDir, Dataset, LoadOptions, SplitData};
 use crate::error::{Error, Result};
 use crate::loss::{ComplementOptions, CrossEntropyOptions, LabelHierarchy, Normalization};
@@ -68,8 +69,64 @@ fn load_options(config: &RunConfig) -> LoadOptions {
     LoadOptions { scheme: config.data.scheme, trees: config.data.trees || config.data.phrases, phrases: config.data.phrases }
 }
 
-fn open_dataset(config: &RunConfig) -> Result<Dataset> {
-    Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))
+/// Opens the run's data: a dataset card, or data files (`data.dataset` a
+/// `.tsv`/`.csv`/`.jsonl` file for the train split, `dev_data`, `test_data`).
+/// `labels` (a trained run's) fix the label names of data files; by default
+/// they come from `data.label_names` or the training file.
+pub fn open_dataset(config: &RunConfig, labels: Option<&[String]>) -> Result<Dataset> {
+    let d = &config.data;
+    if !file::is_data_file(&d.dataset) {
+        if d.dev_data.is_some() || d.test_data.is_some() {
+            return Err(Error::Config(format!(
+                "data.dev_data and data.test_data need data.dataset to be a data file (.tsv, .csv, .jsonl), not {:?}",
+                d.dataset
+            )));
+        }
+        return Dataset::open(&d.dataset, &DataDir::from_flag(d.data_dir.clone()));
+    }
+    let mut files = vec![(d.train_split.clone(), PathBuf::from(&d.dataset))];
+    for (split, path) in [(&d.dev_split, &d.dev_data), (&d.test_split, &d.test_data)] {
+        if let Some(path) = path {
+            if split.is_empty() {
+                return Err(Error::Config(format!("a data file for an unnamed split: {} (set data.dev_split/test_split)", path.display())));
+            }
+            files.push((split.clone(), path.clone()));
+        }
+    }
+    let columns = FileColumns { text: d.text_column.clone(), label: d.label_column.clone(), header: d.header };
+    let opened = file::open(&files, &columns, labels.or(d.label_names.as_deref()))?;
+    eprintln!("{}", opened.layout.describe());
+    Ok(opened.dataset)
+}
+
+/// Checks that a dataset's labels are the ones a run was trained with (its
+/// `labels.json`), so a model is never scored against another label set.
+///
+/// # Errors
+/// [`Error::Config`] naming both label lists.
+pub fn check_run_labels(dataset: &Dataset, config: &RunConfig, run: &Path, run_labels: &[String]) -> Result<()> {
+    let names = dataset.label_names(&load_options(config));
+    if names == run_labels {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "dataset {} has labels {names:?} but the run {} was trained with {run_labels:?} ({}); \
+         evaluate on data with the run's labels (a data file, --data FILE, may give them as names or indices 0-{})",
+        dataset.card.name,
+        run.display(),
+        run.join("labels.json").display(),
+        run_labels.len().saturating_sub(1)
+    )))
+}
+
+/// The class names a run was trained with (`labels.json`).
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Parse`] naming the file.
+pub fn read_run_labels(run: &Path) -> Result<Vec<String>> {
+    let labels_path = run.join("labels.json");
+    serde_json::from_slice(&std::fs::read(&labels_path).map_err(io(&labels_path))?)
+        .map_err(|e| Error::Parse { path: labels_path.clone(), line: e.line(), msg: e.to_string() })
 }
 
 /// The examples of `split`, optionally a seeded subset of `limit` of them.
@@ -255,9 +312,7 @@ fn resolved_model(config: &RunConfig) -> Result<ModelConfig> {
 pub fn load_run(run: &Path) -> Result<(Setup, Model)> {
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
     let tokenizer = TextTokenizer::from_file(&run.join("tokenizer.json"))?;
-    let labels_path = run.join("labels.json");
-    let labels: Vec<String> = serde_json::from_slice(&std::fs::read(&labels_path).map_err(io(&labels_path))?)
-        .map_err(|e| Error::Parse { path: labels_path.clone(), line: e.line(), msg: e.to_string() })?;
+    let labels = read_run_labels(run)?;
     let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
     let model = build_model(&config, tokenizer.vocab_size(), labels.len(), &device)?;
     checkpoint::load_inference_weights(run, &model)?;
@@ -274,7 +329,7 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     }
     runner::prepare_run_dir(run, options.resume)?;
     let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
-    let dataset = open_dataset(config)?;
+    let dataset = open_dataset(config, None)?;
     let labels = dataset.label_names(&load_options(config));
     let classes = labels.len();
     let mut train_examples = load_split(&dataset, config, &config.data.train_split, None)?;

@@ -144,6 +144,27 @@ pub struct DataConfig {
     /// end (head + tail truncation, for IMDB reviews); default: keep the head only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_tokens: Option<usize>,
+    /// When `dataset` is a data file (`.tsv`, `.csv`, `.jsonl`, the training
+    /// split): the dev split's file. Default: none (see `dev_holdout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_data: Option<PathBuf>,
+    /// When `dataset` is a data file: the test split's file. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_data: Option<PathBuf>,
+    /// Data files: the text column (header name, JSON key, or a column number
+    /// from 1 without a header). Default: the first text-like column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Data files: the label column. Default `label` (the last column without a header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    /// Data files: whether the first line is a header. Default: guessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<bool>,
+    /// Data files: the label names in class order. Default: the training
+    /// file's labels (indices `0..K`, else the distinct values sorted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_names: Option<Vec<String>>,
 }
 
 fn default_train_split() -> String {
@@ -453,6 +474,12 @@ impl RunConfig {
         }
         parse_device(&t.device)?;
         t.optimizer.validate()?;
+        if (self.data.dev_data.is_some() || self.data.test_data.is_some()) && !crate::data::file::is_data_file(&self.data.dataset) {
+            return Err(format!(
+                "data.dev_data and data.test_data need data.dataset to be a data file (.tsv, .csv, .jsonl), not {:?}",
+                self.data.dataset
+            ));
+        }
         if self.data.max_len < 2 {
             return Err("data.max_len must be at least 2".into());
         }

@@ -60,6 +60,10 @@ pub enum Outcome {
 
 /// Whether `config`'s data set is a translation data set.
 pub fn is_translation(config: &RunConfig) -> Result<bool> {
+    // Data files (`--data FILE`) are labelled texts.
+    if crate::data::file::is_data_file(&config.data.dataset) {
+        return Ok(false);
+    }
     Ok(open_dataset(config)?.card.task == crate::data::card::Task::Translation)
 }
 
