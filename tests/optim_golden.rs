@@ -97,3 +97,29 @@ fn clipping_matches_torch() {
     let after: Vec<f64> = grads.get(&b).unwrap().to_vec1().unwrap();
     assert_eq!(after, got_b);
 }
+
+/// The saved moments must be plain values, not graph nodes: a moment built from
+/// the variable itself (weight decay reads it) used to be a tracked op whose graph
+/// kept every earlier step's tensors alive, so SGD with weight decay grew by the
+/// model's size per step until the process was killed for memory.
+#[test]
+fn moments_hold_no_graph_after_steps() {
+    let configs = [
+        OptimizerConfig::Adamw { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.1 },
+        OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 1e-4 },
+        OptimizerConfig::Sgd { lr: 0.05, momentum: 0.8, nesterov: true, weight_decay: 0.01 },
+    ];
+    for config in configs {
+        let var = Var::from_tensor(&Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((3, 4)).unwrap()).unwrap();
+        let mut opt = Optimizer::new(vec![("w".into(), var.clone())], config.clone()).unwrap();
+        let g = Tensor::ones((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for _ in 0..3 {
+            opt.step(&grads_for(&var, &g)).unwrap();
+        }
+        let state = opt.state_tensors("ce").unwrap();
+        assert!(state.len() > 2, "{config:?}: no moments saved");
+        for (name, t) in &state {
+            assert!(!t.track_op(), "{config:?}: {name} is a graph node (it keeps earlier steps alive)");
+        }
+    }
+}

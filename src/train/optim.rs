@@ -177,8 +177,12 @@ impl Optimizer {
         let lr = self.lr;
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let g = g.to_dtype(DType::F32)?;
-            let p = var.as_tensor().to_dtype(DType::F32)?;
+            // Detached: the variable is a graph leaf, so `p * weight_decay` would be
+            // a tracked op, and a moment built from it would keep every earlier
+            // step's tensors alive through its graph (SGD with weight decay grew
+            // by the model's size each step until the OOM killer came).
+            let g = g.detach().to_dtype(DType::F32)?;
+            let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let new_p = match self.config {
                 OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
                     let m = match &self.first[i] {
