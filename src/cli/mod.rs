@@ -6,6 +6,7 @@ mod tokenizer;
 mod train;
 mod bleu;
 mod compare;
+mod attack;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Command {
     Bleu(bleu::BleuArgs),
     /// Train every objective × seed from one config, then write report.md, summary.json and plots.
     Compare(compare::CompareArgs),
+    /// Accuracy of a classification run under adversarial attack (FGSM, PGD, HotFlip).
+    Attack(attack::AttackArgs),
     /// Draw one run's curves (loss, train accuracy, dev metric) as a PNG.
     Plot(compare::PlotArgs),
 }
@@ -52,6 +55,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bleu(args) => bleu::run(args),
         Command::Compare(args) => compare::compare(args),
         Command::Plot(args) => compare::plot(args),
+        Command::Attack(args) => attack::run(args),
     }
 }
 
