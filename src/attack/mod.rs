@@ -478,7 +478,7 @@ mod tests {
     fn pgd_stays_in_the_ball_and_is_deterministic() -> Result<()> {
         let (emb, w, mask, labels) = setup()?;
         for norm in [Norm::Linf, Norm::L2] {
-            let options = PgdOptions { budget: Budget { eps: 0.2, norm }, steps: 5, step_size: 0.5 };
+            let options = PgdOptions { budget: Budget { eps: 0.2, norm }, steps: 20, step_size: 0.2 };
             let a = pgd(linear(&w), &emb, &mask, &labels, &options, &mut SplitMix64::new(1))?;
             let b = pgd(linear(&w), &emb, &mask, &labels, &options, &mut SplitMix64::new(1))?;
             assert_eq!(a.to_vec3::<f32>()?, b.to_vec3::<f32>()?);
@@ -491,10 +491,13 @@ mod tests {
             let size = size.to_vec2::<f32>()?;
             assert!(size.iter().flatten().all(|&s| s as f64 <= radius * (1.0 + 1e-5)), "{norm:?}: {size:?} > {radius}");
             assert_eq!(size[1][2], 0.0, "padding moved");
-            // On a linear model the worst case is on the boundary: PGD finds it.
+            // On a linear model FGSM's point is near the worst case; PGD from a
+            // random start climbs to a local maximum of the loss on the ball's
+            // boundary, which need not be the same point: within 1% or above.
             let fgsm_adv = fgsm(linear(&w), &emb, &mask, &labels, options.budget)?;
             let loss = |x: &Tensor| -> Result<f32> { loss_and_gradient(linear(&w), x, &labels)?.losses.sum_all()?.to_scalar::<f32>() };
-            assert!(loss(&a)? >= loss(&fgsm_adv)? - 1e-5, "{norm:?}");
+            let (p, f, clean) = (loss(&a)?, loss(&fgsm_adv)?, loss(&emb)?);
+            assert!(p > clean && p >= f - 1e-2 * f.abs(), "{norm:?}: pgd {p}, fgsm {f}, clean {clean}");
         }
         Ok(())
     }
