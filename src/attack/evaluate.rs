@@ -118,9 +118,13 @@ pub fn attack_dataset(
         let labels = Tensor::from_vec(chunk.iter().map(|&i| data[i].label).collect::<Vec<u32>>(), chunk.len(), &device)?;
         let forward = |emb: &Tensor| model.forward_embeddings(emb, &mask, false);
         let mut score = |k: usize, logits: &Tensor| -> Result<()> {
-            let (pred, loss) = score_batch(logits, &labels)?;
+            let (pred, losses) = score_batch(logits, &labels)?;
             predicted[k].extend(pred);
-            nll[k] += loss;
+            // One running sum in data order, as `evaluate` does: equal logits then
+            // give an equal mean to the last bit.
+            for loss in losses {
+                nll[k] += loss;
+            }
             Ok(())
         };
         match options.method {
@@ -179,16 +183,16 @@ pub fn attack_dataset(
         .collect()
 }
 
-/// Predictions and summed cross-entropy of a batch, computed as
+/// Predictions and per-example cross-entropy of a batch, computed as
 /// [`crate::train::classify::evaluate`] does (softmax in f32, first maximum), so
 /// that equal logits give equal predictions.
-fn score_batch(logits: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, f64)> {
+fn score_batch(logits: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, Vec<f64>)> {
     let probs = candle_nn::ops::softmax(&logits.detach().to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?;
     let gold = labels.to_vec1::<u32>()?;
-    let mut loss = 0.0;
+    let mut loss = Vec::with_capacity(probs.len());
     let mut pred = Vec::with_capacity(probs.len());
     for (p, &g) in probs.iter().zip(&gold) {
-        loss -= f64::from(p[g as usize].max(f32::MIN_POSITIVE)).ln();
+        loss.push(-f64::from(p[g as usize].max(f32::MIN_POSITIVE)).ln());
         pred.push(p.iter().enumerate().fold(0usize, |b, (i, &x)| if x > p[b] { i } else { b }) as u32);
     }
     Ok((pred, loss))
