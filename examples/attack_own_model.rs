@@ -11,7 +11,9 @@
 //! Run: `cargo run --release --example attack_own_model`
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear, AdamW, Embedding, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{
+    embedding, linear, AdamW, Embedding, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap,
+};
 use cotext::attack::{self, Budget, HotFlipOptions, Norm, PgdOptions};
 use cotext::rng::SplitMix64;
 
@@ -26,7 +28,10 @@ struct BagOfEmbeddings {
 
 impl BagOfEmbeddings {
     fn new(vb: VarBuilder) -> Result<Self> {
-        Ok(Self { emb: embedding(VOCAB, 16, vb.pp("emb"))?, out: linear(16, 2, vb.pp("out"))? })
+        Ok(Self {
+            emb: embedding(VOCAB, 16, vb.pp("emb"))?,
+            out: linear(16, 2, vb.pp("out"))?,
+        })
     }
 
     /// The split the attacks need: ids → embeddings ...
@@ -46,7 +51,8 @@ impl BagOfEmbeddings {
 /// the majority. Returns ids, mask and labels, padded with 0.
 fn batch(rng: &mut SplitMix64, b: usize) -> Result<(Tensor, Tensor, Tensor)> {
     let t = 10;
-    let (mut ids, mut mask, mut labels) = (vec![PAD; b * t], vec![0u32; b * t], Vec::with_capacity(b));
+    let (mut ids, mut mask, mut labels) =
+        (vec![PAD; b * t], vec![0u32; b * t], Vec::with_capacity(b));
     for row in 0..b {
         let len = 4 + rng.below(7) as usize;
         let mut positive = 0;
@@ -59,7 +65,11 @@ fn batch(rng: &mut SplitMix64, b: usize) -> Result<(Tensor, Tensor, Tensor)> {
         labels.push(u32::from(2 * positive > len));
     }
     let dev = Device::Cpu;
-    Ok((Tensor::from_vec(ids, (b, t), &dev)?, Tensor::from_vec(mask, (b, t), &dev)?, Tensor::from_vec(labels, b, &dev)?))
+    Ok((
+        Tensor::from_vec(ids, (b, t), &dev)?,
+        Tensor::from_vec(mask, (b, t), &dev)?,
+        Tensor::from_vec(labels, b, &dev)?,
+    ))
 }
 
 fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f32> {
@@ -70,7 +80,13 @@ fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f32> {
 fn main() -> Result<()> {
     let varmap = VarMap::new();
     let model = BagOfEmbeddings::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 3e-2, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 3e-2,
+            ..Default::default()
+        },
+    )?;
     let mut rng = SplitMix64::new(7);
     for _ in 0..300 {
         let (ids, mask, labels) = batch(&mut rng, 32)?;
@@ -82,13 +98,30 @@ fn main() -> Result<()> {
     // Attack with the embeddings detached: gradients go to the input, not the weights.
     let emb = model.embed(&ids)?.detach();
     let forward = |e: &Tensor| model.forward_embeddings(e, &mask);
-    println!("clean accuracy           {:.3}", accuracy(&forward(&emb)?, &labels)?);
+    println!(
+        "clean accuracy           {:.3}",
+        accuracy(&forward(&emb)?, &labels)?
+    );
     for eps in [0.1, 0.3, 0.5] {
-        let budget = Budget { eps, norm: Norm::Linf };
+        let budget = Budget {
+            eps,
+            norm: Norm::Linf,
+        };
         let adv = attack::fgsm(forward, &emb, &mask, &labels, budget)?;
         let fgsm = accuracy(&forward(&adv)?, &labels)?;
-        let options = PgdOptions { budget, steps: 10, step_size: 0.25 };
-        let adv = attack::pgd(forward, &emb, &mask, &labels, &options, &mut SplitMix64::new(1))?;
+        let options = PgdOptions {
+            budget,
+            steps: 10,
+            step_size: 0.25,
+        };
+        let adv = attack::pgd(
+            forward,
+            &emb,
+            &mask,
+            &labels,
+            &options,
+            &mut SplitMix64::new(1),
+        )?;
         let pgd = accuracy(&forward(&adv)?, &labels)?;
         println!("ε = {eps:<4} (L∞)  FGSM {fgsm:.3}  PGD {pgd:.3}");
     }
@@ -96,8 +129,21 @@ fn main() -> Result<()> {
     let allowed: Vec<bool> = (0..VOCAB).map(|id| id as u32 != PAD).collect();
     let table = model.emb.embeddings().detach();
     for flips in [1, 2] {
-        let out = attack::hotflip(forward, &table, &ids, &mask, &labels, &HotFlipOptions { flips, allowed: allowed.clone() })?;
-        let acc = accuracy(&model.forward_embeddings(&model.embed(&out.ids)?, &mask)?, &labels)?;
+        let out = attack::hotflip(
+            forward,
+            &table,
+            &ids,
+            &mask,
+            &labels,
+            &HotFlipOptions {
+                flips,
+                allowed: allowed.clone(),
+            },
+        )?;
+        let acc = accuracy(
+            &model.forward_embeddings(&model.embed(&out.ids)?, &mask)?,
+            &labels,
+        )?;
         let used = out.flips.iter().sum::<usize>() as f32 / out.flips.len() as f32;
         println!("HotFlip K = {flips}            {acc:.3}  ({used:.2} flips per text)");
     }

@@ -23,14 +23,38 @@ const CLASSES: usize = 4;
 /// One model of each kind (the BERT one from a tiny random checkpoint in `dir`).
 fn models(dir: &Path, dtype: DType) -> Vec<(&'static str, Model)> {
     write_tiny_bert(dir, false, 21).unwrap();
-    let bilstm = BiLstmConfig { embed_dim: 6, hidden: 5, layers: 2, dropout: 0.3, pooling: LstmPooling::Max };
-    let transformer = TransformerConfig { d_model: 8, heads: 2, layers: 2, ffn_dim: 16, max_len: 16, pooling: Pooling::Mean, ..Default::default() };
+    let bilstm = BiLstmConfig {
+        embed_dim: 6,
+        hidden: 5,
+        layers: 2,
+        dropout: 0.3,
+        pooling: LstmPooling::Max,
+    };
+    let transformer = TransformerConfig {
+        d_model: 8,
+        heads: 2,
+        layers: 2,
+        ffn_dim: 16,
+        max_len: 16,
+        pooling: Pooling::Mean,
+        ..Default::default()
+    };
     let mut bert = BertConfig::new(dir);
     bert.pooling = BertPooling::Cls;
-    [("bilstm", ModelConfig::Bilstm(bilstm)), ("transformer", ModelConfig::Transformer(transformer)), ("bert", ModelConfig::Bert(bert))]
-        .into_iter()
-        .map(|(name, cfg)| (name, cfg.build(VOCAB, CLASSES, dtype, &Device::Cpu, 3).unwrap_or_else(|e| panic!("{name}: {e}"))))
-        .collect()
+    [
+        ("bilstm", ModelConfig::Bilstm(bilstm)),
+        ("transformer", ModelConfig::Transformer(transformer)),
+        ("bert", ModelConfig::Bert(bert)),
+    ]
+    .into_iter()
+    .map(|(name, cfg)| {
+        (
+            name,
+            cfg.build(VOCAB, CLASSES, dtype, &Device::Cpu, 3)
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        )
+    })
+    .collect()
 }
 
 fn inputs() -> Result<(Tensor, Tensor, Tensor)> {
@@ -50,20 +74,35 @@ fn forward_embeddings_of_embed_is_forward_bit_for_bit() -> Result<()> {
             // Replay the same dropout masks.
             model.set_rng_state(state);
             let b = model.forward_embeddings(&model.embed(&ids)?, &mask, train)?;
-            assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?, "{name} (train {train})");
+            assert_eq!(
+                a.to_vec2::<f32>()?,
+                b.to_vec2::<f32>()?,
+                "{name} (train {train})"
+            );
         }
         let table = model.embedding_table()?;
-        let looked_up = table.index_select(&ids.flatten_all()?, 0)?.reshape(model.embed(&ids)?.shape())?;
-        assert_eq!(max_abs_diff(&looked_up, &model.embed(&ids)?)?, 0.0, "{name}: table row != embed");
+        let looked_up = table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(model.embed(&ids)?.shape())?;
+        assert_eq!(
+            max_abs_diff(&looked_up, &model.embed(&ids)?)?,
+            0.0,
+            "{name}: table row != embed"
+        );
     }
     Ok(())
 }
 
 /// Σ_b cross-entropy in f64, for finite differences.
 fn loss64(model: &Model, emb: &Tensor, mask: &Tensor, labels: &Tensor) -> Result<f64> {
-    let logits = model.forward_embeddings(emb, mask, false)?.to_dtype(DType::F64)?;
+    let logits = model
+        .forward_embeddings(emb, mask, false)?
+        .to_dtype(DType::F64)?;
     let logp = layers::log_softmax_last_dim(&logits)?;
-    logp.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?.neg()?.to_scalar::<f64>()
+    logp.gather(&labels.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .neg()?
+        .to_scalar::<f64>()
 }
 
 /// The gradient the attacks follow matches central differences of the loss, is
@@ -102,15 +141,34 @@ fn embedding_gradient_matches_finite_differences_for_every_model_kind() -> Resul
             let down = loss64(&model, &(&emb - &bump)?, &mask, &labels)?;
             let fd = (up - down) / (2.0 * h);
             let an = gv[b][t][k];
-            assert!((fd - an).abs() <= 1e-4 * (1.0 + an.abs()), "{name} ({b},{t},{k}): finite difference {fd} vs gradient {an}");
+            assert!(
+                (fd - an).abs() <= 1e-4 * (1.0 + an.abs()),
+                "{name} ({b},{t},{k}): finite difference {fd} vs gradient {an}"
+            );
         }
         // FGSM moves along the gradient: a small step raises the loss by g·δ.
-        let adv = attack::fgsm(forward, &emb, &mask, &labels, Budget { eps: 1e-4, norm: Norm::Linf })?.to_dtype(DType::F64)?;
+        let adv = attack::fgsm(
+            forward,
+            &emb,
+            &mask,
+            &labels,
+            Budget {
+                eps: 1e-4,
+                norm: Norm::Linf,
+            },
+        )?
+        .to_dtype(DType::F64)?;
         let delta = (&adv - &emb)?;
         let predicted = (&g * &delta)?.sum_all()?.to_scalar::<f64>()?;
         let actual = loss64(&model, &adv, &mask, &labels)? - loss64(&model, &emb, &mask, &labels)?;
-        assert!(predicted > 0.0, "{name}: FGSM step is not an ascent direction");
-        assert!((actual - predicted).abs() <= 0.05 * predicted, "{name}: loss rose by {actual}, the gradient predicts {predicted}");
+        assert!(
+            predicted > 0.0,
+            "{name}: FGSM step is not an ascent direction"
+        );
+        assert!(
+            (actual - predicted).abs() <= 0.05 * predicted,
+            "{name}: loss rose by {actual}, the gradient predicts {predicted}"
+        );
     }
     Ok(())
 }
@@ -120,11 +178,16 @@ fn embedding_gradient_matches_finite_differences_for_every_model_kind() -> Resul
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("COTEXT_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
+        });
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        eprintln!(
+            "skipped: no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -140,7 +203,11 @@ fn cotext(cwd: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -161,19 +228,42 @@ fn train_tiny(dir: &Path, data: &Path) -> PathBuf {
     )
     .unwrap();
     let run = dir.join("run");
-    let o = cotext(dir, &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    let o = cotext(
+        dir,
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     run
 }
 
 fn attack_json(dir: &Path, run: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["attack", "-q", "--run", run.to_str().unwrap(), "--split", "test", "--limit", "96", "--format", "json"];
+    let mut args = vec![
+        "attack",
+        "-q",
+        "--run",
+        run.to_str().unwrap(),
+        "--split",
+        "test",
+        "--limit",
+        "96",
+        "--format",
+        "json",
+    ];
     args.extend_from_slice(extra);
     json(&cotext(dir, &args))
 }
 
 fn field(v: &serde_json::Value, i: usize, key: &str) -> f64 {
-    v["attacks"][i][key].as_f64().unwrap_or_else(|| panic!("attacks[{i}].{key} in {v}"))
+    v["attacks"][i][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("attacks[{i}].{key} in {v}"))
 }
 
 #[test]
@@ -185,52 +275,110 @@ fn attack_cli_on_a_trained_tiny_model() {
     let run_s = run.to_str().unwrap();
 
     // ε = 0 (and K = 0) is exactly the accuracy `cotext eval` reports on the same examples.
-    let full_eval = json(&cotext(dir, &["eval", "--run", run_s, "--split", "test", "--format", "json"]));
-    let full = json(&cotext(dir, &["attack", "-q", "--run", run_s, "--split", "test", "--method", "fgsm", "--eps", "0", "--format", "json"]));
+    let full_eval = json(&cotext(
+        dir,
+        &[
+            "eval", "--run", run_s, "--split", "test", "--format", "json",
+        ],
+    ));
+    let full = json(&cotext(
+        dir,
+        &[
+            "attack", "-q", "--run", run_s, "--split", "test", "--method", "fgsm", "--eps", "0",
+            "--format", "json",
+        ],
+    ));
     assert_eq!(full["clean"]["accuracy"], full_eval["accuracy"]);
     assert_eq!(full["clean"]["macro_f1"], full_eval["macro_f1"]);
     assert_eq!(full["attacks"][0]["accuracy"], full_eval["accuracy"]);
     assert_eq!(full["attacks"][0]["n"], full_eval["count"]);
-    for method in [["--method", "pgd", "--eps", "0"], ["--method", "hotflip", "--flips", "0"]] {
+    for method in [
+        ["--method", "pgd", "--eps", "0"],
+        ["--method", "hotflip", "--flips", "0"],
+    ] {
         let v = attack_json(dir, &run, &method);
-        assert_eq!(v["attacks"][0]["accuracy"], v["clean"]["accuracy"], "{method:?}");
+        assert_eq!(
+            v["attacks"][0]["accuracy"], v["clean"]["accuracy"],
+            "{method:?}"
+        );
         assert_eq!(v["attacks"][0]["loss"], v["clean"]["loss"], "{method:?}");
     }
 
     // Larger budgets hurt more; PGD is at least as strong as FGSM at the same ε.
     let eps = "0.05,0.2,0.5";
     let fgsm = attack_json(dir, &run, &["--method", "fgsm", "--eps", eps]);
-    let pgd = attack_json(dir, &run, &["--method", "pgd", "--eps", eps, "--steps", "5"]);
+    let pgd = attack_json(
+        dir,
+        &run,
+        &["--method", "pgd", "--eps", eps, "--steps", "5"],
+    );
     let clean = fgsm["clean"]["accuracy"].as_f64().unwrap();
     for i in 0..3 {
-        assert!(field(&fgsm, i, "loss") > fgsm["clean"]["loss"].as_f64().unwrap(), "fgsm[{i}] did not raise the loss: {fgsm}");
-        assert!(field(&pgd, i, "loss") >= field(&fgsm, i, "loss"), "pgd weaker than fgsm at {}: {pgd} vs {fgsm}", field(&pgd, i, "eps"));
+        assert!(
+            field(&fgsm, i, "loss") > fgsm["clean"]["loss"].as_f64().unwrap(),
+            "fgsm[{i}] did not raise the loss: {fgsm}"
+        );
+        assert!(
+            field(&pgd, i, "loss") >= field(&fgsm, i, "loss"),
+            "pgd weaker than fgsm at {}: {pgd} vs {fgsm}",
+            field(&pgd, i, "eps")
+        );
         assert!(field(&pgd, i, "accuracy") <= clean);
         if i > 0 {
-            assert!(field(&pgd, i, "loss") >= field(&pgd, i - 1, "loss"), "pgd loss fell as ε grew: {pgd}");
+            assert!(
+                field(&pgd, i, "loss") >= field(&pgd, i - 1, "loss"),
+                "pgd loss fell as ε grew: {pgd}"
+            );
         }
     }
     // Deterministic for a seed; another seed draws other random starts.
-    let again = attack_json(dir, &run, &["--method", "pgd", "--eps", eps, "--steps", "5"]);
+    let again = attack_json(
+        dir,
+        &run,
+        &["--method", "pgd", "--eps", eps, "--steps", "5"],
+    );
     assert_eq!(again["attacks"], pgd["attacks"]);
-    let l2 = attack_json(dir, &run, &["--method", "pgd", "--eps", "0.2", "--norm", "l2", "--steps", "3", "--seed", "9"]);
-    assert!(field(&l2, 0, "loss") > l2["clean"]["loss"].as_f64().unwrap(), "{l2}");
+    let l2 = attack_json(
+        dir,
+        &run,
+        &[
+            "--method", "pgd", "--eps", "0.2", "--norm", "l2", "--steps", "3", "--seed", "9",
+        ],
+    );
+    assert!(
+        field(&l2, 0, "loss") > l2["clean"]["loss"].as_f64().unwrap(),
+        "{l2}"
+    );
 
     // HotFlip: more flips, lower accuracy; never more flips than allowed.
     let hf = attack_json(dir, &run, &["--method", "hotflip", "--flips", "0,1,2"]);
     for i in 0..3 {
         assert!(field(&hf, i, "flips_mean") <= i as f64, "{hf}");
         if i > 0 {
-            assert!(field(&hf, i, "accuracy") <= field(&hf, i - 1, "accuracy"), "{hf}");
+            assert!(
+                field(&hf, i, "accuracy") <= field(&hf, i - 1, "accuracy"),
+                "{hf}"
+            );
         }
     }
-    assert!(field(&hf, 2, "accuracy") < clean, "two flips changed nothing: {hf}");
+    assert!(
+        field(&hf, 2, "accuracy") < clean,
+        "two flips changed nothing: {hf}"
+    );
 
     // The text report names the scale and prints one row per budget.
-    let o = cotext(dir, &["attack", "-q", "--run", run_s, "--limit", "32", "--method", "fgsm", "--eps", "0.1"]);
+    let o = cotext(
+        dir,
+        &[
+            "attack", "-q", "--run", run_s, "--limit", "32", "--method", "fgsm", "--eps", "0.1",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("mean token-embedding norm") && out.contains("clean") && out.contains("0.1 "), "{out}");
+    assert!(
+        out.contains("mean token-embedding norm") && out.contains("clean") && out.contains("0.1 "),
+        "{out}"
+    );
 
     hotflip_never_touches_special_tokens(&run);
 }
@@ -241,11 +389,31 @@ fn hotflip_never_touches_special_tokens(run: &Path) {
     let (setup, model) = cotext::train::classify::load_run(run).unwrap();
     let tok = &setup.tokenizer;
     let allowed = attack::hotflip_candidates(tok);
-    for id in [Some(tok.pad_id()), tok.bos_id(), tok.eos_id(), tok.unk_id()].into_iter().flatten() {
+    for id in [Some(tok.pad_id()), tok.bos_id(), tok.eos_id(), tok.unk_id()]
+        .into_iter()
+        .flatten()
+    {
         assert!(!allowed[id as usize], "special id {id} is a candidate");
     }
-    let texts = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés", "ok"];
-    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_with(t, &cotext::tokenize::EncodeOptions { add_bos: true, add_eos: true, ..Default::default() }).unwrap()).collect();
+    let texts = [
+        "a gorgeous , witty , seductive movie .",
+        "the plot is nothing but boilerplate clichés",
+        "ok",
+    ];
+    let seqs: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| {
+            tok.encode_with(
+                t,
+                &cotext::tokenize::EncodeOptions {
+                    add_bos: true,
+                    add_eos: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
     let padded = cotext::tokenize::PaddedBatch::pad(&seqs, tok.pad_id());
     let shape = (padded.rows, padded.cols);
     let ids = Tensor::from_vec(padded.ids.clone(), shape, &Device::Cpu).unwrap();
@@ -255,7 +423,18 @@ fn hotflip_never_touches_special_tokens(run: &Path) {
     let labels = logits.argmax(1).unwrap().to_dtype(DType::U32).unwrap();
     let forward = |e: &Tensor| model.forward_embeddings(e, &mask, false);
     let table = model.embedding_table().unwrap();
-    let out = attack::hotflip(forward, &table, &ids, &mask, &labels, &HotFlipOptions { flips: 3, allowed: allowed.clone() }).unwrap();
+    let out = attack::hotflip(
+        forward,
+        &table,
+        &ids,
+        &mask,
+        &labels,
+        &HotFlipOptions {
+            flips: 3,
+            allowed: allowed.clone(),
+        },
+    )
+    .unwrap();
     let after = out.ids.to_vec2::<u32>().unwrap();
     let before = ids.to_vec2::<u32>().unwrap();
     let mut changed = 0;
@@ -284,10 +463,19 @@ fn bad_flags_and_runs_exit_2_naming_the_problem() {
     let m = missing.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--run", m, "--method", "fgsm", "--eps", "abc"], "--eps"),
-        (&["--run", m, "--method", "fgsm", "--eps", "0.1,-1"], "--eps"),
+        (
+            &["--run", m, "--method", "fgsm", "--eps", "0.1,-1"],
+            "--eps",
+        ),
         (&["--run", m, "--method", "pgd", "--eps", "nan"], "--eps"),
-        (&["--run", m, "--method", "hotflip", "--flips", "1.5"], "--flips"),
-        (&["--run", m, "--method", "hotflip", "--eps", "0.1"], "--eps"),
+        (
+            &["--run", m, "--method", "hotflip", "--flips", "1.5"],
+            "--flips",
+        ),
+        (
+            &["--run", m, "--method", "hotflip", "--eps", "0.1"],
+            "--eps",
+        ),
         (&["--run", m, "--method", "fgsm", "--steps", "3"], "--steps"),
         (&["--run", m, "--method", "pgd", "--steps", "0"], "--steps"),
         (&["--run", m, "--method", "deepfool"], "deepfool"),
@@ -298,6 +486,10 @@ fn bad_flags_and_runs_exit_2_naming_the_problem() {
         all.extend_from_slice(args);
         let o = cotext(dir, &all);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{args:?} should name {needle}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{args:?} should name {needle}: {}",
+            text(&o)
+        );
     }
 }

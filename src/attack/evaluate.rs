@@ -87,23 +87,40 @@ pub fn attack_dataset(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<AttackResult>> {
     if options.batch_size == 0 {
-        return Err(Error::Config("attack: the batch size must be positive".into()));
+        return Err(Error::Config(
+            "attack: the batch size must be positive".into(),
+        ));
     }
-    if let Some(bad) = options.budgets.iter().find(|b| !(b.is_finite() && **b >= 0.0)) {
-        return Err(Error::Config(format!("attack: budgets must be finite and >= 0 (got {bad})")));
+    if let Some(bad) = options
+        .budgets
+        .iter()
+        .find(|b| !(b.is_finite() && **b >= 0.0))
+    {
+        return Err(Error::Config(format!(
+            "attack: budgets must be finite and >= 0 (got {bad})"
+        )));
     }
     if options.method == Method::Hotflip {
         if let Some(bad) = options.budgets.iter().find(|b| b.fract() != 0.0) {
-            return Err(Error::Config(format!("attack: hotflip budgets are numbers of flips (got {bad})")));
+            return Err(Error::Config(format!(
+                "attack: hotflip budgets are numbers of flips (got {bad})"
+            )));
         }
     }
     let classes = model.num_classes();
-    let device = model.varmap().all_vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+    let device = model
+        .varmap()
+        .all_vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
     let nb = options.budgets.len();
     let mut predicted = vec![Vec::with_capacity(data.len()); nb];
     let mut nll = vec![0.0f64; nb];
     let mut flips = vec![0usize; nb];
-    let mut rngs: Vec<SplitMix64> = (0..nb).map(|i| SplitMix64::stream(options.seed, 0xA77A_C000 + i as u64)).collect();
+    let mut rngs: Vec<SplitMix64> = (0..nb)
+        .map(|i| SplitMix64::stream(options.seed, 0xA77A_C000 + i as u64))
+        .collect();
     let table = match options.method {
         Method::Hotflip => Some(model.embedding_table()?),
         _ => None,
@@ -115,7 +132,11 @@ pub fn attack_dataset(
         let shape = (padded.rows, padded.cols);
         let ids = Tensor::from_vec(padded.ids, shape, &device)?;
         let mask = Tensor::from_vec(padded.mask, shape, &device)?;
-        let labels = Tensor::from_vec(chunk.iter().map(|&i| data[i].label).collect::<Vec<u32>>(), chunk.len(), &device)?;
+        let labels = Tensor::from_vec(
+            chunk.iter().map(|&i| data[i].label).collect::<Vec<u32>>(),
+            chunk.len(),
+            &device,
+        )?;
         let forward = |emb: &Tensor| model.forward_embeddings(emb, &mask, false);
         let mut score = |k: usize, logits: &Tensor| -> Result<()> {
             let (pred, losses) = score_batch(logits, &labels)?;
@@ -133,21 +154,39 @@ pub fn attack_dataset(
                 // The direction does not depend on ε: one backward pass for all.
                 let at = super::loss_and_gradient(forward, &emb, &labels)?;
                 for (k, &eps) in options.budgets.iter().enumerate() {
-                    let adv = super::fgsm_from_gradient(&emb, &mask, &at.gradient, Budget { eps, norm: options.norm })?;
+                    let adv = super::fgsm_from_gradient(
+                        &emb,
+                        &mask,
+                        &at.gradient,
+                        Budget {
+                            eps,
+                            norm: options.norm,
+                        },
+                    )?;
                     score(k, &model.forward_embeddings(&adv, &mask, false)?)?;
                 }
             }
             Method::Pgd => {
                 let emb = model.embed(&ids)?;
                 for (k, &eps) in options.budgets.iter().enumerate() {
-                    let pgd = PgdOptions { budget: Budget { eps, norm: options.norm }, steps: options.steps, step_size: options.step_size };
+                    let pgd = PgdOptions {
+                        budget: Budget {
+                            eps,
+                            norm: options.norm,
+                        },
+                        steps: options.steps,
+                        step_size: options.step_size,
+                    };
                     let adv = super::pgd(forward, &emb, &mask, &labels, &pgd, &mut rngs[k])?;
                     score(k, &model.forward_embeddings(&adv, &mask, false)?)?;
                 }
             }
             Method::Hotflip => {
                 let most = options.budgets.iter().fold(0.0f64, |a, &b| a.max(b)) as usize;
-                let hf = HotFlipOptions { flips: most, allowed: options.allowed.clone() };
+                let hf = HotFlipOptions {
+                    flips: most,
+                    allowed: options.allowed.clone(),
+                };
                 let table = table.as_ref().expect("table for hotflip");
                 let out = super::hotflip(forward, table, &ids, &mask, &labels, &hf)?;
                 for (k, &budget) in options.budgets.iter().enumerate() {
@@ -156,7 +195,11 @@ pub fn attack_dataset(
                     score(k, &model.forward(&out.rounds[k_flips], &mask, false)?)?;
                     let before = out.rounds[k_flips].to_vec2::<u32>()?;
                     let original = out.rounds[0].to_vec2::<u32>()?;
-                    flips[k] += before.iter().zip(&original).map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count()).sum::<usize>();
+                    flips[k] += before
+                        .iter()
+                        .zip(&original)
+                        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count())
+                        .sum::<usize>();
                 }
             }
         }
@@ -169,7 +212,8 @@ pub fn attack_dataset(
         .iter()
         .enumerate()
         .map(|(k, &eps)| {
-            let report = ClassificationReport::new(&gold, &predicted[k], classes).map_err(Error::Config)?;
+            let report =
+                ClassificationReport::new(&gold, &predicted[k], classes).map_err(Error::Config)?;
             Ok(AttackResult {
                 method: options.method.name().into(),
                 eps,
@@ -177,7 +221,13 @@ pub fn attack_dataset(
                 macro_f1: report.macro_f1,
                 loss: if n == 0 { 0.0 } else { nll[k] / n as f64 },
                 n,
-                flips_mean: (options.method == Method::Hotflip).then(|| if n == 0 { 0.0 } else { flips[k] as f64 / n as f64 }),
+                flips_mean: (options.method == Method::Hotflip).then(|| {
+                    if n == 0 {
+                        0.0
+                    } else {
+                        flips[k] as f64 / n as f64
+                    }
+                }),
             })
         })
         .collect()
@@ -187,13 +237,18 @@ pub fn attack_dataset(
 /// [`crate::train::classify::evaluate`] does (softmax in f32, first maximum), so
 /// that equal logits give equal predictions.
 fn score_batch(logits: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, Vec<f64>)> {
-    let probs = candle_nn::ops::softmax(&logits.detach().to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?;
+    let probs =
+        candle_nn::ops::softmax(&logits.detach().to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?;
     let gold = labels.to_vec1::<u32>()?;
     let mut loss = Vec::with_capacity(probs.len());
     let mut pred = Vec::with_capacity(probs.len());
     for (p, &g) in probs.iter().zip(&gold) {
         loss.push(-f64::from(p[g as usize].max(f32::MIN_POSITIVE)).ln());
-        pred.push(p.iter().enumerate().fold(0usize, |b, (i, &x)| if x > p[b] { i } else { b }) as u32);
+        pred.push(
+            p.iter()
+                .enumerate()
+                .fold(0usize, |b, (i, &x)| if x > p[b] { i } else { b }) as u32,
+        );
     }
     Ok((pred, loss))
 }

@@ -85,10 +85,16 @@ pub struct LossGradient {
 pub fn cross_entropy_per_example(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, _) = logits.dims2()?;
     if labels.dims() != [b] {
-        bail!("attack: labels {:?} do not match logits {:?}", labels.dims(), logits.dims());
+        bail!(
+            "attack: labels {:?} do not match logits {:?}",
+            labels.dims(),
+            logits.dims()
+        );
     }
     let logp = layers::log_softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-    logp.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    logp.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()
 }
 
 /// Evaluates `model` (embeddings `[B, T, D]` → logits `[B, K]`) at `emb` and
@@ -108,7 +114,9 @@ where
     // gradient, at the same scale whatever the batch size.
     let grads = losses.sum_all()?.backward()?;
     let Some(gradient) = grads.get(var.as_tensor()) else {
-        bail!("attack: the logits do not depend on the input embeddings (no gradient reached them)");
+        bail!(
+            "attack: the logits do not depend on the input embeddings (no gradient reached them)"
+        );
     };
     Ok(LossGradient {
         logits: logits.detach().to_dtype(DType::F32)?,
@@ -185,7 +193,13 @@ fn project(delta: &Tensor, norm: Norm, radius: f64) -> Result<Tensor> {
 /// `model` maps embeddings `[B, T, D]` to logits `[B, K]`; `emb` is `[B, T, D]`,
 /// `mask [B, T]` (1 real, 0 padding), `labels [B]` (u32). Returns the perturbed
 /// embeddings in f32.
-pub fn fgsm<F>(model: F, emb: &Tensor, mask: &Tensor, labels: &Tensor, budget: Budget) -> Result<Tensor>
+pub fn fgsm<F>(
+    model: F,
+    emb: &Tensor,
+    mask: &Tensor,
+    labels: &Tensor,
+    budget: Budget,
+) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<Tensor>,
 {
@@ -196,10 +210,16 @@ where
 
 /// FGSM from a gradient already computed at `emb` (the step [`fgsm`] takes): lets
 /// several ε share one backward pass.
-pub fn fgsm_from_gradient(emb: &Tensor, mask: &Tensor, gradient: &Tensor, budget: Budget) -> Result<Tensor> {
+pub fn fgsm_from_gradient(
+    emb: &Tensor,
+    mask: &Tensor,
+    gradient: &Tensor,
+    budget: Budget,
+) -> Result<Tensor> {
     check_budget("fgsm", budget)?;
     let radius = radius(emb, mask, budget)?;
-    let delta = (ascent_direction(gradient, budget.norm)? * radius)?.broadcast_mul(&mask3(mask)?)?;
+    let delta =
+        (ascent_direction(gradient, budget.norm)? * radius)?.broadcast_mul(&mask3(mask)?)?;
     emb.to_dtype(DType::F32)? + delta
 }
 
@@ -226,7 +246,14 @@ pub struct PgdOptions {
 ///
 /// `rng` draws the random start (the crate's seeded generator, so the attack is
 /// deterministic for a seed). Shapes as in [`fgsm`]; returns f32 embeddings.
-pub fn pgd<F>(model: F, emb: &Tensor, mask: &Tensor, labels: &Tensor, options: &PgdOptions, rng: &mut SplitMix64) -> Result<Tensor>
+pub fn pgd<F>(
+    model: F,
+    emb: &Tensor,
+    mask: &Tensor,
+    labels: &Tensor,
+    options: &PgdOptions,
+    rng: &mut SplitMix64,
+) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<Tensor>,
 {
@@ -236,20 +263,26 @@ where
         bail!("pgd: steps must be >= 1");
     }
     if !(options.step_size.is_finite() && options.step_size > 0.0) {
-        bail!("pgd: step_size must be finite and > 0 (got {})", options.step_size);
+        bail!(
+            "pgd: step_size must be finite and > 0 (got {})",
+            options.step_size
+        );
     }
     let emb = emb.to_dtype(DType::F32)?;
     let m = mask3(mask)?;
     let radius = radius(&emb, mask, budget)?;
     let alpha = options.step_size * radius;
-    let mut delta = random_start(emb.dims(), budget.norm, radius, rng, emb.device())?.broadcast_mul(&m)?;
+    let mut delta =
+        random_start(emb.dims(), budget.norm, radius, rng, emb.device())?.broadcast_mul(&m)?;
     let mut best: Option<(Tensor, Vec<f32>)> = None;
     for step in 0..=options.steps {
         let at = loss_and_gradient(&model, &(&emb + &delta)?, labels)?;
         let losses = at.losses.to_vec1::<f32>()?;
         best = Some(match best {
             None => (delta.clone(), losses),
-            Some((best_delta, best_losses)) => keep_better(&best_delta, &best_losses, &delta, &losses)?,
+            Some((best_delta, best_losses)) => {
+                keep_better(&best_delta, &best_losses, &delta, &losses)?
+            }
         });
         if step == options.steps {
             break;
@@ -262,27 +295,57 @@ where
 }
 
 /// Per example, the perturbation with the higher loss (ties keep the earlier one).
-fn keep_better(old: &Tensor, old_losses: &[f32], new: &Tensor, new_losses: &[f32]) -> Result<(Tensor, Vec<f32>)> {
-    let pick: Vec<u8> = old_losses.iter().zip(new_losses).map(|(o, n)| u8::from(n > o)).collect();
-    let losses = old_losses.iter().zip(new_losses).map(|(&o, &n)| if n > o { n } else { o }).collect();
+fn keep_better(
+    old: &Tensor,
+    old_losses: &[f32],
+    new: &Tensor,
+    new_losses: &[f32],
+) -> Result<(Tensor, Vec<f32>)> {
+    let pick: Vec<u8> = old_losses
+        .iter()
+        .zip(new_losses)
+        .map(|(o, n)| u8::from(n > o))
+        .collect();
+    let losses = old_losses
+        .iter()
+        .zip(new_losses)
+        .map(|(&o, &n)| if n > o { n } else { o })
+        .collect();
     let b = pick.len();
-    let pick = Tensor::from_vec(pick, (b, 1, 1), old.device())?.broadcast_as(old.shape())?.contiguous()?;
+    let pick = Tensor::from_vec(pick, (b, 1, 1), old.device())?
+        .broadcast_as(old.shape())?
+        .contiguous()?;
     Ok((pick.where_cond(new, old)?, losses))
 }
 
 /// A uniform draw from the ball: L∞, uniform per coordinate in `[-radius, radius]`;
 /// L2, per token a uniform direction (normalized Gaussian) at distance
 /// `radius·u^(1/D)` (uniform in the D-ball's volume).
-fn random_start(dims: &[usize], norm: Norm, radius: f64, rng: &mut SplitMix64, device: &candle_core::Device) -> Result<Tensor> {
-    let &[b, t, d] = dims else { bail!("pgd: embeddings must be [B, T, D], got {dims:?}") };
+fn random_start(
+    dims: &[usize],
+    norm: Norm,
+    radius: f64,
+    rng: &mut SplitMix64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let &[b, t, d] = dims else {
+        bail!("pgd: embeddings must be [B, T, D], got {dims:?}")
+    };
     let n = b * t * d;
     let values: Vec<f32> = match norm {
-        Norm::Linf => (0..n).map(|_| rng.uniform(-radius, radius) as f32).collect(),
+        Norm::Linf => (0..n)
+            .map(|_| rng.uniform(-radius, radius) as f32)
+            .collect(),
         Norm::L2 => {
             let mut v = Vec::with_capacity(n);
             for _ in 0..b * t {
                 let g: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
-                let len = g.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+                let len = g
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(f64::MIN_POSITIVE);
                 let dist = radius * rng.next_f64().powf(1.0 / d as f64);
                 v.extend(g.iter().map(|x| (x / len * dist) as f32));
             }
@@ -327,14 +390,24 @@ pub struct HotFlipResult {
 ///
 /// `model` maps embeddings `[B, T, D]` (rows of `table [V, D]`) to logits;
 /// `ids [B, T]` (u32), `mask [B, T]`, `labels [B]` (u32).
-pub fn hotflip<F>(model: F, table: &Tensor, ids: &Tensor, mask: &Tensor, labels: &Tensor, options: &HotFlipOptions) -> Result<HotFlipResult>
+pub fn hotflip<F>(
+    model: F,
+    table: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+    labels: &Tensor,
+    options: &HotFlipOptions,
+) -> Result<HotFlipResult>
 where
     F: Fn(&Tensor) -> Result<Tensor>,
 {
     let (b, t) = ids.dims2()?;
     let (v, d) = table.dims2()?;
     if options.allowed.len() > v {
-        bail!("hotflip: {} allowed flags for a table of {v} rows", options.allowed.len());
+        bail!(
+            "hotflip: {} allowed flags for a table of {v} rows",
+            options.allowed.len()
+        );
     }
     let table = table.to_dtype(DType::F32)?;
     let candidates = options.allowed.len();
@@ -348,7 +421,9 @@ where
     let mut rounds = vec![to_tensor(&rows)?];
     for _ in 0..options.flips {
         let current = to_tensor(&rows)?;
-        let emb = table.index_select(&current.flatten_all()?, 0)?.reshape((b, t, d))?;
+        let emb = table
+            .index_select(&current.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
         let at = loss_and_gradient(&model, &emb, labels)?;
         let predicted = argmax_rows(&at.logits)?;
         let active: Vec<usize> = (0..b).filter(|&i| predicted[i] == gold[i]).collect();
@@ -359,15 +434,24 @@ where
         // Gains only for the active rows: [n·T, V'] at once would be large for a
         // big vocabulary, so a few examples at a time.
         for chunk in active.chunks(8) {
-            let index = Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), ids.device())?;
+            let index = Tensor::from_vec(
+                chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                ids.device(),
+            )?;
             let g = at.gradient.index_select(&index, 0)?; // [n, T, D]
             let e = emb.index_select(&index, 0)?;
             let n = chunk.len();
-            let to_v = g.reshape((n * t, d))?.matmul(&allowed_table)?.reshape((n, t, candidates))?;
+            let to_v = g
+                .reshape((n * t, d))?
+                .matmul(&allowed_table)?
+                .reshape((n, t, candidates))?;
             let from = (&g * &e)?.sum_keepdim(D::Minus1)?;
             let gains = to_v.broadcast_sub(&from)?.to_vec3::<f32>()?;
             for (row_gains, &i) in gains.iter().zip(chunk) {
-                if let Some((pos, id)) = best_flip(row_gains, &rows[i], &keep[i], &flipped[i], &options.allowed) {
+                if let Some((pos, id)) =
+                    best_flip(row_gains, &rows[i], &keep[i], &flipped[i], &options.allowed)
+                {
                     rows[i][pos] = id;
                     flipped[i][pos] = true;
                     flips[i] += 1;
@@ -376,11 +460,21 @@ where
         }
         rounds.push(to_tensor(&rows)?);
     }
-    Ok(HotFlipResult { ids: to_tensor(&rows)?, flips, rounds })
+    Ok(HotFlipResult {
+        ids: to_tensor(&rows)?,
+        flips,
+        rounds,
+    })
 }
 
 /// The (position, id) with the largest positive gain for one example.
-fn best_flip(gains: &[Vec<f32>], ids: &[u32], keep: &[f32], flipped: &[bool], allowed: &[bool]) -> Option<(usize, u32)> {
+fn best_flip(
+    gains: &[Vec<f32>],
+    ids: &[u32],
+    keep: &[f32],
+    flipped: &[bool],
+    allowed: &[bool],
+) -> Option<(usize, u32)> {
     let mut best: Option<(usize, u32, f32)> = None;
     for (pos, row) in gains.iter().enumerate() {
         let current = ids[pos] as usize;
@@ -409,7 +503,12 @@ pub fn hotflip_candidates(tokenizer: &TextTokenizer) -> Vec<bool> {
             *a = false;
         }
     };
-    let named = [Some(tokenizer.pad_id()), tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.unk_id()];
+    let named = [
+        Some(tokenizer.pad_id()),
+        tokenizer.bos_id(),
+        tokenizer.eos_id(),
+        tokenizer.unk_id(),
+    ];
     named.into_iter().flatten().for_each(&mut forbid);
     for (id, token) in tokenizer.inner().get_added_tokens_decoder() {
         if token.special {
@@ -425,7 +524,11 @@ pub(crate) fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
         .to_dtype(DType::F32)?
         .to_vec2::<f32>()?
         .iter()
-        .map(|row| row.iter().enumerate().fold(0usize, |b, (i, &x)| if x > row[b] { i } else { b }) as u32)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0usize, |b, (i, &x)| if x > row[b] { i } else { b }) as u32
+        })
         .collect())
 }
 
@@ -464,11 +567,20 @@ mod tests {
             for (b, row) in norms.iter().enumerate() {
                 for (t, &n) in row.iter().enumerate() {
                     let want = if (b, t) == (1, 2) { 0.0 } else { r };
-                    assert!((n as f64 - want).abs() < 1e-5, "{norm:?} ({b},{t}): {n} vs {want}");
+                    assert!(
+                        (n as f64 - want).abs() < 1e-5,
+                        "{norm:?} ({b},{t}): {n} vs {want}"
+                    );
                 }
             }
-            let before = loss_and_gradient(linear(&w), &emb, &labels)?.losses.sum_all()?.to_scalar::<f32>()?;
-            let after = loss_and_gradient(linear(&w), &adv, &labels)?.losses.sum_all()?.to_scalar::<f32>()?;
+            let before = loss_and_gradient(linear(&w), &emb, &labels)?
+                .losses
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            let after = loss_and_gradient(linear(&w), &adv, &labels)?
+                .losses
+                .sum_all()?
+                .to_scalar::<f32>()?;
             assert!(after > before, "{norm:?}: {after} <= {before}");
         }
         Ok(())
@@ -478,9 +590,27 @@ mod tests {
     fn pgd_stays_in_the_ball_and_is_deterministic() -> Result<()> {
         let (emb, w, mask, labels) = setup()?;
         for norm in [Norm::Linf, Norm::L2] {
-            let options = PgdOptions { budget: Budget { eps: 0.2, norm }, steps: 20, step_size: 0.2 };
-            let a = pgd(linear(&w), &emb, &mask, &labels, &options, &mut SplitMix64::new(1))?;
-            let b = pgd(linear(&w), &emb, &mask, &labels, &options, &mut SplitMix64::new(1))?;
+            let options = PgdOptions {
+                budget: Budget { eps: 0.2, norm },
+                steps: 20,
+                step_size: 0.2,
+            };
+            let a = pgd(
+                linear(&w),
+                &emb,
+                &mask,
+                &labels,
+                &options,
+                &mut SplitMix64::new(1),
+            )?;
+            let b = pgd(
+                linear(&w),
+                &emb,
+                &mask,
+                &labels,
+                &options,
+                &mut SplitMix64::new(1),
+            )?;
             assert_eq!(a.to_vec3::<f32>()?, b.to_vec3::<f32>()?);
             let delta = (&a - &emb)?;
             let radius = radius(&emb, &mask, options.budget)?;
@@ -489,15 +619,28 @@ mod tests {
                 Norm::L2 => delta.sqr()?.sum(D::Minus1)?.sqrt()?,
             };
             let size = size.to_vec2::<f32>()?;
-            assert!(size.iter().flatten().all(|&s| s as f64 <= radius * (1.0 + 1e-5)), "{norm:?}: {size:?} > {radius}");
+            assert!(
+                size.iter()
+                    .flatten()
+                    .all(|&s| s as f64 <= radius * (1.0 + 1e-5)),
+                "{norm:?}: {size:?} > {radius}"
+            );
             assert_eq!(size[1][2], 0.0, "padding moved");
             // On a linear model FGSM's point is near the worst case; PGD from a
             // random start climbs to a local maximum of the loss on the ball's
             // boundary, which need not be the same point: within 1% or above.
             let fgsm_adv = fgsm(linear(&w), &emb, &mask, &labels, options.budget)?;
-            let loss = |x: &Tensor| -> Result<f32> { loss_and_gradient(linear(&w), x, &labels)?.losses.sum_all()?.to_scalar::<f32>() };
+            let loss = |x: &Tensor| -> Result<f32> {
+                loss_and_gradient(linear(&w), x, &labels)?
+                    .losses
+                    .sum_all()?
+                    .to_scalar::<f32>()
+            };
             let (p, f, clean) = (loss(&a)?, loss(&fgsm_adv)?, loss(&emb)?);
-            assert!(p > clean && p >= f - 1e-2 * f.abs(), "{norm:?}: pgd {p}, fgsm {f}, clean {clean}");
+            assert!(
+                p > clean && p >= f - 1e-2 * f.abs(),
+                "{norm:?}: pgd {p}, fgsm {f}, clean {clean}"
+            );
         }
         Ok(())
     }
@@ -514,18 +657,49 @@ mod tests {
         let allowed = vec![false, false, true, true, true, true];
         let ids = Tensor::new(&[[1u32, 2, 3, 0]], &dev)?;
         let mask = Tensor::new(&[[1u32, 1, 1, 0]], &dev)?;
-        let logits = table.index_select(&ids.flatten_all()?, 0)?.reshape((1, 4, 4))?.sum(1)?.matmul(&w)?;
+        let logits = table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((1, 4, 4))?
+            .sum(1)?
+            .matmul(&w)?;
         let label = argmax_rows(&logits)?;
         let labels = Tensor::new(label.as_slice(), &dev)?;
-        let none = hotflip(linear(&w), &table, &ids, &mask, &labels, &HotFlipOptions { flips: 0, allowed: allowed.clone() })?;
+        let none = hotflip(
+            linear(&w),
+            &table,
+            &ids,
+            &mask,
+            &labels,
+            &HotFlipOptions {
+                flips: 0,
+                allowed: allowed.clone(),
+            },
+        )?;
         assert_eq!(none.ids.to_vec2::<u32>()?, ids.to_vec2::<u32>()?);
-        let one = hotflip(linear(&w), &table, &ids, &mask, &labels, &HotFlipOptions { flips: 1, allowed })?;
+        let one = hotflip(
+            linear(&w),
+            &table,
+            &ids,
+            &mask,
+            &labels,
+            &HotFlipOptions { flips: 1, allowed },
+        )?;
         let out = one.ids.to_vec2::<u32>()?[0].clone();
-        assert_eq!((out[0], out[3]), (1, 0), "special or padding position replaced: {out:?}");
+        assert_eq!(
+            (out[0], out[3]),
+            (1, 0),
+            "special or padding position replaced: {out:?}"
+        );
         assert!(out[1..3].iter().all(|&id| id >= 2), "{out:?}");
         // Brute force over the two replaceable positions and the allowed ids: on a
         // linear model the first-order gain is exact.
-        let at = loss_and_gradient(linear(&w), &table.index_select(&ids.flatten_all()?, 0)?.reshape((1, 4, 4))?, &labels)?;
+        let at = loss_and_gradient(
+            linear(&w),
+            &table
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((1, 4, 4))?,
+            &labels,
+        )?;
         let g = at.gradient.to_vec3::<f32>()?[0].clone();
         let rows = table.to_vec2::<f32>()?;
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();

@@ -82,12 +82,19 @@ fn bad(msg: String) -> anyhow::Error {
 fn parse_budgets(flag: &str, list: &str, whole: bool) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim) {
-        let value: f64 = item.parse().map_err(|_| bad(format!("{flag}: {item:?} is not a number (expected e.g. {flag} {})", if whole { "1,2" } else { "0.01,0.05,0.1" })))?;
+        let value: f64 = item.parse().map_err(|_| {
+            bad(format!(
+                "{flag}: {item:?} is not a number (expected e.g. {flag} {})",
+                if whole { "1,2" } else { "0.01,0.05,0.1" }
+            ))
+        })?;
         if !value.is_finite() || value < 0.0 {
             return Err(bad(format!("{flag}: {item:?} must be finite and >= 0")));
         }
         if whole && value.fract() != 0.0 {
-            return Err(bad(format!("{flag}: {item:?} is not a whole number of flips")));
+            return Err(bad(format!(
+                "{flag}: {item:?} is not a whole number of flips"
+            )));
         }
         out.push(value);
     }
@@ -104,15 +111,24 @@ fn options(args: &AttackArgs, seed: u64, batch_size: usize) -> anyhow::Result<At
     let budgets = match method {
         Method::Hotflip => {
             if args.eps.is_some() {
-                return Err(bad("--eps is for fgsm and pgd; hotflip's budget is --flips K".into()));
+                return Err(bad(
+                    "--eps is for fgsm and pgd; hotflip's budget is --flips K".into(),
+                ));
             }
             parse_budgets("--flips", args.flips.as_deref().unwrap_or("1,2"), true)?
         }
         _ => {
             if args.flips.is_some() {
-                return Err(bad(format!("--flips is for hotflip; {}'s budget is --eps", method.name())));
+                return Err(bad(format!(
+                    "--flips is for hotflip; {}'s budget is --eps",
+                    method.name()
+                )));
             }
-            parse_budgets("--eps", args.eps.as_deref().unwrap_or("0.01,0.05,0.1"), false)?
+            parse_budgets(
+                "--eps",
+                args.eps.as_deref().unwrap_or("0.01,0.05,0.1"),
+                false,
+            )?
         }
     };
     if method != Method::Pgd && (args.steps.is_some() || args.step_size.is_some()) {
@@ -124,7 +140,9 @@ fn options(args: &AttackArgs, seed: u64, batch_size: usize) -> anyhow::Result<At
     }
     let step_size = args.step_size.unwrap_or(2.5 / steps as f64);
     if !(step_size.is_finite() && step_size > 0.0) {
-        return Err(bad(format!("--step-size must be a finite number > 0 (got {step_size})")));
+        return Err(bad(format!(
+            "--step-size must be a finite number > 0 (got {step_size})"
+        )));
     }
     if batch_size == 0 {
         return Err(bad("--batch-size must be >= 1".into()));
@@ -136,7 +154,16 @@ fn options(args: &AttackArgs, seed: u64, batch_size: usize) -> anyhow::Result<At
         NormArg::Linf => Norm::Linf,
         NormArg::L2 => Norm::L2,
     };
-    Ok(AttackOptions { method, budgets, norm, steps, step_size, seed, batch_size, allowed: Vec::new() })
+    Ok(AttackOptions {
+        method,
+        budgets,
+        norm,
+        steps,
+        step_size,
+        seed,
+        batch_size,
+        allowed: Vec::new(),
+    })
 }
 
 /// `cotext attack`.
@@ -144,7 +171,10 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
     // Flags that need no run are checked first, so a typo fails fast.
     options(&args, 0, 1)?;
     if !args.run.join("labels.json").exists() && args.run.join("config.toml").exists() {
-        return Err(bad(format!("{} is a translation run; cotext attack needs a classification run", args.run.display())));
+        return Err(bad(format!(
+            "{} is a translation run; cotext attack needs a classification run",
+            args.run.display()
+        )));
     }
     let (setup, model) = classify::load_run(&args.run)?;
     let mut config = setup.config.clone();
@@ -153,24 +183,46 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
     }
     let seed = args.seed.unwrap_or(config.train.seed);
     config.train.seed = seed;
-    let mut options = options(&args, seed, args.batch_size.unwrap_or(config.train.eval_batch_size))?;
+    let mut options = options(
+        &args,
+        seed,
+        args.batch_size.unwrap_or(config.train.eval_batch_size),
+    )?;
     options.allowed = attack::hotflip_candidates(&setup.tokenizer);
-    let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
+    let split = args
+        .split
+        .clone()
+        .unwrap_or_else(|| config.data.test_split.clone());
     // Issue 19's plain-file data sets (`--data FILE`) plug in here: they replace
     // the card's split as the source of labelled examples.
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let dataset = Dataset::open(
+        &config.data.dataset,
+        &DataDir::from_flag(config.data.data_dir.clone()),
+    )?;
     let examples = classify::load_split(&dataset, &config, &split, args.limit)?;
     let data = classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
     if let Some(bad_label) = data.iter().find(|e| e.label as usize >= classes) {
-        return Err(bad(format!("{} has label {} but the model was trained with {classes} classes", config.data.dataset, bad_label.label)));
+        return Err(bad(format!(
+            "{} has label {} but the model was trained with {classes} classes",
+            config.data.dataset, bad_label.label
+        )));
     }
     let pad = setup.tokenizer.pad_id();
-    let (clean, clean_loss) = classify::evaluate(&model, &data, pad, options.batch_size, classes, &setup.device)?;
+    let (clean, clean_loss) = classify::evaluate(
+        &model,
+        &data,
+        pad,
+        options.batch_size,
+        classes,
+        &setup.device,
+    )?;
     let batches = data.len().div_ceil(options.batch_size) as u64;
     let bar = progress_bar(!args.quiet, batches, options.method.name());
     let started = std::time::Instant::now();
-    let results = attack::attack_dataset(&model, &data, pad, &options, &mut |done| bar.set_position(done as u64))?;
+    let results = attack::attack_dataset(&model, &data, pad, &options, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     match args.format {
@@ -186,7 +238,15 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Text => print_text(&config.data.dataset, &split, &options, &clean, clean_loss, &results, secs),
+        Format::Text => print_text(
+            &config.data.dataset,
+            &split,
+            &options,
+            &clean,
+            clean_loss,
+            &results,
+            secs,
+        ),
     }
     Ok(())
 }
@@ -196,12 +256,25 @@ fn progress_bar(show: bool, total: u64, what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} batches {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} batches {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
     bar.set_message(what.to_string());
     bar
 }
 
-fn print_text(dataset: &str, split: &str, options: &AttackOptions, clean: &cotext::metrics::ClassificationReport, clean_loss: f64, results: &[AttackResult], secs: f64) {
+fn print_text(
+    dataset: &str,
+    split: &str,
+    options: &AttackOptions,
+    clean: &cotext::metrics::ClassificationReport,
+    clean_loss: f64,
+    results: &[AttackResult],
+    secs: f64,
+) {
     let what = match options.method {
         Method::Fgsm => format!("fgsm, {} ball, ε relative to the batch's mean token-embedding norm", options.norm.name()),
         Method::Pgd => format!(
@@ -213,13 +286,33 @@ fn print_text(dataset: &str, split: &str, options: &AttackOptions, clean: &cotex
         ),
         Method::Hotflip => "hotflip, K = most tokens replaced per example".to_string(),
     };
-    println!("{dataset} {split}: {} examples; {what}; {secs:.1} s", clean.count);
-    let head = if options.method == Method::Hotflip { "K" } else { "eps" };
-    let flips = if options.method == Method::Hotflip { "  mean flips" } else { "" };
+    println!(
+        "{dataset} {split}: {} examples; {what}; {secs:.1} s",
+        clean.count
+    );
+    let head = if options.method == Method::Hotflip {
+        "K"
+    } else {
+        "eps"
+    };
+    let flips = if options.method == Method::Hotflip {
+        "  mean flips"
+    } else {
+        ""
+    };
     println!("{head:<8}  accuracy  macro-F1    loss{flips}");
-    println!("{:<8}  {:>8.4}  {:>8.4}  {:>6.4}", "clean", clean.accuracy, clean.macro_f1, clean_loss);
+    println!(
+        "{:<8}  {:>8.4}  {:>8.4}  {:>6.4}",
+        "clean", clean.accuracy, clean.macro_f1, clean_loss
+    );
     for r in results {
-        let f = r.flips_mean.map(|f| format!("  {f:>10.3}")).unwrap_or_default();
-        println!("{:<8}  {:>8.4}  {:>8.4}  {:>6.4}{f}", r.eps, r.accuracy, r.macro_f1, r.loss);
+        let f = r
+            .flips_mean
+            .map(|f| format!("  {f:>10.3}"))
+            .unwrap_or_default();
+        println!(
+            "{:<8}  {:>8.4}  {:>8.4}  {:>6.4}{f}",
+            r.eps, r.accuracy, r.macro_f1, r.loss
+        );
     }
 }
