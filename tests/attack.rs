@@ -493,3 +493,117 @@ fn bad_flags_and_runs_exit_2_naming_the_problem() {
         );
     }
 }
+
+/// `compare --attack`: per-objective mean ± std of the runs' own attack results,
+/// in `summary.json` and `report.md`, and `robustness.png`; cached per run.
+#[test]
+fn compare_attack_adds_robustness_columns() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndataset = \"sst5\"\ndata_dir = {data:?}\nmax_len = 24\ntrain_limit = 160\neval_limit = 48\n\n\
+             [model]\nkind = \"bilstm\"\nembed_dim = 16\nhidden = 16\n\n\
+             [train]\nbatch_size = 16\nmax_steps = 6\neval_every = 3\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "compare",
+        "-q",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--objectives",
+        "ce,cot",
+        "--seeds",
+        "2",
+        "--out",
+        "cmp",
+        "--attack",
+        "fgsm:0,0.2",
+        "--attack",
+        "hotflip:1",
+    ];
+    let o = cotext(dir, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = dir.join("cmp");
+    assert!(std::fs::metadata(out.join("robustness.png")).unwrap().len() > 1000);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Robustness")
+            && report.contains("| fgsm 0.2 |")
+            && report.contains("hotflip 1"),
+        "{report}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let objectives = summary["robustness"]["objectives"].as_array().unwrap();
+    assert_eq!(objectives.len(), 2);
+    for (o, name) in objectives.iter().zip(["ce", "cot"]) {
+        assert_eq!(o["objective"], name);
+        // The mean over seeds of each run's own numbers.
+        let per_run: Vec<serde_json::Value> = (1..=2)
+            .map(|s| {
+                serde_json::from_slice(
+                    &std::fs::read(out.join(format!("{name}-seed{s}/attack-fgsm.json"))).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mean = (per_run[0]["attacks"][1]["accuracy"].as_f64().unwrap()
+            + per_run[1]["attacks"][1]["accuracy"].as_f64().unwrap())
+            / 2.0;
+        let got = o["attacks"][1]["accuracy"]["mean"].as_f64().unwrap();
+        assert!((got - mean).abs() < 1e-12, "{got} vs {mean}");
+        assert_eq!(o["attacks"][1]["accuracy"]["n"], 2);
+        // ε = 0 is the clean accuracy.
+        assert_eq!(
+            o["attacks"][0]["accuracy"]["mean"],
+            o["clean"]["accuracy"]["mean"]
+        );
+    }
+    // A second call reuses the cached results, untouched.
+    let cached = std::fs::read(out.join("ce-seed1/attack-hotflip.json")).unwrap();
+    let modified = std::fs::metadata(out.join("ce-seed1/attack-hotflip.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = cotext(dir, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(out.join("ce-seed1/attack-hotflip.json")).unwrap(),
+        cached
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("ce-seed1/attack-hotflip.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        modified
+    );
+    // A bad spec fails before anything is trained.
+    for bad in ["fgsm", "deepfool:0.1", "fgsm:x", "hotflip:0.5"] {
+        let o = cotext(
+            dir,
+            &[
+                "compare",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                "cmp2",
+                "--attack",
+                bad,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--attack"),
+            "{bad}: {}",
+            text(&o)
+        );
+        assert!(!dir.join("cmp2").exists());
+    }
+}

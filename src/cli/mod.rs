@@ -7,6 +7,7 @@ mod train;
 mod bleu;
 mod compare;
 mod attack;
+mod compare_attack;
 
 use clap::{Parser, Subcommand};
 
