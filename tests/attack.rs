@@ -93,6 +93,48 @@ fn forward_embeddings_of_embed_is_forward_bit_for_bit() -> Result<()> {
     Ok(())
 }
 
+/// Under mixed precision the embeddings come out in the compute dtype, the
+/// attack perturbs them in f32, and the gradient still reaches them.
+#[test]
+fn attacks_work_under_mixed_precision() -> Result<()> {
+    let (ids, mask, labels) = inputs()?;
+    let cfg = ModelConfig::Bilstm(BiLstmConfig {
+        embed_dim: 6,
+        hidden: 5,
+        ..Default::default()
+    });
+    let model = cfg
+        .build_mixed(VOCAB, CLASSES, DType::F32, DType::BF16, &Device::Cpu, 3)
+        .unwrap();
+    let emb = model.embed(&ids)?;
+    assert_eq!(emb.dtype(), DType::BF16);
+    let a = model.forward(&ids, &mask, false)?;
+    let b = model.forward_embeddings(&emb, &mask, false)?;
+    assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+    let forward = |e: &Tensor| model.forward_embeddings(e, &mask, false);
+    let at = attack::loss_and_gradient(forward, &emb, &labels)?;
+    let norm = at.gradient.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    assert!(norm.is_finite() && norm > 0.0, "gradient norm² {norm}");
+    let adv = attack::fgsm(
+        forward,
+        &emb,
+        &mask,
+        &labels,
+        Budget {
+            eps: 0.5,
+            norm: Norm::L2,
+        },
+    )?;
+    assert_eq!(adv.dtype(), DType::F32);
+    let before = at.losses.sum_all()?.to_scalar::<f32>()?;
+    let after = attack::loss_and_gradient(forward, &adv, &labels)?
+        .losses
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    assert!(after > before, "{after} <= {before}");
+    Ok(())
+}
+
 /// Σ_b cross-entropy in f64, for finite differences.
 fn loss64(model: &Model, emb: &Tensor, mask: &Tensor, labels: &Tensor) -> Result<f64> {
     let logits = model
