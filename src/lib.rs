@@ -17,12 +17,14 @@
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
+//! | [`attack`] | FGSM and PGD on input embeddings, HotFlip on tokens, accuracy under attack |
 //! | [`report`] | reading `metrics.jsonl`, mean ± std over seeds, the complement-distribution profile, PNG plots and the Markdown report of `cotext compare` |
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod data;
 pub mod decode;
 pub mod error;

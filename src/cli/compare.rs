@@ -51,6 +51,10 @@ pub struct CompareArgs {
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+    /// Robustness columns and robustness.png: METHOD:LIST, e.g. fgsm:0.01,0.05,0.1,
+    /// pgd:0.1 or hotflip:1,2 (repeatable; classification only).
+    #[arg(long = "attack", value_name = "SPEC")]
+    attack: Vec<String>,
 }
 
 /// Arguments of `cotext plot`.
@@ -73,6 +77,7 @@ struct Plan {
     out: PathBuf,
     jobs: usize,
     progress: bool,
+    attack: Vec<super::compare_attack::Spec>,
 }
 
 fn name(objective: ObjectiveKind) -> String {
@@ -121,7 +126,8 @@ impl Plan {
             let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
             PathBuf::from("runs").join(format!("compare-{stem}"))
         });
-        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, jobs: args.jobs, progress: !args.quiet };
+        let attack = super::compare_attack::parse_specs(&args.attack)?;
+        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, jobs: args.jobs, progress: !args.quiet, attack };
         // A bad config or --set fails here, before any run starts.
         for &o in &plan.objectives {
             plan.config(o, plan.seeds[0])?;
@@ -288,6 +294,9 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::from_args(args)?;
     let translation = translate::is_translation(&plan.config(plan.objectives[0], plan.seeds[0])?)?;
+    if translation && !plan.attack.is_empty() {
+        return Err(user_error("--attack is for classification configs".into()));
+    }
     let stop = install_ctrlc();
     let started = Instant::now();
     // Every run not yet finished, in the order the table lists them.
@@ -393,8 +402,16 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         objectives,
         runs,
     };
-    write(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
-    write(&out.join("report.md"), summary.to_markdown().as_bytes())?;
+    let mut summary_json = serde_json::to_value(&summary)?;
+    let mut markdown = summary.to_markdown();
+    if !plan.attack.is_empty() {
+        let runs: Vec<(String, Vec<PathBuf>)> = groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.1.clone()).collect())).collect();
+        let r = super::compare_attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress)?;
+        summary_json["robustness"] = r.json;
+        markdown.push_str(&r.markdown);
+    }
+    write(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary_json)?)?;
+    write(&out.join("report.md"), markdown.as_bytes())?;
 
     println!("report: {}", out.join("report.md").display());
     for o in &summary.objectives {

@@ -7,6 +7,8 @@ mod train;
 mod predict;
 mod bleu;
 mod compare;
+mod attack;
+mod compare_attack;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,8 @@ enum Command {
     Bleu(bleu::BleuArgs),
     /// Train every objective × seed from one config, then write report.md, summary.json and plots.
     Compare(compare::CompareArgs),
+    /// Accuracy of a classification run under adversarial attack (FGSM, PGD, HotFlip).
+    Attack(attack::AttackArgs),
     /// Draw one run's curves (loss, train accuracy, dev metric) as a PNG.
     Plot(compare::PlotArgs),
 }
@@ -53,6 +57,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bleu(args) => bleu::run(args),
         Command::Compare(args) => compare::compare(args),
         Command::Plot(args) => compare::plot(args),
+        Command::Attack(args) => attack::run(args),
     }
 }
 

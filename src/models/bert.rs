@@ -314,16 +314,33 @@ impl Bert {
     /// Hidden states `[B, T, D]` for ids `[B, T]` and mask `[B, T]` (token type 0
     /// everywhere, positions 0..T).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        self.forward_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// The word embeddings `[B, T, D]` of ids `[B, T]`: the lookup alone, before
+    /// positions, token types and the embedding layer norm (what
+    /// [`Bert::forward_embeddings`] takes).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.word.forward(ids)
+    }
+
+    pub(crate) fn word_embedding(&self) -> &layers::Embedding {
+        &self.word
+    }
+
+    /// As [`Bert::forward`], from word embeddings `[B, T, D]` (as [`Bert::embed`]
+    /// gives them, or perturbed); positions, token types and the embedding layer
+    /// norm are applied here.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, _) = emb.dims3()?;
         let max = self.position.dim(0)?;
         if t > max {
             candle_core::bail!("bert: sequence length {t} exceeds max_position_embeddings {max}");
         }
         let d = self.position.dim(1)?;
-        let x = self.word.forward(ids)?;
         let extra =
             (self.position.narrow(0, 0, t)? + self.token_type.get(0)?.broadcast_as((t, d))?)?;
-        let x = x.broadcast_add(&extra.to_dtype(x.dtype())?)?;
+        let x = emb.broadcast_add(&extra.to_dtype(emb.dtype())?)?;
         let mut x = self.dropout.forward(&self.emb_norm.forward(&x)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         debug_assert_eq!(bias.dims(), &[b, 1, 1, t]);
@@ -501,7 +518,21 @@ impl BertClassifier {
 
     /// The pooled sentence representation `[B, D]`.
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bert.forward(ids, mask, train)?;
+        self.encode_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// The word embeddings `[B, T, D]` of ids `[B, T]` (see [`Bert::embed`]).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.bert.embed(ids)
+    }
+
+    pub(crate) fn word_embedding(&self) -> &layers::Embedding {
+        self.bert.word_embedding()
+    }
+
+    /// As [`BertClassifier::encode`], from word embeddings `[B, T, D]`.
+    pub fn encode_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.bert.forward_embeddings(emb, mask, train)?;
         match self.pooling {
             BertPooling::Cls => h.narrow(1, 0, 1)?.squeeze(1),
             BertPooling::Mean => layers::masked_mean(&h, mask),
@@ -518,7 +549,13 @@ impl BertClassifier {
 
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.encode(ids, mask, train)?;
+        self.forward_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// Logits `[B, K]` from word embeddings `[B, T, D]` and mask `[B, T]`:
+    /// `forward(ids)` is exactly `forward_embeddings(embed(ids))`.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let pooled = self.encode_embeddings(emb, mask, train)?;
         self.classifier
             .forward(&self.dropout.forward(&pooled, train)?)
     }

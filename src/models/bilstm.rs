@@ -353,8 +353,23 @@ impl BiLstmClassifier {
 
     /// The pooled sentence representation `[B, 2H]` (before the output dropout).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let emb = self.embedding.forward(ids)?;
-        let emb = self.dropout.forward(&emb, train)?;
+        self.encode_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// The input embeddings `[B, T, E]` of ids `[B, T]`: the table lookup, before
+    /// dropout and the LSTM (what [`BiLstmClassifier::forward_embeddings`] takes).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embedding.forward(ids)
+    }
+
+    pub(crate) fn word_embedding(&self) -> &Embedding {
+        &self.embedding
+    }
+
+    /// As [`BiLstmClassifier::encode`], from input embeddings `[B, T, E]` (as
+    /// [`BiLstmClassifier::embed`] gives them, or perturbed).
+    pub fn encode_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let emb = self.dropout.forward(emb, train)?;
         let out = self.lstm.forward(&emb, mask, train)?;
         match self.pooling {
             LstmPooling::Max => layers::masked_max(&out.outputs, mask),
@@ -365,7 +380,13 @@ impl BiLstmClassifier {
 
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.encode(ids, mask, train)?;
+        self.forward_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// Logits `[B, K]` from input embeddings `[B, T, E]` and mask `[B, T]`:
+    /// `forward(ids)` is exactly `forward_embeddings(embed(ids))`.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let pooled = self.encode_embeddings(emb, mask, train)?;
         self.classifier
             .forward(&self.dropout.forward(&pooled, train)?)
     }

@@ -281,6 +281,69 @@ impl Model {
         layers::upcast_half(&logits)
     }
 
+    /// The input embeddings `[B, T, D]` of ids `[B, T]`, detached: the lookup into
+    /// the word embedding table, cast to the compute dtype, before anything else
+    /// (embedding dropout, the Transformer's √d scale and positions, BERT's
+    /// positions, token types and layer norm all belong to
+    /// [`Model::forward_embeddings`]). Padding positions hold the pad token's row.
+    ///
+    /// This is where adversarial attacks act (see [`crate::attack`]).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let emb = match &self.net {
+            Net::BiLstm(m) => m.embed(ids),
+            Net::Transformer(m) => m.embed(ids),
+            Net::Bert(m) => m.embed(ids),
+        }?;
+        Ok(emb.detach())
+    }
+
+    /// The word embedding table `[V, D]`, detached, in the compute dtype: row `i`
+    /// is what [`Model::embed`] gives for id `i`.
+    pub fn embedding_table(&self) -> Result<Tensor> {
+        let e = self.word_embedding();
+        e.embeddings().detach().to_dtype(e.compute_dtype())
+    }
+
+    /// Logits `[B, K]` from input embeddings `[B, T, D]` (as [`Model::embed`] gives
+    /// them, or perturbed) and mask `[B, T]`; dropout only when `train`.
+    /// `forward(ids, mask, train)` equals
+    /// `forward_embeddings(&embed(ids)?, mask, train)` bit for bit.
+    ///
+    /// With `train` false the weights are detached as in [`Model::forward`], but a
+    /// gradient still flows to `emb` when it is a variable: that is how an attack
+    /// gets `∂loss/∂emb` without touching the weights' gradients.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        // Perturbations are computed in f32; the network expects its compute dtype.
+        let emb = emb.to_dtype(self.compute_dtype())?;
+        let logits = if !train {
+            match &self.net {
+                Net::BiLstm(m) => m.detached().forward_embeddings(&emb, mask, false),
+                Net::Transformer(m) => m.detached().forward_embeddings(&emb, mask, false),
+                Net::Bert(m) => m.detached().forward_embeddings(&emb, mask, false),
+            }
+        } else {
+            match &self.net {
+                Net::BiLstm(m) => m.forward_embeddings(&emb, mask, true),
+                Net::Transformer(m) => m.forward_embeddings(&emb, mask, true),
+                Net::Bert(m) => m.forward_embeddings(&emb, mask, true),
+            }
+        }?;
+        layers::upcast_half(&logits)
+    }
+
+    /// The dtype the network computes in (f32, or bf16/f16 under mixed precision).
+    pub fn compute_dtype(&self) -> DType {
+        self.word_embedding().compute_dtype()
+    }
+
+    fn word_embedding(&self) -> &layers::Embedding {
+        match &self.net {
+            Net::BiLstm(m) => m.word_embedding(),
+            Net::Transformer(m) => m.word_embedding(),
+            Net::Bert(m) => m.word_embedding(),
+        }
+    }
+
     /// Every trainable variable, by name.
     pub fn varmap(&self) -> &VarMap {
         &self.varmap

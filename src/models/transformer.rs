@@ -272,12 +272,30 @@ impl TransformerEncoder {
 
     /// Encodes ids `[B, T]` with mask `[B, T]` into `[B, T, d]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
+        self.forward_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// The input embeddings `[B, T, d]` of ids `[B, T]`: the table lookup, before
+    /// the √d scale and the positions (what
+    /// [`TransformerEncoder::forward_embeddings`] takes).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embedding.forward(ids)
+    }
+
+    pub(crate) fn word_embedding(&self) -> &layers::Embedding {
+        &self.embedding
+    }
+
+    /// As [`TransformerEncoder::forward`], from input embeddings `[B, T, d]` (as
+    /// [`TransformerEncoder::embed`] gives them, or perturbed); the √d scale and
+    /// the positions are applied here.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, t, _) = emb.dims3()?;
         let max_len = self.positions.dim(0)?;
         if t > max_len {
             candle_core::bail!("transformer: sequence length {t} exceeds max_len {max_len}");
         }
-        let x = (self.embedding.forward(ids)? * (self.d_model as f64).sqrt())?;
+        let x = (emb * (self.d_model as f64).sqrt())?;
         let pos = self.positions.narrow(0, 0, t)?;
         let pos = if self.learned_positions {
             pos
@@ -368,7 +386,24 @@ impl TransformerClassifier {
 
     /// Logits `[B, K]` for token ids `[B, T]` and mask `[B, T]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.encode(ids, mask, train)?;
+        self.forward_embeddings(&self.embed(ids)?, mask, train)
+    }
+
+    /// The input embeddings `[B, T, d]` of ids `[B, T]` (see
+    /// [`TransformerEncoder::embed`]).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.encoder.embed(ids)
+    }
+
+    pub(crate) fn word_embedding(&self) -> &layers::Embedding {
+        self.encoder.word_embedding()
+    }
+
+    /// Logits `[B, K]` from input embeddings `[B, T, d]` and mask `[B, T]`:
+    /// `forward(ids)` is exactly `forward_embeddings(embed(ids))`.
+    pub fn forward_embeddings(&self, emb: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.encoder.forward_embeddings(emb, mask, train)?;
+        let pooled = pool(&h, mask, self.pooling)?;
         self.classifier
             .forward(&self.dropout.forward(&pooled, train)?)
     }
