@@ -607,6 +607,17 @@ fn compare_attack_adds_robustness_columns() {
             o["clean"]["accuracy"]["mean"]
         );
     }
+    // cot against ce: the difference of the means, with Welch's p-value.
+    let (ce, cot) = (&objectives[0], &objectives[1]);
+    assert!(ce["attacks"][1].get("against_ce").is_none());
+    let w = &cot["attacks"][1]["against_ce"];
+    let diff = cot["attacks"][1]["accuracy"]["mean"].as_f64().unwrap()
+        - ce["attacks"][1]["accuracy"]["mean"].as_f64().unwrap();
+    assert!((w["diff"].as_f64().unwrap() - diff).abs() < 1e-12, "{w}");
+    let p = w["p"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{w}");
+    assert!(report.contains("Against ce: the difference of the mean accuracies"), "{report}");
+    assert!(report.contains(&format!("{:+.4} (p {p:.3})", w["diff"].as_f64().unwrap())), "{report}");
     // A second call reuses the cached results, untouched.
     let cached = std::fs::read(out.join("ce-seed1/attack-hotflip.json")).unwrap();
     let modified = std::fs::metadata(out.join("ce-seed1/attack-hotflip.json"))

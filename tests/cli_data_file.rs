@@ -138,6 +138,29 @@ fn every_format_and_the_card_route_give_the_same_score() {
         assert_eq!(v["confusion"], reference["confusion"], "{file}");
     }
 
+    // `attack --data` reads the same file the same way: its clean accuracy is
+    // eval's, on every example; a flip can only lower it.
+    let o = cotext(
+        dir,
+        &[
+            "attack", "-q", "--run", run.to_str().unwrap(), "--data", "test.csv", "--method", "hotflip",
+            "--flips", "1", "--format", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["clean"]["n"], 40);
+    assert_eq!(v["clean"]["accuracy"].as_f64().unwrap(), accuracy);
+    assert_eq!(v["dataset"], "test.csv");
+    let attacked = v["attacks"][0]["accuracy"].as_f64().unwrap();
+    assert!(attacked <= accuracy, "{attacked} > {accuracy}");
+    // A label the run was not trained with is refused, naming the file.
+    std::fs::write(dir.join("other.tsv"), "text\tlabel\na fine film\tmaybe\n").unwrap();
+    let err = exit_2(&cotext(
+        dir,
+        &["attack", "-q", "--run", run.to_str().unwrap(), "--data", "other.tsv", "--method", "fgsm"],
+    ));
+    assert!(err.contains("other.tsv"), "{err}");
+
     // The guess is said on stderr.
     let o = cotext(
         dir,

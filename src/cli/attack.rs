@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
-use cotext::data::{DataDir, Dataset};
 use cotext::train::classify;
 
-use super::train::Format;
+use super::data::ColumnArgs;
+use super::train::{labelled_data, Format};
 
 /// Arguments of `cotext attack`.
 #[derive(Debug, Args)]
@@ -19,9 +19,16 @@ pub struct AttackArgs {
     /// Split to attack. Default: the run's test split.
     #[arg(long)]
     split: Option<String>,
+    /// Attack another data set instead of the run's: a card name, a card
+    /// (.toml), or a data file (.tsv, .csv, .jsonl; the file is the split), as
+    /// `cotext eval --data`.
+    #[arg(long)]
+    data: Option<String>,
     /// Folder with local copies of data sets (as COTEXT_DATA).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// The attack: fgsm or pgd on the input embeddings, hotflip on the tokens.
     #[arg(long, value_enum)]
     method: MethodArg,
@@ -193,12 +200,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
         .split
         .clone()
         .unwrap_or_else(|| config.data.test_split.clone());
-    // Issue 19's plain-file data sets (`--data FILE`) plug in here: they replace
-    // the card's split as the source of labelled examples.
-    let dataset = Dataset::open(
-        &config.data.dataset,
-        &DataDir::from_flag(config.data.data_dir.clone()),
-    )?;
+    let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
     let examples = classify::load_split(&dataset, &config, &split, args.limit)?;
     let data = classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();

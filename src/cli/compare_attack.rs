@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
 use cotext::data::{DataDir, Dataset};
-use cotext::report::{self, Band, MeanStd, Panel};
+use cotext::report::{self, Band, MeanStd, Panel, Welch};
 use cotext::train::classify;
 
 /// One `--attack` value: a method and its budgets, e.g. `fgsm:0.01,0.05,0.1` or
@@ -105,15 +105,16 @@ fn attack_run(run: &Path, specs: &[Spec], progress: bool) -> anyhow::Result<RunR
         classes,
         &setup.device,
     )?;
-    let weights = ["best.safetensors", "model.safetensors"]
-        .iter()
-        .map(|f| run.join(f))
-        .find(|p| p.exists());
-    let weights_time = weights.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    // The cache is keyed by the weights' content, not by file times: a run that
+    // trains further (or is retrained) gets new weights and a new hash.
+    let weights = cotext::train::checkpoint::Checkpoint::read(run)?
+        .ok_or_else(|| cotext::Error::Config(format!("{}: no checkpoint to attack", run.display())))?
+        .inference_weights()?;
+    let weights_sha256 = cotext::train::checkpoint::sha256_file(&weights)?;
     let mut results = Vec::new();
     for spec in specs {
         let cache = run.join(format!("attack-{}.json", spec.method.name()));
-        if let Some(r) = cached(&cache, spec, weights_time) {
+        if let Some(r) = cached(&cache, spec, &weights_sha256) {
             results.push(r);
             continue;
         }
@@ -136,7 +137,7 @@ fn attack_run(run: &Path, specs: &[Spec], progress: bool) -> anyhow::Result<RunR
             );
         }
         let r = attack::attack_dataset(&model, &data, pad, &options, &mut |_| {})?;
-        let json = serde_json::json!({"method": spec.method.name(), "budgets": spec.budgets, "norm": "linf", "steps": 10, "step_size": 0.25, "attacks": r});
+        let json = serde_json::json!({"method": spec.method.name(), "budgets": spec.budgets, "weights_sha256": weights_sha256, "norm": "linf", "steps": 10, "step_size": 0.25, "attacks": r});
         cotext::fsio::atomic_write(&cache, &serde_json::to_vec_pretty(&json)?)?;
         results.push(r);
     }
@@ -146,18 +147,13 @@ fn attack_run(run: &Path, specs: &[Spec], progress: bool) -> anyhow::Result<RunR
     })
 }
 
-/// A cached result for `spec`, if the file holds the same budgets and is newer
-/// than the weights.
-fn cached(
-    path: &Path,
-    spec: &Spec,
-    weights_time: Option<std::time::SystemTime>,
-) -> Option<Vec<AttackResult>> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    if weights_time.is_none_or(|w| w > modified) {
+/// A cached result for `spec`, if the file holds the same budgets and was
+/// computed on weights with this sha256.
+fn cached(path: &Path, spec: &Spec, weights_sha256: &str) -> Option<Vec<AttackResult>> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v["weights_sha256"].as_str() != Some(weights_sha256) {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let budgets: Vec<f64> = serde_json::from_value(v["budgets"].clone()).ok()?;
     if budgets != spec.budgets {
         return None;
@@ -198,6 +194,28 @@ fn cell(m: &Option<MeanStd>) -> String {
         }) => format!("{mean:.4}"),
         None => "–".into(),
     }
+}
+
+/// Welch's test of each objective's accuracy (clean, then every budget) against
+/// ce's, for every objective but ce; empty when there is no ce group.
+fn against_ce(groups: &[(String, Vec<PathBuf>)], columns: &[Vec<Option<MeanStd>>]) -> Vec<(String, Vec<Option<Welch>>)> {
+    let Some(ce) = groups.iter().position(|(o, _)| o == "ce") else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .zip(columns)
+        .enumerate()
+        .filter(|&(i, _)| i != ce)
+        .map(|(_, ((objective, _), column))| {
+            let tests = column
+                .iter()
+                .zip(&columns[ce])
+                .map(|(a, b)| Welch::test(a.as_ref()?, b.as_ref()?))
+                .collect();
+            (objective.clone(), tests)
+        })
+        .collect()
 }
 
 /// Attacks every run of `groups` (objective name, run directories) and draws
@@ -247,9 +265,12 @@ pub fn robustness(
             bands: Vec::new(),
         })
         .collect();
+    // Per objective: accuracy (clean first, then every budget in header order).
+    let mut columns: Vec<Vec<Option<MeanStd>>> = Vec::new();
     for (gi, ((objective, _), runs)) in groups.iter().zip(&per_group).enumerate() {
         let clean = MeanStd::of(&runs.iter().map(|r| r.clean).collect::<Vec<_>>());
         let mut cells = vec![objective.clone(), cell(&clean)];
+        let mut column = vec![clean];
         let mut attacks = Vec::new();
         for (si, spec) in specs.iter().enumerate() {
             let mut points = Vec::new();
@@ -273,6 +294,7 @@ pub fn robustness(
                         .collect::<Vec<_>>(),
                 );
                 cells.push(cell(&acc));
+                column.push(acc);
                 if let Some(a) = &acc {
                     let (lo, hi) = a.band();
                     points.push((budget, a.mean, lo, hi));
@@ -288,6 +310,40 @@ pub fn robustness(
         }
         md.push_str(&format!("| {} |\n", cells.join(" | ")));
         json_objectives.push(serde_json::json!({"objective": objective, "clean": {"accuracy": clean}, "attacks": attacks}));
+        columns.push(column);
+    }
+    let against = against_ce(groups, &columns);
+    if !against.is_empty() {
+        md.push_str(
+            "\nAgainst ce: the difference of the mean accuracies (objective − ce) and the two-sided p-value of \
+             Welch's t-test across seeds, as in the results' \"Against ce\" table (needs 2 seeds a side).\n\n",
+        );
+        md.push_str(&format!(
+            "| {} |\n|{}\n",
+            header.join(" | "),
+            " --- |".repeat(header.len())
+        ));
+        for (objective, tests) in &against {
+            let cells: Vec<String> = tests
+                .iter()
+                .map(|w| match w {
+                    Some(w) => format!("{:+.4} (p {:.3})", w.diff, w.p),
+                    None => "–".into(),
+                })
+                .collect();
+            md.push_str(&format!("| {objective} | {} |\n", cells.join(" | ")));
+        }
+    }
+    // summary.json: each attack gains `against_ce` (the Welch test on accuracy).
+    for (objective, tests) in &against {
+        if let Some(o) = json_objectives.iter_mut().find(|o| o["objective"] == objective.as_str()) {
+            o["clean"]["against_ce"] = serde_json::json!(tests[0]);
+            if let Some(attacks) = o["attacks"].as_array_mut() {
+                for (a, w) in attacks.iter_mut().zip(&tests[1..]) {
+                    a["against_ce"] = serde_json::json!(w);
+                }
+            }
+        }
     }
     report::draw_curves(
         &out.join("robustness.png"),

@@ -230,24 +230,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         config.data.data_dir = args.data_dir.clone();
     }
     let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = match &args.data {
-        // The file is the split, read against the run's labels.
-        Some(d) if file::is_data_file(d) => {
-            let opened = file::open(&[(split.clone(), PathBuf::from(d))], &args.columns.columns(), Some(&setup.labels))?;
-            eprintln!("{}", opened.layout.describe());
-            config.data.dataset = d.clone();
-            (config.data.trees, config.data.phrases) = (false, false);
-            opened.dataset
-        }
-        other => {
-            if let Some(d) = other {
-                config.data.dataset = d.clone();
-                (config.data.dev_data, config.data.test_data) = (None, None);
-            }
-            classify::open_dataset(&config, Some(&setup.labels))?
-        }
-    };
-    classify::check_run_labels(&dataset, &config, &args.run, &setup.labels)?;
+    let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
     let examples = classify::load_split(&dataset, &config, &split, None)?;
     let data = classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
@@ -267,6 +250,39 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         Format::Text => print_report(&config.data.dataset, &split, &report, loss, &setup.labels),
     }
     Ok(())
+}
+
+/// The labelled examples a trained classification run is scored on (`eval`,
+/// `attack`): with `data` a data file (.tsv, .csv, .jsonl), the file is `split`,
+/// read against the run's labels; a card name or `.toml` replaces the run's data
+/// set; `None` keeps it. `config.data` is updated to what was opened, and labels
+/// the run was not trained with are refused (exit 2).
+pub(super) fn labelled_data(
+    data: Option<&str>,
+    columns: &ColumnArgs,
+    split: &str,
+    run: &std::path::Path,
+    labels: &[String],
+    config: &mut RunConfig,
+) -> anyhow::Result<Dataset> {
+    let dataset = match data {
+        Some(d) if file::is_data_file(d) => {
+            let opened = file::open(&[(split.to_string(), PathBuf::from(d))], &columns.columns(), Some(labels))?;
+            eprintln!("{}", opened.layout.describe());
+            config.data.dataset = d.to_string();
+            (config.data.trees, config.data.phrases) = (false, false);
+            opened.dataset
+        }
+        other => {
+            if let Some(d) = other {
+                config.data.dataset = d.to_string();
+                (config.data.dev_data, config.data.test_data) = (None, None);
+            }
+            classify::open_dataset(config, Some(labels))?
+        }
+    };
+    classify::check_run_labels(&dataset, config, run, labels)?;
+    Ok(dataset)
 }
 
 /// `cotext eval` on a translation run: BLEU of the split decoded with the run's
