@@ -176,3 +176,52 @@ fn tokenizer_json_never_panics() {
         }
     });
 }
+
+/// Writes `input` to a file named `name` in a fresh temporary folder and runs
+/// `read` on it; a reader must return `Ok` or a user error naming the file.
+fn on_file<T>(name: &str, input: &[u8], read: impl FnOnce(&Path) -> cotext::Result<T>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(name);
+    std::fs::write(&path, input).unwrap();
+    if let Err(e) = read(&path) {
+        assert!(e.is_user_error(), "{name}: {e}");
+        assert!(e.to_string().contains(name), "{name}: the error does not name the file: {e}");
+    }
+}
+
+#[test]
+fn data_files_never_panic_and_name_the_file() {
+    use cotext::data::file::{self, FileColumns};
+    let labels: Vec<String> = ["neg", "pos"].iter().map(|s| s.to_string()).collect();
+    let seeds: [(&str, &str); 3] = [
+        ("d.tsv", "id\tsentence\tlabel\n1\ta fine , witty film\tpos\n2\tdull and long\tneg\n3\tgreat\t1\n"),
+        ("d.csv", "\u{feff}id,review,label\r\n1,\"a fine, \"\"witty\"\" film\",pos\r\n2,dull,neg\r\n"),
+        ("d.jsonl", "{\"idx\": 1, \"text\": \"a fine film\", \"label\": \"pos\"}\n{\"text\": \"dull\", \"label\": 0}\n"),
+    ];
+    for (stream, (name, seed)) in seeds.iter().enumerate() {
+        // The seeds are valid: the mutations start from files that read.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(name), seed).unwrap();
+        let read = file::read_labelled_file(&tmp.path().join(name), &FileColumns::default(), &labels);
+        assert_eq!(read.unwrap_or_else(|e| panic!("seed {name}: {e}")).examples.len(), seed.lines().count() - usize::from(!name.ends_with("jsonl")));
+        fuzz(name, seed.as_bytes(), 10 + stream as u64, Duration::from_secs(120), |input| {
+            on_file(name, input, |p| file::read_labelled_file(p, &FileColumns::default(), &labels));
+            on_file(name, input, |p| file::read_texts(p, &FileColumns::default()));
+            on_file(name, input, |p| {
+                file::open(&[("train".into(), p.to_path_buf())], &FileColumns::default(), None)
+            });
+        });
+    }
+}
+
+#[test]
+fn sst_trees_never_panic_and_name_the_file() {
+    let seed = "(3 (2 (2 The) (2 film)) (4 (3 (2 is) (4 (4 witty) (2 ,) (3 fine))) (2 .)))\n\
+                (1 (2 It) (1 (1 drags) (2 .)))\n";
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("trees.txt"), seed).unwrap();
+    assert_eq!(cotext::data::sst::read_sst_trees(&tmp.path().join("trees.txt")).expect("the seed trees are valid").len(), 2);
+    fuzz("trees.txt", seed.as_bytes(), 20, Duration::from_secs(120), |input| {
+        on_file("trees.txt", input, cotext::data::sst::read_sst_trees);
+    });
+}
