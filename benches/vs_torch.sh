@@ -3,7 +3,7 @@
 # workloads × {ce, cot}. Each case runs in its own process (benches/train_step.rs
 # for cotext, benches/torch_ref.py for PyTorch), cotext and PyTorch alternating,
 # for R rounds; prints a markdown table of the medians over rounds (peak RSS: the
-# largest), ready for the README's "Performance" section.
+# largest), ready for the table in docs/performance.md.
 #
 #   bash benches/vs_torch.sh                 # 3 rounds, 20 timed updates per case
 #   bash benches/vs_torch.sh --quick         # smoke run: 1 round, 2 updates per case

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of cotext, in two halves (see the README's "GPU" section):
+# The GPU check of cotext, in two halves (see docs/gpu.md):
 #
 #   bash scripts/gpu-check.sh                 # here, no GPU needed: build the CUDA binaries
 #                                             # and stage them, with data, in .gpu/ (< 64 MiB)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kill -9 loop of the README's "Reliability" section: trains a tiny SST-5
+# The kill -9 loop of docs/reliability.md: trains a tiny SST-5
 # BiLSTM, kills it with SIGKILL at seeded random times (during start-up, steps and
 # checkpoint saves alike), resumes it (or starts it again when it died before its
 # first checkpoint), and checks that every round ends with weights and optimizer

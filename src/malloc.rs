@@ -8,7 +8,7 @@
 //! Transformer classifier step, page faults and `clear_page` were about 7% of the
 //! time and the step made 680 k page faults for 22 updates. [`tune`] keeps freed
 //! buffers in the heap instead, which cut that to 88 k faults and the CPU time by
-//! about 20%, with the same peak RSS (see the README's "Performance").
+//! about 20%, with the same peak RSS (see `docs/performance.md`, "The heap").
 //!
 //! It only changes where freed memory waits for reuse; no result changes.
 

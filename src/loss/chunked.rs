@@ -6,7 +6,7 @@
 //!   A candle custom op streams each row twice (max, then sums) and writes nothing of
 //!   size `[rows, V]` in the forward pass; its backward writes exactly one `[rows, V]`
 //!   buffer, the gradient. (candle's autograd then adds it into a fresh
-//!   accumulation buffer of the same size: see the README's memory table.)
+//!   accumulation buffer of the same size: see the memory table in `docs/performance.md`.)
 //! * [`projected_token_loss`] takes the hidden states and the output projection
 //!   instead, and computes the logits `chunk_rows` rows at a time: the full
 //!   `[rows, V]` logits never exist, and the extra memory is one chunk.

@@ -296,8 +296,8 @@ pub struct TrainSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_norm: Option<f64>,
     /// Use the chunked loss kernels (same values and gradients as the plain ones,
-    /// a fraction of the memory over large vocabularies; see the README's "Memory
-    /// and speed"). Default false.
+    /// a fraction of the memory over large vocabularies; see `docs/performance.md`,
+    /// "Memory and speed of the token-level paths"). Default false.
     #[serde(default)]
     pub chunked_loss: bool,
     /// Cross-entropy label smoothing. Default 0.
@@ -316,7 +316,7 @@ pub struct TrainSettings {
     /// the ratio of the complement and CE gradient norms at each step, capped at 1:
     /// the step-size ratio SGD would give; under SGD, 1). Default 1: Algorithm 1's
     /// same rate. With Adam-type optimizers the loss normalization does not shrink
-    /// the complement updates; this does (see the README's "Results").
+    /// the complement updates; this does (see `docs/compare.md`, "Results").
     #[serde(default, skip_serializing_if = "is_default_scale")]
     pub complement_lr_scale: ComplementLrScale,
     /// `cot-joint`'s weight γ on the complement term: the step minimizes
