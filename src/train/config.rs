@@ -64,19 +64,19 @@ pub struct DecodeSettings {
 }
 
 fn default_beam() -> usize {
-    5
+    crate::decode::DEFAULT_BEAM
 }
 fn default_eval_beam() -> usize {
     1
 }
 fn default_len_a() -> f64 {
-    1.5
+    crate::decode::DEFAULT_MAX_LEN_A
 }
 fn default_len_b() -> usize {
-    10
+    crate::decode::DEFAULT_MAX_LEN_B
 }
 fn default_lp() -> f64 {
-    0.6
+    crate::decode::DEFAULT_LENGTH_PENALTY
 }
 fn default_decode_batch() -> usize {
     64
@@ -706,6 +706,31 @@ mod tests {
         for k in ObjectiveKind::ALL {
             assert_eq!(k.name().parse::<ObjectiveKind>().unwrap(), k);
             assert_eq!(k.to_string(), k.name());
+        }
+    }
+
+    /// The library's decoding defaults and a config's `[decode]` defaults were two
+    /// numbers once (max_len_a 1.2 and 1.5): both now read the constants in `decode`.
+    #[test]
+    fn decode_settings_defaults_match_decode_options() {
+        let settings = DecodeSettings::default();
+        let options = crate::decode::DecodeOptions::new(1, 2, 0);
+        assert_eq!(settings.beam, options.beam);
+        assert_eq!(settings.max_len_a, options.max_len_a);
+        assert_eq!(settings.max_len_b, options.max_len_b);
+        assert_eq!(settings.length_penalty, options.length_penalty);
+    }
+
+    /// Every open of a spec hands out the same device object (one per process),
+    /// so tensors of a run trained and then reloaded in one process can meet.
+    #[test]
+    fn a_device_is_opened_once_per_process() {
+        let a = DeviceSpec::Cpu.open().unwrap();
+        let b = DeviceSpec::Cpu.open().unwrap();
+        assert!(a.same_device(&b));
+        #[cfg(feature = "cuda")]
+        if let (Ok(a), Ok(b)) = (DeviceSpec::Cuda(0).open(), DeviceSpec::Cuda(0).open()) {
+            assert!(a.same_device(&b), "cuda:0 was opened twice");
         }
     }
 }
