@@ -344,7 +344,11 @@ pub fn run<T: Task>(
             ckpt.verify(checkpoint::BEST)?;
         }
         checkpoint::load_weights_checked(&model, task.model())?;
-        stepper.load_state(&checkpoint::load_tensors(&optim)?)?;
+        // Optimizer state of another kind or model is refused here too, for a
+        // checkpoint whose config.toml was edited by hand.
+        stepper
+            .load_state(&checkpoint::load_tensors(&optim)?)
+            .map_err(|e| Error::Checkpoint { path: optim.clone(), msg: format!("cannot resume from this optimizer state: {e}") })?;
         let mut state = ckpt.state.clone();
         if state.cursor.batch > batches_per_epoch as usize {
             return Err(Error::InvalidFile {
