@@ -179,9 +179,25 @@ pub fn encode(tokenizer: &TextTokenizer, config: &RunConfig, examples: &[crate::
 /// Builds the tokenizer a fresh run uses, as the config says.
 fn build_tokenizer(config: &RunConfig, train: &[crate::data::Example]) -> Result<TextTokenizer> {
     match &config.tokenizer {
-        TokenizerSource::File { path } => TextTokenizer::from_file(path),
+        TokenizerSource::File { path } => runner::tokenizer_file(path),
         TokenizerSource::Model => match resolved_model(config)? {
-            ModelConfig::Bert(b) => TextTokenizer::from_file(&b.path.join("tokenizer.json")),
+            ModelConfig::Bert(b) => {
+                let path = b.path.join("tokenizer.json");
+                let tokenizer = TextTokenizer::from_file(&path)?;
+                if tokenizer.pad_added() {
+                    // A pad id past the checkpoint's embedding table would fail at
+                    // the first batch; say why now.
+                    return Err(Error::InvalidFile {
+                        path,
+                        msg: format!(
+                            "has no padding token ({:?}), and the pretrained model's embeddings have no row for one: \
+                             use a tokenizer.json with one (tokenizer.source = \"file\")",
+                            tokenizer.special().pad
+                        ),
+                    });
+                }
+                Ok(tokenizer)
+            }
             _ => Err(Error::Config("tokenizer.source = \"model\" needs model.kind = \"bert\"".into())),
         },
         TokenizerSource::Train { kind, vocab_size, min_frequency } => {

@@ -141,7 +141,7 @@ pub fn encode_pairs(tokenizer: &TextTokenizer, config: &RunConfig, pairs: &[Pair
 
 fn build_tokenizer(config: &RunConfig, pairs: &[Pair]) -> Result<TextTokenizer> {
     match &config.tokenizer {
-        TokenizerSource::File { path } => TextTokenizer::from_file(path),
+        TokenizerSource::File { path } => runner::tokenizer_file(path),
         TokenizerSource::Model => Err(Error::Config("tokenizer.source = \"model\" is for pretrained classifiers; translation trains one (source = \"train\") or loads a file".into())),
         TokenizerSource::Train { kind, vocab_size, min_frequency } => {
             if *kind == TokenizerKind::WordLevel {
