@@ -420,6 +420,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
 
     let first = plan.config(plan.objectives[0], plan.seeds[0])?;
     let metric = first.train.metric;
+    // One device for the whole process: the in-process runs above got this same
+    // object (DeviceSpec::open hands out one per spec), and the report loads every
+    // run on it (Metal and CUDA tensors cannot meet across device objects).
+    let device = cotext::train::parse_device(&first.train.device).map_err(user_error)?.open()?;
     let mut groups = Vec::new();
     let mut labels = Vec::new();
     for &objective in &plan.objectives {
@@ -430,10 +434,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             let dir = plan.run_dir(objective, seed);
             runs.push((seed, dir.clone(), RunMetrics::read(&dir.join("metrics.jsonl"))?));
             if translation {
-                if let Some(p) = report::translation_test_profile(&dir)? {
+                if let Some(p) = report::translation_test_profile(&dir, &device)? {
                     profile.merge(&p);
                 }
-            } else if let Some(p) = report::classification_test_predictions(&dir)? {
+            } else if let Some(p) = report::classification_test_predictions(&dir, &device)? {
                 profile.add_rows(&p.probs, &p.gold)?;
                 let c = p.confusion()?;
                 if confusion.is_empty() {
@@ -484,7 +488,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut markdown = summary.to_markdown();
     if !plan.attack.is_empty() {
         let runs: Vec<(String, Vec<PathBuf>)> = groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.1.clone()).collect())).collect();
-        let r = super::compare_attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress)?;
+        let r = super::compare_attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress, &device)?;
         summary_json["robustness"] = r.json;
         markdown.push_str(&r.markdown);
     }

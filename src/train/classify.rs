@@ -323,16 +323,19 @@ fn resolved_model(config: &RunConfig) -> Result<ModelConfig> {
     })
 }
 
-/// Loads what a run directory holds for evaluation or prediction: the setup and
-/// the model with the best weights (or the last ones when there was no dev split).
-pub fn load_run(run: &Path) -> Result<(Setup, Model)> {
+/// Loads what a run directory holds for evaluation or prediction, on `device`:
+/// the setup and the model with the best weights (or the last ones when there was
+/// no dev split). The caller opens the device once for the process
+/// ([`crate::train::run_device`] opens the one the run was trained on), so that a
+/// caller loading several runs (`compare`'s report) keeps all tensors on one
+/// device object, as Metal and CUDA require.
+pub fn load_run(run: &Path, device: &Device) -> Result<(Setup, Model)> {
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
     let tokenizer = TextTokenizer::from_file(&run.join("tokenizer.json"))?;
     let labels = read_run_labels(run)?;
-    let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
-    let model = build_model(&config, tokenizer.vocab_size(), labels.len(), &device)?;
+    let model = build_model(&config, tokenizer.vocab_size(), labels.len(), device)?;
     checkpoint::load_inference_weights(run, &model)?;
-    Ok((Setup { config, tokenizer, labels, device }, model))
+    Ok((Setup { config, tokenizer, labels, device: device.clone() }, model))
 }
 
 /// Trains a classifier into `run` as `config` says (or resumes the run there).
