@@ -27,16 +27,29 @@ use crate::models::layers::log_softmax_last_dim;
 use crate::models::{DecoderState, Encoded, Seq2Seq};
 use crate::{Error, Result};
 
+/// Default beam width, for [`DecodeOptions::new`] and the config's `decode.beam`.
+pub const DEFAULT_BEAM: usize = 5;
+/// Default `a` of the length limit `a·|src| + b`, for [`DecodeOptions::new`] and
+/// the config's `decode.max_len_a` (one source, so the library and the CLI agree).
+pub const DEFAULT_MAX_LEN_A: f64 = 1.5;
+/// Default `b` of the length limit `a·|src| + b`, for [`DecodeOptions::new`] and
+/// the config's `decode.max_len_b`.
+pub const DEFAULT_MAX_LEN_B: usize = 10;
+/// Default α of GNMT's length penalty, for [`DecodeOptions::new`] and the config's
+/// `decode.length_penalty`.
+pub const DEFAULT_LENGTH_PENALTY: f64 = 0.6;
+
 /// How to decode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeOptions {
-    /// Beam width; 1 = greedy. Default 5.
+    /// Beam width; 1 = greedy. Default [`DEFAULT_BEAM`] (5).
     pub beam: usize,
-    /// `a` in the length limit `a·|src| + b`. Default 1.2.
+    /// `a` in the length limit `a·|src| + b`. Default [`DEFAULT_MAX_LEN_A`] (1.5).
     pub max_len_a: f64,
-    /// `b` in the length limit `a·|src| + b`. Default 10.
+    /// `b` in the length limit `a·|src| + b`. Default [`DEFAULT_MAX_LEN_B`] (10).
     pub max_len_b: usize,
-    /// α of GNMT's length penalty `((5 + |Y|)/6)^α` (must be ≥ 0). Default 0.6.
+    /// α of GNMT's length penalty `((5 + |Y|)/6)^α` (must be ≥ 0). Default
+    /// [`DEFAULT_LENGTH_PENALTY`] (0.6).
     pub length_penalty: f64,
     /// Beginning-of-sentence id, fed at the first step and not returned.
     pub bos: u32,
@@ -47,13 +60,14 @@ pub struct DecodeOptions {
 }
 
 impl DecodeOptions {
-    /// The defaults (beam 5, a = 1.2, b = 10, α = 0.6) with these special ids.
+    /// The defaults (beam 5, a = 1.5, b = 10, α = 0.6, the same as a config's
+    /// `[decode]` section) with these special ids.
     pub fn new(bos: u32, eos: u32, pad: u32) -> Self {
         Self {
-            beam: 5,
-            max_len_a: 1.2,
-            max_len_b: 10,
-            length_penalty: 0.6,
+            beam: DEFAULT_BEAM,
+            max_len_a: DEFAULT_MAX_LEN_A,
+            max_len_b: DEFAULT_MAX_LEN_B,
+            length_penalty: DEFAULT_LENGTH_PENALTY,
             bos,
             eos,
             pad,

@@ -302,3 +302,63 @@ fn compare_on_translation_reports_bleu_and_a_token_level_profile() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(is_png(&out.join("cot-seed1/curves.png")));
 }
+
+/// `compare` once reused a finished run whatever its config (the report then
+/// mixed configs) and resumed an unfinished one with this call's config unchecked.
+/// Now a run is reused only if trained as this call would train it, resumed (and
+/// a finished one extended) when only keys a resume may change differ, and
+/// refused otherwise, naming the run and the key, with nothing changed.
+#[test]
+fn compare_refuses_a_run_of_another_config_and_extends_one_with_a_larger_budget() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data);
+    let compare = |extra: &[&str]| {
+        let mut args = vec!["compare", "-q", "--config", cfg.to_str().unwrap(), "--objectives", "ce", "--seeds", "1", "--out", "cmp"];
+        args.extend(extra);
+        cotext(tmp.path(), &args)
+    };
+    let o = compare(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = tmp.path().join("cmp/ce-seed1");
+    let before = snapshot(&run);
+
+    let refused = |o: &Output, key: &str| {
+        assert_eq!(o.status.code(), Some(2), "{}", text(o));
+        let t = text(o);
+        assert!(t.contains("cmp/ce-seed1") && t.contains(key) && t.contains("--out") && t.contains("delete"), "{t}");
+    };
+    let o = compare(&["--set", "train.optimizer.lr=0.01"]);
+    refused(&o, "train.optimizer.lr");
+    assert!(snapshot(&run) == before, "a refused compare changed the run");
+
+    // The same for a run that did not finish: it is not resumed with another config.
+    let state = run.join("state.json");
+    let finished = std::fs::read(&state).unwrap();
+    let partial = String::from_utf8(finished.clone()).unwrap().replace("\"finished\": true", "\"finished\": false");
+    std::fs::write(&state, partial).unwrap();
+    let o = compare(&["--set", "model.hidden=32"]);
+    refused(&o, "model.hidden");
+    std::fs::write(&state, &finished).unwrap();
+    // (state.json was rewritten here, so its time differs; the contents must not.)
+    let contents = |s: Vec<(PathBuf, SystemTime, Vec<u8>)>| s.into_iter().map(|(p, _, b)| (p, b)).collect::<Vec<_>>();
+    assert!(contents(snapshot(&run)) == contents(before.clone()), "a refused compare changed the run");
+
+    // A larger budget is a key a resume may change: the finished run is extended.
+    let o = compare(&["--set", "train.max_steps=8"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed with train.max_steps 6 → 8"), "{}", text(&o));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!((state["step"].as_u64(), state["finished"].as_bool()), (Some(8), Some(true)));
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("max_steps = 8"));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("cmp/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["runs"][0]["dev"]["step"].as_u64().map(|s| s <= 8), Some(true));
+
+    // A smaller one cannot be undone; a key that only says how to look at the run
+    // (eval batch size) reuses it as it is.
+    let o = compare(&[]);
+    refused(&o, "8 steps");
+    let o = compare(&["--set", "train.max_steps=8", "--set", "train.eval_batch_size=5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("finished, skipped"), "{}", text(&o));
+}

@@ -351,7 +351,7 @@ fn beam_search_returns_the_only_possible_output() -> cotext::Result<()> {
     favour(7)?;
     let out = translate(&model, &src, &opts)?;
     for (s, o) in src.iter().zip(&out) {
-        let limit = (1.2 * s.len() as f64) as usize + 10;
+        let limit = (opts.max_len_a * s.len() as f64) as usize + opts.max_len_b;
         assert_eq!(o, &vec![7; limit]);
     }
     favour(EOS as usize)?;

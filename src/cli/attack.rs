@@ -183,7 +183,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
             args.run.display()
         )));
     }
-    let (setup, model) = classify::load_run(&args.run)?;
+    let (setup, model) = classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use clap::Args;
 use cotext::report::{self, ComplementProfile, Heatmap, Machine, ObjectiveRuns, RunMetrics, Summary};
+use cotext::train::checkpoint::Checkpoint;
 use cotext::train::classify::{self, Outcome, TrainOptions};
+use cotext::train::runner::{self, ConfigDifference, RunState};
 use cotext::train::translate;
 use cotext::train::{Metric, ObjectiveKind, Precision, RunConfig};
 
@@ -154,24 +156,83 @@ enum Status {
     /// A checkpoint of an unfinished run: resume.
     Partial,
     /// Finished, test line written: skip.
-    Finished,
+    Finished(RunState),
 }
 
 fn status(dir: &Path, config: &RunConfig) -> anyhow::Result<Status> {
-    let path = dir.join("state.json");
-    if !path.exists() {
+    let Some(checkpoint) = Checkpoint::read(dir)? else {
         return Ok(Status::Missing);
-    }
-    let bytes = std::fs::read(&path).map_err(|source| cotext::Error::Io { path: path.clone(), source })?;
-    let state: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| cotext::Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
-    if state["finished"].as_bool() != Some(true) {
+    };
+    if !checkpoint.state.finished {
         return Ok(Status::Partial);
     }
     // Finished but killed while scoring the test split: a resume only does that.
     let metrics = dir.join("metrics.jsonl");
     let has_test = metrics.exists() && RunMetrics::read(&metrics)?.test.is_some();
-    Ok(if has_test || config.data.test_split.is_empty() { Status::Finished } else { Status::Partial })
+    Ok(if has_test || config.data.test_split.is_empty() { Status::Finished(checkpoint.state) } else { Status::Partial })
+}
+
+/// Keys that say where and how a finished run is looked at, not what it trained
+/// or scored: a finished run that differs from this call only in these is reused
+/// as it is (moving the data, or reporting on another machine, retrains nothing).
+const VIEW_KEYS: &[&str] = &["train.device", "data.data_dir", "train.eval_batch_size", "train.log_every"];
+
+/// What to do with a run directory that already holds a run.
+enum Existing {
+    /// Reuse it as it is (finished, and trained as this call would).
+    Reuse,
+    /// Resume it with this call's config, which differs from the saved one only in
+    /// keys a resume may change (`cotext train --resume --set KEY=VALUE` for each).
+    Resume(Vec<ConfigDifference>),
+}
+
+fn user_error_at(dir: &Path, msg: String) -> anyhow::Error {
+    user_error(format!("{}: {msg}. Choose a new --out for this config, or delete {} to train that run again", dir.display(), dir.display()))
+}
+
+/// Compares the config saved in `dir` (a run already started there) with the one
+/// this call resolves for it (same base config, overrides, objective and seed).
+/// A difference outside the keys a resume may change is refused: the report
+/// would mix two configs. Within them, a run is resumed with this call's values,
+/// as `cotext train --resume --set` would: a larger epochs or max_steps extends a
+/// finished run (one stopped early stays stopped) and its test split is scored
+/// again (a new decode.beam, say). A smaller budget than a finished run already
+/// trained is refused, as it cannot be undone.
+fn check_existing(dir: &Path, wanted: &RunConfig, finished: Option<&RunState>) -> anyhow::Result<Existing> {
+    let saved = RunConfig::load(&dir.join("config.toml"), &[])?;
+    let differences = runner::config_differences(&saved, wanted);
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
+    let fixed: Vec<&ConfigDifference> = differences.iter().filter(|d| !runner::is_resumable_key(&d.key)).collect();
+    if !fixed.is_empty() {
+        let listed: Vec<String> = fixed.iter().take(3).map(|d| format!("{} is {} there but {} here", d.key, show(&d.before), show(&d.after))).collect();
+        let more = if fixed.len() > 3 { format!(" (and {} more keys)", fixed.len() - 3) } else { String::new() };
+        return Err(user_error_at(dir, format!("holds a run trained with another config: {}{more}; its results would be mixed into this report", listed.join("; "))));
+    }
+    let is_view = |d: &&ConfigDifference| VIEW_KEYS.contains(&d.key.as_str());
+    let relevant: Vec<ConfigDifference> = match finished {
+        Some(_) => differences.iter().filter(|d| !is_view(d)).cloned().collect(),
+        None => differences.clone(),
+    };
+    if let Some(d) = relevant.iter().find(|d| d.after.is_none() && !is_view(d)) {
+        return Err(user_error_at(
+            dir,
+            format!("{} is {} in its config.toml and unset here, and a resume cannot unset a key (set it with --set {}=…)", d.key, show(&d.before), d.key),
+        ));
+    }
+    if let Some(state) = finished {
+        let smaller = match (wanted.train.max_steps, saved.train.max_steps) {
+            (Some(n), _) => n < state.step,
+            (None, None) => wanted.train.epochs < saved.train.epochs,
+            (None, Some(_)) => false,
+        };
+        if smaller && !state.stopped_early {
+            return Err(user_error_at(
+                dir,
+                format!("holds a finished run of {} steps, more than this config's training budget (train.epochs {}, train.max_steps {})", state.step, wanted.train.epochs, wanted.train.max_steps.map_or("unset".into(), |n| n.to_string())),
+            ));
+        }
+    }
+    Ok(if relevant.is_empty() && finished.is_some() { Existing::Reuse } else { Existing::Resume(relevant) })
 }
 
 fn install_ctrlc() -> Arc<AtomicBool> {
@@ -212,6 +273,9 @@ struct Pending {
     config: RunConfig,
     dir: PathBuf,
     resume: bool,
+    /// `--set KEY=VALUE` a resuming child gets besides the plan's overrides, so that
+    /// it runs `config` (the run's saved config.toml is its starting point).
+    sets: Vec<String>,
 }
 
 /// Trains `pending` as `cotext train` child processes, at most `plan.jobs` at a
@@ -251,6 +315,9 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
             }
             cmd.arg("--set").arg(format!("train.objective=\"{}\"", name(run.objective)));
             cmd.arg("--set").arg(format!("train.seed={}", run.seed));
+            for s in &run.sets {
+                cmd.arg("--set").arg(s);
+            }
             cmd.env("RAYON_NUM_THREADS", &threads).stdin(Stdio::null()).stdout(file).stderr(err);
             let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", exe.display()))?;
             eprintln!("{}: {} {} (log: {})", run.label, if run.resume { "resuming" } else { "training" }, run.dir.display(), log.display());
@@ -299,21 +366,32 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     let stop = install_ctrlc();
     let started = Instant::now();
-    // Every run not yet finished, in the order the table lists them.
+    // Every run not yet finished, in the order the table lists them. Every
+    // existing run is checked before any starts: a refusal leaves all as they were.
     let total = plan.objectives.len() * plan.seeds.len();
     let mut pending = Vec::new();
     for (index, (objective, seed)) in plan.objectives.iter().flat_map(|&o| plan.seeds.iter().map(move |&s| (o, s))).enumerate() {
         let config = plan.config(objective, seed)?;
         let dir = plan.run_dir(objective, seed);
         let label = format!("[{}/{total}] {} seed {seed}", index + 1, name(objective));
-        match status(&dir, &config)? {
-            Status::Finished => {
-                let saved = RunConfig::load(&dir.join("config.toml"), &[]).ok();
-                let note = if saved.is_some_and(|s| s != config) { " (its config.toml differs from this one; delete the folder to retrain)" } else { "" };
-                eprintln!("{label}: finished, skipped: {}{note}", dir.display());
+        let (finished, state) = match status(&dir, &config)? {
+            Status::Missing => {
+                pending.push(Pending { label, objective, seed, config, dir, resume: false, sets: Vec::new() });
+                continue;
             }
-            Status::Partial => pending.push(Pending { label, objective, seed, config, dir, resume: true }),
-            Status::Missing => pending.push(Pending { label, objective, seed, config, dir, resume: false }),
+            Status::Partial => (false, None),
+            Status::Finished(state) => (true, Some(state)),
+        };
+        match check_existing(&dir, &config, state.as_ref())? {
+            Existing::Reuse => eprintln!("{label}: finished, skipped: {}", dir.display()),
+            Existing::Resume(differences) => {
+                if finished {
+                    let changed: Vec<String> = differences.iter().map(ToString::to_string).collect();
+                    eprintln!("{label}: finished, resumed with {}: {}", changed.join(", "), dir.display());
+                }
+                let sets = differences.iter().filter_map(|d| d.after.as_ref().map(|v| format!("{}={v}", d.key))).collect();
+                pending.push(Pending { label, objective, seed, config, dir, resume: true, sets });
+            }
         }
     }
     if plan.jobs > 1 && pending.len() > 1 {
@@ -342,6 +420,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
 
     let first = plan.config(plan.objectives[0], plan.seeds[0])?;
     let metric = first.train.metric;
+    // One device for the whole process: the in-process runs above got this same
+    // object (DeviceSpec::open hands out one per spec), and the report loads every
+    // run on it (Metal and CUDA tensors cannot meet across device objects).
+    let device = cotext::train::parse_device(&first.train.device).map_err(user_error)?.open()?;
     let mut groups = Vec::new();
     let mut labels = Vec::new();
     for &objective in &plan.objectives {
@@ -352,10 +434,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             let dir = plan.run_dir(objective, seed);
             runs.push((seed, dir.clone(), RunMetrics::read(&dir.join("metrics.jsonl"))?));
             if translation {
-                if let Some(p) = report::translation_test_profile(&dir)? {
+                if let Some(p) = report::translation_test_profile(&dir, &device)? {
                     profile.merge(&p);
                 }
-            } else if let Some(p) = report::classification_test_predictions(&dir)? {
+            } else if let Some(p) = report::classification_test_predictions(&dir, &device)? {
                 profile.add_rows(&p.probs, &p.gold)?;
                 let c = p.confusion()?;
                 if confusion.is_empty() {
@@ -406,7 +488,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut markdown = summary.to_markdown();
     if !plan.attack.is_empty() {
         let runs: Vec<(String, Vec<PathBuf>)> = groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.1.clone()).collect())).collect();
-        let r = super::compare_attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress)?;
+        let r = super::compare_attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress, &device)?;
         summary_json["robustness"] = r.json;
         markdown.push_str(&r.markdown);
     }

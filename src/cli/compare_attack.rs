@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
 use cotext::data::{DataDir, Dataset};
 use cotext::report::{self, Band, MeanStd, Panel, Welch};
@@ -80,9 +81,10 @@ struct RunRobustness {
 /// Attacks one run's test split (the `eval_limit` subset its test score used),
 /// with `cotext attack`'s defaults: L∞, PGD 10 steps of 0.25·ε, the run's seed and
 /// eval batch size. Results are cached in `<run>/attack-<method>.json` and reused
-/// while the budgets match and the weights are older than the file.
-fn attack_run(run: &Path, specs: &[Spec], progress: bool) -> anyhow::Result<RunRobustness> {
-    let (setup, model) = classify::load_run(run)?;
+/// while the budgets match and the weights are older than the file. The run is
+/// loaded on `compare`'s one `device`.
+fn attack_run(run: &Path, specs: &[Spec], progress: bool, device: &Device) -> anyhow::Result<RunRobustness> {
+    let (setup, model) = classify::load_run(run, device)?;
     let config = &setup.config;
     let dataset = Dataset::open(
         &config.data.dataset,
@@ -219,19 +221,20 @@ fn against_ce(groups: &[(String, Vec<PathBuf>)], columns: &[Vec<Option<MeanStd>>
 }
 
 /// Attacks every run of `groups` (objective name, run directories) and draws
-/// `out/robustness.png`.
+/// `out/robustness.png`, loading each run on `device`.
 pub fn robustness(
     out: &Path,
     dataset: &str,
     groups: &[(String, Vec<PathBuf>)],
     specs: &[Spec],
     progress: bool,
+    device: &Device,
 ) -> anyhow::Result<Robustness> {
     let mut per_group = Vec::new();
     for (_, runs) in groups {
         per_group.push(
             runs.iter()
-                .map(|r| attack_run(r, specs, progress))
+                .map(|r| attack_run(r, specs, progress, device))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         );
     }

@@ -224,7 +224,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if !args.run.join("labels.json").exists() && args.run.join("config.toml").exists() {
         return eval_translation(args);
     }
-    let (setup, model) = classify::load_run(&args.run)?;
+    let (setup, model) = classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
@@ -295,7 +295,7 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
+    let (mut config, tokenizer, model) = translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(d) = &args.data {
         config.data.dataset = d.clone();
     }
@@ -367,7 +367,7 @@ pub struct TranslateArgs {
 /// `cotext translate`: source lines on stdin, translations (detokenized) on stdout,
 /// in order, one per line.
 pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let (mut config, tokenizer, model) = translate::load_run(&args.run)?;
+    let (mut config, tokenizer, model) = translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(b) = args.beam {
         config.decode.beam = b;
     }

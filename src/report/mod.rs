@@ -14,6 +14,8 @@ pub mod summary;
 
 use std::path::Path;
 
+use candle_core::Device;
+
 pub use complement::{sorted_complement, ComplementProfile};
 pub use markdown::split_cells;
 pub use plot::{draw_complement, draw_confusion, draw_curves, Band, Heatmap, Panel};
@@ -50,9 +52,10 @@ impl Predictions {
 
 /// Predicts a classification run's test split with its best weights: the same
 /// examples the run's own test line scored (`data.test_split`, with the run's
-/// `eval_limit` subset). `None` when the run has no test split.
-pub fn classification_test_predictions(run: &Path) -> Result<Option<Predictions>> {
-    let (setup, model) = classify::load_run(run)?;
+/// `eval_limit` subset). `None` when the run has no test split. The run is loaded
+/// on the caller's `device`: this room never opens one.
+pub fn classification_test_predictions(run: &Path, device: &Device) -> Result<Option<Predictions>> {
+    let (setup, model) = classify::load_run(run, device)?;
     let config = &setup.config;
     let split = &config.data.test_split;
     let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
@@ -73,9 +76,10 @@ pub const TOKEN_PROFILE_RANKS: usize = 100;
 /// A translation run's token-level complement profile on its test split: with
 /// its best weights and teacher forcing, for every non-pad target token, the
 /// probabilities of the wrong vocabulary entries sorted largest first (the first
-/// [`TOKEN_PROFILE_RANKS`]). `None` when the run has no test split.
-pub fn translation_test_profile(run: &Path) -> Result<Option<ComplementProfile>> {
-    let (config, tokenizer, model) = translate::load_run(run)?;
+/// [`TOKEN_PROFILE_RANKS`]). `None` when the run has no test split. The run is
+/// loaded on the caller's `device`: this room never opens one.
+pub fn translation_test_profile(run: &Path, device: &Device) -> Result<Option<ComplementProfile>> {
+    let (config, tokenizer, model) = translate::load_run(run, device)?;
     let split = &config.data.test_split;
     let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
     if split.is_empty() || !dataset.has_split(split) {
@@ -83,9 +87,8 @@ pub fn translation_test_profile(run: &Path) -> Result<Option<ComplementProfile>>
     }
     let pairs = translate::load_pairs(&dataset, &config, split, config.data.eval_limit)?;
     let data = translate::encode_pairs(&tokenizer, &config, &pairs)?;
-    let device = crate::train::parse_device(&config.train.device).map_err(Error::Config)?.open()?;
     let mut profile = ComplementProfile::new(TOKEN_PROFILE_RANKS);
-    translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, &device, |probs, gold| profile.add(probs, gold as usize))?;
+    translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, device, |probs, gold| profile.add(probs, gold as usize))?;
     Ok(Some(profile))
 }
 
@@ -161,4 +164,37 @@ pub fn run_panels(m: &RunMetrics, metric: Metric) -> Vec<Panel> {
             bands: vec![line("", m.dev.iter().map(|p| (p.step, dev_value(p, metric))).collect())],
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    /// The report loads runs on its caller's device and never opens one: a second
+    /// device object in one process fails on Metal (and CUDA) as soon as a tensor
+    /// of one meets a tensor of the other. `compare`'s robustness table, which
+    /// also loads runs, is held to the same rule.
+    #[test]
+    fn report_code_never_opens_a_device() {
+        // Spelled in pieces so that this test does not find itself.
+        let needles = [
+            ["Device::", "new"].concat(),
+            ["cuda_if", "_available"].concat(),
+            ["parse_", "device("].concat(),
+            ["run_", "device("].concat(),
+            [".open", "()"].concat(),
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(root.join("src/report"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        files.push(root.join("src/cli/compare_attack.rs"));
+        assert!(files.len() > 2, "{files:?}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for needle in &needles {
+                assert!(!text.contains(needle.as_str()), "{} calls {needle}: take the caller's &Device instead", file.display());
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rayon::prelude::*;
-use tokenizers::Tokenizer;
+use tokenizers::{AddedToken, Tokenizer};
 
 use super::SpecialTokens;
 use crate::{Error, Result};
@@ -94,6 +94,7 @@ pub struct TextTokenizer {
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     unk_id: Option<u32>,
+    pad_added: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -107,25 +108,45 @@ impl std::fmt::Debug for TextTokenizer {
 
 impl TextTokenizer {
     /// Wraps a `tokenizers` tokenizer; the special tokens are looked up in its
-    /// vocabulary (a missing pad token falls back to id 0).
+    /// vocabulary. A vocabulary without the pad token gets it added as a special
+    /// token at the end (id = the old vocabulary size, as Hugging Face's
+    /// `add_special_tokens` does; see [`TextTokenizer::pad_added`]): padding must
+    /// never share an id with a real token, or the loss would ignore that token
+    /// wherever it occurs and classifiers would read padding as text.
     ///
     /// # Errors
-    /// Never today; reserved for validation.
-    pub fn new(inner: Tokenizer, special: SpecialTokens) -> Result<TextTokenizer> {
+    /// [`Error::Tokenizer`] if the pad token cannot be added.
+    pub fn new(mut inner: Tokenizer, special: SpecialTokens) -> Result<TextTokenizer> {
+        let pad_added = inner.token_to_id(&special.pad).is_none();
+        if pad_added {
+            inner
+                .add_special_tokens([AddedToken::from(special.pad.clone(), true)])
+                .map_err(|e| Error::Tokenizer(format!("could not add the pad token {:?}: {e}", special.pad)))?;
+        }
         let id = |t: &str| inner.token_to_id(t);
         Ok(TextTokenizer {
-            pad_id: id(&special.pad).unwrap_or(0),
+            pad_id: id(&special.pad)
+                .ok_or_else(|| Error::Tokenizer(format!("could not add the pad token {:?}", special.pad)))?,
             bos_id: id(&special.bos),
             eos_id: id(&special.eos),
             unk_id: id(&special.unk),
+            pad_added,
             inner,
             special,
         })
     }
 
+    /// Whether the pad token was missing from the vocabulary and was added by
+    /// [`TextTokenizer::new`] (the vocabulary is then one id larger than the
+    /// file's). Saving the tokenizer keeps the added token.
+    pub fn pad_added(&self) -> bool {
+        self.pad_added
+    }
+
     /// Loads any Hugging Face `tokenizer.json`. Special tokens are found under
     /// cotext's names (`<pad> <s> </s> <unk>`) or BERT's (`[PAD] [CLS] [SEP]
-    /// [UNK]`), whichever the vocabulary has.
+    /// [UNK]`), whichever the vocabulary has more of (cotext's on a tie). A
+    /// vocabulary without that pad token gets one added (see [`TextTokenizer::new`]).
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read, [`Error::InvalidFile`] if it
@@ -168,12 +189,8 @@ impl TextTokenizer {
             eos: "[SEP]".into(),
             unk: "[UNK]".into(),
         };
-        let special =
-            if inner.token_to_id(&ours.pad).is_none() && inner.token_to_id(&bert.pad).is_some() {
-                bert
-            } else {
-                ours
-            };
+        let found = |s: &SpecialTokens| s.all().iter().filter(|t| inner.token_to_id(t).is_some()).count();
+        let special = if found(&bert) > found(&ours) { bert } else { ours };
         TextTokenizer::new(inner, special)
     }
 
@@ -435,5 +452,43 @@ mod tests {
         std::fs::write(&path, "{\"version\": 1}").unwrap();
         let err = TextTokenizer::from_file(&path).unwrap_err();
         assert!(matches!(err, Error::InvalidFile { .. }), "{err}");
+    }
+
+    /// A `tokenizer.json` without a pad token once got pad id 0, the id of a real
+    /// word here ("the"): translation then dropped every "the" from its loss and
+    /// classifiers padded with "the". The pad token is now added with a new id.
+    #[test]
+    fn a_tokenizer_without_a_pad_token_gets_one_with_its_own_id() {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        let vocab = [("the", 0), ("cat", 1), ("<s>", 2), ("</s>", 3), ("<unk>", 4)];
+        let model = WordLevel::builder()
+            .vocab(vocab.iter().map(|(t, i)| (t.to_string(), *i)).collect())
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
+        let mut inner = Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(Whitespace));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, inner.to_string(false).unwrap()).unwrap();
+
+        let tok = TextTokenizer::from_file(&path).unwrap();
+        assert!(tok.pad_added());
+        assert_eq!(tok.encode("the cat").unwrap(), [0, 1]);
+        assert_eq!(tok.pad_id(), 5, "the pad token comes after the 5 real ids");
+        assert_eq!(tok.vocab_size(), 6);
+        assert_eq!(tok.id_to_token(5).as_deref(), Some("<pad>"));
+        assert_eq!((tok.bos_id(), tok.eos_id(), tok.unk_id()), (Some(2), Some(3), Some(4)));
+        let batch = tok.encode_batch(&["the", "the cat"], &EncodeOptions::default()).unwrap();
+        assert_eq!(batch.ids, [0, 5, 0, 1]);
+        assert_eq!(tok.decode(&[0, 1, 5], true).unwrap(), "the cat");
+
+        // Saved (as a run saves it) and loaded again: the same ids, nothing added.
+        let saved = dir.path().join("run-tokenizer.json");
+        tok.save(&saved).unwrap();
+        let again = TextTokenizer::from_file(&saved).unwrap();
+        assert!(!again.pad_added());
+        assert_eq!((again.pad_id(), again.vocab_size()), (5, 6));
     }
 }

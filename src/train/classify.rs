@@ -179,9 +179,25 @@ pub fn encode(tokenizer: &TextTokenizer, config: &RunConfig, examples: &[crate::
 /// Builds the tokenizer a fresh run uses, as the config says.
 fn build_tokenizer(config: &RunConfig, train: &[crate::data::Example]) -> Result<TextTokenizer> {
     match &config.tokenizer {
-        TokenizerSource::File { path } => TextTokenizer::from_file(path),
+        TokenizerSource::File { path } => runner::tokenizer_file(path),
         TokenizerSource::Model => match resolved_model(config)? {
-            ModelConfig::Bert(b) => TextTokenizer::from_file(&b.path.join("tokenizer.json")),
+            ModelConfig::Bert(b) => {
+                let path = b.path.join("tokenizer.json");
+                let tokenizer = TextTokenizer::from_file(&path)?;
+                if tokenizer.pad_added() {
+                    // A pad id past the checkpoint's embedding table would fail at
+                    // the first batch; say why now.
+                    return Err(Error::InvalidFile {
+                        path,
+                        msg: format!(
+                            "has no padding token ({:?}), and the pretrained model's embeddings have no row for one: \
+                             use a tokenizer.json with one (tokenizer.source = \"file\")",
+                            tokenizer.special().pad
+                        ),
+                    });
+                }
+                Ok(tokenizer)
+            }
             _ => Err(Error::Config("tokenizer.source = \"model\" needs model.kind = \"bert\"".into())),
         },
         TokenizerSource::Train { kind, vocab_size, min_frequency } => {
@@ -307,16 +323,19 @@ fn resolved_model(config: &RunConfig) -> Result<ModelConfig> {
     })
 }
 
-/// Loads what a run directory holds for evaluation or prediction: the setup and
-/// the model with the best weights (or the last ones when there was no dev split).
-pub fn load_run(run: &Path) -> Result<(Setup, Model)> {
+/// Loads what a run directory holds for evaluation or prediction, on `device`:
+/// the setup and the model with the best weights (or the last ones when there was
+/// no dev split). The caller opens the device once for the process
+/// ([`crate::train::run_device`] opens the one the run was trained on), so that a
+/// caller loading several runs (`compare`'s report) keeps all tensors on one
+/// device object, as Metal and CUDA require.
+pub fn load_run(run: &Path, device: &Device) -> Result<(Setup, Model)> {
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
     let tokenizer = TextTokenizer::from_file(&run.join("tokenizer.json"))?;
     let labels = read_run_labels(run)?;
-    let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
-    let model = build_model(&config, tokenizer.vocab_size(), labels.len(), &device)?;
+    let model = build_model(&config, tokenizer.vocab_size(), labels.len(), device)?;
     checkpoint::load_inference_weights(run, &model)?;
-    Ok((Setup { config, tokenizer, labels, device }, model))
+    Ok((Setup { config, tokenizer, labels, device: device.clone() }, model))
 }
 
 /// Trains a classifier into `run` as `config` says (or resumes the run there).

@@ -64,19 +64,19 @@ pub struct DecodeSettings {
 }
 
 fn default_beam() -> usize {
-    5
+    crate::decode::DEFAULT_BEAM
 }
 fn default_eval_beam() -> usize {
     1
 }
 fn default_len_a() -> f64 {
-    1.5
+    crate::decode::DEFAULT_MAX_LEN_A
 }
 fn default_len_b() -> usize {
-    10
+    crate::decode::DEFAULT_MAX_LEN_B
 }
 fn default_lp() -> f64 {
-    0.6
+    crate::decode::DEFAULT_LENGTH_PENALTY
 }
 fn default_decode_batch() -> usize {
     64
@@ -600,7 +600,7 @@ pub fn parse_device(spec: &str) -> std::result::Result<DeviceSpec, String> {
 }
 
 /// A device named in a config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {
     /// The CPU.
     Cpu,
@@ -612,8 +612,21 @@ pub enum DeviceSpec {
 
 impl DeviceSpec {
     /// Opens the device; a build without the backend's feature says so.
+    ///
+    /// One device per process: the first call for a spec opens it, later calls
+    /// return a clone of that same device object. Tensors on two separately opened
+    /// CUDA or Metal devices cannot meet in one op (candle compares the device
+    /// objects, not the ordinals), so `compare`, which trains runs and then loads
+    /// them for its report, must use the one device throughout.
     pub fn open(self) -> Result<candle_core::Device> {
-        Ok(match self {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static OPENED: OnceLock<Mutex<HashMap<DeviceSpec, candle_core::Device>>> = OnceLock::new();
+        let mut opened = OPENED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(device) = opened.get(&self) {
+            return Ok(device.clone());
+        }
+        let device = match self {
             DeviceSpec::Cpu => candle_core::Device::Cpu,
             DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i).map_err(|e| {
                 Error::Config(format!("cannot open cuda:{i} ({e}); build with `--features cuda` on a machine with a GPU"))
@@ -621,8 +634,22 @@ impl DeviceSpec {
             DeviceSpec::Metal => candle_core::Device::new_metal(0).map_err(|e| {
                 Error::Config(format!("cannot open metal ({e}); build with `--features metal` on macOS"))
             })?,
-        })
+        };
+        opened.insert(self, device.clone());
+        Ok(device)
     }
+}
+
+/// Opens the device a run directory was trained on (`train.device` of its saved
+/// `config.toml`), for loading the run with [`crate::train::classify::load_run`]
+/// or [`crate::train::translate::load_run`]; see [`DeviceSpec::open`].
+///
+/// # Errors
+/// As [`RunConfig::load`] for the run's `config.toml`; [`Error::Config`] if the
+/// device cannot be opened.
+pub fn run_device(run: &Path) -> Result<candle_core::Device> {
+    let config = RunConfig::load(&run.join("config.toml"), &[])?;
+    parse_device(&config.train.device).map_err(Error::Config)?.open()
 }
 
 #[cfg(test)]
@@ -706,6 +733,31 @@ mod tests {
         for k in ObjectiveKind::ALL {
             assert_eq!(k.name().parse::<ObjectiveKind>().unwrap(), k);
             assert_eq!(k.to_string(), k.name());
+        }
+    }
+
+    /// The library's decoding defaults and a config's `[decode]` defaults were two
+    /// numbers once (max_len_a 1.2 and 1.5): both now read the constants in `decode`.
+    #[test]
+    fn decode_settings_defaults_match_decode_options() {
+        let settings = DecodeSettings::default();
+        let options = crate::decode::DecodeOptions::new(1, 2, 0);
+        assert_eq!(settings.beam, options.beam);
+        assert_eq!(settings.max_len_a, options.max_len_a);
+        assert_eq!(settings.max_len_b, options.max_len_b);
+        assert_eq!(settings.length_penalty, options.length_penalty);
+    }
+
+    /// Every open of a spec hands out the same device object (one per process),
+    /// so tensors of a run trained and then reloaded in one process can meet.
+    #[test]
+    fn a_device_is_opened_once_per_process() {
+        let a = DeviceSpec::Cpu.open().unwrap();
+        let b = DeviceSpec::Cpu.open().unwrap();
+        assert!(a.same_device(&b));
+        #[cfg(feature = "cuda")]
+        if let (Ok(a), Ok(b)) = (DeviceSpec::Cuda(0).open(), DeviceSpec::Cuda(0).open()) {
+            assert!(a.same_device(&b), "cuda:0 was opened twice");
         }
     }
 }

@@ -13,7 +13,7 @@ mod schedule;
 mod step;
 pub mod translate;
 
-pub use config::{parse_device, DataConfig, DecodeSettings, DeviceSpec, Metric, Precision, RunConfig, TokenizerSource, TrainSettings};
+pub use config::{parse_device, run_device, DataConfig, DecodeSettings, DeviceSpec, Metric, Precision, RunConfig, TokenizerSource, TrainSettings};
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 pub use step::{ComplementLrScale, LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};

@@ -249,6 +249,12 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state_tensors`] saved under `prefix`.
+    ///
+    /// The state must be this optimizer's: state of the other kind (AdamW's `m`/`v`
+    /// for SGD, SGD's `momentum` for AdamW), a moment for a variable this optimizer
+    /// does not have or of another shape, or (after the first step) a variable
+    /// without its moments is refused, and nothing is changed. Otherwise a resume
+    /// would go on with some moments silently reset to zero.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         let steps = tensors
             .get(&format!("{prefix}.steps"))
@@ -257,28 +263,81 @@ impl Optimizer {
         if steps.len() != 2 {
             bail!("optimizer state: {prefix}.steps must hold 2 values");
         }
-        self.steps = (u64::from(steps[0]) << 32) | u64::from(steps[1]);
-        if let Some(lr) = tensors.get(&format!("{prefix}.lr")) {
-            self.lr = lr.to_vec1::<f64>()?[0];
-        }
-        let (first, second) = match self.config {
-            OptimizerConfig::Adamw { .. } => ("m", Some("v")),
-            OptimizerConfig::Sgd { .. } => ("momentum", None),
+        let steps = (u64::from(steps[0]) << 32) | u64::from(steps[1]);
+        let lr = match tensors.get(&format!("{prefix}.lr")) {
+            Some(lr) => Some(lr.to_vec1::<f64>()?.first().copied().ok_or_else(|| {
+                candle_core::Error::Msg(format!("optimizer state: {prefix}.lr is empty"))
+            })?),
+            None => None,
         };
-        for (i, (name, var)) in self.vars.iter().enumerate() {
-            let device = var.device();
-            self.first[i] = tensors
-                .get(&format!("{prefix}.{first}.{name}"))
-                .map(|t| t.to_device(device))
-                .transpose()?;
-            self.second[i] = match second {
-                Some(s) => tensors.get(&format!("{prefix}.{s}.{name}")).map(|t| t.to_device(device)).transpose()?,
-                None => None,
+        let (kind, ours, other): (&str, &[&str], &[&str]) = match self.config {
+            OptimizerConfig::Adamw { .. } => ("adamw", &["m", "v"], &["momentum"]),
+            OptimizerConfig::Sgd { .. } => ("sgd", &["momentum"], &["m", "v"]),
+        };
+        // Every per-variable tensor under `prefix` must be one of ours, for one of
+        // our variables, of its shape.
+        let index: HashMap<&str, usize> = self.vars.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+        let mut names: Vec<&String> = tensors.keys().filter(|k| k.starts_with(&format!("{prefix}."))).collect();
+        names.sort();
+        for key in names {
+            let rest = &key[prefix.len() + 1..];
+            if rest == "steps" || rest == "lr" {
+                continue;
+            }
+            let (moment, var) = rest.split_once('.').unwrap_or((rest, ""));
+            if other.contains(&moment) {
+                let theirs = if kind == "adamw" { "sgd" } else { "adamw" };
+                bail!(
+                    "optimizer state holds {key}, state of {theirs}, but this optimizer is {kind}: \
+                     the optimizer kind cannot change when resuming"
+                );
+            }
+            if !ours.contains(&moment) {
+                bail!("optimizer state holds {key}, which is no state of {kind}");
+            }
+            let Some(&i) = index.get(var) else {
+                bail!("optimizer state holds {key}, but the model has no variable {var:?}");
             };
-            if self.steps > 0 && self.first[i].is_none() && matches!(self.config, OptimizerConfig::Adamw { .. }) {
-                bail!("optimizer state has no {prefix}.{first}.{name} although {} steps were taken", self.steps);
+            let (want, found) = (self.vars[i].1.shape(), tensors[key].shape());
+            if want != found {
+                bail!("optimizer state: {key} has shape {found:?}, but the variable has shape {want:?}");
             }
         }
+        let keeps_state = match self.config {
+            OptimizerConfig::Adamw { .. } => true,
+            OptimizerConfig::Sgd { momentum, .. } => momentum > 0.0,
+        };
+        let mut first = Vec::with_capacity(self.vars.len());
+        let mut second = Vec::with_capacity(self.vars.len());
+        for (name, var) in &self.vars {
+            let device = var.device();
+            let get = |moment: &str| tensors.get(&format!("{prefix}.{moment}.{name}")).map(|t| t.to_device(device)).transpose();
+            let (m, v) = match self.config {
+                OptimizerConfig::Adamw { .. } => (get("m")?, get("v")?),
+                OptimizerConfig::Sgd { .. } => (get("momentum")?, None),
+            };
+            // After a step every variable has its moments (each one got a gradient:
+            // the models test that), so a missing one means the state is not ours.
+            let complete = match self.config {
+                OptimizerConfig::Adamw { .. } => m.is_some() && v.is_some(),
+                OptimizerConfig::Sgd { .. } => m.is_some() || !keeps_state,
+            };
+            if steps > 0 && keeps_state && !complete {
+                let missing = if m.is_none() { ours[0] } else { ours[1] };
+                bail!("optimizer state has no {prefix}.{missing}.{name} although {steps} steps were taken");
+            }
+            if m.is_some() != v.is_some() && matches!(self.config, OptimizerConfig::Adamw { .. }) {
+                bail!("optimizer state has only one of {prefix}.m.{name} and {prefix}.v.{name}");
+            }
+            first.push(m);
+            second.push(v);
+        }
+        self.steps = steps;
+        if let Some(lr) = lr {
+            self.lr = lr;
+        }
+        self.first = first;
+        self.second = second;
         Ok(())
     }
 }
@@ -308,4 +367,85 @@ pub fn clip_grad_norm<'a>(
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn vars() -> Vec<(String, Var)> {
+        let dev = Device::Cpu;
+        vec![
+            ("a.weight".into(), Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap()).unwrap()),
+            ("b.bias".into(), Var::from_tensor(&Tensor::new(&[0.5f32, -0.5], &dev).unwrap()).unwrap()),
+        ]
+    }
+
+    fn sgd() -> OptimizerConfig {
+        OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 }
+    }
+
+    /// The state of `config` after one step on a quadratic loss.
+    fn stepped(config: OptimizerConfig) -> HashMap<String, Tensor> {
+        let vars = vars();
+        let mut opt = Optimizer::new(vars.clone(), config).unwrap();
+        let loss = vars.iter().map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+        opt.state_tensors("primary").unwrap()
+    }
+
+    fn refused(config: OptimizerConfig, state: &HashMap<String, Tensor>) -> String {
+        let mut opt = Optimizer::new(vars(), config).unwrap();
+        let err = opt.load_state(state, "primary").unwrap_err().to_string();
+        assert_eq!(opt.steps(), 0, "a refused state must leave the optimizer as it was");
+        err
+    }
+
+    #[test]
+    fn state_round_trips_for_both_kinds() {
+        for config in [OptimizerConfig::default(), sgd()] {
+            let state = stepped(config.clone());
+            let mut opt = Optimizer::new(vars(), config).unwrap();
+            opt.load_state(&state, "primary").unwrap();
+            assert_eq!(opt.steps(), 1);
+            let again = opt.state_tensors("primary").unwrap();
+            let mut keys: Vec<_> = again.keys().collect();
+            keys.sort();
+            let mut want: Vec<_> = state.keys().collect();
+            want.sort();
+            assert_eq!(keys, want);
+        }
+    }
+
+    /// Resuming with the other optimizer kind once loaded whatever matched (SGD
+    /// found no `momentum.*` in AdamW state and went on with zero momentum).
+    #[test]
+    fn load_state_refuses_the_other_optimizer_kind() {
+        let err = refused(sgd(), &stepped(OptimizerConfig::default()));
+        assert!(err.contains("primary.m.a.weight") && err.contains("adamw") && err.contains("cannot change"), "{err}");
+        let err = refused(OptimizerConfig::default(), &stepped(sgd()));
+        assert!(err.contains("primary.momentum.a.weight") && err.contains("sgd") && err.contains("cannot change"), "{err}");
+    }
+
+    #[test]
+    fn load_state_refuses_missing_unknown_and_misshapen_moments() {
+        for (config, moment) in [(OptimizerConfig::default(), "v"), (sgd(), "momentum")] {
+            let mut state = stepped(config.clone());
+            state.remove(&format!("primary.{moment}.b.bias"));
+            let err = refused(config.clone(), &state);
+            assert!(err.contains(&format!("no primary.{moment}.b.bias")) && err.contains("1 steps"), "{err}");
+
+            let mut state = stepped(config.clone());
+            let t = state[&format!("primary.{moment}.b.bias")].clone();
+            state.insert(format!("primary.{moment}.c.weight"), t);
+            let err = refused(config.clone(), &state);
+            assert!(err.contains("no variable \"c.weight\""), "{err}");
+
+            let mut state = stepped(config.clone());
+            state.insert(format!("primary.{moment}.b.bias"), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+            let err = refused(config, &state);
+            assert!(err.contains("shape"), "{err}");
+        }
+    }
 }

@@ -24,6 +24,7 @@ use super::config::{RunConfig, TrainSettings};
 use crate::fsio::atomic_write;
 use super::step::Stepper;
 use crate::models::Trainable;
+use crate::tokenize::TextTokenizer;
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
 
@@ -131,6 +132,23 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
+/// Loads the `tokenizer.json` a config names (`tokenizer.source = "file"`) for a
+/// fresh run. A file without a pad token gets one (see
+/// [`TextTokenizer::new`]), and the user is told: the run's saved
+/// `tokenizer.json`, and so its vocabulary, then has one more entry than the file.
+pub(crate) fn tokenizer_file(path: &Path) -> Result<TextTokenizer> {
+    let tokenizer = TextTokenizer::from_file(path)?;
+    if tokenizer.pad_added() {
+        eprintln!(
+            "note: {} has no padding token; added {:?} as id {} (saved in the run's tokenizer.json)",
+            path.display(),
+            tokenizer.special().pad,
+            tokenizer.pad_id()
+        );
+    }
+    Ok(tokenizer)
+}
+
 /// The file that marks a folder as a cotext run from the moment it is set up,
 /// before its first checkpoint: such a folder may be started over, as it holds
 /// nothing but what cotext wrote.
@@ -205,30 +223,59 @@ const RESUMABLE_KEYS: &[&str] = &[
     "decode",
 ];
 
-/// Checks, before anything is written, that `resumed` (the run's saved config
-/// with the new overrides) changes only keys a resume may change; the error names
-/// the first key that differs, with both values.
-pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()> {
+/// Whether a resume may change config key `key` (a flattened key such as
+/// `train.epochs` or `decode.beam`).
+pub fn is_resumable_key(key: &str) -> bool {
+    RESUMABLE_KEYS.iter().any(|k| key == *k || key.strip_prefix(k).is_some_and(|rest| rest.starts_with('.')))
+}
+
+/// One key whose value differs between two configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDifference {
+    /// The flattened key, e.g. `train.optimizer.lr`.
+    pub key: String,
+    /// Its value (TOML) in the first config, `None` when unset there.
+    pub before: Option<String>,
+    /// Its value (TOML) in the second config, `None` when unset there.
+    pub after: Option<String>,
+}
+
+impl std::fmt::Display for ConfigDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
+        write!(f, "{} {} → {}", self.key, show(&self.before), show(&self.after))
+    }
+}
+
+/// Every key (flattened, sorted) whose value differs between `before` and `after`.
+pub fn config_differences(before: &RunConfig, after: &RunConfig) -> Vec<ConfigDifference> {
     let flat = |c: &RunConfig| {
         let mut out = std::collections::BTreeMap::new();
         let value = toml::Value::try_from(c).expect("a config always serializes");
         flatten_toml("", &value, &mut out);
         out
     };
-    let (before, after) = (flat(saved), flat(resumed));
-    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    for key in keys {
-        let allowed = RESUMABLE_KEYS.iter().any(|k| key == k || key.starts_with(&format!("{k}.")));
-        let (a, b) = (before.get(key), after.get(key));
-        if !allowed && a != b {
-            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
-            return Err(Error::Config(format!(
-                "--resume: {key} is {} in the checkpoint's config.toml and cannot change to {} (a resume may change only {})",
-                show(a),
-                show(b),
-                RESUMABLE_KEYS.join(", ")
-            )));
-        }
+    let (a, b) = (flat(before), flat(after));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| ConfigDifference { key: k.clone(), before: a.get(k).cloned(), after: b.get(k).cloned() })
+        .collect()
+}
+
+/// Checks, before anything is written, that `resumed` (the run's saved config
+/// with the new overrides) changes only keys a resume may change; the error names
+/// the first key that differs, with both values.
+pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()> {
+    if let Some(d) = config_differences(saved, resumed).into_iter().find(|d| !is_resumable_key(&d.key)) {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
+        return Err(Error::Config(format!(
+            "--resume: {} is {} in the checkpoint's config.toml and cannot change to {} (a resume may change only {})",
+            d.key,
+            show(d.before),
+            show(d.after),
+            RESUMABLE_KEYS.join(", ")
+        )));
     }
     Ok(())
 }
@@ -344,7 +391,11 @@ pub fn run<T: Task>(
             ckpt.verify(checkpoint::BEST)?;
         }
         checkpoint::load_weights_checked(&model, task.model())?;
-        stepper.load_state(&checkpoint::load_tensors(&optim)?)?;
+        // Optimizer state of another kind or model is refused here too, for a
+        // checkpoint whose config.toml was edited by hand.
+        stepper
+            .load_state(&checkpoint::load_tensors(&optim)?)
+            .map_err(|e| Error::Checkpoint { path: optim.clone(), msg: format!("cannot resume from this optimizer state: {e}") })?;
         let mut state = ckpt.state.clone();
         if state.cursor.batch > batches_per_epoch as usize {
             return Err(Error::InvalidFile {

@@ -141,7 +141,7 @@ pub fn encode_pairs(tokenizer: &TextTokenizer, config: &RunConfig, pairs: &[Pair
 
 fn build_tokenizer(config: &RunConfig, pairs: &[Pair]) -> Result<TextTokenizer> {
     match &config.tokenizer {
-        TokenizerSource::File { path } => TextTokenizer::from_file(path),
+        TokenizerSource::File { path } => runner::tokenizer_file(path),
         TokenizerSource::Model => Err(Error::Config("tokenizer.source = \"model\" is for pretrained classifiers; translation trains one (source = \"train\") or loads a file".into())),
         TokenizerSource::Train { kind, vocab_size, min_frequency } => {
             if *kind == TokenizerKind::WordLevel {
@@ -442,9 +442,10 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     Ok(Outcome::Finished { steps, best, test })
 }
 
-/// Loads a translation run for decoding: config, tokenizer, model with the best
-/// weights (or the last ones), device.
-pub fn load_run(run: &Path) -> Result<(RunConfig, TextTokenizer, Seq2Seq)> {
+/// Loads a translation run for decoding, on `device` (see
+/// [`crate::train::classify::load_run`] on why the caller opens it): config,
+/// tokenizer, model with the best weights (or the last ones).
+pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, TextTokenizer, Seq2Seq)> {
     if run.join("labels.json").exists() {
         return Err(Error::Config(format!(
             "{} is a text classification run (it has labels.json), not a translation run: classify text with `cotext predict --run {}`",
@@ -454,8 +455,7 @@ pub fn load_run(run: &Path) -> Result<(RunConfig, TextTokenizer, Seq2Seq)> {
     }
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
     let tokenizer = TextTokenizer::from_file(&run.join("tokenizer.json"))?;
-    let device = parse_device(&config.train.device).map_err(Error::Config)?.open()?;
-    let model = build_model(&config, &tokenizer, &device)?;
+    let model = build_model(&config, &tokenizer, device)?;
     checkpoint::load_inference_weights(run, &model)?;
     Ok((config, tokenizer, model))
 }
