@@ -22,20 +22,39 @@
 //!
 //! Everything in [`loss`] is a pure function of candle tensors: it can be reused in
 //! any candle model without the rest of cotext.
+//!
+//! # Features
+//! `loss` is always built and needs only candle-core. Every other room needs the
+//! `full` feature, and the `cotext` binary the `cli` feature (the default, which
+//! implies `full`). A model that only reuses the losses depends on
+//! `cotext = { version = "0.1", default-features = false }`.
 #![warn(missing_docs)]
 
+#[cfg(feature = "full")]
 pub mod attack;
+#[cfg(feature = "full")]
 pub mod data;
+#[cfg(feature = "full")]
 pub mod decode;
+#[cfg(feature = "full")]
 pub mod error;
+#[cfg(feature = "full")]
 pub mod fsio;
 pub mod loss;
+#[cfg(feature = "full")]
 pub mod malloc;
+#[cfg(feature = "full")]
 pub mod metrics;
+#[cfg(feature = "full")]
 pub mod models;
+#[cfg(feature = "full")]
 pub mod report;
+#[cfg(feature = "full")]
 pub mod rng;
+#[cfg(feature = "full")]
 pub mod tokenize;
+#[cfg(feature = "full")]
 pub mod train;
 
+#[cfg(feature = "full")]
 pub use error::{Error, Result};

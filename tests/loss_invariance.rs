@@ -317,3 +317,60 @@ fn half_precision_logits_are_upcast() {
         assert!((scalar(&v) - full).abs() < 2e-2 * full.abs(), "{dt:?}");
     }
 }
+
+/// The reference form spells out `candle_nn::ops::softmax` so that the loss builds on
+/// candle-core alone; its value and gradient must stay bit-identical to the authors'
+/// operations written with candle-nn's softmax, in f32 and f64.
+#[test]
+fn reference_form_is_bit_identical_to_the_candle_nn_softmax() {
+    let (n, k) = (8, 7);
+    let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % k as u32).collect();
+    let g = targets(&labels, &[n]);
+    let zerohot: Vec<f64> = (0..n * k)
+        .map(|i| if (i % k) as u32 == labels[i / k] { 0.0 } else { 1.0 })
+        .collect();
+    let opts = ComplementOptions {
+        form: Form::Reference,
+        normalization: Normalization::None,
+        ..ComplementOptions::default()
+    };
+    for dtype in [DType::F32, DType::F64] {
+        let z = Var::from_tensor(&logits(&[n, k], 71, 6.0).to_dtype(dtype).unwrap()).unwrap();
+        let ours = loss::complement_entropy(z.as_tensor(), &g, &opts).unwrap();
+        let ours_grad = ours.backward().unwrap().get(&z).unwrap().clone();
+
+        // The authors' `ComplementEntropy.forward`, op for op, then our sum and mean.
+        let y_hat = candle_nn::ops::softmax(z.as_tensor(), 1).unwrap();
+        let yg = y_hat.gather(&g.unsqueeze(1).unwrap(), 1).unwrap();
+        let yg_ = (yg.affine(-1.0, 1.0).unwrap() + 1e-7).unwrap();
+        let px = y_hat.broadcast_div(&yg_).unwrap();
+        let px_log = (&px + 1e-10).unwrap().log().unwrap();
+        let mask = Tensor::from_vec(zerohot.clone(), (n, k), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let rows = ((px * px_log).unwrap() * mask).unwrap().sum(1).unwrap();
+        let theirs = rows
+            .sum_all()
+            .unwrap()
+            .affine(1.0, 0.0)
+            .unwrap()
+            .affine(1.0 / n as f64, 0.0)
+            .unwrap();
+        let theirs_grad = theirs.backward().unwrap().get(&z).unwrap().clone();
+
+        let bits = |t: &Tensor| -> Vec<u64> {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .into_iter()
+                .map(f64::to_bits)
+                .collect()
+        };
+        assert_eq!(bits(&ours), bits(&theirs), "{dtype:?} value");
+        assert_eq!(bits(&ours_grad), bits(&theirs_grad), "{dtype:?} gradient");
+    }
+}

@@ -124,7 +124,11 @@ pub(crate) fn neg_complement_rows(rows: &Rows, form: Form, guided: bool) -> Resu
         }
         Form::Reference => {
             // Line for line after the authors' `ComplementEntropy.forward`.
-            let y_hat = candle_nn::ops::softmax(z, 1)?;
+            // `candle_nn::ops::softmax`'s operations, spelled out so that the loss
+            // needs candle-core only (and stays bit-identical to what it was).
+            let max = z.max_keepdim(1)?;
+            let num = z.broadcast_sub(&max)?.exp()?;
+            let y_hat = num.broadcast_div(&num.sum_keepdim(1)?)?;
             let yg = y_hat.gather(&rows.targets.unsqueeze(1)?, 1)?;
             let yg_ = (yg.affine(-1.0, 1.0)? + 1e-7)?;
             let px = y_hat.broadcast_div(&yg_)?;
