@@ -362,3 +362,19 @@ fn compare_refuses_a_run_of_another_config_and_extends_one_with_a_larger_budget(
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("finished, skipped"), "{}", text(&o));
 }
+
+/// An objective that cannot run on the data set (HCOT without a hierarchy on 2
+/// classes) fails before anything trains, not after the runs listed before it.
+#[test]
+fn compare_checks_every_objective_before_training_any() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data);
+    let o = cotext(
+        tmp.path(),
+        &["compare", "-q", "--config", cfg.to_str().unwrap(), "--set", "data.dataset=\"sst2\"", "--objectives", "ce,hcot", "--out", "cmp"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("objective hcot") && text(&o).contains("train.hierarchy"), "{}", text(&o));
+    assert!(!tmp.path().join("cmp/ce-seed1").exists(), "ce was trained before the check");
+}

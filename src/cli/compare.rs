@@ -364,6 +364,14 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if translation && !plan.attack.is_empty() {
         return Err(user_error("--attack is for classification configs".into()));
     }
+    if !translation {
+        // Every objective against the data set's classes (HCOT's hierarchy, the
+        // metric) before anything trains, not after the runs listed before it.
+        for &objective in &plan.objectives {
+            classify::preflight(&plan.config(objective, plan.seeds[0])?)
+                .map_err(|e| anyhow::Error::new(e).context(format!("objective {}", name(objective))))?;
+        }
+    }
     let stop = install_ctrlc();
     let started = Instant::now();
     // Every run not yet finished, in the order the table lists them. Every

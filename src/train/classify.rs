@@ -338,6 +338,22 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(Setup, Model)> {
     Ok((Setup { config, tokenizer, labels, device: device.clone() }, model))
 }
 
+/// The checks that need the data set's classes but no training: the metric and
+/// the objective (HCOT's hierarchy against the classes). `compare` runs it for
+/// every objective before it trains anything, so a bad combination fails at once
+/// instead of after the runs before it.
+///
+/// # Errors
+/// [`Error::Config`] naming the key; the data set's errors.
+pub fn preflight(config: &RunConfig) -> Result<()> {
+    if config.train.metric == Metric::Bleu {
+        return Err(Error::Config("train.metric = \"bleu\" is for translation; classification uses \"accuracy\" or \"macro_f1\"".into()));
+    }
+    let dataset = open_dataset(config, None)?;
+    let classes = dataset.label_names(&load_options(config)).len();
+    objective(config, classes).map(|_| ())
+}
+
 /// Trains a classifier into `run` as `config` says (or resumes the run there).
 /// `stop` is polled after every update (Ctrl-C sets it): the checkpoint is then
 /// saved and [`Outcome::Interrupted`] returned.
