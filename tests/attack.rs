@@ -4,6 +4,7 @@
 //! `cotext eval`, PGD is at least as strong as FGSM, HotFlip never touches
 //! special tokens, and bad flags exit 2 naming the flag.
 
+
 mod models_support;
 
 use std::path::{Path, PathBuf};
@@ -226,10 +227,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!(
-            "skipped: no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        );
+        models_support::common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

@@ -3,6 +3,8 @@
 //! summary.json agreeing with the runs' metrics, the PNGs, a second call skipping
 //! finished runs, and bad flags exiting 2 with the flag named.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Instant, SystemTime};
@@ -14,7 +16,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

@@ -1,6 +1,8 @@
 //! The real `cotext` binary, run in a temp dir: `data list|info|fetch` and
 //! `tokenizer train|encode|decode|roundtrip`, exit codes included.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -17,10 +19,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!(
-            "skipped: no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        );
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

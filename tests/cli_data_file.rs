@@ -4,6 +4,8 @@
 //! through the card `cotext data card` writes; bad files exit 2 naming the file
 //! and line; `predict --input` writes every class's probability.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -511,10 +513,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst2").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!(
-            "skipped: no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        );
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

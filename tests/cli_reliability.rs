@@ -4,6 +4,8 @@
 //! `metrics.jsonl` line is dropped, failed runs leave no folder behind. The
 //! kill -9 loop itself is `scripts/kill-loop.sh` (run by `.ci/run`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

@@ -2,6 +2,8 @@
 //! from ../shared/datasets, in a temp dir: the run directory's files, resume
 //! exactness, predictions, and bad configs exiting 2 with the key or path named.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,7 +14,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

@@ -3,6 +3,8 @@
 //! dir: exact resume for ce and cot, the test translations scored the same way
 //! by training, `cotext eval` and `cotext bleu`, and `translate` on stdin.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,7 +15,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("multi30k").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        eprintln!("skipped: no shared datasets at {} (set COTEXT_DATA)", dir.display());
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

@@ -2,6 +2,8 @@
 //! every count, label count and checksum the dataset READMEs state.
 //! Skipped, with a printed reason, when the folder is absent.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -18,10 +20,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "skipped: no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        );
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }

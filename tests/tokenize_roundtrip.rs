@@ -2,6 +2,8 @@
 //! exactly, Unigram does on its (small) training slice, head+tail truncation
 //! on long IMDB reviews. Skipped, with a printed reason, without the shared data.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cotext::data::parallel::read_lines;
@@ -19,10 +21,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "skipped: no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        );
+        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
         None
     }
 }
@@ -234,7 +233,7 @@ fn minilm_tokenizer_loads_without_its_fixed_padding_and_truncation() {
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/cotext/all-minilm-l6-v2")));
     let Some(path) = dir.map(|d| d.join("tokenizer.json")).filter(|p| p.is_file()) else {
-        eprintln!("skipped: all-MiniLM-L6-v2 not fetched (bash scripts/fetch-minilm.sh)");
+        common::skip("all-MiniLM-L6-v2 not fetched (bash scripts/fetch-minilm.sh)");
         return;
     };
     let tok = cotext::tokenize::TextTokenizer::from_file(&path).unwrap();

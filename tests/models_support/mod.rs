@@ -1,6 +1,9 @@
 //! Shared helpers for the `models_*` integration tests.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+pub mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,10 +28,10 @@ pub fn minilm_dir() -> Option<PathBuf> {
     };
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         if !dir.join(f).is_file() {
-            eprintln!(
-                "skipping: {} not found (run scripts/fetch-minilm.sh or set COTEXT_MINILM)",
+            common::skip(&format!(
+                "{} not found (run scripts/fetch-minilm.sh or set COTEXT_MINILM)",
                 dir.join(f).display()
-            );
+            ));
             return None;
         }
     }
