@@ -13,15 +13,7 @@ use std::time::{Duration, Instant};
 use cotext::train::checkpoint::{self, Checkpoint};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("COTEXT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
-    if dir.join("sst5").is_dir() {
-        Some(dir.canonicalize().unwrap())
-    } else {
-        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
-        None
-    }
+    common::shared_datasets()
 }
 
 fn command(cwd: &Path, args: &[&str]) -> Command {
