@@ -12,6 +12,8 @@
 //! | [`tokenize`] | load any `tokenizer.json`, train BPE/WordPiece/word-level/Unigram, pad, truncate, decode losslessly |
 //! | [`models`] | BiLSTM, Transformer and BERT classifiers and LSTM/Transformer translation models, with layers that backpropagate, seeded init and dropout, HF-named weights |
 //! | [`decode`] | greedy and batched beam search over a [`models::Seq2Seq`] |
+//! | [`task`] | what differs between classification and translation: the task of a config or run, reading and encoding its data, batches, building its tokenizer, model and objective, one `Outcome` |
+//! | [`infer`] | loading a trained run and predicting: class probabilities and reports, beam-search translation, BLEU |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
 //! | [`malloc`] | glibc heap settings that keep a training step's buffers out of `mmap` |
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
@@ -42,6 +44,8 @@ pub mod error;
 pub mod fsio;
 pub mod loss;
 #[cfg(feature = "full")]
+pub mod infer;
+#[cfg(feature = "full")]
 pub mod malloc;
 #[cfg(feature = "full")]
 pub mod metrics;
@@ -51,6 +55,8 @@ pub mod models;
 pub mod report;
 #[cfg(feature = "full")]
 pub mod rng;
+#[cfg(feature = "full")]
+pub mod task;
 #[cfg(feature = "full")]
 pub mod tokenize;
 #[cfg(feature = "full")]

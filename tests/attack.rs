@@ -426,7 +426,7 @@ fn attack_cli_on_a_trained_tiny_model() {
 /// Run on the library with the loaded run: inserted ids are never special, and
 /// padding, BOS and EOS positions keep their ids.
 fn hotflip_never_touches_special_tokens(run: &Path) {
-    let (setup, model) = cotext::train::classify::load_run(run, &cotext::train::run_device(run).unwrap()).unwrap();
+    let (setup, model) = cotext::infer::classify::load_run(run, &cotext::train::run_device(run).unwrap()).unwrap();
     let tok = &setup.tokenizer;
     let allowed = attack::hotflip_candidates(tok);
     for id in [Some(tok.pad_id()), tok.bos_id(), tok.eos_id(), tok.unk_id()]

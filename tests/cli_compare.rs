@@ -249,14 +249,9 @@ fn bad_compare_flags_exit_2_naming_the_flag() {
     assert!(text(&o).contains("nowhere"), "{}", text(&o));
 }
 
-#[test]
-fn compare_on_translation_reports_bleu_and_a_token_level_profile() {
-    let Some(data) = shared() else { return };
-    if !data.join("multi30k").is_dir() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("mt.toml");
+/// A tiny Multi30k de→en Transformer config in `dir`.
+fn mt_config(dir: &Path, data: &Path) -> PathBuf {
+    let cfg = dir.join("mt.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -269,6 +264,17 @@ fn compare_on_translation_reports_bleu_and_a_token_level_profile() {
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn compare_on_translation_reports_bleu_and_a_token_level_profile() {
+    let Some(data) = shared() else { return };
+    if !data.join("multi30k").is_dir() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = mt_config(tmp.path(), &data);
     let o = cotext(tmp.path(), &["compare", "-q", "--config", cfg.to_str().unwrap(), "--objectives", "ce,cot", "--seeds", "2", "--out", "cmp"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("BLEU"), "{}", text(&o));
@@ -370,5 +376,19 @@ fn compare_checks_every_objective_before_training_any() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("objective hcot") && text(&o).contains("train.hierarchy"), "{}", text(&o));
+    assert!(!tmp.path().join("cmp/ce-seed1").exists(), "ce was trained before the check");
+}
+
+#[test]
+fn compare_checks_translation_objectives_before_training_any() {
+    let Some(data) = shared() else { return };
+    if !data.join("multi30k").is_dir() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = mt_config(tmp.path(), &data);
+    let o = cotext(tmp.path(), &["compare", "-q", "--config", cfg.to_str().unwrap(), "--objectives", "ce,hcot", "--out", "cmp"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("objective hcot") && text(&o).contains("translation supports"), "{}", text(&o));
     assert!(!tmp.path().join("cmp/ce-seed1").exists(), "ce was trained before the check");
 }

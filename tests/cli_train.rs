@@ -85,9 +85,10 @@ fn train_eval_predict_round_trip() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("test accuracy"), "{out}");
-    for f in ["config.toml", "tokenizer.json", "labels.json", "state.json", "metrics.jsonl"] {
+    for f in ["config.toml", "task.json", "tokenizer.json", "labels.json", "state.json", "metrics.jsonl"] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
+    assert_eq!(std::fs::read_to_string(run.join("task.json")).unwrap(), r#"{"task":"classification"}"#);
     for f in ["model.safetensors", "optim.safetensors", "best.safetensors"] {
         assert!(checkpoint_file(&run, f).is_file(), "{f} missing");
     }

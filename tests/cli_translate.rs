@@ -127,9 +127,10 @@ fn train_eval_translate_and_bleu_agree() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("BLEU") && out.contains("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"), "{out}");
-    for f in ["config.toml", "tokenizer.json", "state.json", "metrics.jsonl", "test.hyp.txt"] {
+    for f in ["config.toml", "task.json", "tokenizer.json", "state.json", "metrics.jsonl", "test.hyp.txt"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
+    assert_eq!(String::from_utf8(read(&run, "task.json")).unwrap(), r#"{"task":"translation"}"#);
     assert!(!read(&run, "model.safetensors").is_empty() && !read(&run, "optim.safetensors").is_empty());
     let hyps = String::from_utf8(read(&run, "test.hyp.txt")).unwrap();
     assert_eq!(hyps.lines().count(), 1000);

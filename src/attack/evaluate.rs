@@ -8,7 +8,7 @@ use crate::metrics::ClassificationReport;
 use crate::models::Model;
 use crate::rng::SplitMix64;
 use crate::tokenize::PaddedBatch;
-use crate::train::classify::Encoded;
+use crate::task::classify::Encoded;
 
 /// Which attack [`attack_dataset`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -234,7 +234,7 @@ pub fn attack_dataset(
 }
 
 /// Predictions and per-example cross-entropy of a batch, computed as
-/// [`crate::train::classify::evaluate`] does (softmax in f32, first maximum), so
+/// [`crate::infer::classify::evaluate`] does (softmax in f32, first maximum), so
 /// that equal logits give equal predictions.
 fn score_batch(logits: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, Vec<f64>)> {
     let probs =

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
-use cotext::train::classify;
+use cotext::infer;
+use cotext::task::{self, TaskKind};
 
 use super::data::ColumnArgs;
 use super::train::{labelled_data, Format};
@@ -177,13 +178,13 @@ fn options(args: &AttackArgs, seed: u64, batch_size: usize) -> anyhow::Result<At
 pub fn run(args: AttackArgs) -> anyhow::Result<()> {
     // Flags that need no run are checked first, so a typo fails fast.
     options(&args, 0, 1)?;
-    if !args.run.join("labels.json").exists() && args.run.join("config.toml").exists() {
+    if TaskKind::of_run(&args.run)? == TaskKind::Translation {
         return Err(bad(format!(
             "{} is a translation run; cotext attack needs a classification run",
             args.run.display()
         )));
     }
-    let (setup, model) = classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
@@ -201,8 +202,8 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.data.test_split.clone());
     let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
-    let examples = classify::load_split(&dataset, &config, &split, args.limit)?;
-    let data = classify::encode(&setup.tokenizer, &config, &examples)?;
+    let examples = task::classify::load_split(&dataset, &config, &split, args.limit)?;
+    let data = task::classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
     if let Some(bad_label) = data.iter().find(|e| e.label as usize >= classes) {
         return Err(bad(format!(
@@ -211,7 +212,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
         )));
     }
     let pad = setup.tokenizer.pad_id();
-    let (clean, clean_loss) = classify::evaluate(
+    let (clean, clean_loss) = infer::classify::evaluate(
         &model,
         &data,
         pad,

@@ -401,7 +401,7 @@ fn card(
         }
     }
     let labels = run
-        .map(cotext::train::classify::read_run_labels)
+        .map(cotext::task::classify::read_run_labels)
         .transpose()?;
     let files = file::open(
         &[(split, path.to_path_buf())],

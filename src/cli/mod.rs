@@ -8,7 +8,6 @@ mod predict;
 mod bleu;
 mod compare;
 mod attack;
-mod compare_attack;
 
 use clap::{Parser, Subcommand};
 
@@ -59,6 +58,45 @@ pub fn run() -> anyhow::Result<()> {
         Command::Plot(args) => compare::plot(args),
         Command::Attack(args) => attack::run(args),
     }
+}
+
+/// The `--set` overrides of `train` and `compare`, followed by the ones their
+/// shared flags stand for: `--device`, `--precision` and `--data-dir` (made
+/// absolute, so child processes and resumes find it from any folder).
+fn overrides(
+    mut sets: Vec<String>,
+    device: Option<&str>,
+    precision: Option<cotext::train::Precision>,
+    data_dir: Option<&std::path::Path>,
+) -> Vec<String> {
+    if let Some(d) = device {
+        sets.push(format!("train.device={d:?}"));
+    }
+    if let Some(p) = precision {
+        sets.push(format!("train.precision={:?}", p.name()));
+    }
+    if let Some(d) = data_dir {
+        let abs = std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf());
+        sets.push(format!("data.data_dir={:?}", abs.display().to_string()));
+    }
+    sets
+}
+
+/// Installs the Ctrl-C / SIGTERM handler of the training commands and returns
+/// the flag the loop polls. First signal (`timeout`, a batch scheduler,
+/// `docker stop`): finish the step, save, exit 130. Second: exit 130 at once
+/// (the checkpoint on disk stays whole either way).
+fn install_ctrlc() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    });
+    stop
 }
 
 /// The exit code for an error: 2 for bad user input, 1 otherwise.

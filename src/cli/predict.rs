@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use cotext::data::file;
-use cotext::train::classify;
+use cotext::infer;
+use cotext::task;
 
 /// Arguments of `cotext predict`.
 #[derive(Debug, Args)]
@@ -49,7 +50,7 @@ type Texts = Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>;
 /// `cotext predict`: texts from stdin or `--input FILE`, one prediction per
 /// line with every class's probability, in input order.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let (setup, model) = classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (total, texts): (Option<u64>, Texts) = match &args.input {
@@ -106,8 +107,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
                 label: 0,
             })
             .collect();
-        let data = classify::encode(&setup.tokenizer, &setup.config, &examples)?;
-        let probs = classify::predict_probs(
+        let data = task::classify::encode(&setup.tokenizer, &setup.config, &examples)?;
+        let probs = infer::classify::predict_probs(
             &model,
             &data,
             setup.tokenizer.pad_id(),

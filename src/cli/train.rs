@@ -2,18 +2,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
 use cotext::data::file;
-use cotext::data::{DataDir, Dataset};
+use cotext::data::Dataset;
 
 use super::data::ColumnArgs;
+use cotext::infer;
 use cotext::metrics::ClassificationReport;
-use cotext::train::classify::{self, Outcome, TrainOptions};
-use cotext::train::{runner, translate};
+use cotext::task::{self, TaskKind};
+use cotext::train::runner::{self, TrainOptions};
 use cotext::train::{ObjectiveKind, Precision, RunConfig};
 
 /// Arguments of `cotext train`.
@@ -87,22 +86,12 @@ pub enum Format {
 }
 
 fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
-    let mut overrides = args.set.clone();
+    let mut overrides = super::overrides(args.set.clone(), args.device.as_deref(), args.precision, args.data_dir.as_deref());
     if let Some(o) = args.objective {
         overrides.push(format!("train.objective=\"{o}\""));
     }
-    if let Some(d) = &args.device {
-        overrides.push(format!("train.device={d:?}"));
-    }
     if let Some(s) = args.seed {
         overrides.push(format!("train.seed={s}"));
-    }
-    if let Some(p) = args.precision {
-        overrides.push(format!("train.precision={:?}", p.name()));
-    }
-    if let Some(d) = &args.data_dir {
-        let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
-        overrides.push(format!("data.data_dir={:?}", abs.display().to_string()));
     }
     overrides.extend(args.files.overrides());
     if args.resume {
@@ -123,26 +112,14 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     let path = args.config.clone().ok_or_else(|| cotext::Error::Config("--config FILE is required (or --resume --out DIR)".into()))?;
     let config = RunConfig::load(&path, &overrides)?;
-    let out = args.out.clone().unwrap_or_else(|| classify::default_run_dir(&path, config.train.objective, config.train.seed));
+    let out = args.out.clone().unwrap_or_else(|| task::default_run_dir(&path, config.train.objective, config.train.seed));
     Ok((config, out))
 }
 
 /// `cotext train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (config, out) = resolve_config(&args)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // First Ctrl-C or SIGTERM (`timeout`, a batch scheduler, `docker stop`):
-        // finish the step, save, exit 130. Second: exit 130 at once (the
-        // checkpoint on disk stays whole either way).
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
-        });
-    }
+    let stop = super::install_ctrlc();
     let started = Instant::now();
     eprintln!(
         "training {} on {} with objective {} (seed {}) into {}",
@@ -161,51 +138,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
         e
     };
-    if translate::is_translation(&config)? {
-        let outcome = translate::train(&config, &out, &options, &stop).map_err(discard)?;
-        return report_translation(&config, &out, outcome, started);
+    let outcome = cotext::train::train(&config, &out, &options, &stop).map_err(discard)?;
+    if let Some(steps) = outcome.interrupted() {
+        eprintln!("stopped at step {steps}; checkpoint saved in {}. Continue with: cotext train --resume --out {}", out.display(), out.display());
+        std::process::exit(130);
     }
-    let outcome = classify::train(&config, &out, &options, &stop).map_err(discard)?;
-    let secs = started.elapsed().as_secs_f64();
-    match outcome {
-        Outcome::Interrupted { steps } => {
-            eprintln!("stopped at step {steps}; checkpoint saved in {}. Continue with: cotext train --resume --out {}", out.display(), out.display());
-            std::process::exit(130);
-        }
-        Outcome::Finished { steps, best, test } => {
-            println!("run: {}", out.display());
-            println!("steps: {steps}  wall time: {secs:.1} s");
-            if let Some((value, step)) = best {
-                println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
-            }
-            if let Some(r) = test {
-                println!("{} accuracy: {:.4}  macro-F1: {:.4}  (n = {})", config.data.test_split, r.accuracy, r.macro_f1, r.count);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn report_translation(config: &RunConfig, out: &std::path::Path, outcome: translate::Outcome, started: Instant) -> anyhow::Result<()> {
-    let secs = started.elapsed().as_secs_f64();
-    match outcome {
-        translate::Outcome::Interrupted { steps } => {
-            eprintln!("stopped at step {steps}; checkpoint saved in {}. Continue with: cotext train --resume --out {}", out.display(), out.display());
-            std::process::exit(130);
-        }
-        translate::Outcome::Finished { steps, best, test } => {
-            println!("run: {}", out.display());
-            println!("steps: {steps}  wall time: {secs:.1} s");
-            if let Some((value, step)) = best {
-                println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
-            }
-            if let Some((score, signature)) = test {
-                println!("{} (beam {}): BLEU = {:.2} {}", config.data.test_split, config.decode.beam, score.score, score.verbose());
-                println!("signature: {signature}");
-                println!("translations: {}", out.join("test.hyp.txt").display());
-            }
-        }
-    }
+    outcome.print(&config, &out, started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -221,20 +159,20 @@ fn model_name(config: &RunConfig) -> &'static str {
 
 /// `cotext eval`.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    if !args.run.join("labels.json").exists() && args.run.join("config.toml").exists() {
+    if TaskKind::of_run(&args.run)? == TaskKind::Translation {
         return eval_translation(args);
     }
-    let (setup, model) = classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
     }
     let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
     let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
-    let examples = classify::load_split(&dataset, &config, &split, None)?;
-    let data = classify::encode(&setup.tokenizer, &config, &examples)?;
+    let examples = task::classify::load_split(&dataset, &config, &split, None)?;
+    let data = task::classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
-    let (report, loss) = classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
+    let (report, loss) = infer::classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
     match args.format {
         Format::Json => {
             let per_class: Vec<_> = report.per_class.iter().zip(&setup.labels).map(|(s, name)| {
@@ -278,10 +216,10 @@ pub(super) fn labelled_data(
                 config.data.dataset = d.to_string();
                 (config.data.dev_data, config.data.test_data) = (None, None);
             }
-            classify::open_dataset(config, Some(labels))?
+            task::classify::open_dataset(config, Some(labels))?
         }
     };
-    classify::check_run_labels(&dataset, config, run, labels)?;
+    task::classify::check_run_labels(&dataset, config, run, labels)?;
     Ok(dataset)
 }
 
@@ -295,7 +233,7 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let (mut config, tokenizer, model) = translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (mut config, tokenizer, model) = infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(d) = &args.data {
         config.data.dataset = d.clone();
     }
@@ -303,15 +241,15 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
         config.data.data_dir = args.data_dir.clone();
     }
     let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
-    let pairs = translate::load_pairs(&dataset, &config, &split, None)?;
+    let dataset = task::translate::open_dataset(&config)?;
+    let pairs = task::translate::load_pairs(&dataset, &config, &split, None)?;
     let sources: Vec<String> = pairs.iter().map(|p| p.source.clone()).collect();
     let refs: Vec<String> = pairs.iter().map(|p| p.target.clone()).collect();
-    let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
+    let options = infer::translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let started = Instant::now();
-    let hyps = translate::translate_lines(&model, &tokenizer, &config, &sources, &options)?;
+    let hyps = infer::translate::translate_lines(&model, &tokenizer, &config, &sources, &options)?;
     let secs = started.elapsed().as_secs_f64();
-    let (score, signature) = translate::corpus_bleu(&hyps, &refs)?;
+    let (score, signature) = infer::translate::corpus_bleu(&hyps, &refs)?;
     match args.format {
         Format::Json => {
             let v = serde_json::json!({
@@ -367,7 +305,7 @@ pub struct TranslateArgs {
 /// `cotext translate`: source lines on stdin, translations (detokenized) on stdout,
 /// in order, one per line.
 pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let (mut config, tokenizer, model) = translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (mut config, tokenizer, model) = infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(b) = args.beam {
         config.decode.beam = b;
     }
@@ -378,7 +316,7 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         config.decode.batch_size = n;
     }
     config.validate().map_err(|e| cotext::Error::Config(format!("translate: {e}")))?;
-    let options = translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
+    let options = infer::translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Strict UTF-8 with line numbers: bad input is the user's error (exit 2).
@@ -392,7 +330,7 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         if batch.is_empty() {
             break;
         }
-        for hyp in translate::translate_lines(&model, &tokenizer, &config, &batch, &options)? {
+        for hyp in infer::translate::translate_lines(&model, &tokenizer, &config, &batch, &options)? {
             writeln!(out, "{hyp}")?;
         }
         out.flush()?;

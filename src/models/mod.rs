@@ -23,6 +23,7 @@ pub mod bert;
 pub mod bilstm;
 pub(crate) mod fused;
 pub mod layers;
+pub mod memory;
 pub mod params;
 pub mod seq2seq;
 #[cfg(test)]

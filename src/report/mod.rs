@@ -22,10 +22,11 @@ pub use plot::{draw_complement, draw_confusion, draw_curves, Band, Heatmap, Pane
 pub use stats::Welch;
 pub use summary::{differences, mean_curve, Difference, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary, RunMetrics, RunSummary, Scores, SplitStats, Summary};
 
-use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};
 use crate::metrics::ClassificationReport;
-use crate::train::{classify, translate, Metric};
+use crate::infer;
+use crate::task;
+use crate::train::Metric;
 
 /// A classification run's predictions on its test split.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,16 +56,16 @@ impl Predictions {
 /// `eval_limit` subset). `None` when the run has no test split. The run is loaded
 /// on the caller's `device`: this room never opens one.
 pub fn classification_test_predictions(run: &Path, device: &Device) -> Result<Option<Predictions>> {
-    let (setup, model) = classify::load_run(run, device)?;
+    let (setup, model) = infer::classify::load_run(run, device)?;
     let config = &setup.config;
     let split = &config.data.test_split;
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let dataset = task::classify::open_dataset(config, Some(&setup.labels))?;
     if split.is_empty() || !dataset.has_split(split) {
         return Ok(None);
     }
-    let examples = classify::load_split(&dataset, config, split, config.data.eval_limit)?;
-    let data = classify::encode(&setup.tokenizer, config, &examples)?;
-    let probs = classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, &setup.device)?;
+    let examples = task::classify::load_split(&dataset, config, split, config.data.eval_limit)?;
+    let data = task::classify::encode(&setup.tokenizer, config, &examples)?;
+    let probs = infer::classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, &setup.device)?;
     Ok(Some(Predictions { gold: data.iter().map(|e| e.label).collect(), probs, labels: setup.labels }))
 }
 
@@ -79,16 +80,16 @@ pub const TOKEN_PROFILE_RANKS: usize = 100;
 /// [`TOKEN_PROFILE_RANKS`]). `None` when the run has no test split. The run is
 /// loaded on the caller's `device`: this room never opens one.
 pub fn translation_test_profile(run: &Path, device: &Device) -> Result<Option<ComplementProfile>> {
-    let (config, tokenizer, model) = translate::load_run(run, device)?;
+    let (config, tokenizer, model) = infer::translate::load_run(run, device)?;
     let split = &config.data.test_split;
-    let dataset = Dataset::open(&config.data.dataset, &DataDir::from_flag(config.data.data_dir.clone()))?;
+    let dataset = task::translate::open_dataset(&config)?;
     if split.is_empty() || !dataset.has_split(split) {
         return Ok(None);
     }
-    let pairs = translate::load_pairs(&dataset, &config, split, config.data.eval_limit)?;
-    let data = translate::encode_pairs(&tokenizer, &config, &pairs)?;
+    let pairs = task::translate::load_pairs(&dataset, &config, split, config.data.eval_limit)?;
+    let data = task::translate::encode_pairs(&tokenizer, &config, &pairs)?;
     let mut profile = ComplementProfile::new(TOKEN_PROFILE_RANKS);
-    translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, device, |probs, gold| profile.add(probs, gold as usize))?;
+    infer::translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, device, |probs, gold| profile.add(probs, gold as usize))?;
     Ok(Some(profile))
 }
 
@@ -183,12 +184,15 @@ mod tests {
             [".open", "()"].concat(),
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut files: Vec<_> = std::fs::read_dir(root.join("src/report"))
-            .unwrap()
+        let mut files: Vec<_> = ["src/report", "src/infer"]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(root.join(dir)).unwrap())
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "rs"))
             .collect();
-        files.push(root.join("src/cli/compare_attack.rs"));
+        for name in ["attack", "aggregate", "render"] {
+            files.push(root.join(format!("src/cli/compare/{name}.rs")));
+        }
         assert!(files.len() > 2, "{files:?}");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();

@@ -24,7 +24,6 @@ use super::config::{RunConfig, TrainSettings};
 use crate::fsio::atomic_write;
 use super::step::Stepper;
 use crate::models::Trainable;
-use crate::tokenize::TextTokenizer;
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
 
@@ -130,23 +129,6 @@ pub struct TrainOptions {
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
-}
-
-/// Loads the `tokenizer.json` a config names (`tokenizer.source = "file"`) for a
-/// fresh run. A file without a pad token gets one (see
-/// [`TextTokenizer::new`]), and the user is told: the run's saved
-/// `tokenizer.json`, and so its vocabulary, then has one more entry than the file.
-pub(crate) fn tokenizer_file(path: &Path) -> Result<TextTokenizer> {
-    let tokenizer = TextTokenizer::from_file(path)?;
-    if tokenizer.pad_added() {
-        eprintln!(
-            "note: {} has no padding token; added {:?} as id {} (saved in the run's tokenizer.json)",
-            path.display(),
-            tokenizer.special().pad,
-            tokenizer.pad_id()
-        );
-    }
-    Ok(tokenizer)
 }
 
 /// The file that marks a folder as a cotext run from the moment it is set up,

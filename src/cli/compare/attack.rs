@@ -2,16 +2,16 @@
 //! comparison, as mean ± std over seeds per objective, in `report.md`,
 //! `summary.json` and `robustness.png`.
 //!
-//! Kept apart from `compare.rs` so that the report's own tables can change
-//! without touching this.
+//! Kept apart from [`super::render`] so that the report's own tables can
+//! change without touching this.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
-use cotext::data::{DataDir, Dataset};
 use cotext::report::{self, Band, MeanStd, Panel, Welch};
-use cotext::train::classify;
+use cotext::infer;
+use cotext::task;
 
 /// One `--attack` value: a method and its budgets, e.g. `fgsm:0.01,0.05,0.1` or
 /// `hotflip:1,2`.
@@ -84,22 +84,19 @@ struct RunRobustness {
 /// while the budgets match and the weights are older than the file. The run is
 /// loaded on `compare`'s one `device`.
 fn attack_run(run: &Path, specs: &[Spec], progress: bool, device: &Device) -> anyhow::Result<RunRobustness> {
-    let (setup, model) = classify::load_run(run, device)?;
+    let (setup, model) = infer::classify::load_run(run, device)?;
     let config = &setup.config;
-    let dataset = Dataset::open(
-        &config.data.dataset,
-        &DataDir::from_flag(config.data.data_dir.clone()),
-    )?;
-    let examples = classify::load_split(
+    let dataset = task::classify::open_dataset(config, Some(&setup.labels))?;
+    let examples = task::classify::load_split(
         &dataset,
         config,
         &config.data.test_split,
         config.data.eval_limit,
     )?;
-    let data = classify::encode(&setup.tokenizer, config, &examples)?;
+    let data = task::classify::encode(&setup.tokenizer, config, &examples)?;
     let pad = setup.tokenizer.pad_id();
     let classes = setup.labels.len();
-    let (clean, _) = classify::evaluate(
+    let (clean, _) = infer::classify::evaluate(
         &model,
         &data,
         pad,
