@@ -32,7 +32,8 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size > layout.size() {
-            let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+            let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                - layout.size();
             PEAK.fetch_max(now, Ordering::Relaxed);
         } else {
             CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -53,18 +54,41 @@ fn inputs(n: usize) -> (Tensor, Tensor, Tensor, Tensor) {
     let hidden = Tensor::randn(0f32, 1.0, (n, H), &dev).unwrap();
     let weight = (Tensor::randn(0f32, 1.0, (V, H), &dev).unwrap() / (H as f64).sqrt()).unwrap();
     let logits = hidden.matmul(&weight.t().unwrap()).unwrap();
-    let targets = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % V as u32).collect::<Vec<_>>(), n, &dev).unwrap();
+    let targets = Tensor::from_vec(
+        (0..n as u32)
+            .map(|i| (i * 7919) % V as u32)
+            .collect::<Vec<_>>(),
+        n,
+        &dev,
+    )
+    .unwrap();
     (hidden, weight, logits, targets)
 }
 
 /// One forward + backward of `path`; returns the gradient store so it is kept alive
 /// as a training step would keep it until the optimizer runs.
-fn step(path: &str, hidden: &Var, weight: &Var, logits: &Var, targets: &Tensor) -> candle_core::backprop::GradStore {
+fn step(
+    path: &str,
+    hidden: &Var,
+    weight: &Var,
+    logits: &Var,
+    targets: &Tensor,
+) -> candle_core::backprop::GradStore {
     let opts = ComplementOptions::default();
     let value = match path {
         "plain" => loss::complement_entropy(logits, targets, &opts).unwrap(),
         "chunked" => loss::chunked_complement_entropy(logits, targets, &opts).unwrap(),
-        "projected" => loss::projected_token_loss(hidden, weight, None, targets, &ProjectedLoss::Complement(opts), 0).unwrap().mean().unwrap(),
+        "projected" => loss::projected_token_loss(
+            hidden,
+            weight,
+            None,
+            targets,
+            &ProjectedLoss::Complement(opts),
+            0,
+        )
+        .unwrap()
+        .mean()
+        .unwrap(),
         "plain-ce" => loss::cross_entropy(logits, targets, &Default::default()).unwrap(),
         "chunked-ce" => loss::chunked_cross_entropy(logits, targets, &Default::default()).unwrap(),
         _ => unreachable!(),
@@ -75,7 +99,11 @@ fn step(path: &str, hidden: &Var, weight: &Var, logits: &Var, targets: &Tensor) 
 /// Peak extra heap bytes of one step, in units of the logits tensor's size.
 pub fn peak_memory(n: usize) {
     let (h, w, z, t) = inputs(n);
-    let (h, w, z) = (Var::from_tensor(&h).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&z).unwrap());
+    let (h, w, z) = (
+        Var::from_tensor(&h).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&z).unwrap(),
+    );
     let logits_bytes = n * V * DType::F32.size_in_bytes();
     println!("peak extra heap of complement-entropy forward+backward, N = {n}, V = {V} (logits {:.0} MiB):", logits_bytes as f64 / (1 << 20) as f64);
     for path in ["plain", "chunked", "projected", "plain-ce", "chunked-ce"] {
@@ -84,7 +112,11 @@ pub fn peak_memory(n: usize) {
         let grads = step(path, &h, &w, &z, &t);
         let peak = PEAK.load(Ordering::Relaxed) - base;
         drop(grads);
-        println!("  {path:<11} {:>8.0} MiB  = {:.2} × logits", peak as f64 / (1 << 20) as f64, peak as f64 / logits_bytes as f64);
+        println!(
+            "  {path:<11} {:>8.0} MiB  = {:.2} × logits",
+            peak as f64 / (1 << 20) as f64,
+            peak as f64 / logits_bytes as f64
+        );
     }
 }
 
@@ -94,7 +126,11 @@ fn bench(c: &mut Criterion) {
         peak_memory(8192);
     }
     let (h, w, z, t) = inputs(N);
-    let (h, w, z) = (Var::from_tensor(&h).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&z).unwrap());
+    let (h, w, z) = (
+        Var::from_tensor(&h).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&z).unwrap(),
+    );
     let mut group = c.benchmark_group("complement_fwd_bwd_4096x32000");
     group.sample_size(10);
     for path in ["plain", "chunked", "projected", "plain-ce", "chunked-ce"] {

@@ -42,7 +42,9 @@ use candle_core::{DType, Device, Tensor};
 use cotext::loss::{self, ComplementOptions, CrossEntropyOptions, Normalization};
 use cotext::models::{Bert, HfBertConfig, Model, Params, Seq2Seq, SharedRng};
 use cotext::rng::SplitMix64;
-use cotext::train::{parse_device, LossConfig, Objective, OptimizerConfig, Precision, RunConfig, Stepper};
+use cotext::train::{
+    parse_device, LossConfig, Objective, OptimizerConfig, Precision, RunConfig, Stepper,
+};
 
 /// Seed of the synthetic batch (`torch_ref.py` uses the same).
 const DATA_SEED: u64 = 20_261_127;
@@ -56,9 +58,19 @@ const LR: f64 = 1e-4;
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     /// `batch` sentences of up to `len` tokens, `classes` labels.
-    Classify { vocab: usize, classes: usize, batch: usize, len: usize },
+    Classify {
+        vocab: usize,
+        classes: usize,
+        batch: usize,
+        len: usize,
+    },
     /// `batch` pairs of up to `src` source and `tgt` target tokens.
-    Translate { vocab: usize, batch: usize, src: usize, tgt: usize },
+    Translate {
+        vocab: usize,
+        batch: usize,
+        src: usize,
+        tgt: usize,
+    },
 }
 
 struct Workload {
@@ -72,29 +84,54 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "bilstm-sst5",
         config: "configs/sst5-bilstm.toml",
-        shape: Shape::Classify { vocab: 16000, classes: 5, batch: 32, len: 40 },
+        shape: Shape::Classify {
+            vocab: 16000,
+            classes: 5,
+            batch: 32,
+            len: 40,
+        },
     },
     // The IMDB rating config's encoder (d 256, 4 heads, 2 layers, ffn 512) on
     // SST-5-sized inputs.
     Workload {
         name: "transformer-sst5",
         config: "configs/imdb-rating-transformer.toml",
-        shape: Shape::Classify { vocab: 16000, classes: 5, batch: 32, len: 40 },
+        shape: Shape::Classify {
+            vocab: 16000,
+            classes: 5,
+            batch: 32,
+            len: 40,
+        },
     },
     Workload {
         name: "minilm-sst2",
         config: "configs/sst2-minilm.toml",
-        shape: Shape::Classify { vocab: 30522, classes: 2, batch: 32, len: 40 },
+        shape: Shape::Classify {
+            vocab: 30522,
+            classes: 2,
+            batch: 32,
+            len: 40,
+        },
     },
     Workload {
         name: "lstm-multi30k",
         config: "configs/multi30k-de-en-lstm.toml",
-        shape: Shape::Translate { vocab: 8000, batch: 64, src: 30, tgt: 30 },
+        shape: Shape::Translate {
+            vocab: 8000,
+            batch: 64,
+            src: 30,
+            tgt: 30,
+        },
     },
     Workload {
         name: "transformer-multi30k",
         config: "configs/multi30k-de-en-transformer.toml",
-        shape: Shape::Translate { vocab: 8000, batch: 64, src: 30, tgt: 30 },
+        shape: Shape::Translate {
+            vocab: 8000,
+            batch: 64,
+            src: 30,
+            tgt: 30,
+        },
     },
 ];
 
@@ -163,7 +200,11 @@ fn parse_args() -> Result<Option<Args>> {
 }
 
 fn names() -> String {
-    WORKLOADS.iter().map(|w| w.name).collect::<Vec<_>>().join(", ")
+    WORKLOADS
+        .iter()
+        .map(|w| w.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The all-MiniLM-L6-v2 folder: `COTEXT_MINILM`, else the cache path that
@@ -174,7 +215,9 @@ fn minilm_dir() -> PathBuf {
     }
     let cache = std::env::var_os("COTEXT_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cotext"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cotext")
+        });
     cache.join("all-minilm-l6-v2")
 }
 
@@ -202,12 +245,28 @@ fn loss_bench(args: &Args, dev: &Device) -> Result<()> {
     let dtype = args.precision.compute_dtype();
     let chunked = args.chunked.unwrap_or(true);
     let (n, v) = (args.rows, args.vocab);
-    let logits = Tensor::randn(0f32, 3.0, (n, v), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let logits = Tensor::randn(0f32, 3.0, (n, v), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
     let logits = candle_core::Var::from_tensor(&logits)?;
-    let targets: Vec<u32> = (0..n as u32).map(|i| if i % 10 == 9 { PAD } else { 3 + (i * 7919) % (v as u32 - 3) }).collect();
+    let targets: Vec<u32> = (0..n as u32)
+        .map(|i| {
+            if i % 10 == 9 {
+                PAD
+            } else {
+                3 + (i * 7919) % (v as u32 - 3)
+            }
+        })
+        .collect();
     let targets = Tensor::from_vec(targets, n, dev)?;
-    let ce = CrossEntropyOptions { ignore_index: Some(PAD), label_smoothing: 0.0 };
-    let co = ComplementOptions { ignore_index: Some(PAD), ..Default::default() };
+    let ce = CrossEntropyOptions {
+        ignore_index: Some(PAD),
+        label_smoothing: 0.0,
+    };
+    let co = ComplementOptions {
+        ignore_index: Some(PAD),
+        ..Default::default()
+    };
     let once = || -> Result<f64> {
         let z = logits.as_tensor();
         let value = match (args.objective.as_str(), chunked) {
@@ -219,7 +278,11 @@ fn loss_bench(args: &Args, dev: &Device) -> Result<()> {
         let grads = value.backward()?;
         let g = grads.get(z).context("no gradient")?;
         // Reading one value waits for the backward kernels.
-        g.narrow(0, 0, 1)?.narrow(1, 0, 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        g.narrow(0, 0, 1)?
+            .narrow(1, 0, 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(value.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     };
     for _ in 0..args.warmup {
@@ -261,8 +324,19 @@ fn loss_bench(args: &Args, dev: &Device) -> Result<()> {
 /// A fixed training batch: inputs, targets, and the non-pad input tokens it holds
 /// (source + target tokens for translation, as `cotext train` counts them).
 enum Batch {
-    Classify { ids: Tensor, mask: Tensor, labels: Tensor, tokens: usize },
-    Translate { src: Tensor, mask: Tensor, tgt_in: Tensor, tgt_out: Tensor, tokens: usize },
+    Classify {
+        ids: Tensor,
+        mask: Tensor,
+        labels: Tensor,
+        tokens: usize,
+    },
+    Translate {
+        src: Tensor,
+        mask: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        tokens: usize,
+    },
 }
 
 impl Batch {
@@ -279,8 +353,14 @@ impl Batch {
         let mut draw = Draw(SplitMix64::new(DATA_SEED));
         let dev = Device::Cpu;
         match shape {
-            Shape::Classify { vocab, classes, batch, len } => {
-                let (mut ids, mut mask, mut labels, mut tokens) = (vec![PAD; batch * len], vec![0u32; batch * len], vec![], 0);
+            Shape::Classify {
+                vocab,
+                classes,
+                batch,
+                len,
+            } => {
+                let (mut ids, mut mask, mut labels, mut tokens) =
+                    (vec![PAD; batch * len], vec![0u32; batch * len], vec![], 0);
                 for r in 0..batch {
                     let l = draw.length(r, len);
                     for t in 0..l {
@@ -297,7 +377,12 @@ impl Batch {
                     tokens,
                 })
             }
-            Shape::Translate { vocab, batch, src, tgt } => {
+            Shape::Translate {
+                vocab,
+                batch,
+                src,
+                tgt,
+            } => {
                 let mut s_ids = vec![PAD; batch * src];
                 let mut s_mask = vec![0u32; batch * src];
                 let mut t_in = vec![PAD; batch * tgt];
@@ -339,13 +424,24 @@ impl Batch {
     /// The same batch on `dev`.
     fn on_device(self, dev: &Device) -> Result<Self> {
         Ok(match self {
-            Batch::Classify { ids, mask, labels, tokens } => Batch::Classify {
+            Batch::Classify {
+                ids,
+                mask,
+                labels,
+                tokens,
+            } => Batch::Classify {
                 ids: ids.to_device(dev)?,
                 mask: mask.to_device(dev)?,
                 labels: labels.to_device(dev)?,
                 tokens,
             },
-            Batch::Translate { src, mask, tgt_in, tgt_out, tokens } => Batch::Translate {
+            Batch::Translate {
+                src,
+                mask,
+                tgt_in,
+                tgt_out,
+                tokens,
+            } => Batch::Translate {
                 src: src.to_device(dev)?,
                 mask: mask.to_device(dev)?,
                 tgt_in: tgt_in.to_device(dev)?,
@@ -391,15 +487,26 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn threads() -> usize {
-    let var = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
-    var("CANDLE_NUM_THREADS").or_else(|| var("RAYON_NUM_THREADS")).unwrap_or_else(candle_core::utils::get_num_threads)
+    let var = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    var("CANDLE_NUM_THREADS")
+        .or_else(|| var("RAYON_NUM_THREADS"))
+        .unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
 fn main() -> Result<()> {
     // As the cotext binary does.
     cotext::malloc::tune();
-    let Some(args) = parse_args()? else { return Ok(()) };
-    let dev = parse_device(&args.device).map_err(anyhow::Error::msg)?.open()?;
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let dev = parse_device(&args.device)
+        .map_err(anyhow::Error::msg)?
+        .open()?;
     if args.workload == "loss" {
         return loss_bench(&args, &dev);
     }
@@ -434,7 +541,10 @@ fn main() -> Result<()> {
     let config = RunConfig::load(&config_path, &overrides)?;
     let t = &config.train;
     let OptimizerConfig::Adamw { .. } = t.optimizer else {
-        bail!("{}: the benchmark expects an AdamW optimizer", config_path.display());
+        bail!(
+            "{}: the benchmark expects an AdamW optimizer",
+            config_path.display()
+        );
     };
     let compute = args.precision.compute_dtype();
     let ignore = match w.shape {
@@ -443,7 +553,10 @@ fn main() -> Result<()> {
     };
     // As `cotext train` builds it (classify.rs / translate.rs `loss_config`).
     let losses = LossConfig {
-        cross_entropy: CrossEntropyOptions { ignore_index: ignore, label_smoothing: t.label_smoothing },
+        cross_entropy: CrossEntropyOptions {
+            ignore_index: ignore,
+            label_smoothing: t.label_smoothing,
+        },
         complement: ComplementOptions {
             form: t.complement_form,
             normalization: t.complement_normalization.unwrap_or(Normalization::Classes),
@@ -453,11 +566,19 @@ fn main() -> Result<()> {
         chunked: t.chunked_loss,
     };
     let net = match w.shape {
-        Shape::Classify { vocab, classes, .. } => {
-            Net::Classifier(config.model.build_mixed(vocab, classes, DType::F32, compute, &dev, t.seed)?)
-        }
+        Shape::Classify { vocab, classes, .. } => Net::Classifier(config.model.build_mixed(
+            vocab,
+            classes,
+            DType::F32,
+            compute,
+            &dev,
+            t.seed,
+        )?),
         Shape::Translate { vocab, .. } => {
-            let s = config.model.seq2seq().context("a translation workload needs a seq2seq config")?;
+            let s = config
+                .model
+                .seq2seq()
+                .context("a translation workload needs a seq2seq config")?;
             Net::Translator(s.build_mixed(vocab, PAD, DType::F32, compute, &dev, t.seed)?)
         }
     };
@@ -469,16 +590,37 @@ fn main() -> Result<()> {
         Net::Classifier(m) => (m.varmap().clone(), m.num_parameters()),
         Net::Translator(m) => (m.varmap().clone(), m.num_parameters()),
     };
-    let vars = varmap.data().lock().expect("VarMap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("VarMap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut stepper = Stepper::new(objective, losses, vars, t.optimizer.clone())?;
     let batch = Batch::synthetic(w.shape)?.on_device(&dev)?;
 
     let mut step_once = || -> Result<f64> {
         let report = match (&net, &batch) {
-            (Net::Classifier(m), Batch::Classify { ids, mask, labels, .. }) => {
-                stepper.step(&[((ids.clone(), mask.clone()), labels.clone())], |(i, k): &(Tensor, Tensor)| m.forward(i, k, true))?
-            }
-            (Net::Translator(m), Batch::Translate { src, mask, tgt_in, tgt_out, .. }) => stepper.step(
+            (
+                Net::Classifier(m),
+                Batch::Classify {
+                    ids, mask, labels, ..
+                },
+            ) => stepper.step(
+                &[((ids.clone(), mask.clone()), labels.clone())],
+                |(i, k): &(Tensor, Tensor)| m.forward(i, k, true),
+            )?,
+            (
+                Net::Translator(m),
+                Batch::Translate {
+                    src,
+                    mask,
+                    tgt_in,
+                    tgt_out,
+                    ..
+                },
+            ) => stepper.step(
                 &[((src.clone(), mask.clone(), tgt_in.clone()), tgt_out.clone())],
                 |(s, k, ti): &(Tensor, Tensor, Tensor)| m.forward(s, k, ti, true),
             )?,

@@ -10,7 +10,9 @@
 //! Run: `cargo run --release --example reuse_loss`
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, linear, AdamW, Embedding, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{
+    embedding, linear, AdamW, Embedding, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap,
+};
 use cotext::loss::{self, ComplementOptions, CrossEntropyOptions};
 
 const VOCAB: usize = 50;
@@ -65,7 +67,11 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let model = NextToken::new(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    let params = ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() };
+    let params = ParamsAdamW {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     // Two optimizers over the same parameters, each with its own moment estimates.
     let mut opt_ce = AdamW::new(varmap.all_vars(), params.clone())?;
     let mut opt_complement = AdamW::new(varmap.all_vars(), params)?;

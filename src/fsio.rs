@@ -10,17 +10,25 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Makes a fully written temporary file `tmp` durable and renames it to `path`.
 pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    File::open(tmp).and_then(|f| f.sync_all()).map_err(io_err(tmp))?;
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(tmp))?;
     fs::rename(tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Persist the rename itself; not every platform lets a directory be opened.
@@ -54,7 +62,10 @@ mod tests {
         atomic_write(&p, b"one").unwrap();
         atomic_write(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }

@@ -42,9 +42,9 @@ pub mod decode;
 pub mod error;
 #[cfg(feature = "full")]
 pub mod fsio;
-pub mod loss;
 #[cfg(feature = "full")]
 pub mod infer;
+pub mod loss;
 #[cfg(feature = "full")]
 pub mod malloc;
 #[cfg(feature = "full")]

@@ -22,7 +22,12 @@ pub const TOP_PAD: usize = 64 << 20;
 
 /// Environment variables with which the user sets glibc's malloc themselves; when
 /// one is set, [`tune`] leaves malloc alone.
-pub const USER_SETTINGS: [&str; 4] = ["GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"];
+pub const USER_SETTINGS: [&str; 4] = [
+    "GLIBC_TUNABLES",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+];
 
 /// Sets glibc malloc's mmap threshold, trim threshold and top pad for a training
 /// process (the `cotext` binary calls it first thing). Returns whether the
@@ -48,7 +53,9 @@ mod imp {
         };
         // Setting any of these also turns off glibc's dynamic threshold, which
         // would otherwise move the mmap threshold back and forth.
-        set(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) & set(libc::M_TOP_PAD, TOP_PAD)
+        set(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            & set(libc::M_TOP_PAD, TOP_PAD)
     }
 }
 
@@ -64,7 +71,10 @@ mod tests {
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_accepts_the_settings() {
-        if super::USER_SETTINGS.iter().all(|v| std::env::var_os(v).is_none()) {
+        if super::USER_SETTINGS
+            .iter()
+            .all(|v| std::env::var_os(v).is_none())
+        {
             assert!(super::tune());
             // Allocations of every size still work afterwards.
             for n in [1usize, 4 << 10, 1 << 20, 40 << 20] {

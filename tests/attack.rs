@@ -4,7 +4,6 @@
 //! `cotext eval`, PGD is at least as strong as FGSM, HotFlip never touches
 //! special tokens, and bad flags exit 2 naming the flag.
 
-
 mod models_support;
 
 use std::path::{Path, PathBuf};
@@ -227,7 +226,10 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        models_support::common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        models_support::common::skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }
@@ -426,7 +428,8 @@ fn attack_cli_on_a_trained_tiny_model() {
 /// Run on the library with the loaded run: inserted ids are never special, and
 /// padding, BOS and EOS positions keep their ids.
 fn hotflip_never_touches_special_tokens(run: &Path) {
-    let (setup, model) = cotext::infer::classify::load_run(run, &cotext::train::run_device(run).unwrap()).unwrap();
+    let (setup, model) =
+        cotext::infer::classify::load_run(run, &cotext::train::run_device(run).unwrap()).unwrap();
     let tok = &setup.tokenizer;
     let allowed = attack::hotflip_candidates(tok);
     for id in [Some(tok.pad_id()), tok.bos_id(), tok.eos_id(), tok.unk_id()]
@@ -614,8 +617,14 @@ fn compare_attack_adds_robustness_columns() {
     assert!((w["diff"].as_f64().unwrap() - diff).abs() < 1e-12, "{w}");
     let p = w["p"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p), "{w}");
-    assert!(report.contains("Against ce: the difference of the mean accuracies"), "{report}");
-    assert!(report.contains(&format!("{:+.4} (p {p:.3})", w["diff"].as_f64().unwrap())), "{report}");
+    assert!(
+        report.contains("Against ce: the difference of the mean accuracies"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("{:+.4} (p {p:.3})", w["diff"].as_f64().unwrap())),
+        "{report}"
+    );
     // A second call reuses the cached results, untouched.
     let cached = std::fs::read(out.join("ce-seed1/attack-hotflip.json")).unwrap();
     let modified = std::fs::metadata(out.join("ce-seed1/attack-hotflip.json"))

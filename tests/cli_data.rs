@@ -19,7 +19,10 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir.canonicalize().unwrap())
     } else {
-        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        common::skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }

@@ -145,8 +145,18 @@ fn every_format_and_the_card_route_give_the_same_score() {
     let o = cotext(
         dir,
         &[
-            "attack", "-q", "--run", run.to_str().unwrap(), "--data", "test.csv", "--method", "hotflip",
-            "--flips", "1", "--format", "json",
+            "attack",
+            "-q",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            "test.csv",
+            "--method",
+            "hotflip",
+            "--flips",
+            "1",
+            "--format",
+            "json",
         ],
     );
     let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
@@ -159,7 +169,16 @@ fn every_format_and_the_card_route_give_the_same_score() {
     std::fs::write(dir.join("other.tsv"), "text\tlabel\na fine film\tmaybe\n").unwrap();
     let err = exit_2(&cotext(
         dir,
-        &["attack", "-q", "--run", run.to_str().unwrap(), "--data", "other.tsv", "--method", "fgsm"],
+        &[
+            "attack",
+            "-q",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            "other.tsv",
+            "--method",
+            "fgsm",
+        ],
     ));
     assert!(err.contains("other.tsv"), "{err}");
 
@@ -513,7 +532,10 @@ fn shared() -> Option<PathBuf> {
     if dir.join("sst2").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        common::skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }

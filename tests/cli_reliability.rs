@@ -18,7 +18,10 @@ fn shared() -> Option<PathBuf> {
 
 fn command(cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
-    cmd.args(args).current_dir(cwd).env("HF_HOME", cwd.join("hf")).env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("HF_HOME", cwd.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
     cmd
 }
 
@@ -27,7 +30,11 @@ fn cotext(cwd: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
@@ -47,7 +54,17 @@ fn config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
 /// Trains the tiny config into `dir/run` and returns the run's path.
 fn trained(dir: &Path, data: &Path) -> PathBuf {
     let cfg = config(dir, data, "");
-    let o = cotext(dir, &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", "run"]);
+    let o = cotext(
+        dir,
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     dir.join("run")
 }
@@ -82,7 +99,17 @@ fn a_folder_holding_the_users_files_is_never_written_into() {
     std::fs::write(weights.join("best.safetensors"), b"my weights").unwrap();
     for (cwd, out) in [(&mine, "."), (&tmp.path().to_path_buf(), "weights")] {
         let before = snapshot(tmp.path());
-        let o = cotext(cwd, &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", out]);
+        let o = cotext(
+            cwd,
+            &[
+                "train",
+                "-q",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                out,
+            ],
+        );
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("not a cotext run"), "{}", text(&o));
         assert!(snapshot(tmp.path()) == before, "--out {out}: files changed");
@@ -96,25 +123,74 @@ fn runs_that_fail_before_their_first_checkpoint_leave_no_folder() {
     let cfg = config(tmp.path(), &data, "");
     let cfg = cfg.to_str().unwrap();
     // Refused by the memory estimate before allocating: exit 2, not an abort.
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--set", "model.hidden=100000000", "--out", "big"]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg,
+            "--set",
+            "model.hidden=100000000",
+            "--out",
+            "big",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("make the model smaller"), "{}", text(&o));
     assert!(!tmp.path().join("big").exists());
     // A NaN at the first steps: the message does not promise a checkpoint.
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--set", "train.optimizer.lr=1e38", "--out", "nan"]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg,
+            "--set",
+            "train.optimizer.lr=1e38",
+            "--out",
+            "nan",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("before its first checkpoint, so no weights were saved"), "{}", text(&o));
+    assert!(
+        text(&o).contains("before its first checkpoint, so no weights were saved"),
+        "{}",
+        text(&o)
+    );
     assert!(!tmp.path().join("nan").exists());
     // An empty folder the user made is kept, and left empty.
     std::fs::create_dir(tmp.path().join("empty")).unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--set", "train.optimizer.lr=1e38", "--out", "empty"]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg,
+            "--set",
+            "train.optimizer.lr=1e38",
+            "--out",
+            "empty",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert_eq!(std::fs::read_dir(tmp.path().join("empty")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("empty")).unwrap().count(),
+        0
+    );
     // A run killed before its first checkpoint is ours: it may start over.
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--out", "empty"]);
+    let o = cotext(
+        tmp.path(),
+        &["train", "-q", "--config", cfg, "--out", "empty"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     std::fs::remove_file(tmp.path().join("empty/state.json")).unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--out", "empty"]);
+    let o = cotext(
+        tmp.path(),
+        &["train", "-q", "--config", cfg, "--out", "empty"],
+    );
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -125,16 +201,57 @@ fn a_refused_resume_writes_nothing() {
     let run = trained(tmp.path(), &data);
     let before = snapshot(&run);
     let out = run.to_str().unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "model.hidden=32", "--out", out]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--set",
+            "model.hidden=32",
+            "--out",
+            out,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("model.hidden is 16") && text(&o).contains("32"), "{}", text(&o));
+    assert!(
+        text(&o).contains("model.hidden is 16") && text(&o).contains("32"),
+        "{}",
+        text(&o)
+    );
     let cfg = tmp.path().join("tiny.toml");
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--config", cfg.to_str().unwrap(), "--out", out]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("cannot be combined with --resume"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot be combined with --resume"),
+        "{}",
+        text(&o)
+    );
     assert!(snapshot(&run) == before, "a refused resume changed the run");
     // What may change does.
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "train.max_steps=4", "--out", out]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--set",
+            "train.max_steps=4",
+            "--out",
+            out,
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(Checkpoint::read(&run).unwrap().unwrap().state.step, 4);
 }
@@ -153,9 +270,24 @@ fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
     let at = bad.len() - 3;
     bad[at] ^= 0x40;
     std::fs::write(&optim, &bad).unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "train.max_steps=4", "--out", out]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--set",
+            "train.max_steps=4",
+            "--out",
+            out,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("optim.safetensors") && text(&o).contains("sha256"), "{}", text(&o));
+    assert!(
+        text(&o).contains("optim.safetensors") && text(&o).contains("sha256"),
+        "{}",
+        text(&o)
+    );
     std::fs::write(&optim, &good).unwrap();
     // Truncated best weights: eval names the file.
     let best = live.dir.join(checkpoint::BEST);
@@ -173,18 +305,41 @@ fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
     let t = &tensors[&name];
     tensors.insert(name.clone(), (t.ones_like().unwrap() * f64::NAN).unwrap());
     checkpoint::save_tensors(&best, &tensors).unwrap();
-    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
-    state["checkpoint"]["files"]["best.safetensors"] = checkpoint::sha256_file(&best).unwrap().into();
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    state["checkpoint"]["files"]["best.safetensors"] =
+        checkpoint::sha256_file(&best).unwrap().into();
     std::fs::write(run.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
     let o = cotext(tmp.path(), &["eval", "--run", out, "--split", "dev"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("best.safetensors") && text(&o).contains("NaN") && text(&o).contains(&name), "{}", text(&o));
+    assert!(
+        text(&o).contains("best.safetensors")
+            && text(&o).contains("NaN")
+            && text(&o).contains(&name),
+        "{}",
+        text(&o)
+    );
     // A data cursor past the end of an epoch is an error, not a skipped epoch.
     state["cursor"]["batch"] = 9999.into();
     std::fs::write(run.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "train.max_steps=4", "--out", out]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--set",
+            "train.max_steps=4",
+            "--out",
+            out,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("data cursor is at batch 9999"), "{}", text(&o));
+    assert!(
+        text(&o).contains("data cursor is at batch 9999"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -200,7 +355,18 @@ fn a_torn_metrics_line_is_dropped_on_resume() {
     let o = cotext(tmp.path(), &["plot", "--run", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     // ...and a resume drops it, saying so, before appending.
-    let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "train.max_steps=5", "--out", run.to_str().unwrap()]);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "--set",
+            "train.max_steps=5",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("dropped a last line"), "{}", text(&o));
     for line in std::fs::read_to_string(&metrics).unwrap().lines() {
@@ -215,7 +381,18 @@ fn sigterm_saves_a_checkpoint_and_exits_130() {
     let cfg = config(tmp.path(), &data, "");
     let child = command(
         tmp.path(),
-        &["train", "-q", "--config", cfg.to_str().unwrap(), "--set", "train.max_steps=100000", "--set", "train.eval_every=100000", "--out", "run"],
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "train.eval_every=100000",
+            "--out",
+            "run",
+        ],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
@@ -223,16 +400,26 @@ fn sigterm_saves_a_checkpoint_and_exits_130() {
     .unwrap();
     // Wait until it trains (a metrics line), then ask it to stop as `timeout` would.
     let started = Instant::now();
-    while !std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 3) {
-        assert!(started.elapsed() < Duration::from_secs(60), "no training after 60 s");
+    while !std::fs::read_to_string(tmp.path().join("run/metrics.jsonl"))
+        .is_ok_and(|m| m.lines().count() >= 3)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no training after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", text(&o));
     assert!(text(&o).contains("checkpoint saved"), "{}", text(&o));
-    let saved = Checkpoint::read(&tmp.path().join("run")).unwrap().expect("a checkpoint");
+    let saved = Checkpoint::read(&tmp.path().join("run"))
+        .unwrap()
+        .expect("a checkpoint");
     assert!(saved.state.step >= 3 && !saved.state.finished);
     saved.verify(checkpoint::MODEL).unwrap();
 }
@@ -244,7 +431,11 @@ fn translate_on_a_classification_run_says_what_it_is() {
     let run = trained(tmp.path(), &data);
     let o = cotext(tmp.path(), &["translate", "--run", run.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("classification run") && text(&o).contains("cotext predict"), "{}", text(&o));
+    assert!(
+        text(&o).contains("classification run") && text(&o).contains("cotext predict"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -259,8 +450,17 @@ fn binary_stdin_to_predict_names_the_line() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"a fine film .\n\xff\xfe\x00 binary\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a fine film .\n\xff\xfe\x00 binary\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("<stdin>:2: invalid UTF-8"), "{}", text(&o));
+    assert!(
+        text(&o).contains("<stdin>:2: invalid UTF-8"),
+        "{}",
+        text(&o)
+    );
 }

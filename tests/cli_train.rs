@@ -13,20 +13,37 @@ fn shared() -> Option<PathBuf> {
 
 fn cotext(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
-    cmd.args(args).current_dir(cwd).env("HF_HOME", cwd.join("hf")).env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("HF_HOME", cwd.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
     match stdin {
         None => cmd.output().unwrap(),
         Some(text) => {
             use std::io::Write;
-            let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             child.wait_with_output().unwrap()
         }
     }
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn config(dir: &Path, data: &Path, objective: &str, extra: &str) -> PathBuf {
@@ -46,7 +63,11 @@ fn config(dir: &Path, data: &Path, objective: &str, extra: &str) -> PathBuf {
 /// A file of the run's live checkpoint (the folder state.json points at),
 /// checked against the sha256 state.json records.
 fn checkpoint_file(run: &Path, name: &str) -> PathBuf {
-    cotext::train::checkpoint::Checkpoint::read(run).unwrap().expect("a checkpoint").verify(name).unwrap()
+    cotext::train::checkpoint::Checkpoint::read(run)
+        .unwrap()
+        .expect("a checkpoint")
+        .verify(name)
+        .unwrap()
 }
 
 fn weights(run: &Path) -> Vec<u8> {
@@ -61,17 +82,64 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
         let cfg = config(tmp.path(), &data, objective, "eval_every = 3\n");
         let cfg = cfg.to_str().unwrap();
         let straight = tmp.path().join(format!("straight-{objective}"));
-        let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--set", "train.max_steps=8", "--out", straight.to_str().unwrap()], None);
+        let o = cotext(
+            tmp.path(),
+            &[
+                "train",
+                "-q",
+                "--config",
+                cfg,
+                "--set",
+                "train.max_steps=8",
+                "--out",
+                straight.to_str().unwrap(),
+            ],
+            None,
+        );
         assert!(o.status.success(), "{}", text(&o));
         let split = tmp.path().join(format!("split-{objective}"));
-        let o = cotext(tmp.path(), &["train", "-q", "--config", cfg, "--set", "train.max_steps=4", "--out", split.to_str().unwrap()], None);
+        let o = cotext(
+            tmp.path(),
+            &[
+                "train",
+                "-q",
+                "--config",
+                cfg,
+                "--set",
+                "train.max_steps=4",
+                "--out",
+                split.to_str().unwrap(),
+            ],
+            None,
+        );
         assert!(o.status.success(), "{}", text(&o));
-        assert!(weights(&split) != weights(&straight), "{objective}: 4 and 8 steps gave the same weights");
-        let o = cotext(tmp.path(), &["train", "-q", "--resume", "--set", "train.max_steps=8", "--out", split.to_str().unwrap()], None);
+        assert!(
+            weights(&split) != weights(&straight),
+            "{objective}: 4 and 8 steps gave the same weights"
+        );
+        let o = cotext(
+            tmp.path(),
+            &[
+                "train",
+                "-q",
+                "--resume",
+                "--set",
+                "train.max_steps=8",
+                "--out",
+                split.to_str().unwrap(),
+            ],
+            None,
+        );
         assert!(o.status.success(), "{}", text(&o));
-        assert!(weights(&split) == weights(&straight), "{objective}: resumed weights differ from the uninterrupted run");
+        assert!(
+            weights(&split) == weights(&straight),
+            "{objective}: resumed weights differ from the uninterrupted run"
+        );
         let optim = |run: &Path| std::fs::read(checkpoint_file(run, "optim.safetensors")).unwrap();
-        assert!(optim(&split) == optim(&straight), "{objective}: optimizer state differs");
+        assert!(
+            optim(&split) == optim(&straight),
+            "{objective}: optimizer state differs"
+        );
     }
 }
 
@@ -81,14 +149,35 @@ fn train_eval_predict_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &data, "hcot", "");
     let run = tmp.path().join("run");
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()], None);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("test accuracy"), "{out}");
-    for f in ["config.toml", "task.json", "tokenizer.json", "labels.json", "state.json", "metrics.jsonl"] {
+    for f in [
+        "config.toml",
+        "task.json",
+        "tokenizer.json",
+        "labels.json",
+        "state.json",
+        "metrics.jsonl",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    assert_eq!(std::fs::read_to_string(run.join("task.json")).unwrap(), r#"{"task":"classification"}"#);
+    assert_eq!(
+        std::fs::read_to_string(run.join("task.json")).unwrap(),
+        r#"{"task":"classification"}"#
+    );
     for f in ["model.safetensors", "optim.safetensors", "best.safetensors"] {
         assert!(checkpoint_file(&run, f).is_file(), "{f} missing");
     }
@@ -100,11 +189,26 @@ fn train_eval_predict_round_trip() {
     assert!(metrics.lines().any(|l| l.contains("\"split\":\"dev\"")));
     assert!(metrics.lines().any(|l| l.contains("\"complement\"")));
     // A second train into the same folder refuses rather than overwriting.
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()], None);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--resume"));
 
-    let o = cotext(tmp.path(), &["eval", "--run", run.to_str().unwrap(), "--format", "json"], None);
+    let o = cotext(
+        tmp.path(),
+        &["eval", "--run", run.to_str().unwrap(), "--format", "json"],
+        None,
+    );
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["count"], 2210);
@@ -113,13 +217,35 @@ fn train_eval_predict_round_trip() {
     assert!(v["macro_f1"].as_f64().is_some());
     assert_eq!(v["confusion"].as_array().unwrap().len(), 5);
 
-    let o = cotext(tmp.path(), &["predict", "--run", run.to_str().unwrap(), "--format", "json"], Some("a gorgeous , witty movie .\nthe worst film of the year .\n"));
+    let o = cotext(
+        tmp.path(),
+        &[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        Some("a gorgeous , witty movie .\nthe worst film of the year .\n"),
+    );
     assert!(o.status.success(), "{}", text(&o));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
-    let total: f64 = lines[0]["probs"].as_object().unwrap().values().map(|p| p.as_f64().unwrap()).sum();
+    let total: f64 = lines[0]["probs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_f64().unwrap())
+        .sum();
     assert!((total - 1.0).abs() < 1e-4);
-    let o = cotext(tmp.path(), &["predict", "--run", run.to_str().unwrap()], Some("fine .\n"));
+    let o = cotext(
+        tmp.path(),
+        &["predict", "--run", run.to_str().unwrap()],
+        Some("fine .\n"),
+    );
     let line = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(line.lines().count(), 1);
     assert!(line.contains('\t'), "{line}");
@@ -130,11 +256,28 @@ fn binary_tasks_warn_that_cot_does_nothing() {
     let Some(data) = shared() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &data, "cot", "max_steps = 1\n");
-    let body = std::fs::read_to_string(&cfg).unwrap().replace("\"sst5\"", "\"sst2\"");
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"sst5\"", "\"sst2\"");
     std::fs::write(&cfg, body).unwrap();
-    let o = cotext(tmp.path(), &["train", "-q", "--config", cfg.to_str().unwrap(), "--out", "r"], None);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "r",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("complement entropy is identically 0"), "{}", text(&o));
+    assert!(
+        text(&o).contains("complement entropy is identically 0"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -142,22 +285,50 @@ fn bad_configs_exit_2_naming_the_key_or_path() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("nodata");
     let cfg = config(tmp.path(), &data, "ce", "learning_rate = 0.1\n");
-    let o = cotext(tmp.path(), &["train", "--config", cfg.to_str().unwrap()], None);
+    let o = cotext(
+        tmp.path(),
+        &["train", "--config", cfg.to_str().unwrap()],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("learning_rate") && text(&o).contains("ce.toml"), "{}", text(&o));
+    assert!(
+        text(&o).contains("learning_rate") && text(&o).contains("ce.toml"),
+        "{}",
+        text(&o)
+    );
 
     let cfg = config(tmp.path(), &data, "ce", "batch_size = \"big\"\n");
-    let body = std::fs::read_to_string(&cfg).unwrap().replace("batch_size = 16\n", "");
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("batch_size = 16\n", "");
     std::fs::write(&cfg, body).unwrap();
-    let o = cotext(tmp.path(), &["train", "--config", cfg.to_str().unwrap()], None);
+    let o = cotext(
+        tmp.path(),
+        &["train", "--config", cfg.to_str().unwrap()],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("train.batch_size: expected an integer, got \"big\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("train.batch_size: expected an integer, got \"big\""),
+        "{}",
+        text(&o)
+    );
 
     let o = cotext(tmp.path(), &["train", "--config", "missing.toml"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("missing.toml"), "{}", text(&o));
 
-    let o = cotext(tmp.path(), &["train", "--config", config(tmp.path(), &data, "ce", "").to_str().unwrap(), "--set", "train.epochs=0"], None);
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "--config",
+            config(tmp.path(), &data, "ce", "").to_str().unwrap(),
+            "--set",
+            "train.epochs=0",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("train.epochs"), "{}", text(&o));
 

@@ -20,7 +20,10 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        common::skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }

@@ -47,12 +47,39 @@ momentum = 0.9
 
 /// Fragments that make the mutations hit the parsers' interesting paths.
 const TOKENS: &[&str] = &[
-    "\"", "[", "]", "{", "}", "=", ",", ":", "\n", "-1", "1e400", "NaN", "nan", "inf", "\"big\"", "true", "null", "[[",
-    "18446744073709551616", "0", "\u{0}", "\u{fffd}", "kind", "model.", "\\u0000", "999999999999",
+    "\"",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    ",",
+    ":",
+    "\n",
+    "-1",
+    "1e400",
+    "NaN",
+    "nan",
+    "inf",
+    "\"big\"",
+    "true",
+    "null",
+    "[[",
+    "18446744073709551616",
+    "0",
+    "\u{0}",
+    "\u{fffd}",
+    "kind",
+    "model.",
+    "\\u0000",
+    "999999999999",
 ];
 
 fn cases() -> usize {
-    std::env::var("COTEXT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500)
+    std::env::var("COTEXT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
 }
 
 fn mutate(rng: &mut SplitMix64, seed: &[u8]) -> Vec<u8> {
@@ -85,32 +112,63 @@ fn fuzz(name: &str, seed: &[u8], stream: u64, budget: Duration, mut check: impl 
     for case in 0..n {
         let input = mutate(&mut rng, seed);
         if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
-            panic!("{name}: case {case} panicked on input {:?}", String::from_utf8_lossy(&input));
+            panic!(
+                "{name}: case {case} panicked on input {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
-        assert!(started.elapsed() < budget, "{name}: {case} cases took over {budget:?}");
+        assert!(
+            started.elapsed() < budget,
+            "{name}: {case} cases took over {budget:?}"
+        );
     }
 }
 
 #[test]
 fn config_toml_never_panics() {
     RunConfig::from_toml(CONFIG, &[], "seed.toml").expect("the seed config is valid");
-    fuzz("config", CONFIG.as_bytes(), 1, Duration::from_secs(120), |input| {
-        let text = String::from_utf8_lossy(input);
-        if let Err(e) = RunConfig::from_toml(&text, &[], "fuzz.toml") {
-            assert!(e.is_user_error(), "{e}");
-        }
-    });
+    fuzz(
+        "config",
+        CONFIG.as_bytes(),
+        1,
+        Duration::from_secs(120),
+        |input| {
+            let text = String::from_utf8_lossy(input);
+            if let Err(e) = RunConfig::from_toml(&text, &[], "fuzz.toml") {
+                assert!(e.is_user_error(), "{e}");
+            }
+        },
+    );
     // Overrides are user input too.
-    fuzz("--set", b"train.optimizer.lr=3e-5", 2, Duration::from_secs(60), |input| {
-        let _ = RunConfig::from_toml(CONFIG, &[String::from_utf8_lossy(input).into_owned()], "seed.toml");
-    });
+    fuzz(
+        "--set",
+        b"train.optimizer.lr=3e-5",
+        2,
+        Duration::from_secs(60),
+        |input| {
+            let _ = RunConfig::from_toml(
+                CONFIG,
+                &[String::from_utf8_lossy(input).into_owned()],
+                "seed.toml",
+            );
+        },
+    );
 }
 
 fn weights(x: f32) -> HashMap<String, Tensor> {
     HashMap::from([
-        ("embed.weight".to_string(), Tensor::new(&[[x, 0.5], [-1.0, 2.0]], &Device::Cpu).unwrap()),
-        ("head.bias".to_string(), Tensor::new(&[0.25f32, x], &Device::Cpu).unwrap()),
-        ("step".to_string(), Tensor::new(&[3u32, 0], &Device::Cpu).unwrap()),
+        (
+            "embed.weight".to_string(),
+            Tensor::new(&[[x, 0.5], [-1.0, 2.0]], &Device::Cpu).unwrap(),
+        ),
+        (
+            "head.bias".to_string(),
+            Tensor::new(&[0.25f32, x], &Device::Cpu).unwrap(),
+        ),
+        (
+            "step".to_string(),
+            Tensor::new(&[3u32, 0], &Device::Cpu).unwrap(),
+        ),
     ])
 }
 
@@ -118,8 +176,24 @@ fn weights(x: f32) -> HashMap<String, Tensor> {
 fn state_json_never_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path();
-    let state = RunState { step: 7, cursor: Default::default(), rng_state: 9, best: Some((0.5, 6)), bad_evals: 1, finished: false, stopped_early: false };
-    checkpoint::save(run, &state, &weights(1.0), &weights(2.0), BestWeights::Current, None).unwrap();
+    let state = RunState {
+        step: 7,
+        cursor: Default::default(),
+        rng_state: 9,
+        best: Some((0.5, 6)),
+        bad_evals: 1,
+        finished: false,
+        stopped_early: false,
+    };
+    checkpoint::save(
+        run,
+        &state,
+        &weights(1.0),
+        &weights(2.0),
+        BestWeights::Current,
+        None,
+    )
+    .unwrap();
     let seed = std::fs::read(run.join("state.json")).unwrap();
     fuzz("state.json", &seed, 3, Duration::from_secs(120), |input| {
         std::fs::write(run.join("state.json"), input).unwrap();
@@ -145,10 +219,15 @@ fn safetensors_loading_never_panics_and_names_the_file() {
     let check = |input: &[u8], path: &Path| {
         std::fs::write(path, input).unwrap();
         if let Err(e) = checkpoint::load_tensors(path) {
-            assert!(e.is_user_error() && e.to_string().contains("weights.safetensors"), "{e}");
+            assert!(
+                e.is_user_error() && e.to_string().contains("weights.safetensors"),
+                "{e}"
+            );
         }
     };
-    fuzz("safetensors", &seed, 4, Duration::from_secs(120), |input| check(input, &path));
+    fuzz("safetensors", &seed, 4, Duration::from_secs(120), |input| {
+        check(input, &path)
+    });
     // Mutations of the data bytes only (the header kept valid), where NaN
     // exponents come from.
     let header = 8 + u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize;
@@ -165,16 +244,29 @@ fn safetensors_loading_never_panics_and_names_the_file() {
 fn tokenizer_json_never_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tokenizer.json");
-    let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf-bert/tokenizer.json")).unwrap();
-    fuzz("tokenizer.json", &seed, 6, Duration::from_secs(120), |input| {
-        std::fs::write(&path, input).unwrap();
-        match cotext::tokenize::TextTokenizer::from_file(&path) {
-            Ok(t) => {
-                let _ = t.encode_with("a fine film .", &Default::default());
+    let seed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/hf-bert/tokenizer.json"
+    ))
+    .unwrap();
+    fuzz(
+        "tokenizer.json",
+        &seed,
+        6,
+        Duration::from_secs(120),
+        |input| {
+            std::fs::write(&path, input).unwrap();
+            match cotext::tokenize::TextTokenizer::from_file(&path) {
+                Ok(t) => {
+                    let _ = t.encode_with("a fine film .", &Default::default());
+                }
+                Err(e) => assert!(
+                    e.is_user_error() && e.to_string().contains("tokenizer.json"),
+                    "{e}"
+                ),
             }
-            Err(e) => assert!(e.is_user_error() && e.to_string().contains("tokenizer.json"), "{e}"),
-        }
-    });
+        },
+    );
 }
 
 /// Writes `input` to a file named `name` in a fresh temporary folder and runs
@@ -185,7 +277,10 @@ fn on_file<T>(name: &str, input: &[u8], read: impl FnOnce(&Path) -> cotext::Resu
     std::fs::write(&path, input).unwrap();
     if let Err(e) = read(&path) {
         assert!(e.is_user_error(), "{name}: {e}");
-        assert!(e.to_string().contains(name), "{name}: the error does not name the file: {e}");
+        assert!(
+            e.to_string().contains(name),
+            "{name}: the error does not name the file: {e}"
+        );
     }
 }
 
@@ -202,15 +297,35 @@ fn data_files_never_panic_and_name_the_file() {
         // The seeds are valid: the mutations start from files that read.
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(name), seed).unwrap();
-        let read = file::read_labelled_file(&tmp.path().join(name), &FileColumns::default(), &labels);
-        assert_eq!(read.unwrap_or_else(|e| panic!("seed {name}: {e}")).examples.len(), seed.lines().count() - usize::from(!name.ends_with("jsonl")));
-        fuzz(name, seed.as_bytes(), 10 + stream as u64, Duration::from_secs(120), |input| {
-            on_file(name, input, |p| file::read_labelled_file(p, &FileColumns::default(), &labels));
-            on_file(name, input, |p| file::read_texts(p, &FileColumns::default()));
-            on_file(name, input, |p| {
-                file::open(&[("train".into(), p.to_path_buf())], &FileColumns::default(), None)
-            });
-        });
+        let read =
+            file::read_labelled_file(&tmp.path().join(name), &FileColumns::default(), &labels);
+        assert_eq!(
+            read.unwrap_or_else(|e| panic!("seed {name}: {e}"))
+                .examples
+                .len(),
+            seed.lines().count() - usize::from(!name.ends_with("jsonl"))
+        );
+        fuzz(
+            name,
+            seed.as_bytes(),
+            10 + stream as u64,
+            Duration::from_secs(120),
+            |input| {
+                on_file(name, input, |p| {
+                    file::read_labelled_file(p, &FileColumns::default(), &labels)
+                });
+                on_file(name, input, |p| {
+                    file::read_texts(p, &FileColumns::default())
+                });
+                on_file(name, input, |p| {
+                    file::open(
+                        &[("train".into(), p.to_path_buf())],
+                        &FileColumns::default(),
+                        None,
+                    )
+                });
+            },
+        );
     }
 }
 
@@ -220,8 +335,19 @@ fn sst_trees_never_panic_and_name_the_file() {
                 (1 (2 It) (1 (1 drags) (2 .)))\n";
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("trees.txt"), seed).unwrap();
-    assert_eq!(cotext::data::sst::read_sst_trees(&tmp.path().join("trees.txt")).expect("the seed trees are valid").len(), 2);
-    fuzz("trees.txt", seed.as_bytes(), 20, Duration::from_secs(120), |input| {
-        on_file("trees.txt", input, cotext::data::sst::read_sst_trees);
-    });
+    assert_eq!(
+        cotext::data::sst::read_sst_trees(&tmp.path().join("trees.txt"))
+            .expect("the seed trees are valid")
+            .len(),
+        2
+    );
+    fuzz(
+        "trees.txt",
+        seed.as_bytes(),
+        20,
+        Duration::from_secs(120),
+        |input| {
+            on_file("trees.txt", input, cotext::data::sst::read_sst_trees);
+        },
+    );
 }

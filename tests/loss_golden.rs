@@ -5,12 +5,17 @@
 //! `tests/golden/losses.json`. Each case runs in f64 (tight tolerances) and in f32.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cotext::loss::{self, ComplementOptions, CrossEntropyOptions, Form, LabelHierarchy, Normalization};
+use cotext::loss::{
+    self, ComplementOptions, CrossEntropyOptions, Form, LabelHierarchy, Normalization,
+};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/losses.json"))
-        .expect("tests/golden/losses.json");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/losses.json"
+    ))
+    .expect("tests/golden/losses.json");
     let v: Value = serde_json::from_str(&text).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
@@ -54,7 +59,12 @@ enum Path {
 
 /// Runs one golden case in `dtype` and returns (value, gradient as f64 [rows·K]).
 fn run_case(c: &Value, dtype: DType, path: Path) -> Option<(f64, Vec<f64>)> {
-    let shape: Vec<usize> = c["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = c["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
     let k = *shape.last().unwrap();
     let rows: usize = shape.iter().product::<usize>() / k;
     let data = match &c["logits"] {
@@ -63,21 +73,43 @@ fn run_case(c: &Value, dtype: DType, path: Path) -> Option<(f64, Vec<f64>)> {
         other => panic!("logits {other:?}"),
     };
     let dev = Device::Cpu;
-    let logits = Var::from_tensor(&Tensor::from_vec(data, shape.as_slice(), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
-    let t: Vec<i64> = c["targets"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let logits = Var::from_tensor(
+        &Tensor::from_vec(data, shape.as_slice(), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+    )
+    .unwrap();
+    let t: Vec<i64> = c["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
     let target_shape = &shape[..shape.len() - 1];
     // Rank-3 cases use i64 targets, the others u32: both dtypes are exercised.
     let targets = if shape.len() == 3 {
         Tensor::from_vec(t, target_shape, &dev).unwrap()
     } else {
-        Tensor::from_vec(t.iter().map(|&x| x as u32).collect::<Vec<_>>(), target_shape, &dev).unwrap()
+        Tensor::from_vec(
+            t.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+            target_shape,
+            &dev,
+        )
+        .unwrap()
     };
-    let ignore_index = c.get("ignore_index").and_then(Value::as_u64).map(|x| x as u32);
+    let ignore_index = c
+        .get("ignore_index")
+        .and_then(Value::as_u64)
+        .map(|x| x as u32);
     let value = match c["loss"].as_str().unwrap() {
         "cross_entropy" => {
             let opts = CrossEntropyOptions {
                 ignore_index,
-                label_smoothing: c.get("label_smoothing").and_then(Value::as_f64).unwrap_or(0.0),
+                label_smoothing: c
+                    .get("label_smoothing")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0),
             };
             match path {
                 Path::Plain => loss::cross_entropy(&logits, &targets, &opts),
@@ -85,21 +117,40 @@ fn run_case(c: &Value, dtype: DType, path: Path) -> Option<(f64, Vec<f64>)> {
             }
         }
         "complement" => {
-            let opts = ComplementOptions { form: form(c), normalization: normalization(c), ignore_index };
+            let opts = ComplementOptions {
+                form: form(c),
+                normalization: normalization(c),
+                ignore_index,
+            };
             match path {
                 Path::Plain => loss::complement_entropy(&logits, &targets, &opts),
-                Path::Chunked if opts.form == Form::Exact => loss::chunked_complement_entropy(&logits, &targets, &opts),
+                Path::Chunked if opts.form == Form::Exact => {
+                    loss::chunked_complement_entropy(&logits, &targets, &opts)
+                }
                 Path::Chunked => return None,
             }
         }
         "gce" if path == Path::Plain => {
-            let opts = ComplementOptions { form: form(c), normalization: normalization(c), ignore_index };
+            let opts = ComplementOptions {
+                form: form(c),
+                normalization: normalization(c),
+                ignore_index,
+            };
             loss::guided_complement_entropy(&logits, &targets, c["alpha"].as_f64().unwrap(), &opts)
         }
         "hcot" if path == Path::Plain => {
-            let coarse = c["coarse"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let coarse = c["coarse"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             let h = LabelHierarchy::new(coarse).unwrap();
-            let opts = ComplementOptions { form: form(c), normalization: normalization(c), ignore_index };
+            let opts = ComplementOptions {
+                form: form(c),
+                normalization: normalization(c),
+                ignore_index,
+            };
             loss::hierarchical_complement_entropy(&logits, &targets, &h, &opts)
         }
         _ => return None,
@@ -107,31 +158,74 @@ fn run_case(c: &Value, dtype: DType, path: Path) -> Option<(f64, Vec<f64>)> {
     .unwrap();
     let grads = value.backward().unwrap();
     let grad = grads.get(&logits).expect("logits receive a gradient");
-    let grad: Vec<f64> = grad.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    Some((value.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), grad))
+    let grad: Vec<f64> = grad
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    Some((
+        value
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        grad,
+    ))
 }
 
 fn check(c: &Value, dtype: DType, path: Path, rtol: f64, atol: f64) -> bool {
     let name = c["name"].as_str().unwrap();
-    let Some((value, grad)) = run_case(c, dtype, path) else { return false };
+    let Some((value, grad)) = run_case(c, dtype, path) else {
+        return false;
+    };
     let expected = c["value"].as_f64().unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= atol + rtol * b.abs();
-    assert!(close(value, expected), "{name} ({dtype:?}, {path:?}): value {value:e}, PyTorch {expected:e}");
-    let k = *c["shape"].as_array().unwrap().last().unwrap().as_u64().as_ref().unwrap() as usize;
+    assert!(
+        close(value, expected),
+        "{name} ({dtype:?}, {path:?}): value {value:e}, PyTorch {expected:e}"
+    );
+    let k = *c["shape"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_u64()
+        .as_ref()
+        .unwrap() as usize;
     if let Some(samples) = c.get("grad_samples") {
         for s in samples.as_array().unwrap() {
-            let (r, col, g) = (s[0].as_u64().unwrap() as usize, s[1].as_u64().unwrap() as usize, s[2].as_f64().unwrap());
+            let (r, col, g) = (
+                s[0].as_u64().unwrap() as usize,
+                s[1].as_u64().unwrap() as usize,
+                s[2].as_f64().unwrap(),
+            );
             let got = grad[r * k + col];
-            assert!(close(got, g), "{name} ({dtype:?}, {path:?}): grad[{r},{col}] {got:e}, PyTorch {g:e}");
+            assert!(
+                close(got, g),
+                "{name} ({dtype:?}, {path:?}): grad[{r},{col}] {got:e}, PyTorch {g:e}"
+            );
         }
         let norm = grad.iter().map(|x| x * x).sum::<f64>().sqrt();
         let expected = c["grad_norm"].as_f64().unwrap();
-        assert!((norm - expected).abs() <= rtol.max(1e-12) * expected + atol, "{name}: grad norm {norm:e}, PyTorch {expected:e}");
+        assert!(
+            (norm - expected).abs() <= rtol.max(1e-12) * expected + atol,
+            "{name}: grad norm {norm:e}, PyTorch {expected:e}"
+        );
     } else {
-        let expected: Vec<f64> = c["grad"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let expected: Vec<f64> = c["grad"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(grad.len(), expected.len(), "{name}");
         for (i, (g, e)) in grad.iter().zip(&expected).enumerate() {
-            assert!(close(*g, *e), "{name} ({dtype:?}, {path:?}): grad[{i}] {g:e}, PyTorch {e:e}");
+            assert!(
+                close(*g, *e),
+                "{name} ({dtype:?}, {path:?}): grad[{i}] {g:e}, PyTorch {e:e}"
+            );
         }
     }
     true
@@ -181,7 +275,10 @@ fn reference_form_collapses_at_margin_30_and_exact_does_not() {
     assert!(truth < -0.1, "{truth}");
     // ...the authors' form reports almost nothing...
     let (r, _) = run_case(&reference, DType::F64, Path::Plain).unwrap();
-    assert!(r.abs() < 1e-4 * truth.abs(), "reference {r} vs truth {truth}");
+    assert!(
+        r.abs() < 1e-4 * truth.abs(),
+        "reference {r} vs truth {truth}"
+    );
     // ...and the exact form gets it to the last digits, in f64 and in f32.
     let (e64, _) = run_case(&exact, DType::F64, Path::Plain).unwrap();
     assert!((e64 - truth).abs() < 1e-13, "{e64} vs {truth}");

@@ -34,7 +34,18 @@ fn grad_of(value: &Tensor, var: &Var) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -73,8 +84,17 @@ fn exact_form_gives_the_target_logit_no_gradient() {
 fn two_classes_give_exactly_zero() {
     let z = Var::from_tensor(&logits(&[9, 2], 2, 10.0)).unwrap();
     let tt = targets(&[0, 1, 1, 0, 1, 0, 0, 1, 1], &[9]);
-    for norm in [Normalization::None, Normalization::Classes, Normalization::LogClasses, Normalization::LogClassesMinusOne, Normalization::ClassesMinusOne] {
-        let opts = ComplementOptions { normalization: norm, ..exact() };
+    for norm in [
+        Normalization::None,
+        Normalization::Classes,
+        Normalization::LogClasses,
+        Normalization::LogClassesMinusOne,
+        Normalization::ClassesMinusOne,
+    ] {
+        let opts = ComplementOptions {
+            normalization: norm,
+            ..exact()
+        };
         let values = [
             loss::complement_entropy(&z, &tt, &opts).unwrap(),
             loss::chunked_complement_entropy(&z, &tt, &opts).unwrap(),
@@ -95,7 +115,10 @@ fn padded_positions_change_nothing() {
     let tt = targets(&tv, &[b, t]);
     let base = logits(&[b, t, v], 3, 3.0);
     // Same logits at real positions; garbage (including inf and NaN) at the pads.
-    let mask: Vec<f64> = tv.iter().flat_map(|&x| std::iter::repeat_n(if x == pad { 1.0 } else { 0.0 }, v)).collect();
+    let mask: Vec<f64> = tv
+        .iter()
+        .flat_map(|&x| std::iter::repeat_n(if x == pad { 1.0 } else { 0.0 }, v))
+        .collect();
     let mask = Tensor::from_vec(mask, (b, t, v), &Device::Cpu).unwrap();
     let noisy = (&base + (&mask * 1e6).unwrap()).unwrap();
     let mut poisoned = noisy.flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -104,19 +127,39 @@ fn padded_positions_change_nothing() {
     let poisoned = Tensor::from_vec(poisoned, (b, t, v), &Device::Cpu).unwrap();
 
     type LossFn<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
-    let ce = CrossEntropyOptions::default().with_ignore_index(pad).with_label_smoothing(0.1);
+    let ce = CrossEntropyOptions::default()
+        .with_ignore_index(pad)
+        .with_label_smoothing(0.1);
     let co = exact().with_ignore_index(pad);
     let reference = ComplementOptions::authors_cot().with_ignore_index(pad);
     let h = LabelHierarchy::new(vec![0, 0, 0, 1, 1, 1, 2, 2, 2]).unwrap();
     let tt = &tt;
     let losses: Vec<(&str, LossFn)> = vec![
         ("ce", Box::new(|z| loss::cross_entropy(z, tt, &ce).unwrap())),
-        ("complement", Box::new(|z| loss::complement_entropy(z, tt, &co).unwrap())),
-        ("reference", Box::new(|z| loss::complement_entropy(z, tt, &reference).unwrap())),
-        ("gce", Box::new(|z| loss::guided_complement_entropy(z, tt, 0.3, &co).unwrap())),
-        ("hcot", Box::new(|z| loss::hierarchical_complement_entropy(z, tt, &h, &co).unwrap())),
-        ("chunked ce", Box::new(|z| loss::chunked_cross_entropy(z, tt, &ce).unwrap())),
-        ("chunked complement", Box::new(|z| loss::chunked_complement_entropy(z, tt, &co).unwrap())),
+        (
+            "complement",
+            Box::new(|z| loss::complement_entropy(z, tt, &co).unwrap()),
+        ),
+        (
+            "reference",
+            Box::new(|z| loss::complement_entropy(z, tt, &reference).unwrap()),
+        ),
+        (
+            "gce",
+            Box::new(|z| loss::guided_complement_entropy(z, tt, 0.3, &co).unwrap()),
+        ),
+        (
+            "hcot",
+            Box::new(|z| loss::hierarchical_complement_entropy(z, tt, &h, &co).unwrap()),
+        ),
+        (
+            "chunked ce",
+            Box::new(|z| loss::chunked_cross_entropy(z, tt, &ce).unwrap()),
+        ),
+        (
+            "chunked complement",
+            Box::new(|z| loss::chunked_complement_entropy(z, tt, &co).unwrap()),
+        ),
     ];
     for (name, f) in &losses {
         let z0 = Var::from_tensor(&base).unwrap();
@@ -133,7 +176,6 @@ fn padded_positions_change_nothing() {
         let pad_grad = (&g0 * &mask).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(scalar(&pad_grad), 0.0, "{name}: gradient at pads");
     }
-
 }
 
 #[test]
@@ -170,10 +212,14 @@ fn accumulating_micro_batches_equals_one_batch() {
         let la = sum(&a, &t1).scaled(total).unwrap();
         let lb = sum(&b, &t2).scaled(total).unwrap();
         let g = Tensor::cat(&[&grad_of(&la, &a), &grad_of(&lb, &b)], 0).unwrap();
-        assert!((scalar(&la) + scalar(&lb) - scalar(&whole)).abs() < 1e-14, "{which}: value");
+        assert!(
+            (scalar(&la) + scalar(&lb) - scalar(&whole)).abs() < 1e-14,
+            "{which}: value"
+        );
         assert!(max_abs_diff(&g, &g_whole) < 1e-15, "{which}: gradient");
         // The mean of means is not the same thing: that is why LossSum exists.
-        let mean_of_means = (scalar(&sum(&z1, &t1).mean().unwrap()) + scalar(&sum(&z2, &t2).mean().unwrap())) / 2.0;
+        let mean_of_means =
+            (scalar(&sum(&z1, &t1).mean().unwrap()) + scalar(&sum(&z2, &t2).mean().unwrap())) / 2.0;
         assert!((mean_of_means - scalar(&whole)).abs() > 1e-6, "{which}");
     }
 }
@@ -188,20 +234,42 @@ fn chunked_equals_plain_at_a_large_vocabulary() {
     for dtype in [DType::F64, DType::F32] {
         let base = logits(&[n, v], 6, 6.0).to_dtype(dtype).unwrap();
         let tol = if dtype == DType::F64 { 1e-12 } else { 2e-6 };
-        let co = ComplementOptions { normalization: Normalization::LogClassesMinusOne, ..exact() }.with_ignore_index(0);
-        let ce = CrossEntropyOptions::default().with_ignore_index(0).with_label_smoothing(0.1);
+        let co = ComplementOptions {
+            normalization: Normalization::LogClassesMinusOne,
+            ..exact()
+        }
+        .with_ignore_index(0);
+        let ce = CrossEntropyOptions::default()
+            .with_ignore_index(0)
+            .with_label_smoothing(0.1);
         type LossFn<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
         let pairs: [(&str, LossFn, LossFn); 2] = [
-            ("complement", Box::new(|z| loss::complement_entropy(z, &tt, &co).unwrap()), Box::new(|z| loss::chunked_complement_entropy(z, &tt, &co).unwrap())),
-            ("ce", Box::new(|z| loss::cross_entropy(z, &tt, &ce).unwrap()), Box::new(|z| loss::chunked_cross_entropy(z, &tt, &ce).unwrap())),
+            (
+                "complement",
+                Box::new(|z| loss::complement_entropy(z, &tt, &co).unwrap()),
+                Box::new(|z| loss::chunked_complement_entropy(z, &tt, &co).unwrap()),
+            ),
+            (
+                "ce",
+                Box::new(|z| loss::cross_entropy(z, &tt, &ce).unwrap()),
+                Box::new(|z| loss::chunked_cross_entropy(z, &tt, &ce).unwrap()),
+            ),
         ];
         for (name, plain, chunked) in &pairs {
             let a = Var::from_tensor(&base).unwrap();
             let b = Var::from_tensor(&base).unwrap();
             let (va, vb) = (plain(&a), chunked(&b));
-            assert!((scalar(&va) - scalar(&vb)).abs() <= tol * scalar(&va).abs().max(1.0), "{name} {dtype:?}: {} vs {}", scalar(&va), scalar(&vb));
+            assert!(
+                (scalar(&va) - scalar(&vb)).abs() <= tol * scalar(&va).abs().max(1.0),
+                "{name} {dtype:?}: {} vs {}",
+                scalar(&va),
+                scalar(&vb)
+            );
             let d = max_abs_diff(&grad_of(&va, &a), &grad_of(&vb, &b));
-            assert!(d <= tol / n as f64, "{name} {dtype:?}: gradient differs by {d:e}");
+            assert!(
+                d <= tol / n as f64,
+                "{name} {dtype:?}: gradient differs by {d:e}"
+            );
         }
     }
 }
@@ -212,13 +280,34 @@ fn projected_loss_equals_plain_loss_on_the_projection() {
     let h0 = logits(&[b, t, hdim], 7, 1.0);
     let w0 = logits(&[v, hdim], 8, 0.5);
     let b0 = logits(&[v], 9, 0.5);
-    let tv: Vec<u32> = (0..(b * t) as u32).map(|i| if i % 5 == 4 { 0 } else { (i * 37 + 1) % v as u32 }).collect();
+    let tv: Vec<u32> = (0..(b * t) as u32)
+        .map(|i| {
+            if i % 5 == 4 {
+                0
+            } else {
+                (i * 37 + 1) % v as u32
+            }
+        })
+        .collect();
     let tt = targets(&tv, &[b, t]);
     let co = exact().with_ignore_index(0);
-    let ce = CrossEntropyOptions::default().with_ignore_index(0).with_label_smoothing(0.05);
-    for (name, which) in [("complement", ProjectedLoss::Complement(co)), ("ce", ProjectedLoss::CrossEntropy(ce))] {
-        let (h, w, bias) = (Var::from_tensor(&h0).unwrap(), Var::from_tensor(&w0).unwrap(), Var::from_tensor(&b0).unwrap());
-        let logits = h.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+    let ce = CrossEntropyOptions::default()
+        .with_ignore_index(0)
+        .with_label_smoothing(0.05);
+    for (name, which) in [
+        ("complement", ProjectedLoss::Complement(co)),
+        ("ce", ProjectedLoss::CrossEntropy(ce)),
+    ] {
+        let (h, w, bias) = (
+            Var::from_tensor(&h0).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+            Var::from_tensor(&b0).unwrap(),
+        );
+        let logits = h
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
         let plain = match which {
             ProjectedLoss::Complement(o) => loss::complement_entropy_sum(&logits, &tt, &o),
             ProjectedLoss::CrossEntropy(o) => loss::cross_entropy_sum(&logits, &tt, &o),
@@ -228,15 +317,30 @@ fn projected_loss_equals_plain_loss_on_the_projection() {
         let plain_v = (plain.mean().unwrap() * 3.0).unwrap();
         let gp = plain_v.backward().unwrap();
         for chunk in [1, 4, 0] {
-            let (h2, w2, b2) = (Var::from_tensor(&h0).unwrap(), Var::from_tensor(&w0).unwrap(), Var::from_tensor(&b0).unwrap());
-            let fused = loss::projected_token_loss(&h2, &w2, Some(&b2), &tt, &which, chunk).unwrap();
+            let (h2, w2, b2) = (
+                Var::from_tensor(&h0).unwrap(),
+                Var::from_tensor(&w0).unwrap(),
+                Var::from_tensor(&b0).unwrap(),
+            );
+            let fused =
+                loss::projected_token_loss(&h2, &w2, Some(&b2), &tt, &which, chunk).unwrap();
             assert_eq!(fused.count, plain.count);
             let fused_v = (fused.mean().unwrap() * 3.0).unwrap();
-            assert!((scalar(&fused_v) - scalar(&plain_v)).abs() < 1e-12, "{name}/{chunk}: value");
+            assert!(
+                (scalar(&fused_v) - scalar(&plain_v)).abs() < 1e-12,
+                "{name}/{chunk}: value"
+            );
             let gf = fused_v.backward().unwrap();
-            for (a, bb, what) in [(&h, &h2, "hidden"), (&w, &w2, "weight"), (&bias, &b2, "bias")] {
+            for (a, bb, what) in [
+                (&h, &h2, "hidden"),
+                (&w, &w2, "weight"),
+                (&bias, &b2, "bias"),
+            ] {
                 let d = max_abs_diff(gp.get(a).unwrap(), gf.get(bb).unwrap());
-                assert!(d < 1e-13, "{name}/{chunk}: {what} gradient differs by {d:e}");
+                assert!(
+                    d < 1e-13,
+                    "{name}/{chunk}: {what} gradient differs by {d:e}"
+                );
             }
         }
     }
@@ -251,30 +355,77 @@ fn hcot_special_cases_reduce_to_complement_entropy() {
     let plain = loss::complement_entropy(&a, &tt, &opts).unwrap();
     let g_plain = grad_of(&plain, &a);
     for (what, h) in [
-        ("one group per class", LabelHierarchy::new((0..6).collect()).unwrap()),
-        ("one group for all", LabelHierarchy::new(vec![0; 6]).unwrap()),
+        (
+            "one group per class",
+            LabelHierarchy::new((0..6).collect()).unwrap(),
+        ),
+        (
+            "one group for all",
+            LabelHierarchy::new(vec![0; 6]).unwrap(),
+        ),
     ] {
         let b = Var::from_tensor(&z0).unwrap();
         let v = loss::hierarchical_complement_entropy(&b, &tt, &h, &opts).unwrap();
-        assert!((scalar(&v) - scalar(&plain)).abs() < 1e-15, "{what}: {} vs {}", scalar(&v), scalar(&plain));
-        assert!(max_abs_diff(&grad_of(&v, &b), &g_plain) < 1e-15, "{what}: gradient");
+        assert!(
+            (scalar(&v) - scalar(&plain)).abs() < 1e-15,
+            "{what}: {} vs {}",
+            scalar(&v),
+            scalar(&plain)
+        );
+        assert!(
+            max_abs_diff(&grad_of(&v, &b), &g_plain) < 1e-15,
+            "{what}: gradient"
+        );
     }
     // A real hierarchy differs from the flat loss.
-    let v = loss::hierarchical_complement_entropy(&z0, &tt, &LabelHierarchy::new(vec![0, 0, 1, 1, 1, 2]).unwrap(), &opts).unwrap();
+    let v = loss::hierarchical_complement_entropy(
+        &z0,
+        &tt,
+        &LabelHierarchy::new(vec![0, 0, 1, 1, 1, 2]).unwrap(),
+        &opts,
+    )
+    .unwrap();
     assert!((scalar(&v) - scalar(&plain)).abs() > 1e-3);
 }
 
 #[test]
 fn label_hierarchy_is_validated() {
-    assert!(LabelHierarchy::new(vec![0, 0, 2]).unwrap_err().contains("group 1"));
+    assert!(LabelHierarchy::new(vec![0, 0, 2])
+        .unwrap_err()
+        .contains("group 1"));
     assert!(LabelHierarchy::new(vec![0]).is_err());
-    assert!(LabelHierarchy::from_groups(&[vec![0, 1], vec![1, 2]]).unwrap_err().contains("class 1 appears in groups 0 and 1"));
-    assert!(LabelHierarchy::from_groups(&[vec![0, 1], vec![5]]).unwrap_err().contains("out of range"));
-    assert_eq!(LabelHierarchy::from_groups(&[vec![0, 1], vec![2], vec![3, 4]]).unwrap(), LabelHierarchy::sst5());
+    assert!(LabelHierarchy::from_groups(&[vec![0, 1], vec![1, 2]])
+        .unwrap_err()
+        .contains("class 1 appears in groups 0 and 1"));
+    assert!(LabelHierarchy::from_groups(&[vec![0, 1], vec![5]])
+        .unwrap_err()
+        .contains("out of range"));
+    assert_eq!(
+        LabelHierarchy::from_groups(&[vec![0, 1], vec![2], vec![3, 4]]).unwrap(),
+        LabelHierarchy::sst5()
+    );
     let z = logits(&[2, 4], 11, 1.0);
-    let err = loss::hierarchical_complement_entropy(&z, &targets(&[0, 1], &[2]), &LabelHierarchy::sst5(), &exact()).unwrap_err();
-    assert!(err.to_string().contains("5 classes but the logits have 4"), "{err}");
-    let err = loss::hierarchical_complement_entropy(&logits(&[2, 5], 1, 1.0), &targets(&[0, 1], &[2]), &LabelHierarchy::sst5(), &ComplementOptions { form: Form::Reference, ..exact() }).unwrap_err();
+    let err = loss::hierarchical_complement_entropy(
+        &z,
+        &targets(&[0, 1], &[2]),
+        &LabelHierarchy::sst5(),
+        &exact(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("5 classes but the logits have 4"),
+        "{err}"
+    );
+    let err = loss::hierarchical_complement_entropy(
+        &logits(&[2, 5], 1, 1.0),
+        &targets(&[0, 1], &[2]),
+        &LabelHierarchy::sst5(),
+        &ComplementOptions {
+            form: Form::Reference,
+            ..exact()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("Form::Exact"), "{err}");
 }
 
@@ -282,14 +433,48 @@ fn label_hierarchy_is_validated() {
 fn bad_inputs_are_errors_not_panics() {
     let z = logits(&[3, 5], 12, 1.0);
     let msg = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
-    assert!(msg(loss::complement_entropy(&z, &targets(&[0, 5, 1], &[3]), &exact())).contains("target 5 at row 1"));
-    assert!(msg(loss::cross_entropy(&z, &targets(&[0, 1], &[2]), &Default::default())).contains("[N, K]"));
-    assert!(msg(loss::complement_entropy(&logits(&[3, 1], 1, 1.0), &targets(&[0, 0, 0], &[3]), &exact())).contains("at least 2 classes"));
+    assert!(msg(loss::complement_entropy(
+        &z,
+        &targets(&[0, 5, 1], &[3]),
+        &exact()
+    ))
+    .contains("target 5 at row 1"));
+    assert!(msg(loss::cross_entropy(
+        &z,
+        &targets(&[0, 1], &[2]),
+        &Default::default()
+    ))
+    .contains("[N, K]"));
+    assert!(msg(loss::complement_entropy(
+        &logits(&[3, 1], 1, 1.0),
+        &targets(&[0, 0, 0], &[3]),
+        &exact()
+    ))
+    .contains("at least 2 classes"));
     let neg = Tensor::new(&[0i64, -1, 2], &Device::Cpu).unwrap();
     assert!(msg(loss::cross_entropy(&z, &neg, &Default::default())).contains("target -1"));
-    assert!(msg(loss::cross_entropy(&z, &targets(&[0, 1, 2], &[3]), &CrossEntropyOptions { label_smoothing: 1.5, ..Default::default() })).contains("label_smoothing"));
-    assert!(msg(loss::guided_complement_entropy(&z, &targets(&[0, 1, 2], &[3]), -1.0, &exact())).contains("alpha"));
-    assert!(msg(loss::chunked_complement_entropy(&z, &targets(&[0, 1, 2], &[3]), &ComplementOptions::authors_cot())).contains("Form::Exact"));
+    assert!(msg(loss::cross_entropy(
+        &z,
+        &targets(&[0, 1, 2], &[3]),
+        &CrossEntropyOptions {
+            label_smoothing: 1.5,
+            ..Default::default()
+        }
+    ))
+    .contains("label_smoothing"));
+    assert!(msg(loss::guided_complement_entropy(
+        &z,
+        &targets(&[0, 1, 2], &[3]),
+        -1.0,
+        &exact()
+    ))
+    .contains("alpha"));
+    assert!(msg(loss::chunked_complement_entropy(
+        &z,
+        &targets(&[0, 1, 2], &[3]),
+        &ComplementOptions::authors_cot()
+    ))
+    .contains("Form::Exact"));
 }
 
 #[test]
@@ -297,20 +482,31 @@ fn a_batch_of_padding_is_zero_not_nan() {
     let z = Var::from_tensor(&logits(&[2, 3, 7], 13, 1.0)).unwrap();
     let tt = targets(&[0; 6], &[2, 3]);
     for v in [
-        loss::cross_entropy(&z, &tt, &CrossEntropyOptions::default().with_ignore_index(0)).unwrap(),
+        loss::cross_entropy(
+            &z,
+            &tt,
+            &CrossEntropyOptions::default().with_ignore_index(0),
+        )
+        .unwrap(),
         loss::complement_entropy(&z, &tt, &exact().with_ignore_index(0)).unwrap(),
         loss::chunked_complement_entropy(&z, &tt, &exact().with_ignore_index(0)).unwrap(),
     ] {
         assert_eq!(scalar(&v), 0.0);
     }
-    assert_eq!(loss::complement_entropy_sum(&z, &tt, &exact().with_ignore_index(0)).unwrap().count, 0);
+    assert_eq!(
+        loss::complement_entropy_sum(&z, &tt, &exact().with_ignore_index(0))
+            .unwrap()
+            .count,
+        0
+    );
 }
 
 #[test]
 fn half_precision_logits_are_upcast() {
     let z = logits(&[4, 6], 14, 2.0);
     let tt = targets(&[0, 1, 2, 3], &[4]);
-    let full = scalar(&loss::complement_entropy(&z.to_dtype(DType::F32).unwrap(), &tt, &exact()).unwrap());
+    let full =
+        scalar(&loss::complement_entropy(&z.to_dtype(DType::F32).unwrap(), &tt, &exact()).unwrap());
     for dt in [DType::BF16, DType::F16] {
         let v = loss::complement_entropy(&z.to_dtype(dt).unwrap(), &tt, &exact()).unwrap();
         assert_eq!(v.dtype(), DType::F32);
@@ -327,7 +523,13 @@ fn reference_form_is_bit_identical_to_the_candle_nn_softmax() {
     let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % k as u32).collect();
     let g = targets(&labels, &[n]);
     let zerohot: Vec<f64> = (0..n * k)
-        .map(|i| if (i % k) as u32 == labels[i / k] { 0.0 } else { 1.0 })
+        .map(|i| {
+            if (i % k) as u32 == labels[i / k] {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     let opts = ComplementOptions {
         form: Form::Reference,

@@ -22,8 +22,16 @@ fn finds_a_local_folder_and_the_hf_cache_layout_offline() {
     // HF_HOME is read by hf-hub's Cache::from_env; no other test sets it.
     std::env::set_var("HF_HOME", &home);
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    assert_eq!(resolve_model_dir(Path::new("acme/tiny-bert")).unwrap(), snap);
-    let err = resolve_model_dir(Path::new("acme/missing")).unwrap_err().to_string();
-    assert!(err.contains("acme/missing") && err.contains("HF cache"), "{err}");
+    assert_eq!(
+        resolve_model_dir(Path::new("acme/tiny-bert")).unwrap(),
+        snap
+    );
+    let err = resolve_model_dir(Path::new("acme/missing"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acme/missing") && err.contains("HF cache"),
+        "{err}"
+    );
     assert!(resolve_model_dir(Path::new("./nope")).is_err());
 }

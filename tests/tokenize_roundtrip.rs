@@ -21,7 +21,10 @@ fn shared() -> Option<PathBuf> {
     if dir.join("README.md").is_file() {
         Some(dir)
     } else {
-        common::skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        common::skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }
@@ -231,8 +234,14 @@ fn loads_a_hugging_face_bert_tokenizer_json() {
 fn minilm_tokenizer_loads_without_its_fixed_padding_and_truncation() {
     let dir = std::env::var_os("COTEXT_MINILM")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/cotext/all-minilm-l6-v2")));
-    let Some(path) = dir.map(|d| d.join("tokenizer.json")).filter(|p| p.is_file()) else {
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/cotext/all-minilm-l6-v2"))
+        });
+    let Some(path) = dir
+        .map(|d| d.join("tokenizer.json"))
+        .filter(|p| p.is_file())
+    else {
         common::skip("all-MiniLM-L6-v2 not fetched (bash scripts/fetch-minilm.sh)");
         return;
     };
@@ -242,7 +251,14 @@ fn minilm_tokenizer_loads_without_its_fixed_padding_and_truncation() {
     let long = "word ".repeat(300);
     assert_eq!(tok.encode(&long).unwrap().len(), 300);
     let ids = tok
-        .encode_with("a fine film", &cotext::tokenize::EncodeOptions { add_bos: true, add_eos: true, ..Default::default() })
+        .encode_with(
+            "a fine film",
+            &cotext::tokenize::EncodeOptions {
+                add_bos: true,
+                add_eos: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(ids.first(), tok.bos_id().as_ref());
     assert_eq!(ids.last(), tok.eos_id().as_ref());

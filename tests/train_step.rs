@@ -5,24 +5,38 @@
 
 use candle_core::{Device, Tensor, Var};
 use cotext::loss::{self, ComplementOptions, LabelHierarchy};
-use cotext::train::{ComplementLrScale, LossConfig, Objective, Optimizer, OptimizerConfig, Stepper};
+use cotext::train::{
+    ComplementLrScale, LossConfig, Objective, Optimizer, OptimizerConfig, Stepper,
+};
 
 const K: usize = 5;
 const D: usize = 4;
 
 fn data() -> (Tensor, Tensor) {
-    let x: Vec<f32> = (0..8 * D).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
+    let x: Vec<f32> = (0..8 * D)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0)
+        .collect();
     let y: Vec<u32> = (0..8).map(|i| (i * 3 % K) as u32).collect();
-    (Tensor::from_vec(x, (8, D), &Device::Cpu).unwrap(), Tensor::from_vec(y, 8, &Device::Cpu).unwrap())
+    (
+        Tensor::from_vec(x, (8, D), &Device::Cpu).unwrap(),
+        Tensor::from_vec(y, 8, &Device::Cpu).unwrap(),
+    )
 }
 
 fn weights() -> Var {
-    let w: Vec<f32> = (0..K * D).map(|i| ((i * 11 % 7) as f32 - 3.0) / 10.0).collect();
+    let w: Vec<f32> = (0..K * D)
+        .map(|i| ((i * 11 % 7) as f32 - 3.0) / 10.0)
+        .collect();
     Var::from_tensor(&Tensor::from_vec(w, (K, D), &Device::Cpu).unwrap()).unwrap()
 }
 
 fn sgd() -> OptimizerConfig {
-    OptimizerConfig::Sgd { lr: 0.5, momentum: 0.9, nesterov: false, weight_decay: 0.0 }
+    OptimizerConfig::Sgd {
+        lr: 0.5,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    }
 }
 
 fn objectives() -> Vec<Objective> {
@@ -44,14 +58,37 @@ fn micro_batches_step_like_one_batch() {
     let (x, y) = data();
     for objective in objectives() {
         let w1 = weights();
-        let mut one = Stepper::new(objective.clone(), LossConfig::default(), vec![("w".into(), w1.clone())], sgd()).unwrap();
+        let mut one = Stepper::new(
+            objective.clone(),
+            LossConfig::default(),
+            vec![("w".into(), w1.clone())],
+            sgd(),
+        )
+        .unwrap();
         let w2 = weights();
-        let mut two = Stepper::new(objective.clone(), LossConfig::default(), vec![("w".into(), w2.clone())], sgd()).unwrap();
+        let mut two = Stepper::new(
+            objective.clone(),
+            LossConfig::default(),
+            vec![("w".into(), w2.clone())],
+            sgd(),
+        )
+        .unwrap();
         for _ in 0..3 {
-            let r1 = one.step(&[(x.clone(), y.clone())], |x| x.matmul(&w1.as_tensor().t()?)).unwrap().unwrap();
+            let r1 = one
+                .step(&[(x.clone(), y.clone())], |x| {
+                    x.matmul(&w1.as_tensor().t()?)
+                })
+                .unwrap()
+                .unwrap();
             // Uneven split: 3 + 5 examples.
-            let micro = [(x.narrow(0, 0, 3).unwrap(), y.narrow(0, 0, 3).unwrap()), (x.narrow(0, 3, 5).unwrap(), y.narrow(0, 3, 5).unwrap())];
-            let r2 = two.step(&micro, |x| x.matmul(&w2.as_tensor().t()?)).unwrap().unwrap();
+            let micro = [
+                (x.narrow(0, 0, 3).unwrap(), y.narrow(0, 0, 3).unwrap()),
+                (x.narrow(0, 3, 5).unwrap(), y.narrow(0, 3, 5).unwrap()),
+            ];
+            let r2 = two
+                .step(&micro, |x| x.matmul(&w2.as_tensor().t()?))
+                .unwrap()
+                .unwrap();
             assert!((r1.loss - r2.loss).abs() < 1e-6, "{objective:?}");
             assert_eq!(r1.count, 8);
             assert_eq!(r1.complement.is_some(), objective.reports_complement());
@@ -68,9 +105,19 @@ fn micro_batches_step_like_one_batch() {
 /// One COT update written out: optimizer `a` on CE, then a second forward with
 /// the updated weights and optimizer `b` on the complement entropy.
 fn cot_by_hand(a: &mut Optimizer, b: &mut Optimizer, v: &Var, x: &Tensor, y: &Tensor) {
-    let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), y, &Default::default()).unwrap();
+    let ce = loss::cross_entropy(
+        &x.matmul(&v.as_tensor().t().unwrap()).unwrap(),
+        y,
+        &Default::default(),
+    )
+    .unwrap();
     a.step(&ce.backward().unwrap()).unwrap();
-    let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), y, &ComplementOptions::default()).unwrap();
+    let c = loss::complement_entropy(
+        &x.matmul(&v.as_tensor().t().unwrap()).unwrap(),
+        y,
+        &ComplementOptions::default(),
+    )
+    .unwrap();
     b.step(&c.backward().unwrap()).unwrap();
 }
 
@@ -78,14 +125,23 @@ fn cot_by_hand(a: &mut Optimizer, b: &mut Optimizer, v: &Var, x: &Tensor, y: &Te
 fn cot_is_algorithm_one() {
     let (x, y) = data();
     let w = weights();
-    let mut stepper = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], sgd()).unwrap();
+    let mut stepper = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        sgd(),
+    )
+    .unwrap();
     // By hand: optimizer A on CE, then a second forward and optimizer B on the
     // complement entropy, B with its own momentum buffer.
     let v = weights();
     let mut a = Optimizer::new(vec![("w".into(), v.clone())], sgd()).unwrap();
     let mut b = Optimizer::new(vec![("w".into(), v.clone())], sgd()).unwrap();
     for _ in 0..3 {
-        stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+        stepper
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
         cot_by_hand(&mut a, &mut b, &v, &x, &y);
     }
     assert_eq!(flat(&w), flat(&v));
@@ -93,9 +149,19 @@ fn cot_is_algorithm_one() {
     let u = weights();
     let mut single = Optimizer::new(vec![("w".into(), u.clone())], sgd()).unwrap();
     for _ in 0..3 {
-        let ce = loss::cross_entropy(&x.matmul(&u.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
+        let ce = loss::cross_entropy(
+            &x.matmul(&u.as_tensor().t().unwrap()).unwrap(),
+            &y,
+            &Default::default(),
+        )
+        .unwrap();
         single.step(&ce.backward().unwrap()).unwrap();
-        let c = loss::complement_entropy(&x.matmul(&u.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
+        let c = loss::complement_entropy(
+            &x.matmul(&u.as_tensor().t().unwrap()).unwrap(),
+            &y,
+            &ComplementOptions::default(),
+        )
+        .unwrap();
         single.step(&c.backward().unwrap()).unwrap();
     }
     assert_ne!(flat(&w), flat(&u));
@@ -105,21 +171,52 @@ fn cot_is_algorithm_one() {
 fn state_round_trip_resumes_both_optimizers() {
     let (x, y) = data();
     let w = weights();
-    let mut straight = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], OptimizerConfig::default()).unwrap();
+    let mut straight = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        OptimizerConfig::default(),
+    )
+    .unwrap();
     for _ in 0..4 {
-        straight.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+        straight
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
     }
     let v = weights();
-    let mut first = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), v.clone())], OptimizerConfig::default()).unwrap();
+    let mut first = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), v.clone())],
+        OptimizerConfig::default(),
+    )
+    .unwrap();
     for _ in 0..2 {
-        first.step(&[(x.clone(), y.clone())], |x| x.matmul(&v.as_tensor().t()?)).unwrap().unwrap();
+        first
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&v.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
     }
     let state = first.state_tensors().unwrap();
-    assert!(state.keys().any(|k| k.starts_with("complement.m.")), "{:?}", state.keys());
-    let mut resumed = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), v.clone())], OptimizerConfig::default()).unwrap();
+    assert!(
+        state.keys().any(|k| k.starts_with("complement.m.")),
+        "{:?}",
+        state.keys()
+    );
+    let mut resumed = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), v.clone())],
+        OptimizerConfig::default(),
+    )
+    .unwrap();
     resumed.load_state(&state).unwrap();
     for _ in 0..2 {
-        resumed.step(&[(x.clone(), y.clone())], |x| x.matmul(&v.as_tensor().t()?)).unwrap().unwrap();
+        resumed
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&v.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(flat(&w), flat(&v));
 }
@@ -129,9 +226,17 @@ fn non_finite_loss_leaves_the_weights_alone() {
     let (_, y) = data();
     let w = weights();
     let before = flat(&w);
-    let mut stepper = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], sgd()).unwrap();
+    let mut stepper = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        sgd(),
+    )
+    .unwrap();
     let nan = Tensor::full(f32::NAN, (8, D), &Device::Cpu).unwrap();
-    let r = stepper.step(&[(nan, y)], |x| x.matmul(&w.as_tensor().t()?)).unwrap();
+    let r = stepper
+        .step(&[(nan, y)], |x| x.matmul(&w.as_tensor().t()?))
+        .unwrap();
     let err = r.unwrap_err();
     assert_eq!(err.pass, "primary");
     assert!(err.value.is_nan());
@@ -143,8 +248,14 @@ fn complement_lr_scale_runs_the_complement_optimizer_at_a_fraction_of_the_rate()
     let (x, y) = data();
     let w = weights();
     let adam = OptimizerConfig::default();
-    let mut stepper =
-        Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], adam.clone()).unwrap().with_complement_lr_scale(0.1);
+    let mut stepper = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        adam.clone(),
+    )
+    .unwrap()
+    .with_complement_lr_scale(0.1);
     assert!((stepper.complement_learning_rate().unwrap() - 0.1 * adam.lr()).abs() < 1e-15);
     // The schedule's rate reaches the complement optimizer scaled.
     stepper.set_learning_rate(0.02);
@@ -156,12 +267,22 @@ fn complement_lr_scale_runs_the_complement_optimizer_at_a_fraction_of_the_rate()
     a.set_learning_rate(0.02);
     b.set_learning_rate(0.002);
     for _ in 0..3 {
-        stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+        stepper
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
         cot_by_hand(&mut a, &mut b, &v, &x, &y);
     }
     assert_eq!(flat(&w), flat(&v));
     // Objectives with one step have no complement optimizer.
-    let ce = Stepper::new(Objective::CrossEntropy, LossConfig::default(), vec![("w".into(), weights())], adam).unwrap().with_complement_lr_scale(0.1);
+    let ce = Stepper::new(
+        Objective::CrossEntropy,
+        LossConfig::default(),
+        vec![("w".into(), weights())],
+        adam,
+    )
+    .unwrap()
+    .with_complement_lr_scale(0.1);
     assert_eq!(ce.complement_learning_rate(), None);
 }
 
@@ -181,43 +302,105 @@ fn cot_joint_gradient_is_the_weighted_sum_of_the_two_gradients() {
     let (x, y) = data();
     let gamma = 0.7;
     // Plain SGD (no momentum) at lr 1: the update is the gradient itself.
-    let plain = OptimizerConfig::Sgd { lr: 1.0, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+    let plain = OptimizerConfig::Sgd {
+        lr: 1.0,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
     let w = weights();
-    let mut stepper = Stepper::new(Objective::CotJoint { weight: gamma }, LossConfig::default(), vec![("w".into(), w.clone())], plain).unwrap();
+    let mut stepper = Stepper::new(
+        Objective::CotJoint { weight: gamma },
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        plain,
+    )
+    .unwrap();
     let v = weights();
     let g_ce = grad_of(&v, &x, &y, false);
     let g_c = grad_of(&v, &x, &y, true);
-    let report = stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+    let report = stepper
+        .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+        .unwrap()
+        .unwrap();
     let expected = (v.as_tensor() - (&g_ce + (&g_c * gamma).unwrap()).unwrap()).unwrap();
     let got = flat(&w);
-    for (a, b) in got.iter().zip(expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+    for (a, b) in got
+        .iter()
+        .zip(expected.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     // The complement part is really there (γ·g_c is not negligible) ...
-    let only_ce = (v.as_tensor() - &g_ce).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let only_ce = (v.as_tensor() - &g_ce)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(got.iter().zip(&only_ce).any(|(a, b)| (a - b).abs() > 1e-3));
     // ... and the report gives the two parts separately, unweighted.
     let logits = x.matmul(&v.as_tensor().t().unwrap()).unwrap();
-    let ce: f32 = loss::cross_entropy(&logits, &y, &Default::default()).unwrap().to_scalar().unwrap();
-    let c: f32 = loss::complement_entropy(&logits, &y, &ComplementOptions::default()).unwrap().to_scalar().unwrap();
-    assert!((report.loss - ce as f64).abs() < 1e-6, "{} vs {ce}", report.loss);
+    let ce: f32 = loss::cross_entropy(&logits, &y, &Default::default())
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let c: f32 = loss::complement_entropy(&logits, &y, &ComplementOptions::default())
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(
+        (report.loss - ce as f64).abs() < 1e-6,
+        "{} vs {ce}",
+        report.loss
+    );
     assert!((report.complement.unwrap() - c as f64).abs() < 1e-6);
     // One optimizer: no complement learning rate.
     assert_eq!(stepper.complement_learning_rate(), None);
     // Weight 0 is cross-entropy exactly.
     let w0 = weights();
     let w1 = weights();
-    let mut joint0 = Stepper::new(Objective::CotJoint { weight: 0.0 }, LossConfig::default(), vec![("w".into(), w0.clone())], sgd()).unwrap();
-    let mut ce_only = Stepper::new(Objective::CrossEntropy, LossConfig::default(), vec![("w".into(), w1.clone())], sgd()).unwrap();
+    let mut joint0 = Stepper::new(
+        Objective::CotJoint { weight: 0.0 },
+        LossConfig::default(),
+        vec![("w".into(), w0.clone())],
+        sgd(),
+    )
+    .unwrap();
+    let mut ce_only = Stepper::new(
+        Objective::CrossEntropy,
+        LossConfig::default(),
+        vec![("w".into(), w1.clone())],
+        sgd(),
+    )
+    .unwrap();
     for _ in 0..3 {
-        joint0.step(&[(x.clone(), y.clone())], |x| x.matmul(&w0.as_tensor().t()?)).unwrap().unwrap();
-        ce_only.step(&[(x.clone(), y.clone())], |x| x.matmul(&w1.as_tensor().t()?)).unwrap().unwrap();
+        joint0
+            .step(&[(x.clone(), y.clone())], |x| {
+                x.matmul(&w0.as_tensor().t()?)
+            })
+            .unwrap()
+            .unwrap();
+        ce_only
+            .step(&[(x.clone(), y.clone())], |x| {
+                x.matmul(&w1.as_tensor().t()?)
+            })
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(flat(&w0), flat(&w1));
 }
 
 fn norm(t: &Tensor) -> f64 {
-    t.to_dtype(candle_core::DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt()
 }
 
 #[test]
@@ -225,9 +408,14 @@ fn auto_complement_lr_scale_is_the_gradient_norm_ratio_under_adam_and_one_under_
     let (x, y) = data();
     let adam = OptimizerConfig::default();
     let w = weights();
-    let mut stepper = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w.clone())], adam.clone())
-        .unwrap()
-        .with_complement_lr_scale(ComplementLrScale::Auto);
+    let mut stepper = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w.clone())],
+        adam.clone(),
+    )
+    .unwrap()
+    .with_complement_lr_scale(ComplementLrScale::Auto);
     // By hand: optimizer A on CE; then the complement gradient at the updated
     // weights, and optimizer B at lr · ‖g_c‖ / ‖g_ce‖.
     let v = weights();
@@ -235,12 +423,25 @@ fn auto_complement_lr_scale_is_the_gradient_norm_ratio_under_adam_and_one_under_
     let mut b = Optimizer::new(vec![("w".into(), v.clone())], adam.clone()).unwrap();
     let mut ratios = Vec::new();
     for _ in 0..3 {
-        stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
-        let ce = loss::cross_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &Default::default()).unwrap();
+        stepper
+            .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+            .unwrap()
+            .unwrap();
+        let ce = loss::cross_entropy(
+            &x.matmul(&v.as_tensor().t().unwrap()).unwrap(),
+            &y,
+            &Default::default(),
+        )
+        .unwrap();
         let g = ce.backward().unwrap();
         let g_ce = norm(g.get(v.as_tensor()).unwrap());
         a.step(&g).unwrap();
-        let c = loss::complement_entropy(&x.matmul(&v.as_tensor().t().unwrap()).unwrap(), &y, &ComplementOptions::default()).unwrap();
+        let c = loss::complement_entropy(
+            &x.matmul(&v.as_tensor().t().unwrap()).unwrap(),
+            &y,
+            &ComplementOptions::default(),
+        )
+        .unwrap();
         let g = c.backward().unwrap();
         let ratio = (norm(g.get(v.as_tensor()).unwrap()) / g_ce).min(1.0);
         ratios.push(ratio);
@@ -256,11 +457,32 @@ fn auto_complement_lr_scale_is_the_gradient_norm_ratio_under_adam_and_one_under_
     // Under SGD the updates already carry the ratio: auto is Algorithm 1.
     let w1 = weights();
     let w2 = weights();
-    let mut auto = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w1.clone())], sgd()).unwrap().with_complement_lr_scale(ComplementLrScale::Auto);
-    let mut one = Stepper::new(Objective::Cot, LossConfig::default(), vec![("w".into(), w2.clone())], sgd()).unwrap();
+    let mut auto = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w1.clone())],
+        sgd(),
+    )
+    .unwrap()
+    .with_complement_lr_scale(ComplementLrScale::Auto);
+    let mut one = Stepper::new(
+        Objective::Cot,
+        LossConfig::default(),
+        vec![("w".into(), w2.clone())],
+        sgd(),
+    )
+    .unwrap();
     for _ in 0..3 {
-        auto.step(&[(x.clone(), y.clone())], |x| x.matmul(&w1.as_tensor().t()?)).unwrap().unwrap();
-        one.step(&[(x.clone(), y.clone())], |x| x.matmul(&w2.as_tensor().t()?)).unwrap().unwrap();
+        auto.step(&[(x.clone(), y.clone())], |x| {
+            x.matmul(&w1.as_tensor().t()?)
+        })
+        .unwrap()
+        .unwrap();
+        one.step(&[(x.clone(), y.clone())], |x| {
+            x.matmul(&w2.as_tensor().t()?)
+        })
+        .unwrap()
+        .unwrap();
     }
     assert_eq!(flat(&w1), flat(&w2));
 }
@@ -274,16 +496,35 @@ fn gce_sums_over_the_targets_it_counts() {
     let ignore = 0u32;
     assert!(y.to_vec1::<u32>().unwrap().contains(&ignore));
     let losses = LossConfig {
-        cross_entropy: loss::CrossEntropyOptions { ignore_index: Some(ignore), label_smoothing: 0.0 },
+        cross_entropy: loss::CrossEntropyOptions {
+            ignore_index: Some(ignore),
+            label_smoothing: 0.0,
+        },
         ..Default::default()
     };
     let w = weights();
-    let mut stepper = Stepper::new(Objective::Gce { alpha: 1.0 / 3.0 }, losses, vec![("w".into(), w.clone())], sgd()).unwrap();
+    let mut stepper = Stepper::new(
+        Objective::Gce { alpha: 1.0 / 3.0 },
+        losses,
+        vec![("w".into(), w.clone())],
+        sgd(),
+    )
+    .unwrap();
     let logits = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
-    let opts = ComplementOptions { ignore_index: Some(ignore), ..Default::default() };
+    let opts = ComplementOptions {
+        ignore_index: Some(ignore),
+        ..Default::default()
+    };
     let want = loss::guided_complement_entropy_sum(&logits, &y, 1.0 / 3.0, &opts).unwrap();
-    let report = stepper.step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?)).unwrap().unwrap();
+    let report = stepper
+        .step(&[(x.clone(), y.clone())], |x| x.matmul(&w.as_tensor().t()?))
+        .unwrap()
+        .unwrap();
     assert_eq!(report.count, want.count);
     let want = want.mean().unwrap().to_scalar::<f32>().unwrap() as f64;
-    assert!((report.loss - want).abs() < 1e-6, "{} vs {want}", report.loss);
+    assert!(
+        (report.loss - want).abs() < 1e-6,
+        "{} vs {want}",
+        report.loss
+    );
 }

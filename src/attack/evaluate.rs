@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::metrics::ClassificationReport;
 use crate::models::Model;
 use crate::rng::SplitMix64;
-use crate::tokenize::PaddedBatch;
 use crate::task::classify::Encoded;
+use crate::tokenize::PaddedBatch;
 
 /// Which attack [`attack_dataset`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

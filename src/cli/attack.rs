@@ -184,7 +184,8 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
             args.run.display()
         )));
     }
-    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) =
+        infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
@@ -201,7 +202,14 @@ pub fn run(args: AttackArgs) -> anyhow::Result<()> {
         .split
         .clone()
         .unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
+    let dataset = labelled_data(
+        args.data.as_deref(),
+        &args.columns,
+        &split,
+        &args.run,
+        &setup.labels,
+        &mut config,
+    )?;
     let examples = task::classify::load_split(&dataset, &config, &split, args.limit)?;
     let data = task::classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();

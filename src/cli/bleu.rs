@@ -136,7 +136,9 @@ impl BleuCommand {
             }
             MetricArg::Chrf => {
                 if a.tokenize.is_some() || a.smooth.is_some() || a.smooth_value.is_some() {
-                    return Err(cfg_err("--tokenize, --smooth and --smooth-value apply to BLEU only"));
+                    return Err(cfg_err(
+                        "--tokenize, --smooth and --smooth-value apply to BLEU only",
+                    ));
                 }
                 let d = ChrfConfig::default();
                 Metric::Chrf(Chrf::new(ChrfConfig {
@@ -149,7 +151,12 @@ impl BleuCommand {
                 })?)
             }
         };
-        Ok(BleuCommand { references: a.references, hypotheses: a.hypotheses, metric, format: a.format })
+        Ok(BleuCommand {
+            references: a.references,
+            hypotheses: a.hypotheses,
+            metric,
+            format: a.format,
+        })
     }
 }
 
@@ -183,14 +190,18 @@ struct ChrfJson {
 }
 
 fn field_map(fields: Vec<(&'static str, String)>) -> serde_json::Map<String, serde_json::Value> {
-    fields.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect()
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+        .collect()
 }
 
 /// Runs `cotext bleu`.
 pub fn run(args: BleuArgs) -> anyhow::Result<()> {
     let cmd = BleuCommand::from_args(args)?;
-    let read =
-        |paths: &[PathBuf]| -> cotext::Result<Vec<Vec<String>>> { paths.par_iter().map(|p| read_lines(p)).collect() };
+    let read = |paths: &[PathBuf]| -> cotext::Result<Vec<Vec<String>>> {
+        paths.par_iter().map(|p| read_lines(p)).collect()
+    };
     let refs = read(&cmd.references)?;
     for (path, lines) in cmd.references.iter().zip(&refs).skip(1) {
         if lines.len() != refs[0].len() {
@@ -228,7 +239,11 @@ pub fn run(args: BleuArgs) -> anyhow::Result<()> {
                     };
                     writeln!(out, "{}", serde_json::to_string(&json)?)?;
                 } else {
-                    let prefix = if several { format!("{file}\t") } else { String::new() };
+                    let prefix = if several {
+                        format!("{file}\t")
+                    } else {
+                        String::new()
+                    };
                     writeln!(out, "{prefix}BLEU|{sig} = {:.2} {}", s.score, s.verbose())?;
                 }
             }
@@ -254,17 +269,29 @@ pub fn run(args: BleuArgs) -> anyhow::Result<()> {
                     };
                     writeln!(out, "{}", serde_json::to_string(&json)?)?;
                 } else {
-                    let prefix = if several { format!("{file}\t") } else { String::new() };
+                    let prefix = if several {
+                        format!("{file}\t")
+                    } else {
+                        String::new()
+                    };
                     writeln!(out, "{prefix}{}|{sig} = {:.2}", s.name, s.score)?;
                 }
             }
         }
     }
-    std::io::stdout().lock().write_all(&out).context("writing the scores")?;
+    std::io::stdout()
+        .lock()
+        .write_all(&out)
+        .context("writing the scores")?;
     Ok(())
 }
 
-fn line_count(left: &std::path::Path, left_lines: usize, right: &std::path::Path, right_lines: usize) -> cotext::Error {
+fn line_count(
+    left: &std::path::Path,
+    left_lines: usize,
+    right: &std::path::Path,
+    right_lines: usize,
+) -> cotext::Error {
     cotext::Error::LineCount {
         left: left.display().to_string(),
         left_lines,

@@ -1,13 +1,13 @@
 //! Command-line interface: clap arguments are parsed and validated into ready
 //! configs in one step; nothing downstream re-validates.
 
-mod data;
-mod tokenizer;
-mod train;
-mod predict;
+mod attack;
 mod bleu;
 mod compare;
-mod attack;
+mod data;
+mod predict;
+mod tokenizer;
+mod train;
 
 use clap::{Parser, Subcommand};
 

@@ -50,7 +50,8 @@ type Texts = Box<dyn Iterator<Item = cotext::Result<(usize, String)>>>;
 /// `cotext predict`: texts from stdin or `--input FILE`, one prediction per
 /// line with every class's probability, in input order.
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) =
+        infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (total, texts): (Option<u64>, Texts) = match &args.input {

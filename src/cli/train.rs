@@ -86,7 +86,12 @@ pub enum Format {
 }
 
 fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
-    let mut overrides = super::overrides(args.set.clone(), args.device.as_deref(), args.precision, args.data_dir.as_deref());
+    let mut overrides = super::overrides(
+        args.set.clone(),
+        args.device.as_deref(),
+        args.precision,
+        args.data_dir.as_deref(),
+    );
     if let Some(o) = args.objective {
         overrides.push(format!("train.objective=\"{o}\""));
     }
@@ -95,7 +100,9 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     overrides.extend(args.files.overrides());
     if args.resume {
-        let out = args.out.clone().ok_or_else(|| cotext::Error::Config("--resume needs --out DIR (the run to continue)".into()))?;
+        let out = args.out.clone().ok_or_else(|| {
+            cotext::Error::Config("--resume needs --out DIR (the run to continue)".into())
+        })?;
         if let Some(c) = &args.config {
             return Err(cotext::Error::Config(format!(
                 "--config {} cannot be combined with --resume: a resumed run keeps its saved config.toml (change allowed keys with --set)",
@@ -110,9 +117,14 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         runner::check_resume_config(&saved, &config)?;
         return Ok((config, out));
     }
-    let path = args.config.clone().ok_or_else(|| cotext::Error::Config("--config FILE is required (or --resume --out DIR)".into()))?;
+    let path = args.config.clone().ok_or_else(|| {
+        cotext::Error::Config("--config FILE is required (or --resume --out DIR)".into())
+    })?;
     let config = RunConfig::load(&path, &overrides)?;
-    let out = args.out.clone().unwrap_or_else(|| task::default_run_dir(&path, config.train.objective, config.train.seed));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| task::default_run_dir(&path, config.train.objective, config.train.seed));
     Ok((config, out))
 }
 
@@ -129,7 +141,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         config.train.seed,
         out.display()
     );
-    let options = TrainOptions { resume: args.resume, progress: !args.quiet };
+    let options = TrainOptions {
+        resume: args.resume,
+        progress: !args.quiet,
+    };
     let existed = out.exists();
     // A fresh run that fails before its first checkpoint leaves no folder behind.
     let discard = |e: cotext::Error| {
@@ -162,17 +177,35 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if TaskKind::of_run(&args.run)? == TaskKind::Translation {
         return eval_translation(args);
     }
-    let (setup, model) = infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (setup, model) =
+        infer::classify::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     let mut config = setup.config.clone();
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
     }
-    let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
-    let dataset = labelled_data(args.data.as_deref(), &args.columns, &split, &args.run, &setup.labels, &mut config)?;
+    let split = args
+        .split
+        .clone()
+        .unwrap_or_else(|| config.data.test_split.clone());
+    let dataset = labelled_data(
+        args.data.as_deref(),
+        &args.columns,
+        &split,
+        &args.run,
+        &setup.labels,
+        &mut config,
+    )?;
     let examples = task::classify::load_split(&dataset, &config, &split, None)?;
     let data = task::classify::encode(&setup.tokenizer, &config, &examples)?;
     let classes = setup.labels.len();
-    let (report, loss) = infer::classify::evaluate(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, classes, &setup.device)?;
+    let (report, loss) = infer::classify::evaluate(
+        &model,
+        &data,
+        setup.tokenizer.pad_id(),
+        config.train.eval_batch_size,
+        classes,
+        &setup.device,
+    )?;
     match args.format {
         Format::Json => {
             let per_class: Vec<_> = report.per_class.iter().zip(&setup.labels).map(|(s, name)| {
@@ -205,7 +238,11 @@ pub(super) fn labelled_data(
 ) -> anyhow::Result<Dataset> {
     let dataset = match data {
         Some(d) if file::is_data_file(d) => {
-            let opened = file::open(&[(split.to_string(), PathBuf::from(d))], &columns.columns(), Some(labels))?;
+            let opened = file::open(
+                &[(split.to_string(), PathBuf::from(d))],
+                &columns.columns(),
+                Some(labels),
+            )?;
             eprintln!("{}", opened.layout.describe());
             config.data.dataset = d.to_string();
             (config.data.trees, config.data.phrases) = (false, false);
@@ -233,14 +270,18 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let (mut config, tokenizer, model) = infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (mut config, tokenizer, model) =
+        infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(d) = &args.data {
         config.data.dataset = d.clone();
     }
     if args.data_dir.is_some() {
         config.data.data_dir = args.data_dir.clone();
     }
-    let split = args.split.clone().unwrap_or_else(|| config.data.test_split.clone());
+    let split = args
+        .split
+        .clone()
+        .unwrap_or_else(|| config.data.test_split.clone());
     let dataset = task::translate::open_dataset(&config)?;
     let pairs = task::translate::load_pairs(&dataset, &config, &split, None)?;
     let sources: Vec<String> = pairs.iter().map(|p| p.source.clone()).collect();
@@ -261,7 +302,12 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Text => {
-            println!("{} {split}: {} sentences, beam {}, decoded in {secs:.1} s", config.data.dataset, pairs.len(), config.decode.beam);
+            println!(
+                "{} {split}: {} sentences, beam {}, decoded in {secs:.1} s",
+                config.data.dataset,
+                pairs.len(),
+                config.decode.beam
+            );
             // sacreBLEU's order: the score first, then precisions, BP and lengths.
             println!("BLEU = {:.2} {}", score.score, score.verbose());
             println!("signature: {signature}");
@@ -270,13 +316,25 @@ fn eval_translation(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(dataset: &str, split: &str, r: &ClassificationReport, loss: f64, labels: &[String]) {
+fn print_report(
+    dataset: &str,
+    split: &str,
+    r: &ClassificationReport,
+    loss: f64,
+    labels: &[String],
+) {
     println!("{dataset} {split}: {} examples", r.count);
-    println!("accuracy  {:.4}\nmacro-F1  {:.4}\nloss      {:.4}\n", r.accuracy, r.macro_f1, loss);
+    println!(
+        "accuracy  {:.4}\nmacro-F1  {:.4}\nloss      {:.4}\n",
+        r.accuracy, r.macro_f1, loss
+    );
     let width = labels.iter().map(String::len).max().unwrap_or(5).max(5);
     println!("{:<width$}  precision  recall     f1  support", "class");
     for (s, name) in r.per_class.iter().zip(labels) {
-        println!("{name:<width$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
+        println!(
+            "{name:<width$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}",
+            s.precision, s.recall, s.f1, s.support
+        );
     }
     println!("\nconfusion (rows: gold, columns: predicted)");
     for (row, name) in r.confusion.iter().zip(labels) {
@@ -305,7 +363,8 @@ pub struct TranslateArgs {
 /// `cotext translate`: source lines on stdin, translations (detokenized) on stdout,
 /// in order, one per line.
 pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let (mut config, tokenizer, model) = infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
+    let (mut config, tokenizer, model) =
+        infer::translate::load_run(&args.run, &cotext::train::run_device(&args.run)?)?;
     if let Some(b) = args.beam {
         config.decode.beam = b;
     }
@@ -315,12 +374,15 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     if let Some(n) = args.batch_size {
         config.decode.batch_size = n;
     }
-    config.validate().map_err(|e| cotext::Error::Config(format!("translate: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| cotext::Error::Config(format!("translate: {e}")))?;
     let options = infer::translate::decode_options(&config.decode, &tokenizer, config.decode.beam)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Strict UTF-8 with line numbers: bad input is the user's error (exit 2).
-    let mut lines = cotext::data::lines::Lines::new(std::io::stdin().lock(), std::path::Path::new("<stdin>"));
+    let mut lines =
+        cotext::data::lines::Lines::new(std::io::stdin().lock(), std::path::Path::new("<stdin>"));
     let chunk = 1024;
     loop {
         let mut batch = Vec::with_capacity(chunk);
@@ -330,7 +392,8 @@ pub fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         if batch.is_empty() {
             break;
         }
-        for hyp in infer::translate::translate_lines(&model, &tokenizer, &config, &batch, &options)? {
+        for hyp in infer::translate::translate_lines(&model, &tokenizer, &config, &batch, &options)?
+        {
             writeln!(out, "{hyp}")?;
         }
         out.flush()?;

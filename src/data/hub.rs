@@ -162,13 +162,25 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
     // A card written by `cotext data card` names its file's folder by an
     // absolute path: that folder is the data, wherever the command runs.
     for source in card.sources.iter().filter(|s| s.kind == SourceKind::Local) {
-        let Some(dir) = source.dir.as_deref().map(Path::new).filter(|d| d.is_absolute()) else {
+        let Some(dir) = source
+            .dir
+            .as_deref()
+            .map(Path::new)
+            .filter(|d| d.is_absolute())
+        else {
             continue;
         };
         if any_split_present(card, source, dir) {
-            return Ok(found(source, dir.to_path_buf(), "the card's absolute path".into()));
+            return Ok(found(
+                source,
+                dir.to_path_buf(),
+                "the card's absolute path".into(),
+            ));
         }
-        looked.push(format!("{} (the card's absolute path): no complete split", dir.display()));
+        looked.push(format!(
+            "{} (the card's absolute path): no complete split",
+            dir.display()
+        ));
     }
     let local_dirs: Vec<(PathBuf, &str)> = match data_dir {
         DataDir::Flag(dir) => vec![(dir.clone(), "--data-dir")],
@@ -541,4 +553,3 @@ fn download(url: &str, dest: &Path, sha256: Option<&str>) -> Result<()> {
     std::fs::rename(&tmp, dest).map_err(io(dest))?;
     Ok(())
 }
-

@@ -33,12 +33,12 @@ pub mod stats;
 pub mod table;
 mod tar;
 
+pub use crate::rng::SplitMix64;
 pub use batch::{Batch, BatchCursor, Batcher, BatcherConfig};
 pub use card::DatasetCard;
 pub use dataset::{Dataset, LoadOptions, SplitData};
 pub use hub::DataDir;
 pub use imdb::LabelScheme;
-pub use crate::rng::SplitMix64;
 
 /// A labelled text (classification): the text as in the source and a class
 /// index into the dataset's label names.

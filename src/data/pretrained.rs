@@ -23,22 +23,32 @@ pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safe
 pub fn resolve_model_dir(spec: &Path) -> Result<PathBuf> {
     let text = spec.to_string_lossy();
     let local = match text.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rest)).unwrap_or_else(|| spec.to_path_buf()),
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| spec.to_path_buf()),
         None => spec.to_path_buf(),
     };
     if local.is_dir() {
         return Ok(local);
     }
-    let looks_like_id = text.split('/').count() == 2 && !text.starts_with('.') && !text.starts_with('/');
+    let looks_like_id =
+        text.split('/').count() == 2 && !text.starts_with('.') && !text.starts_with('/');
     if !looks_like_id {
-        return Err(Error::Config(format!("model path {} is not a folder", local.display())));
+        return Err(Error::Config(format!(
+            "model path {} is not a folder",
+            local.display()
+        )));
     }
     let repo = Repo::new(text.to_string(), RepoType::Model);
     let cache = hub_cache();
     let cached = cache.repo(repo.clone());
     if let Some(dir) = MODEL_FILES
         .iter()
-        .map(|f| cached.get(f).and_then(|p| p.parent().map(Path::to_path_buf)))
+        .map(|f| {
+            cached
+                .get(f)
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        })
         .collect::<Option<Vec<_>>>()
         .and_then(|dirs| dirs.into_iter().next())
     {

@@ -37,11 +37,25 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(Setup, Model)> {
     let labels = read_run_labels(run)?;
     let model = build_model(&config, tokenizer.vocab_size(), labels.len(), device)?;
     checkpoint::load_inference_weights(run, &model)?;
-    Ok((Setup { config, tokenizer, labels, device: device.clone() }, model))
+    Ok((
+        Setup {
+            config,
+            tokenizer,
+            labels,
+            device: device.clone(),
+        },
+        model,
+    ))
 }
 
 /// Predicted class probabilities `[N, K]` for `data`, in batches, dropout off.
-pub fn predict_probs(model: &Model, data: &[Encoded], pad: u32, batch_size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
+pub fn predict_probs(
+    model: &Model,
+    data: &[Encoded],
+    pad: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(data.len());
     let all: Vec<usize> = (0..data.len()).collect();
     for chunk in all.chunks(batch_size) {
@@ -54,7 +68,14 @@ pub fn predict_probs(model: &Model, data: &[Encoded], pad: u32, batch_size: usiz
 }
 
 /// Evaluates on `data`: the report and the mean cross-entropy.
-pub fn evaluate(model: &Model, data: &[Encoded], pad: u32, batch_size: usize, classes: usize, device: &Device) -> Result<(ClassificationReport, f64)> {
+pub fn evaluate(
+    model: &Model,
+    data: &[Encoded],
+    pad: u32,
+    batch_size: usize,
+    classes: usize,
+    device: &Device,
+) -> Result<(ClassificationReport, f64)> {
     let probs = predict_probs(model, data, pad, batch_size, device)?;
     let mut nll = 0.0;
     let mut predicted = Vec::with_capacity(data.len());
@@ -64,7 +85,14 @@ pub fn evaluate(model: &Model, data: &[Encoded], pad: u32, batch_size: usize, cl
     }
     let gold: Vec<u32> = data.iter().map(|e| e.label).collect();
     let report = ClassificationReport::new(&gold, &predicted, classes).map_err(Error::Config)?;
-    Ok((report, if data.is_empty() { 0.0 } else { nll / data.len() as f64 }))
+    Ok((
+        report,
+        if data.is_empty() {
+            0.0
+        } else {
+            nll / data.len() as f64
+        },
+    ))
 }
 
 fn argmax(p: &[f32]) -> u32 {
@@ -76,4 +104,3 @@ fn argmax(p: &[f32]) -> u32 {
     }
     best as u32
 }
-

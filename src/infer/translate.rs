@@ -17,7 +17,11 @@ use crate::tokenize::TextTokenizer;
 use crate::train::{checkpoint, DecodeSettings, RunConfig};
 
 /// Decoding options from the config, with `beam` beams.
-pub fn decode_options(settings: &DecodeSettings, tokenizer: &TextTokenizer, beam: usize) -> Result<DecodeOptions> {
+pub fn decode_options(
+    settings: &DecodeSettings,
+    tokenizer: &TextTokenizer,
+    beam: usize,
+) -> Result<DecodeOptions> {
     let (bos, eos) = special_ids(tokenizer)?;
     Ok(DecodeOptions {
         beam,
@@ -32,7 +36,13 @@ pub fn decode_options(settings: &DecodeSettings, tokenizer: &TextTokenizer, beam
 
 /// Translates source ids (each `x EOS`) to detokenized text, `batch` sentences at
 /// a time (longest first, see [`decode::translate_all`]), in input order.
-pub fn translate_ids(model: &Seq2Seq, tokenizer: &TextTokenizer, sources: &[Vec<u32>], options: &DecodeOptions, batch: usize) -> Result<Vec<String>> {
+pub fn translate_ids(
+    model: &Seq2Seq,
+    tokenizer: &TextTokenizer,
+    sources: &[Vec<u32>],
+    options: &DecodeOptions,
+    batch: usize,
+) -> Result<Vec<String>> {
     decode::translate_all(model, sources, options, batch)?
         .iter()
         .map(|ids| Ok(tokenizer.decode(ids, true)?.trim().to_string()))
@@ -40,9 +50,24 @@ pub fn translate_ids(model: &Seq2Seq, tokenizer: &TextTokenizer, sources: &[Vec<
 }
 
 /// Translates text lines with a model (each line encoded as a source).
-pub fn translate_lines(model: &Seq2Seq, tokenizer: &TextTokenizer, config: &RunConfig, lines: &[String], options: &DecodeOptions) -> Result<Vec<String>> {
-    let sources = lines.iter().map(|l| encode_source(tokenizer, config, l)).collect::<Result<Vec<_>>>()?;
-    translate_ids(model, tokenizer, &sources, options, config.decode.batch_size)
+pub fn translate_lines(
+    model: &Seq2Seq,
+    tokenizer: &TextTokenizer,
+    config: &RunConfig,
+    lines: &[String],
+    options: &DecodeOptions,
+) -> Result<Vec<String>> {
+    let sources = lines
+        .iter()
+        .map(|l| encode_source(tokenizer, config, l))
+        .collect::<Result<Vec<_>>>()?;
+    translate_ids(
+        model,
+        tokenizer,
+        &sources,
+        options,
+        config.decode.batch_size,
+    )
 }
 
 /// Corpus BLEU (sacreBLEU defaults) of hypotheses against one reference stream,
@@ -55,12 +80,21 @@ pub fn corpus_bleu(hyps: &[String], refs: &[String]) -> Result<(BleuScore, Strin
 
 /// Teacher-forced mean token cross-entropy and token accuracy of `model` on
 /// `data` (pad targets skipped), `batch` pairs at a time, dropout off.
-pub fn teacher_forced(model: &Seq2Seq, tokenizer: &TextTokenizer, data: &[EncodedPair], batch: usize, device: &Device) -> Result<(f64, f64)> {
+pub fn teacher_forced(
+    model: &Seq2Seq,
+    tokenizer: &TextTokenizer,
+    data: &[EncodedPair],
+    batch: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
     let (bos, eos) = special_ids(tokenizer)?;
     let pad = tokenizer.pad_id();
     let (mut nll, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     let all: Vec<usize> = (0..data.len()).collect();
-    let opts = CrossEntropyOptions { ignore_index: Some(pad), label_smoothing: 0.0 };
+    let opts = CrossEntropyOptions {
+        ignore_index: Some(pad),
+        label_smoothing: 0.0,
+    };
     for chunk in all.chunks(batch.max(1)) {
         let ((src, mask, tgt_in), targets, _) = batch_tensors(data, chunk, pad, bos, eos, device)?;
         let logits = model.forward(&src, &mask, &tgt_in, false)?.detach();
@@ -70,7 +104,10 @@ pub fn teacher_forced(model: &Seq2Seq, tokenizer: &TextTokenizer, data: &[Encode
         correct += c;
         count += n;
     }
-    Ok((nll / count.max(1) as f64, correct as f64 / count.max(1) as f64))
+    Ok((
+        nll / count.max(1) as f64,
+        correct as f64 / count.max(1) as f64,
+    ))
 }
 
 /// Calls `f(probabilities, gold)` for every non-pad target token of `data` under
@@ -89,7 +126,10 @@ pub fn for_each_token_distribution(
     let all: Vec<usize> = (0..data.len()).collect();
     for chunk in all.chunks(batch.max(1)) {
         let ((src, mask, tgt_in), targets, _) = batch_tensors(data, chunk, pad, bos, eos, device)?;
-        let logits = model.forward(&src, &mask, &tgt_in, false)?.detach().to_dtype(DType::F32)?;
+        let logits = model
+            .forward(&src, &mask, &tgt_in, false)?
+            .detach()
+            .to_dtype(DType::F32)?;
         let probs = crate::models::layers::softmax_last_dim(&logits)?;
         let (b, t, v) = probs.dims3()?;
         let probs = probs.reshape((b * t, v))?.to_vec2::<f32>()?;

@@ -158,7 +158,10 @@ impl RowLossOp {
                 }
             })
             .collect();
-        let values = stats.iter().map(|s| T::from(s.value).unwrap_or(T::nan())).collect();
+        let values = stats
+            .iter()
+            .map(|s| T::from(s.value).unwrap_or(T::nan()))
+            .collect();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         values
     }
@@ -319,16 +322,14 @@ fn row_loss_sum(
             .apply_op2(&targets, super::cuda::RowLossCuda::new(kind, ignore_index))?;
         return Ok((stats.narrow(1, 0, 1)?.sum_all()?, count, classes));
     }
-    let values = flat
-        .contiguous()?
-        .apply_op2(
-            &targets,
-            RowLossOp {
-                kind,
-                ignore_index,
-                stats: Default::default(),
-            },
-        )?;
+    let values = flat.contiguous()?.apply_op2(
+        &targets,
+        RowLossOp {
+            kind,
+            ignore_index,
+            stats: Default::default(),
+        },
+    )?;
     Ok((values.sum_all()?, count, classes))
 }
 
@@ -371,8 +372,13 @@ pub fn chunked_cross_entropy_sum(
     let kind = Kind::CrossEntropy {
         smoothing: opts.label_smoothing,
     };
-    let (sum, count, _) =
-        row_loss_sum(logits, targets, kind, opts.ignore_index, "chunked_cross_entropy")?;
+    let (sum, count, _) = row_loss_sum(
+        logits,
+        targets,
+        kind,
+        opts.ignore_index,
+        "chunked_cross_entropy",
+    )?;
     Ok(LossSum { sum, count })
 }
 
@@ -545,7 +551,10 @@ pub fn projected_token_loss(
     }
     if rows == 0 {
         let zero = Tensor::zeros((), dtype, hidden.device())?;
-        return Ok(LossSum { sum: zero, count: 0 });
+        return Ok(LossSum {
+            sum: zero,
+            count: 0,
+        });
     }
     let d_hidden = Tensor::cat(&d_hidden, 0)?;
     // A scalar whose value is `value` and whose gradients are the ones computed

@@ -104,7 +104,11 @@ impl ComplementOptions {
 
 /// Per-row `Σ_{j≠g} q_j log q_j = −H_c` (`[n]`) and, when `guided`, what GCE's
 /// guiding factor needs: `log p_g` for the exact form, `p_g` for the reference form.
-pub(crate) fn neg_complement_rows(rows: &Rows, form: Form, guided: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub(crate) fn neg_complement_rows(
+    rows: &Rows,
+    form: Form,
+    guided: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let z = &rows.logits;
     let device = z.device();
     let target_mask = one_hot_mask(&rows.targets, rows.classes, device)?;
@@ -175,7 +179,10 @@ pub fn complement_entropy_sum(
 ) -> Result<LossSum> {
     let rows = prepare(logits, targets, opts.ignore_index, "complement_entropy")?;
     if rows.classes < 2 {
-        bail!("complement_entropy: needs at least 2 classes (got {})", rows.classes);
+        bail!(
+            "complement_entropy: needs at least 2 classes (got {})",
+            rows.classes
+        );
     }
     let divisor = opts.normalization.divisor(rows.classes);
     if rows.count == 0 {
@@ -222,7 +229,12 @@ pub fn guided_complement_entropy_sum(
     if !(alpha.is_finite() && alpha >= 0.0) {
         bail!("guided_complement_entropy: alpha must be finite and >= 0 (got {alpha})");
     }
-    let rows = prepare(logits, targets, opts.ignore_index, "guided_complement_entropy")?;
+    let rows = prepare(
+        logits,
+        targets,
+        opts.ignore_index,
+        "guided_complement_entropy",
+    )?;
     if rows.classes < 2 {
         bail!(
             "guided_complement_entropy: needs at least 2 classes (got {})",

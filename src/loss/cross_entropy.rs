@@ -77,7 +77,10 @@ pub fn cross_entropy_sum(
     let shifted = z.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
     let log_p = shifted.broadcast_sub(&lse)?;
-    let nll = log_p.gather(&rows.targets.unsqueeze(1)?, 1)?.neg()?.sum_all()?;
+    let nll = log_p
+        .gather(&rows.targets.unsqueeze(1)?, 1)?
+        .neg()?
+        .sum_all()?;
     let eps = opts.label_smoothing;
     let sum = if eps > 0.0 {
         let smooth = log_p.sum_all()?.neg()?;

@@ -13,8 +13,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
-    Tensor,
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
 
 use super::chunked::Kind;
@@ -224,7 +223,11 @@ fn offset(l: &Layout, what: &str) -> Result<usize> {
     }
 }
 
-fn targets_of<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
+fn targets_of<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
     match &s.slice {
         CudaStorageSlice::U32(t) => Ok(t.slice(offset(l, what)?..)),
         _ => bail!("{what}: targets must be u32"),
@@ -287,8 +290,17 @@ impl CustomOp2 for RowLossCuda {
         "cotext-row-loss-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only (the host uses the row kernels of chunked.rs)", self.name())
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!(
+            "{}: CUDA only (the host uses the row kernels of chunked.rs)",
+            self.name()
+        )
     }
 
     fn cuda_fwd(
@@ -304,9 +316,15 @@ impl CustomOp2 for RowLossCuda {
         let o = offset(l1, self.name())?;
         let p = Params::new(self.kind, self.ignore_index);
         let out = match &s1.slice {
-            CudaStorageSlice::F32(z) => launch_loss(dev, "cotext_row_loss_f32", &z.slice(o..), &t, n, v, p)?,
-            CudaStorageSlice::BF16(z) => launch_loss(dev, "cotext_row_loss_bf16", &z.slice(o..), &t, n, v, p)?,
-            CudaStorageSlice::F16(z) => launch_loss(dev, "cotext_row_loss_f16", &z.slice(o..), &t, n, v, p)?,
+            CudaStorageSlice::F32(z) => {
+                launch_loss(dev, "cotext_row_loss_f32", &z.slice(o..), &t, n, v, p)?
+            }
+            CudaStorageSlice::BF16(z) => {
+                launch_loss(dev, "cotext_row_loss_bf16", &z.slice(o..), &t, n, v, p)?
+            }
+            CudaStorageSlice::F16(z) => {
+                launch_loss(dev, "cotext_row_loss_f16", &z.slice(o..), &t, n, v, p)?
+            }
             _ => bail!("{}: logits must be f32, bf16 or f16", self.name()),
         };
         Ok((
@@ -327,7 +345,10 @@ impl CustomOp2 for RowLossCuda {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // Only the value column carries a gradient; pack it after the statistics.
         let packed = Tensor::cat(
-            &[res.narrow(1, 1, 3)?, grad_res.narrow(1, 0, 1)?.to_dtype(res.dtype())?],
+            &[
+                res.narrow(1, 1, 3)?,
+                grad_res.narrow(1, 0, 1)?.to_dtype(res.dtype())?,
+            ],
             1,
         )?
         .contiguous()?;
@@ -417,7 +438,10 @@ impl CustomOp3 for RowGradCuda {
     ) -> Result<(CudaStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
         if n > 0 && v.div_ceil(THREADS as usize) > 65535 {
-            bail!("{}: a vocabulary of {v} is too wide for one grid", self.name());
+            bail!(
+                "{}: a vocabulary of {v} is too wide for one grid",
+                self.name()
+            );
         }
         let dev = &s1.device;
         let t = targets_of(s2, l2, self.name())?;
@@ -428,9 +452,36 @@ impl CustomOp3 for RowGradCuda {
         let o = offset(l1, self.name())?;
         let p = Params::new(self.kind, self.ignore_index);
         let slice = match &s1.slice {
-            CudaStorageSlice::F32(z) => CudaStorageSlice::F32(launch_grad(dev, "cotext_row_grad_f32", &z.slice(o..), &t, &st, n, v, p)?),
-            CudaStorageSlice::BF16(z) => CudaStorageSlice::BF16(launch_grad(dev, "cotext_row_grad_bf16", &z.slice(o..), &t, &st, n, v, p)?),
-            CudaStorageSlice::F16(z) => CudaStorageSlice::F16(launch_grad(dev, "cotext_row_grad_f16", &z.slice(o..), &t, &st, n, v, p)?),
+            CudaStorageSlice::F32(z) => CudaStorageSlice::F32(launch_grad(
+                dev,
+                "cotext_row_grad_f32",
+                &z.slice(o..),
+                &t,
+                &st,
+                n,
+                v,
+                p,
+            )?),
+            CudaStorageSlice::BF16(z) => CudaStorageSlice::BF16(launch_grad(
+                dev,
+                "cotext_row_grad_bf16",
+                &z.slice(o..),
+                &t,
+                &st,
+                n,
+                v,
+                p,
+            )?),
+            CudaStorageSlice::F16(z) => CudaStorageSlice::F16(launch_grad(
+                dev,
+                "cotext_row_grad_f16",
+                &z.slice(o..),
+                &t,
+                &st,
+                n,
+                v,
+                p,
+            )?),
             _ => bail!("{}: logits must be f32, bf16 or f16", self.name()),
         };
         Ok((

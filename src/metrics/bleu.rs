@@ -36,7 +36,9 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::text::{is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split, WordIds};
+use super::text::{
+    is_number, is_punctuation, is_py_space, is_symbol, py_rstrip, py_split, WordIds,
+};
 use crate::{Error, Result};
 
 /// The sacreBLEU release whose results and signatures this module reproduces.
@@ -88,9 +90,11 @@ impl Tokenize {
     fn tokens<'b>(self, line: &'b str, buf: &'b mut String) -> Vec<&'b str> {
         match self {
             Tokenize::None => py_split(line).collect(),
-            Tokenize::Char => {
-                line.char_indices().filter(|&(_, c)| !is_py_space(c)).map(|(i, c)| &line[i..i + c.len_utf8()]).collect()
-            }
+            Tokenize::Char => line
+                .char_indices()
+                .filter(|&(_, c)| !is_py_space(c))
+                .map(|(i, c)| &line[i..i + c.len_utf8()])
+                .collect(),
             Tokenize::V13a | Tokenize::Intl => {
                 if self == Tokenize::V13a {
                     tokenize_13a(line, buf);
@@ -112,7 +116,9 @@ impl FromStr for Tokenize {
             "intl" => Ok(Tokenize::Intl),
             "none" => Ok(Tokenize::None),
             "char" => Ok(Tokenize::Char),
-            _ => Err(Error::Config(format!("unknown BLEU tokenizer {s:?} (expected 13a, intl, none or char)"))),
+            _ => Err(Error::Config(format!(
+                "unknown BLEU tokenizer {s:?} (expected 13a, intl, none or char)"
+            ))),
         }
     }
 }
@@ -173,7 +179,12 @@ fn tokenize_13a_with(line: &str, a: &mut Vec<u8>, b: &mut Vec<u8>) {
         s = s.replace("-\n", "").replace('\n', " ").into();
     }
     if s.contains('&') {
-        s = s.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").into();
+        s = s
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .into();
     }
     // ([\{-\~\[-\` -\&\(-\+\:-\@\/]) -> ' \1 ', on f' {line} '.
     let is_p1 = |b: u8| matches!(b, b'{'..=b'~' | b'['..=b'`' | b' '..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/');
@@ -188,11 +199,29 @@ fn tokenize_13a_with(line: &str, a: &mut Vec<u8>, b: &mut Vec<u8>) {
     let digit = |b: u8| b.is_ascii_digit();
     let dot_comma = |b: u8| b == b'.' || b == b',';
     // ([^0-9])([\.,]) -> '\1 \2 '
-    sub_pairs(a, b, |x| !digit(x), dot_comma, |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
+    sub_pairs(
+        a,
+        b,
+        |x| !digit(x),
+        dot_comma,
+        |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']),
+    );
     // ([\.,])([^0-9]) -> ' \1 \2'
-    sub_pairs(b, a, dot_comma, |x| !digit(x), |o, x, y| o.extend_from_slice(&[b' ', x, b' ', y]));
+    sub_pairs(
+        b,
+        a,
+        dot_comma,
+        |x| !digit(x),
+        |o, x, y| o.extend_from_slice(&[b' ', x, b' ', y]),
+    );
     // ([0-9])(-) -> '\1 \2 '
-    sub_pairs(a, b, digit, |x| x == b'-', |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']));
+    sub_pairs(
+        a,
+        b,
+        digit,
+        |x| x == b'-',
+        |o, x, y| o.extend_from_slice(&[x, b' ', y, b' ']),
+    );
 }
 
 /// sacreBLEU's `TokenizerV14International`, before the final whitespace
@@ -201,10 +230,22 @@ fn tokenize_intl(line: &str) -> String {
     let chars: Vec<char> = line.chars().collect();
     let mut a = Vec::with_capacity(chars.len() * 2);
     // (\P{N})(\p{P}) -> '\1 \2 '
-    sub_pairs(&chars, &mut a, |c| !is_number(c), is_punctuation, |o, x, y| o.extend_from_slice(&[x, ' ', y, ' ']));
+    sub_pairs(
+        &chars,
+        &mut a,
+        |c| !is_number(c),
+        is_punctuation,
+        |o, x, y| o.extend_from_slice(&[x, ' ', y, ' ']),
+    );
     let mut b = Vec::with_capacity(a.len() * 2);
     // (\p{P})(\P{N}) -> ' \1 \2'
-    sub_pairs(&a, &mut b, is_punctuation, |c| !is_number(c), |o, x, y| o.extend_from_slice(&[' ', x, ' ', y]));
+    sub_pairs(
+        &a,
+        &mut b,
+        is_punctuation,
+        |c| !is_number(c),
+        |o, x, y| o.extend_from_slice(&[' ', x, ' ', y]),
+    );
     // (\p{S}) -> ' \1 '
     let mut out = String::with_capacity(b.len() * 2);
     for c in b {
@@ -257,14 +298,20 @@ impl Smoothing {
             "floor" => Smoothing::Floor(value.unwrap_or(0.1)),
             "add-k" => Smoothing::AddK(value.unwrap_or(1.0)),
             "none" => Smoothing::None,
-            _ => return Err(Error::Config(format!("unknown smoothing {name:?} (expected exp, floor, add-k or none)"))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown smoothing {name:?} (expected exp, floor, add-k or none)"
+                )))
+            }
         };
         if value.is_some() && matches!(method, Smoothing::Exp | Smoothing::None) {
             return Err(Error::Config(format!("smoothing {name} takes no value")));
         }
         if let Some(v) = value {
             if !v.is_finite() || v < 0.0 {
-                return Err(Error::Config(format!("smoothing value must be finite and non-negative, got {v}")));
+                return Err(Error::Config(format!(
+                    "smoothing value must be finite and non-negative, got {v}"
+                )));
             }
         }
         Ok(method)
@@ -333,8 +380,14 @@ impl BleuSignature {
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("nrefs", self.nrefs.to_string()),
-            ("case", if self.lowercase { "lc" } else { "mixed" }.to_string()),
-            ("eff", if self.effective_order { "yes" } else { "no" }.to_string()),
+            (
+                "case",
+                if self.lowercase { "lc" } else { "mixed" }.to_string(),
+            ),
+            (
+                "eff",
+                if self.effective_order { "yes" } else { "no" }.to_string(),
+            ),
             ("tok", self.tokenize.name().to_string()),
             ("smooth", self.smoothing.to_string()),
             ("version", SACREBLEU_VERSION.to_string()),
@@ -401,7 +454,12 @@ pub struct BleuStats {
 
 impl BleuStats {
     fn zeros(order: usize) -> Self {
-        BleuStats { sys_len: 0, ref_len: 0, correct: vec![0; order], total: vec![0; order] }
+        BleuStats {
+            sys_len: 0,
+            ref_len: 0,
+            correct: vec![0; order],
+            total: vec![0; order],
+        }
     }
 
     fn add(&mut self, other: &BleuStats) {
@@ -432,9 +490,17 @@ pub fn compute_bleu(stats: &BleuStats, smoothing: Smoothing, effective_order: bo
     let (sys_len, ref_len) = (stats.sys_len, stats.ref_len);
     let mut bp = 1.0;
     if sys_len < ref_len {
-        bp = if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 };
+        bp = if sys_len > 0 {
+            (1.0 - ref_len as f64 / sys_len as f64).exp()
+        } else {
+            0.0
+        };
     }
-    let ratio = if ref_len > 0 { sys_len as f64 / ref_len as f64 } else { 0.0 };
+    let ratio = if ref_len > 0 {
+        sys_len as f64 / ref_len as f64
+    } else {
+        0.0
+    };
     let mut precisions = vec![0.0; order];
     let done = |score: f64, precisions: Vec<f64>| BleuScore {
         score,
@@ -479,7 +545,9 @@ pub fn compute_bleu(stats: &BleuStats, smoothing: Smoothing, effective_order: bo
         }
     }
     // Python's sum() adds left to right, as this fold does.
-    let log_sum = precisions[..eff_order].iter().fold(0.0, |acc, &p| acc + my_log(p));
+    let log_sum = precisions[..eff_order]
+        .iter()
+        .fold(0.0, |acc, &p| acc + my_log(p));
     let score = bp * (log_sum / eff_order as f64).exp();
     done(score, precisions)
 }
@@ -563,7 +631,10 @@ impl Bleu {
     /// Validates `config` (the n-gram order must be 1..=4).
     pub fn new(config: BleuConfig) -> Result<Self> {
         if !(1..=MAX_NGRAM_ORDER).contains(&config.max_ngram_order) {
-            return Err(Error::Config(format!("BLEU n-gram order must be 1..=4, got {}", config.max_ngram_order)));
+            return Err(Error::Config(format!(
+                "BLEU n-gram order must be 1..=4, got {}",
+                config.max_ngram_order
+            )));
         }
         Ok(Bleu { config })
     }
@@ -590,7 +661,9 @@ impl Bleu {
     pub fn references<S: AsRef<str> + Sync>(&self, refs: &[Vec<S>]) -> Result<BleuReferences> {
         let n_seg = refs.first().map_or(0, Vec::len);
         if refs.is_empty() {
-            return Err(Error::Config("BLEU needs at least one reference stream".into()));
+            return Err(Error::Config(
+                "BLEU needs at least one reference stream".into(),
+            ));
         }
         for (k, r) in refs.iter().enumerate() {
             if r.len() != n_seg {
@@ -611,7 +684,11 @@ impl Bleu {
                     .map(|stream| {
                         let line = preprocess(stream[i].as_ref(), cfg.lowercase);
                         let mut buf = String::new();
-                        cfg.tokenize.tokens(&line, &mut buf).into_iter().map(str::to_string).collect()
+                        cfg.tokenize
+                            .tokens(&line, &mut buf)
+                            .into_iter()
+                            .map(str::to_string)
+                            .collect()
                     })
                     .collect()
             })
@@ -651,7 +728,12 @@ impl Bleu {
                 }
             })
             .collect();
-        Ok(BleuReferences { config: cfg, nrefs: refs.len(), vocab, segments })
+        Ok(BleuReferences {
+            config: cfg,
+            nrefs: refs.len(),
+            vocab,
+            segments,
+        })
     }
 
     /// Corpus BLEU of `hyps` against reference streams `refs` (`refs[k][i]` is
@@ -718,7 +800,10 @@ impl BleuReferences {
 
     /// The signature of scores computed against these references.
     pub fn signature(&self) -> BleuSignature {
-        Bleu { config: self.config }.signature(self.nrefs)
+        Bleu {
+            config: self.config,
+        }
+        .signature(self.nrefs)
     }
 
     /// sacreBLEU's `_compute_segment_statistics` for hypothesis `i`.
@@ -728,7 +813,10 @@ impl BleuReferences {
         let line = preprocess(hyp, cfg.lowercase);
         let mut buf = String::new();
         let toks = cfg.tokenize.tokens(&line, &mut buf);
-        let ids: Vec<u32> = toks.iter().map(|t| self.vocab.get(*t).copied().unwrap_or(0)).collect();
+        let ids: Vec<u32> = toks
+            .iter()
+            .map(|t| self.vocab.get(*t).copied().unwrap_or(0))
+            .collect();
         let seg = &self.segments[i];
         let hyp_len = ids.len() as u64;
         let mut stats = BleuStats::zeros(order);
@@ -803,7 +891,11 @@ impl BleuReferences {
     /// Corpus BLEU of several hypothesis sets, one score per set.
     pub fn corpus_scores<H: AsRef<str> + Sync>(&self, systems: &[&[H]]) -> Result<Vec<BleuScore>> {
         let (smoothing, eff) = (self.config.smoothing, self.config.effective_order);
-        Ok(self.corpus_stats(systems)?.iter().map(|s| compute_bleu(s, smoothing, eff)).collect())
+        Ok(self
+            .corpus_stats(systems)?
+            .iter()
+            .map(|s| compute_bleu(s, smoothing, eff))
+            .collect())
     }
 
     /// Corpus BLEU of a hypothesis set (one line per segment).
@@ -823,7 +915,10 @@ mod tests {
             Tokenize::V13a.tokenize("Hello, world. 3.14 and 1,000 - 5-6!"),
             "Hello , world . 3.14 and 1,000 - 5 - 6 !"
         );
-        assert_eq!(Tokenize::V13a.tokenize("a &amp;lt; b &quot;c&quot;<skipped>"), "a < b \" c \"");
+        assert_eq!(
+            Tokenize::V13a.tokenize("a &amp;lt; b &quot;c&quot;<skipped>"),
+            "a < b \" c \""
+        );
         assert_eq!(Tokenize::V13a.tokenize("é.,x"), "é . , x");
     }
 
@@ -853,10 +948,16 @@ mod tests {
     #[test]
     fn signature_formats_smoothing_values_like_sacrebleu() {
         let mut sig = Bleu::new(BleuConfig::default()).unwrap().signature(2);
-        assert_eq!(sig.to_string(), "nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
+        assert_eq!(
+            sig.to_string(),
+            "nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+        );
         sig.smoothing = Smoothing::from_name("floor", None).unwrap();
         sig.lowercase = true;
-        assert_eq!(sig.to_string(), "nrefs:2|case:lc|eff:no|tok:13a|smooth:floor[0.10]|version:2.6.0");
+        assert_eq!(
+            sig.to_string(),
+            "nrefs:2|case:lc|eff:no|tok:13a|smooth:floor[0.10]|version:2.6.0"
+        );
         sig.smoothing = Smoothing::from_name("add-k", None).unwrap();
         assert!(sig.to_string().contains("smooth:add-k[1.00]"));
         assert!(Smoothing::from_name("exp", Some(0.5)).is_err());

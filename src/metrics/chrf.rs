@@ -48,7 +48,14 @@ pub struct ChrfConfig {
 
 impl Default for ChrfConfig {
     fn default() -> Self {
-        ChrfConfig { char_order: 6, word_order: 0, beta: 2, lowercase: false, whitespace: false, eps_smoothing: false }
+        ChrfConfig {
+            char_order: 6,
+            word_order: 0,
+            beta: 2,
+            lowercase: false,
+            whitespace: false,
+            eps_smoothing: false,
+        }
     }
 }
 
@@ -69,7 +76,10 @@ impl ChrfSignature {
             ("nrefs", self.nrefs.to_string()),
             ("case", if c.lowercase { "lc" } else { "mixed" }.to_string()),
             // sacreBLEU writes eff:yes when epsilon smoothing is *off*.
-            ("eff", if c.eps_smoothing { "no" } else { "yes" }.to_string()),
+            (
+                "eff",
+                if c.eps_smoothing { "no" } else { "yes" }.to_string(),
+            ),
             ("nc", c.char_order.to_string()),
             ("nw", c.word_order.to_string()),
             ("space", if c.whitespace { "yes" } else { "no" }.to_string()),
@@ -123,7 +133,11 @@ impl Ngrams {
                 counts.push(1);
             }
         }
-        Ngrams { keys, counts, total: occ.total }
+        Ngrams {
+            keys,
+            counts,
+            total: occ.total,
+        }
     }
 }
 
@@ -160,10 +174,16 @@ impl Chrf {
     /// Validates `config`.
     pub fn new(config: ChrfConfig) -> Result<Self> {
         if !(1..=6).contains(&config.char_order) {
-            return Err(Error::Config(format!("chrF character order must be 1..=6, got {}", config.char_order)));
+            return Err(Error::Config(format!(
+                "chrF character order must be 1..=6, got {}",
+                config.char_order
+            )));
         }
         if config.word_order > 4 {
-            return Err(Error::Config(format!("chrF word order must be 0..=4, got {}", config.word_order)));
+            return Err(Error::Config(format!(
+                "chrF word order must be 0..=4, got {}",
+                config.word_order
+            )));
         }
         Ok(Chrf { config })
     }
@@ -175,12 +195,19 @@ impl Chrf {
 
     /// The signature for `nrefs` references per segment.
     pub fn signature(&self, nrefs: usize) -> ChrfSignature {
-        ChrfSignature { nrefs, config: self.config }
+        ChrfSignature {
+            nrefs,
+            config: self.config,
+        }
     }
 
     /// The score's name, `chrF2` or `chrF2++`.
     pub fn name(&self) -> String {
-        format!("chrF{}{}", self.config.beta, "+".repeat(self.config.word_order))
+        format!(
+            "chrF{}{}",
+            self.config.beta,
+            "+".repeat(self.config.word_order)
+        )
     }
 
     /// sacreBLEU's `_compute_f_score` of flattened per-order statistics.
@@ -191,10 +218,22 @@ impl Chrf {
         let mut effective_order = 0usize;
         let (mut avg_prec, mut avg_rec) = (0.0f64, 0.0f64);
         for &[n_hyp, n_ref, n_match] in stats {
-            let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { EPS };
-            let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { EPS };
+            let prec = if n_hyp > 0 {
+                n_match as f64 / n_hyp as f64
+            } else {
+                EPS
+            };
+            let rec = if n_ref > 0 {
+                n_match as f64 / n_ref as f64
+            } else {
+                EPS
+            };
             let denom = factor * prec + rec;
-            score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { EPS };
+            score += if denom > 0.0 {
+                (1.0 + factor) * prec * rec / denom
+            } else {
+                EPS
+            };
             if n_hyp > 0 && n_ref > 0 {
                 avg_prec += prec;
                 avg_rec += rec;
@@ -237,9 +276,14 @@ impl Chrf {
         };
         (1..=self.config.char_order)
             .map(|n| {
-                let keys: Vec<u128> =
-                    chars.windows(n).map(|w| w.iter().fold(0u128, |k, &c| (k << 21) | (c as u128 + 1))).collect();
-                Occurrences { total: keys.len() as u64, keys }
+                let keys: Vec<u128> = chars
+                    .windows(n)
+                    .map(|w| w.iter().fold(0u128, |k, &c| (k << 21) | (c as u128 + 1)))
+                    .collect();
+                Occurrences {
+                    total: keys.len() as u64,
+                    keys,
+                }
             })
             .collect()
     }
@@ -258,7 +302,10 @@ impl Chrf {
                         keys.push(w.iter().fold(0u128, |k, &id| (k << 32) | id as u128));
                     }
                 }
-                Occurrences { total: keys.len() as u64 + unknown, keys }
+                Occurrences {
+                    total: keys.len() as u64 + unknown,
+                    keys,
+                }
             })
             .collect()
     }
@@ -267,7 +314,9 @@ impl Chrf {
     /// cache). `refs[k][i]` is the k-th reference of segment i.
     pub fn references<S: AsRef<str> + Sync>(&self, refs: &[Vec<S>]) -> Result<ChrfReferences> {
         if refs.is_empty() {
-            return Err(Error::Config("chrF needs at least one reference stream".into()));
+            return Err(Error::Config(
+                "chrF needs at least one reference stream".into(),
+            ));
         }
         let n_seg = refs[0].len();
         for (k, r) in refs.iter().enumerate() {
@@ -282,7 +331,11 @@ impl Chrf {
         }
         let lines: Vec<Vec<String>> = (0..n_seg)
             .into_par_iter()
-            .map(|i| refs.iter().map(|s| self.preprocess(s[i].as_ref()).into_owned()).collect())
+            .map(|i| {
+                refs.iter()
+                    .map(|s| self.preprocess(s[i].as_ref()).into_owned())
+                    .collect()
+            })
             .collect();
         let mut vocab: WordIds = WordIds::default();
         let word_ids: Vec<Vec<Vec<u32>>> = if self.config.word_order > 0 {
@@ -321,7 +374,12 @@ impl Chrf {
                     .collect()
             })
             .collect();
-        Ok(ChrfReferences { chrf: self.clone(), nrefs: refs.len(), vocab, segments })
+        Ok(ChrfReferences {
+            chrf: self.clone(),
+            nrefs: refs.len(),
+            vocab,
+            segments,
+        })
     }
 
     /// Corpus chrF of `hyps` against reference streams `refs`.
@@ -366,16 +424,21 @@ impl ChrfReferences {
         let hyp = chrf.preprocess(hyp);
         let mut hyp_ngrams = chrf.char_ngrams(&hyp);
         if chrf.config.word_order > 0 {
-            let ids: Vec<u32> =
-                remove_punctuation(&hyp).into_iter().map(|w| self.vocab.get(w).copied().unwrap_or(0)).collect();
+            let ids: Vec<u32> = remove_punctuation(&hyp)
+                .into_iter()
+                .map(|w| self.vocab.get(w).copied().unwrap_or(0))
+                .collect();
             hyp_ngrams.extend(chrf.word_ngrams(&ids));
         }
         let mut best: Vec<[u64; 3]> = Vec::new();
         let mut best_f = -1.0;
         let mut used = Vec::new();
         for reference in &self.segments[i] {
-            let stats: Vec<[u64; 3]> =
-                hyp_ngrams.iter().zip(reference).map(|(h, r)| match_stats(h, r, &mut used)).collect();
+            let stats: Vec<[u64; 3]> = hyp_ngrams
+                .iter()
+                .zip(reference)
+                .map(|(h, r)| match_stats(h, r, &mut used))
+                .collect();
             let f = chrf.f_score(&stats);
             if f > best_f {
                 best_f = f;
@@ -416,8 +479,10 @@ impl ChrfReferences {
             .fold(
                 || zeros.clone(),
                 |mut acc, i| {
-                    let seg: Vec<Vec<[u64; 3]>> =
-                        systems.iter().map(|h| self.segment_stats(i, h[i].as_ref())).collect();
+                    let seg: Vec<Vec<[u64; 3]>> = systems
+                        .iter()
+                        .map(|h| self.segment_stats(i, h[i].as_ref()))
+                        .collect();
                     add(&mut acc, &seg);
                     acc
                 },
@@ -431,7 +496,11 @@ impl ChrfReferences {
             );
         Ok(stats
             .into_iter()
-            .map(|stats| ChrfScore { name: self.chrf.name(), score: self.chrf.f_score(&stats), stats })
+            .map(|stats| ChrfScore {
+                name: self.chrf.name(),
+                score: self.chrf.f_score(&stats),
+                stats,
+            })
             .collect())
     }
 
@@ -457,7 +526,11 @@ fn match_stats(hyp: &Occurrences, reference: &Ngrams, used: &mut Vec<u32>) -> [u
             }
         }
     }
-    [if reference.total > 0 { hyp.total } else { 0 }, reference.total, matches]
+    [
+        if reference.total > 0 { hyp.total } else { 0 },
+        reference.total,
+        matches,
+    ]
 }
 
 #[cfg(test)]
@@ -467,7 +540,10 @@ mod tests {
     #[test]
     fn punctuation_splits_one_character_off_the_end_or_else_the_start() {
         // sacreBLEU issue #124: '(hi)' becomes '(hi' and ')'.
-        assert_eq!(remove_punctuation("(hi) \"ok x. , é!"), ["(hi", ")", "\"", "ok", "x", ".", ",", "é", "!"]);
+        assert_eq!(
+            remove_punctuation("(hi) \"ok x. , é!"),
+            ["(hi", ")", "\"", "ok", "x", ".", ",", "é", "!"]
+        );
     }
 
     #[test]

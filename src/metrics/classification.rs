@@ -36,12 +36,19 @@ impl ClassificationReport {
     /// have the same length and hold ids below `classes`.
     pub fn new(gold: &[u32], predicted: &[u32], classes: usize) -> Result<Self, String> {
         if gold.len() != predicted.len() {
-            return Err(format!("{} gold labels but {} predictions", gold.len(), predicted.len()));
+            return Err(format!(
+                "{} gold labels but {} predictions",
+                gold.len(),
+                predicted.len()
+            ));
         }
         let mut confusion = vec![vec![0usize; classes]; classes];
         for (&g, &p) in gold.iter().zip(predicted) {
             if g as usize >= classes || p as usize >= classes {
-                return Err(format!("label {} is not below the {classes} classes", g.max(p)));
+                return Err(format!(
+                    "label {} is not below the {classes} classes",
+                    g.max(p)
+                ));
             }
             confusion[g as usize][p as usize] += 1;
         }
@@ -54,8 +61,17 @@ impl ClassificationReport {
                 let predicted: usize = confusion.iter().map(|row| row[c]).sum();
                 let ratio = |num: f64, den: usize| if den == 0 { 0.0 } else { num / den as f64 };
                 let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
-                let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-                ClassScores { precision, recall, f1, support }
+                let f1 = if precision + recall == 0.0 {
+                    0.0
+                } else {
+                    2.0 * precision * recall / (precision + recall)
+                };
+                ClassScores {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
             })
             .collect();
         let present: Vec<usize> = (0..classes)
@@ -67,7 +83,11 @@ impl ClassificationReport {
             present.iter().map(|&c| per_class[c].f1).sum::<f64>() / present.len() as f64
         };
         Ok(Self {
-            accuracy: if count == 0 { 0.0 } else { correct as f64 / count as f64 },
+            accuracy: if count == 0 {
+                0.0
+            } else {
+                correct as f64 / count as f64
+            },
             macro_f1,
             per_class,
             confusion,
@@ -90,7 +110,11 @@ mod tests {
         let p = [0, 2, 2, 2, 1, 1, 3, 0, 3, 1];
         let r = ClassificationReport::new(&g, &p, 5).unwrap();
         assert!((r.accuracy - 0.7).abs() < 1e-12);
-        assert!((r.macro_f1 - 0.691_666_666_666_666_7).abs() < 1e-12, "{}", r.macro_f1);
+        assert!(
+            (r.macro_f1 - 0.691_666_666_666_666_7).abs() < 1e-12,
+            "{}",
+            r.macro_f1
+        );
         assert!((r.per_class[1].precision - 2.0 / 3.0).abs() < 1e-12);
         assert!((r.per_class[3].recall - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(r.confusion[3], vec![1, 0, 0, 2, 0]);

@@ -13,7 +13,10 @@ pub use classification::{ClassScores, ClassificationReport};
 
 /// Writes sacreBLEU signature fields as `key:value|key:value|…` (shared by the
 /// BLEU and chrF signatures' `Display`).
-pub(crate) fn write_signature(f: &mut std::fmt::Formatter<'_>, fields: &[(&'static str, String)]) -> std::fmt::Result {
+pub(crate) fn write_signature(
+    f: &mut std::fmt::Formatter<'_>,
+    fields: &[(&'static str, String)],
+) -> std::fmt::Result {
     for (i, (k, v)) in fields.iter().enumerate() {
         if i > 0 {
             f.write_str("|")?;

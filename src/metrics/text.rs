@@ -53,7 +53,10 @@ impl PySplit<'_> {
         if b < 0x80 {
             (matches!(b, b'\t'..=b'\r' | 0x1c..=b' '), 1)
         } else {
-            let c = self.s[pos..].chars().next().expect("pos is on a character boundary");
+            let c = self.s[pos..]
+                .chars()
+                .next()
+                .expect("pos is on a character boundary");
             (is_py_space(c), c.len_utf8())
         }
     }
@@ -112,7 +115,8 @@ impl std::hash::Hasher for FxHasher {
 }
 
 /// A `HashMap` from words to ids with [`FxHasher`].
-pub(crate) type WordIds = std::collections::HashMap<Box<str>, u32, std::hash::BuildHasherDefault<FxHasher>>;
+pub(crate) type WordIds =
+    std::collections::HashMap<Box<str>, u32, std::hash::BuildHasherDefault<FxHasher>>;
 
 /// Python's `line.rstrip()`.
 pub fn py_rstrip(line: &str) -> &str {
@@ -151,7 +155,8 @@ pub(crate) fn is_number(c: char) -> bool {
 #[inline]
 pub(crate) fn is_punctuation(c: char) -> bool {
     if c.is_ascii() {
-        c.is_ascii_punctuation() && !matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '`' | '|' | '~')
+        c.is_ascii_punctuation()
+            && !matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '`' | '|' | '~')
     } else {
         in_table(c, PUNCTUATION)
     }
@@ -183,11 +188,18 @@ pub fn split_lines(text: &str) -> Vec<String> {
 /// [`Error::Parse`] naming the line (sacreBLEU fails with a `UnicodeDecodeError`);
 /// a byte-order mark is kept as a character, as Python's `utf-8` codec does.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let bad = e.utf8_error().valid_up_to();
         let line = 1 + e.as_bytes()[..bad].iter().filter(|&&b| b == b'\n').count();
-        Error::Parse { path: path.to_path_buf(), line, msg: format!("invalid UTF-8 at byte {bad}") }
+        Error::Parse {
+            path: path.to_path_buf(),
+            line,
+            msg: format!("invalid UTF-8 at byte {bad}"),
+        }
     })?;
     Ok(split_lines(&text))
 }
@@ -201,7 +213,10 @@ mod tests {
         assert!(is_py_space('\x1f') && !'\x1f'.is_whitespace());
         assert!(is_py_space('\u{3000}') && is_py_space('\u{a0}'));
         assert!(!is_py_space('\u{200b}') && !is_py_space('\u{180e}'));
-        assert_eq!(py_split(" a\x1cb\u{3000}c  ").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            py_split(" a\x1cb\u{3000}c  ").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(py_rstrip("x \r\u{a0}"), "x");
     }
 

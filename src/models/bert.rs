@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Module, Result, Tensor};
 use super::layers::{Embedding, Linear};
+use candle_core::{Device, Module, Result, Tensor};
 
 use super::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,

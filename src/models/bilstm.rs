@@ -16,8 +16,8 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Result, Tensor};
 use super::layers::{Embedding, Linear};
+use candle_core::{DType, Module, Result, Tensor};
 
 use super::fused;
 use super::layers::{self, Dropout, SharedRng};

@@ -44,7 +44,9 @@ pub fn parameters_lower_bound(model: &ModelConfig, vocab: usize) -> Option<f64> 
 /// Refuses a model whose training would need more memory than there is: on the
 /// CPU, the memory the system reports available; elsewhere, 1 TiB.
 pub fn check_fits(model: &ModelConfig, vocab: usize, on_cpu: bool) -> Result<()> {
-    let Some(params) = parameters_lower_bound(model, vocab) else { return Ok(()) };
+    let Some(params) = parameters_lower_bound(model, vocab) else {
+        return Ok(());
+    };
     let needed = params * BYTES_PER_PARAMETER;
     let (limit, what) = match available_memory().filter(|_| on_cpu) {
         Some(bytes) => (bytes as f64, "the memory available"),
@@ -79,7 +81,10 @@ mod tests {
     use super::*;
 
     fn bilstm(hidden: usize) -> ModelConfig {
-        toml::from_str(&format!("kind = \"bilstm\"\nembed_dim = 16\nhidden = {hidden}")).unwrap()
+        toml::from_str(&format!(
+            "kind = \"bilstm\"\nembed_dim = 16\nhidden = {hidden}"
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -87,7 +92,10 @@ mod tests {
         check_fits(&bilstm(16), 1000, true).unwrap();
         check_fits(&bilstm(16), 1000, false).unwrap();
         let err = check_fits(&bilstm(100_000_000), 1000, true).unwrap_err();
-        assert!(err.is_user_error() && err.to_string().contains("make the model smaller"), "{err}");
+        assert!(
+            err.is_user_error() && err.to_string().contains("make the model smaller"),
+            "{err}"
+        );
         assert!(check_fits(&bilstm(100_000_000), 1000, false).is_err());
     }
 }

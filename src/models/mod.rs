@@ -36,6 +36,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 
+pub use crate::rng::SplitMix64;
 pub use bert::{Bert, BertClassifier, BertConfig, BertPooling, HfBertConfig};
 pub use bilstm::{BiLstm, BiLstmClassifier, BiLstmConfig, LstmPooling};
 pub use layers::SharedRng;
@@ -44,7 +45,6 @@ pub use seq2seq::{
     AttentionScore, DecoderState, Encoded, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig,
     TransformerSeq2SeqConfig,
 };
-pub use crate::rng::SplitMix64;
 pub use transformer::{
     NormPosition, Pooling, PositionEncoding, TransformerClassifier, TransformerConfig,
     TransformerEncoder,
@@ -101,7 +101,9 @@ impl ModelConfig {
     pub fn seq2seq(&self) -> Option<seq2seq::Seq2SeqConfig> {
         match self {
             ModelConfig::LstmAttention(c) => Some(seq2seq::Seq2SeqConfig::Lstm(c.clone())),
-            ModelConfig::TransformerSeq2seq(c) => Some(seq2seq::Seq2SeqConfig::Transformer(c.clone())),
+            ModelConfig::TransformerSeq2seq(c) => {
+                Some(seq2seq::Seq2SeqConfig::Transformer(c.clone()))
+            }
             _ => None,
         }
     }
@@ -426,37 +428,37 @@ pub(crate) fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> cr
 /// Sets every variable of `varmap` from the safetensors file at `path`, which must
 /// hold each of them with the same shape (extra tensors are ignored).
 pub(crate) fn load_varmap(varmap: &VarMap, path: &Path) -> crate::Result<()> {
-        if !path.is_file() {
-            return Err(crate::Error::Io {
+    if !path.is_file() {
+        return Err(crate::Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let data = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let vars = varmap.data().lock().expect("VarMap lock poisoned");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let t = data
+            .get(name.as_str())
+            .ok_or_else(|| crate::Error::Checkpoint {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                msg: format!("tensor {name} is missing"),
+            })?;
+        if t.shape() != var.shape() {
+            return Err(crate::Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "tensor {name} has shape {:?}, the model needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
             });
         }
-        let data = candle_core::safetensors::load(path, &Device::Cpu)?;
-        let vars = varmap.data().lock().expect("VarMap lock poisoned");
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let t = data
-                .get(name.as_str())
-                .ok_or_else(|| crate::Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!("tensor {name} is missing"),
-                })?;
-            if t.shape() != var.shape() {
-                return Err(crate::Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!(
-                        "tensor {name} has shape {:?}, the model needs {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                });
-            }
-            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-        }
-        Ok(())
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(())
 }
 
 /// What the training loop needs from any model it trains: its variables, its

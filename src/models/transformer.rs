@@ -4,8 +4,8 @@
 //! or post-norm (`LN(x + f(x))`, as Vaswani et al. and BERT); sinusoidal or learned
 //! absolute positions; key padding mask. Token embeddings are scaled by √d.
 
-use candle_core::{Module, Result, Tensor};
 use super::layers::{Embedding, Linear};
+use candle_core::{Module, Result, Tensor};
 
 use super::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,

@@ -14,7 +14,12 @@ use crate::error::{Error, Result};
 /// The wrong-class probabilities of one row, largest first, at most `top` of them.
 /// `gold` must index into `probs`. NaNs sort last.
 pub fn sorted_complement(probs: &[f32], gold: usize, top: usize) -> Vec<f32> {
-    let mut wrong: Vec<f32> = probs.iter().enumerate().filter(|&(i, _)| i != gold).map(|(_, &p)| p).collect();
+    let mut wrong: Vec<f32> = probs
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != gold)
+        .map(|(_, &p)| p)
+        .collect();
     let desc = |a: &f32, b: &f32| match (a.is_nan(), b.is_nan()) {
         (false, false) => b.total_cmp(a),
         (a_nan, b_nan) => a_nan.cmp(&b_nan),
@@ -41,13 +46,20 @@ pub struct ComplementProfile {
 impl ComplementProfile {
     /// An empty profile keeping ranks `1..=top` (`usize::MAX` for all of them).
     pub fn new(top: usize) -> Self {
-        ComplementProfile { top, sums: Vec::new(), counts: Vec::new() }
+        ComplementProfile {
+            top,
+            sums: Vec::new(),
+            counts: Vec::new(),
+        }
     }
 
     /// Adds one row with its gold index.
     pub fn add(&mut self, probs: &[f32], gold: usize) -> Result<()> {
         if gold >= probs.len() {
-            return Err(Error::Config(format!("gold index {gold} is outside a row of {} probabilities", probs.len())));
+            return Err(Error::Config(format!(
+                "gold index {gold} is outside a row of {} probabilities",
+                probs.len()
+            )));
         }
         let sorted = sorted_complement(probs, gold, self.top);
         if sorted.len() > self.sums.len() {
@@ -64,15 +76,25 @@ impl ComplementProfile {
     /// Adds rows with their gold indices (`rows[i]` with `gold[i]`).
     pub fn add_rows(&mut self, rows: &[Vec<f32>], gold: &[u32]) -> Result<()> {
         if rows.len() != gold.len() {
-            return Err(Error::Config(format!("{} probability rows but {} gold labels", rows.len(), gold.len())));
+            return Err(Error::Config(format!(
+                "{} probability rows but {} gold labels",
+                rows.len(),
+                gold.len()
+            )));
         }
-        rows.iter().zip(gold).try_for_each(|(row, &g)| self.add(row, g as usize))
+        rows.iter()
+            .zip(gold)
+            .try_for_each(|(row, &g)| self.add(row, g as usize))
     }
 
     /// The mean probability at each rank (rank 1 first), over the rows that had
     /// that rank.
     pub fn mean(&self) -> Vec<f64> {
-        self.sums.iter().zip(&self.counts).map(|(s, &c)| s / c as f64).collect()
+        self.sums
+            .iter()
+            .zip(&self.counts)
+            .map(|(s, &c)| s / c as f64)
+            .collect()
     }
 
     /// Adds everything `other` holds (e.g. one seed's profile into the
@@ -100,17 +122,31 @@ mod tests {
 
     #[test]
     fn wrong_classes_are_sorted_largest_first_without_the_gold_one() {
-        assert_eq!(sorted_complement(&[0.1, 0.6, 0.05, 0.25], 1, usize::MAX), [0.25, 0.1, 0.05]);
-        assert_eq!(sorted_complement(&[0.1, 0.6, 0.05, 0.25], 3, usize::MAX), [0.6, 0.1, 0.05]);
+        assert_eq!(
+            sorted_complement(&[0.1, 0.6, 0.05, 0.25], 1, usize::MAX),
+            [0.25, 0.1, 0.05]
+        );
+        assert_eq!(
+            sorted_complement(&[0.1, 0.6, 0.05, 0.25], 3, usize::MAX),
+            [0.6, 0.1, 0.05]
+        );
         assert_eq!(sorted_complement(&[0.1, 0.6, 0.05, 0.25], 3, 2), [0.6, 0.1]);
-        assert_eq!(sorted_complement(&[0.1, 0.6, 0.05, 0.25], 3, 0), [] as [f32; 0]);
+        assert_eq!(
+            sorted_complement(&[0.1, 0.6, 0.05, 0.25], 3, 0),
+            [] as [f32; 0]
+        );
         assert_eq!(sorted_complement(&[1.0], 0, 4), [] as [f32; 0]);
-        assert_eq!(sorted_complement(&[0.5, f32::NAN, 0.2, 0.3], 0, usize::MAX)[..2], [0.3, 0.2]);
+        assert_eq!(
+            sorted_complement(&[0.5, f32::NAN, 0.2, 0.3], 0, usize::MAX)[..2],
+            [0.3, 0.2]
+        );
     }
 
     #[test]
     fn top_selection_equals_a_full_sort_prefix() {
-        let row: Vec<f32> = (0..1000u32).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+        let row: Vec<f32> = (0..1000u32)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
         let full = sorted_complement(&row, 17, usize::MAX);
         assert_eq!(sorted_complement(&row, 17, 10), full[..10]);
     }
@@ -118,10 +154,14 @@ mod tests {
     #[test]
     fn profile_averages_rank_by_rank() {
         let mut p = ComplementProfile::new(usize::MAX);
-        p.add_rows(&[vec![0.7, 0.2, 0.1], vec![0.1, 0.3, 0.6]], &[0, 2]).unwrap();
+        p.add_rows(&[vec![0.7, 0.2, 0.1], vec![0.1, 0.3, 0.6]], &[0, 2])
+            .unwrap();
         // ranks: [0.2, 0.1] and [0.3, 0.1]
         let m = p.mean();
-        assert!((m[0] - 0.25).abs() < 1e-7 && (m[1] - 0.1).abs() < 1e-7, "{m:?}");
+        assert!(
+            (m[0] - 0.25).abs() < 1e-7 && (m[1] - 0.1).abs() < 1e-7,
+            "{m:?}"
+        );
         assert_eq!(p.rows(), 2);
         assert!(p.add(&[0.5, 0.5], 2).is_err());
         assert!(p.add_rows(&[vec![1.0]], &[]).is_err());

@@ -21,7 +21,11 @@ impl Summary {
     /// first objective), every run, and the plots.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        let names: Vec<&str> = self.objectives.iter().map(|o| o.objective.as_str()).collect();
+        let names: Vec<&str> = self
+            .objectives
+            .iter()
+            .map(|o| o.objective.as_str())
+            .collect();
         let _ = writeln!(s, "# Comparing objectives: {}\n", names.join(", "));
         let _ = writeln!(s, "* Command: `{}`", self.command);
         let m = &self.machine;
@@ -30,25 +34,57 @@ impl Summary {
             "* Machine: {} CPU{}{}; device `{}`",
             m.cpus,
             if m.cpus == 1 { "" } else { "s" },
-            m.cpu_model.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+            m.cpu_model
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default(),
             m.device
         );
-        let _ = writeln!(s, "* Wall time: {:.1} s (this call; runs found finished were skipped and cost nothing)", self.wall_s);
-        let _ = writeln!(s, "* Best checkpoint chosen by dev `{}`; test scores use those weights\n", self.metric);
+        let _ = writeln!(
+            s,
+            "* Wall time: {:.1} s (this call; runs found finished were skipped and cost nothing)",
+            self.wall_s
+        );
+        let _ = writeln!(
+            s,
+            "* Best checkpoint chosen by dev `{}`; test scores use those weights\n",
+            self.metric
+        );
 
         let _ = writeln!(s, "## Results\n");
         let _ = writeln!(s, "Mean ± sample standard deviation over seeds (n runs; no ± when n = 1). \"dev (best)\" is each run's best dev evaluation.\n");
         // Translation runs have BLEU and no macro-F1; classification the reverse.
-        let translation = self.objectives.iter().any(|o| [&o.dev, &o.test].iter().any(|st| st.is_some_and(|st| st.bleu.is_some())));
-        let (second, second_of): (&str, fn(&SplitStats) -> &Option<MeanStd>) =
-            if translation { ("BLEU", |st| &st.bleu) } else { ("macro-F1", |st| &st.macro_f1) };
-        let first = if translation { "token accuracy" } else { "accuracy" };
-        let _ = writeln!(s, "| objective | split | n | {first} | {second} |\n| --- | --- | --- | --- | --- |");
+        let translation = self.objectives.iter().any(|o| {
+            [&o.dev, &o.test]
+                .iter()
+                .any(|st| st.is_some_and(|st| st.bleu.is_some()))
+        });
+        let (second, second_of): (&str, fn(&SplitStats) -> &Option<MeanStd>) = if translation {
+            ("BLEU", |st| &st.bleu)
+        } else {
+            ("macro-F1", |st| &st.macro_f1)
+        };
+        let first = if translation {
+            "token accuracy"
+        } else {
+            "accuracy"
+        };
+        let _ = writeln!(
+            s,
+            "| objective | split | n | {first} | {second} |\n| --- | --- | --- | --- | --- |"
+        );
         for o in &self.objectives {
             for (split, stats) in [("dev (best)", &o.dev), ("test", &o.test)] {
                 match stats {
                     Some(st) => {
-                        let _ = writeln!(s, "| {} | {split} | {} | {} | {} |", o.objective, st.accuracy.n, cell(&st.accuracy), opt_cell(second_of(st)));
+                        let _ = writeln!(
+                            s,
+                            "| {} | {split} | {} | {} | {} |",
+                            o.objective,
+                            st.accuracy.n,
+                            cell(&st.accuracy),
+                            opt_cell(second_of(st))
+                        );
                     }
                     None => {
                         let _ = writeln!(s, "| {} | {split} | 0 | – | – |", o.objective);
@@ -66,7 +102,11 @@ impl Summary {
                  With few seeds a large p says \"not shown\", not \"equal\".\n",
                 first_diff.baseline
             );
-            let _ = writeln!(s, "| objective | split | metric | mean | {} | difference | 95% interval | p |", first_diff.baseline);
+            let _ = writeln!(
+                s,
+                "| objective | split | metric | mean | {} | difference | 95% interval | p |",
+                first_diff.baseline
+            );
             let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
             for d in &self.differences {
                 let metric = match d.metric.as_str() {
@@ -76,7 +116,10 @@ impl Summary {
                     other => other,
                 };
                 let (interval, p) = match &d.welch {
-                    Some(w) => (format!("[{:+.4}, {:+.4}]", w.ci_low, w.ci_high), format_p(w.p)),
+                    Some(w) => (
+                        format!("[{:+.4}, {:+.4}]", w.ci_low, w.ci_high),
+                        format_p(w.p),
+                    ),
                     None => ("–".into(), "– (one seed)".into()),
                 };
                 let _ = writeln!(
@@ -102,11 +145,17 @@ impl Summary {
                 r.objective,
                 r.seed,
                 r.steps,
-                r.dev.map(|d| d.step.to_string()).unwrap_or_else(|| "–".into()),
+                r.dev
+                    .map(|d| d.step.to_string())
+                    .unwrap_or_else(|| "–".into()),
                 num(r.dev.map(|d| d.accuracy)),
-                num(r.dev.and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
+                num(r
+                    .dev
+                    .and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
                 num(r.test.map(|d| d.accuracy)),
-                num(r.test.and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
+                num(r
+                    .test
+                    .and_then(|d| if translation { d.bleu } else { d.macro_f1 })),
                 r.dir.display()
             );
         }
@@ -133,7 +182,11 @@ impl Summary {
 /// The accuracy, macro-F1 and BLEU cells of a split ("–" where absent), for
 /// callers printing their own tables.
 pub fn split_cells(stats: &SplitStats) -> (String, String, String) {
-    (cell(&stats.accuracy), opt_cell(&stats.macro_f1), opt_cell(&stats.bleu))
+    (
+        cell(&stats.accuracy),
+        opt_cell(&stats.macro_f1),
+        opt_cell(&stats.bleu),
+    )
 }
 
 /// A p-value for a table: three significant digits, `< 0.001` below that.

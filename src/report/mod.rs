@@ -20,11 +20,14 @@ pub use complement::{sorted_complement, ComplementProfile};
 pub use markdown::split_cells;
 pub use plot::{draw_complement, draw_confusion, draw_curves, Band, Heatmap, Panel};
 pub use stats::Welch;
-pub use summary::{differences, mean_curve, Difference, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary, RunMetrics, RunSummary, Scores, SplitStats, Summary};
+pub use summary::{
+    differences, mean_curve, Difference, Machine, MeanStd, ObjectiveRuns, ObjectiveSummary,
+    RunMetrics, RunSummary, Scores, SplitStats, Summary,
+};
 
 use crate::error::{Error, Result};
-use crate::metrics::ClassificationReport;
 use crate::infer;
+use crate::metrics::ClassificationReport;
 use crate::task;
 use crate::train::Metric;
 
@@ -45,9 +48,17 @@ impl Predictions {
         let predicted: Vec<u32> = self
             .probs
             .iter()
-            .map(|p| p.iter().enumerate().fold(0, |b, (i, &x)| if x > p[b] { i } else { b }) as u32)
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &x)| if x > p[b] { i } else { b }) as u32
+            })
             .collect();
-        Ok(ClassificationReport::new(&self.gold, &predicted, self.labels.len()).map_err(Error::Config)?.confusion)
+        Ok(
+            ClassificationReport::new(&self.gold, &predicted, self.labels.len())
+                .map_err(Error::Config)?
+                .confusion,
+        )
     }
 }
 
@@ -65,8 +76,18 @@ pub fn classification_test_predictions(run: &Path, device: &Device) -> Result<Op
     }
     let examples = task::classify::load_split(&dataset, config, split, config.data.eval_limit)?;
     let data = task::classify::encode(&setup.tokenizer, config, &examples)?;
-    let probs = infer::classify::predict_probs(&model, &data, setup.tokenizer.pad_id(), config.train.eval_batch_size, &setup.device)?;
-    Ok(Some(Predictions { gold: data.iter().map(|e| e.label).collect(), probs, labels: setup.labels }))
+    let probs = infer::classify::predict_probs(
+        &model,
+        &data,
+        setup.tokenizer.pad_id(),
+        config.train.eval_batch_size,
+        &setup.device,
+    )?;
+    Ok(Some(Predictions {
+        gold: data.iter().map(|e| e.label).collect(),
+        probs,
+        labels: setup.labels,
+    }))
 }
 
 /// Ranks of the wrong vocabulary entries kept in a translation run's complement
@@ -89,7 +110,14 @@ pub fn translation_test_profile(run: &Path, device: &Device) -> Result<Option<Co
     let pairs = task::translate::load_pairs(&dataset, &config, split, config.data.eval_limit)?;
     let data = task::translate::encode_pairs(&tokenizer, &config, &pairs)?;
     let mut profile = ComplementProfile::new(TOKEN_PROFILE_RANKS);
-    infer::translate::for_each_token_distribution(&model, &tokenizer, &data, config.train.eval_batch_size, device, |probs, gold| profile.add(probs, gold as usize))?;
+    infer::translate::for_each_token_distribution(
+        &model,
+        &tokenizer,
+        &data,
+        config.train.eval_batch_size,
+        device,
+        |probs, gold| profile.add(probs, gold as usize),
+    )?;
     Ok(Some(profile))
 }
 
@@ -123,19 +151,52 @@ pub fn comparison_panels(groups: &[(String, Vec<RunMetrics>)], metric: Metric) -
         .iter()
         .enumerate()
         .map(|(i, (name, runs))| {
-            band(name, i, mean_curve(&runs.iter().map(|m| m.train.iter().map(|p| (p.step, p.loss)).collect()).collect::<Vec<_>>()))
+            band(
+                name,
+                i,
+                mean_curve(
+                    &runs
+                        .iter()
+                        .map(|m| m.train.iter().map(|p| (p.step, p.loss)).collect())
+                        .collect::<Vec<_>>(),
+                ),
+            )
         })
         .collect();
     let dev = groups
         .iter()
         .enumerate()
         .map(|(i, (name, runs))| {
-            band(name, i, mean_curve(&runs.iter().map(|m| m.dev.iter().map(|p| (p.step, dev_value(p, metric))).collect()).collect::<Vec<_>>()))
+            band(
+                name,
+                i,
+                mean_curve(
+                    &runs
+                        .iter()
+                        .map(|m| {
+                            m.dev
+                                .iter()
+                                .map(|p| (p.step, dev_value(p, metric)))
+                                .collect()
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            )
         })
         .collect();
     vec![
-        Panel { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), bands: loss },
-        Panel { title: format!("dev {}", metric.name()), x_label: "step".into(), y_label: metric.name().into(), bands: dev },
+        Panel {
+            title: "training loss".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            bands: loss,
+        },
+        Panel {
+            title: format!("dev {}", metric.name()),
+            x_label: "step".into(),
+            y_label: metric.name().into(),
+            bands: dev,
+        },
     ]
 }
 
@@ -143,7 +204,14 @@ pub fn comparison_panels(groups: &[(String, Vec<RunMetrics>)], metric: Metric) -
 /// dev metric against the step, for one run.
 pub fn run_panels(m: &RunMetrics, metric: Metric) -> Vec<Panel> {
     let line = |label: &str, points: Vec<(u64, f64)>| {
-        band(label, 0, points.into_iter().filter_map(|(s, v)| MeanStd::of(&[v]).map(|m| (s, m))).collect())
+        band(
+            label,
+            0,
+            points
+                .into_iter()
+                .filter_map(|(s, v)| MeanStd::of(&[v]).map(|m| (s, m)))
+                .collect(),
+        )
     };
     vec![
         Panel {
@@ -156,13 +224,22 @@ pub fn run_panels(m: &RunMetrics, metric: Metric) -> Vec<Panel> {
             title: "training accuracy".into(),
             x_label: "step".into(),
             y_label: "accuracy".into(),
-            bands: vec![line("", m.train.iter().map(|p| (p.step, p.train_accuracy)).collect())],
+            bands: vec![line(
+                "",
+                m.train.iter().map(|p| (p.step, p.train_accuracy)).collect(),
+            )],
         },
         Panel {
             title: format!("dev {}", metric.name()),
             x_label: "step".into(),
             y_label: metric.name().into(),
-            bands: vec![line("", m.dev.iter().map(|p| (p.step, dev_value(p, metric))).collect())],
+            bands: vec![line(
+                "",
+                m.dev
+                    .iter()
+                    .map(|p| (p.step, dev_value(p, metric)))
+                    .collect(),
+            )],
         },
     ]
 }
@@ -197,7 +274,11 @@ mod tests {
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
             for needle in &needles {
-                assert!(!text.contains(needle.as_str()), "{} calls {needle}: take the caller's &Device instead", file.display());
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{} calls {needle}: take the caller's &Device instead",
+                    file.display()
+                );
             }
         }
     }

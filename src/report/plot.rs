@@ -39,23 +39,38 @@ fn color(i: usize) -> RGBColor {
 /// Registers the embedded font once; an error only if the bytes are not a font.
 pub fn register_font() -> Result<()> {
     static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    let ok = *DONE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
     if ok {
         Ok(())
     } else {
-        Err(Error::Config("the embedded DejaVuSans.ttf is not a valid font".into()))
+        Err(Error::Config(
+            "the embedded DejaVuSans.ttf is not a valid font".into(),
+        ))
     }
 }
 
 fn failed(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.to_path_buf(), source: std::io::Error::other(format!("drawing failed: {e}")) }
+    Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("drawing failed: {e}")),
+    }
 }
 
 /// Creates `path`'s folder, draws `(width, height)` pixels with `body`, saves.
-fn render(path: &Path, size: (u32, u32), title: &str, body: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+fn render(
+    path: &Path,
+    size: (u32, u32),
+    title: &str,
+    body: impl FnOnce(&Area) -> DrawResult,
+) -> Result<()> {
     register_font()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let root = BitMapBackend::new(path, size).into_drawing_area();
     let drawn = (|| -> DrawResult {
@@ -105,10 +120,12 @@ pub fn draw_curves(path: &Path, title: &str, panels: &[Panel]) -> Result<()> {
 }
 
 fn finite_bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values.filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
+    values
+        .filter(|v| v.is_finite())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
 }
 
 fn padded((lo, hi): (f64, f64), fraction: f64) -> (f64, f64) {
@@ -123,8 +140,13 @@ fn padded((lo, hi): (f64, f64), fraction: f64) -> (f64, f64) {
 
 fn no_data(area: &Area, title: &str) -> DrawResult {
     let (w, h) = area.dim_in_pixel();
-    let style = TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
-    area.draw(&Text::new(format!("{title}: no data"), (w as i32 / 2, h as i32 / 2), style))?;
+    let style =
+        TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+    area.draw(&Text::new(
+        format!("{title}: no data"),
+        (w as i32 / 2, h as i32 / 2),
+        style,
+    ))?;
     Ok(())
 }
 
@@ -153,14 +175,25 @@ fn draw_panel(area: &Area, panel: &Panel) -> DrawResult {
         .draw()?;
     for band in &panel.bands {
         let c = color(band.color);
-        let pts: Vec<_> = band.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        let pts: Vec<_> = band
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
         if pts.iter().any(|p| p.3 > p.2) {
-            let outline: Vec<(f64, f64)> =
-                pts.iter().map(|p| (p.0, p.3)).chain(pts.iter().rev().map(|p| (p.0, p.2))).collect();
+            let outline: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|p| (p.0, p.3))
+                .chain(pts.iter().rev().map(|p| (p.0, p.2)))
+                .collect();
             chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled())))?;
         }
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(2),
+            ))?
             .label(band.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         // Markers: an evaluation per epoch gives few points, and one point draws no line.
@@ -180,10 +213,19 @@ fn draw_panel(area: &Area, panel: &Panel) -> DrawResult {
 /// Draws the complement-distribution profile: one line per `(label, colour,
 /// mean probability by rank)`, rank 1 (the largest wrong class) first, on a log y
 /// axis. Non-positive values are left out (a log axis has no place for them).
-pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f64>)]) -> Result<()> {
+pub fn draw_complement(
+    path: &Path,
+    title: &str,
+    lines: &[(String, usize, Vec<f64>)],
+) -> Result<()> {
     render(path, (640, 460), title, |area| {
         let ranks = lines.iter().map(|l| l.2.len()).max().unwrap_or(0);
-        let Some((lo, hi)) = finite_bounds(lines.iter().flat_map(|l| l.2.iter().copied()).filter(|&v| v > 0.0)) else {
+        let Some((lo, hi)) = finite_bounds(
+            lines
+                .iter()
+                .flat_map(|l| l.2.iter().copied())
+                .filter(|&v| v > 0.0),
+        ) else {
             return no_data(area, "complement");
         };
         let mut chart_builder = ChartBuilder::on(area);
@@ -200,7 +242,13 @@ pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f6
             .x_desc("rank of the wrong class (by predicted probability)")
             .y_desc("mean predicted probability")
             .x_labels(ranks.clamp(1, 12) + 2)
-            .x_label_formatter(&|r| if *r >= 1 && *r <= ranks as i32 { r.to_string() } else { String::new() })
+            .x_label_formatter(&|r| {
+                if *r >= 1 && *r <= ranks as i32 {
+                    r.to_string()
+                } else {
+                    String::new()
+                }
+            })
             .y_labels(12)
             .y_label_formatter(&|v| probability_label(*v))
             .light_line_style(WHITE)
@@ -208,12 +256,18 @@ pub fn draw_complement(path: &Path, title: &str, lines: &[(String, usize, Vec<f6
             .draw()?;
         for (label, ci, values) in lines {
             let c = color(*ci);
-            let pts: Vec<(i32, f64)> =
-                values.iter().enumerate().filter(|(_, v)| **v > 0.0 && v.is_finite()).map(|(i, &v)| (i as i32 + 1, v)).collect();
+            let pts: Vec<(i32, f64)> = values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0.0 && v.is_finite())
+                .map(|(i, &v)| (i as i32 + 1, v))
+                .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
         }
         chart
@@ -291,7 +345,12 @@ fn wrap(area: &Area, text: &str, style: &TextStyle, width: u32) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     for word in text.split_whitespace() {
         match lines.last_mut() {
-            Some(line) if area.estimate_text_size(&format!("{line} {word}"), style).map(|s| s.0 <= width).unwrap_or(false) => {
+            Some(line)
+                if area
+                    .estimate_text_size(&format!("{line} {word}"), style)
+                    .map(|s| s.0 <= width)
+                    .unwrap_or(false) =>
+            {
                 line.push(' ');
                 line.push_str(word);
             }
@@ -309,14 +368,35 @@ fn draw_heatmap(area: &Area, labels: &[String], map: &Heatmap) -> DrawResult {
     let name = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
     let (w, h) = area.dim_in_pixel();
     let label_style = TextStyle::from(("sans-serif", 12).into_font());
-    let left = (0..k).filter_map(|i| area.estimate_text_size(&name(i), &label_style).ok()).map(|s| s.0).max().unwrap_or(20).min(130) + 34;
+    let left = (0..k)
+        .filter_map(|i| area.estimate_text_size(&name(i), &label_style).ok())
+        .map(|s| s.0)
+        .max()
+        .unwrap_or(20)
+        .min(130)
+        + 34;
     let (top, bottom) = (34u32, 56u32);
-    let cell = ((w.saturating_sub(left + 16)) / k as u32).min(h.saturating_sub(top + bottom) / k as u32).max(8);
+    let cell = ((w.saturating_sub(left + 16)) / k as u32)
+        .min(h.saturating_sub(top + bottom) / k as u32)
+        .max(8);
     let (x0, y0) = (left as i32, top as i32);
     let c = cell as i32;
-    let centered = |size| TextStyle::from(("sans-serif", size).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
-    area.draw(&Text::new(map.title.clone(), (x0 + c * k as i32 / 2, 14), centered(16)))?;
-    let max = map.counts.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
+    let centered = |size| {
+        TextStyle::from(("sans-serif", size).into_font()).pos(Pos::new(HPos::Center, VPos::Center))
+    };
+    area.draw(&Text::new(
+        map.title.clone(),
+        (x0 + c * k as i32 / 2, 14),
+        centered(16),
+    ))?;
+    let max = map
+        .counts
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     for (g, row) in map.counts.iter().enumerate() {
         for (p, &count) in row.iter().enumerate() {
             let t = count as f64 / max;
@@ -324,22 +404,48 @@ fn draw_heatmap(area: &Area, labels: &[String], map: &Heatmap) -> DrawResult {
             let fill = RGBColor(shade(8), shade(48), shade(107));
             let (cx, cy) = (x0 + p as i32 * c, y0 + g as i32 * c);
             area.draw(&Rectangle::new([(cx, cy), (cx + c, cy + c)], fill.filled()))?;
-            area.draw(&Rectangle::new([(cx, cy), (cx + c, cy + c)], BLACK.mix(0.15)))?;
+            area.draw(&Rectangle::new(
+                [(cx, cy), (cx + c, cy + c)],
+                BLACK.mix(0.15),
+            ))?;
             let ink = if t > 0.55 { WHITE } else { BLACK };
-            area.draw(&Text::new(count.to_string(), (cx + c / 2, cy + c / 2), centered(13).color(&ink)))?;
+            area.draw(&Text::new(
+                count.to_string(),
+                (cx + c / 2, cy + c / 2),
+                centered(13).color(&ink),
+            ))?;
         }
     }
     let right_aligned = label_style.clone().pos(Pos::new(HPos::Right, VPos::Center));
     for i in 0..k {
-        area.draw(&Text::new(name(i), (x0 - 6, y0 + i as i32 * c + c / 2), right_aligned.clone()))?;
-        for (j, line) in wrap(area, &name(i), &label_style, cell.saturating_sub(4)).iter().enumerate() {
+        area.draw(&Text::new(
+            name(i),
+            (x0 - 6, y0 + i as i32 * c + c / 2),
+            right_aligned.clone(),
+        ))?;
+        for (j, line) in wrap(area, &name(i), &label_style, cell.saturating_sub(4))
+            .iter()
+            .enumerate()
+        {
             let y = y0 + k as i32 * c + 10 + j as i32 * 14;
-            area.draw(&Text::new(line.clone(), (x0 + i as i32 * c + c / 2, y), centered(12)))?;
+            area.draw(&Text::new(
+                line.clone(),
+                (x0 + i as i32 * c + c / 2, y),
+                centered(12),
+            ))?;
         }
     }
     let axis = TextStyle::from(("sans-serif", 13).into_font());
-    area.draw(&Text::new("predicted", (x0 + c * k as i32 / 2, y0 + k as i32 * c + 42), axis.clone().pos(Pos::new(HPos::Center, VPos::Center))))?;
-    area.draw(&Text::new("gold", (x0 - 6, y0 - 12), axis.pos(Pos::new(HPos::Right, VPos::Center))))?;
+    area.draw(&Text::new(
+        "predicted",
+        (x0 + c * k as i32 / 2, y0 + k as i32 * c + 42),
+        axis.clone().pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
+    area.draw(&Text::new(
+        "gold",
+        (x0 - 6, y0 - 12),
+        axis.pos(Pos::new(HPos::Right, VPos::Center)),
+    ))?;
     Ok(())
 }
 
@@ -354,7 +460,9 @@ mod tests {
 
     #[test]
     fn log_axis_spans_whole_decades() {
-        let close = |r: std::ops::Range<f64>, lo: f64, hi: f64| (r.start / lo - 1.0).abs() < 1e-12 && (r.end / hi - 1.0).abs() < 1e-12;
+        let close = |r: std::ops::Range<f64>, lo: f64, hi: f64| {
+            (r.start / lo - 1.0).abs() < 1e-12 && (r.end / hi - 1.0).abs() < 1e-12
+        };
         assert!(close(decades(0.12, 0.4), 0.1, 1.0));
         assert!(close(decades(0.0012, 0.1), 0.001, 0.1));
         assert!(close(decades(0.1, 0.1), 0.1, 1.0));
@@ -369,17 +477,49 @@ mod tests {
         let band = |label: &str, color, lift| Band {
             label: label.into(),
             color,
-            points: (1..=5).map(|s| (s as f64, 1.0 / s as f64 + lift, 0.9 / s as f64 + lift, 1.1 / s as f64 + lift)).collect(),
+            points: (1..=5)
+                .map(|s| {
+                    (
+                        s as f64,
+                        1.0 / s as f64 + lift,
+                        0.9 / s as f64 + lift,
+                        1.1 / s as f64 + lift,
+                    )
+                })
+                .collect(),
         };
-        let panel = Panel { title: "loss".into(), x_label: "step".into(), y_label: "loss".into(), bands: vec![band("ce", 0, 0.0), band("cot", 1, 0.1)] };
-        let empty = Panel { title: "dev".into(), x_label: "step".into(), y_label: "accuracy".into(), bands: vec![] };
+        let panel = Panel {
+            title: "loss".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            bands: vec![band("ce", 0, 0.0), band("cot", 1, 0.1)],
+        };
+        let empty = Panel {
+            title: "dev".into(),
+            x_label: "step".into(),
+            y_label: "accuracy".into(),
+            bands: vec![],
+        };
         let curves = tmp.path().join("sub/curves.png");
         draw_curves(&curves, "test", &[panel, empty]).unwrap();
         let complement = tmp.path().join("complement.png");
-        draw_complement(&complement, "test", &[("ce".into(), 0, vec![0.3, 0.1, 0.01, 0.001]), ("cot".into(), 1, vec![0.2, 0.15, 0.1, 0.0])]).unwrap();
+        draw_complement(
+            &complement,
+            "test",
+            &[
+                ("ce".into(), 0, vec![0.3, 0.1, 0.01, 0.001]),
+                ("cot".into(), 1, vec![0.2, 0.15, 0.1, 0.0]),
+            ],
+        )
+        .unwrap();
         let confusion = tmp.path().join("confusion.png");
-        let labels: Vec<String> = ["very negative", "negative", "neutral"].map(String::from).to_vec();
-        let map = Heatmap { title: "ce".into(), counts: vec![vec![5, 1, 0], vec![2, 7, 1], vec![0, 3, 9]] };
+        let labels: Vec<String> = ["very negative", "negative", "neutral"]
+            .map(String::from)
+            .to_vec();
+        let map = Heatmap {
+            title: "ce".into(),
+            counts: vec![vec![5, 1, 0], vec![2, 7, 1], vec![0, 3, 9]],
+        };
         draw_confusion(&confusion, "test", &labels, &[map.clone(), map]).unwrap();
         for f in [curves, complement, confusion] {
             let bytes = std::fs::read(&f).unwrap();

@@ -38,14 +38,26 @@ impl Welch {
         let se2 = va + vb;
         if se2 == 0.0 {
             let p = if diff == 0.0 { 1.0 } else { 0.0 };
-            return Some(Welch { diff, ci_low: diff, ci_high: diff, p, df: (a.n + b.n - 2) as f64 });
+            return Some(Welch {
+                diff,
+                ci_low: diff,
+                ci_high: diff,
+                p,
+                df: (a.n + b.n - 2) as f64,
+            });
         }
         let df = se2 * se2 / (va * va / (a.n as f64 - 1.0) + vb * vb / (b.n as f64 - 1.0));
         let se = se2.sqrt();
         let t = diff / se;
         let p = two_sided_p(t, df);
         let q = t_quantile(0.975, df);
-        Some(Welch { diff, ci_low: diff - q * se, ci_high: diff + q * se, p, df })
+        Some(Welch {
+            diff,
+            ci_low: diff - q * se,
+            ci_high: diff + q * se,
+            p,
+            df,
+        })
     }
 }
 
@@ -159,7 +171,9 @@ fn ln_gamma(x: f64) -> f64 {
     ];
     if x < 0.5 {
         // Reflection: Γ(x) Γ(1 − x) = π / sin(πx).
-        return std::f64::consts::PI.ln() - (std::f64::consts::PI * x).sin().abs().ln() - ln_gamma(1.0 - x);
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().abs().ln()
+            - ln_gamma(1.0 - x);
     }
     let x = x - 1.0;
     let mut a = G[0];
@@ -181,8 +195,17 @@ mod tests {
     #[test]
     fn ln_gamma_matches_known_values() {
         // math.lgamma
-        for (x, want) in [(0.5, 0.572_364_942_924_700_1), (1.0, 0.0), (2.5, 0.284_682_870_472_919_2), (10.0, 12.801_827_480_081_469)] {
-            assert!((ln_gamma(x) - want).abs() < 1e-13, "{x}: {} vs {want}", ln_gamma(x));
+        for (x, want) in [
+            (0.5, 0.572_364_942_924_700_1),
+            (1.0, 0.0),
+            (2.5, 0.284_682_870_472_919_2),
+            (10.0, 12.801_827_480_081_469),
+        ] {
+            assert!(
+                (ln_gamma(x) - want).abs() < 1e-13,
+                "{x}: {} vs {want}",
+                ln_gamma(x)
+            );
         }
     }
 
@@ -196,9 +219,17 @@ mod tests {
             (1.0, 1.0, 0.5),
         ] {
             let got = two_sided_p(t, df);
-            assert!((got - p).abs() < 1e-9 * p.max(1e-3), "t {t} df {df}: {got} vs {p}");
+            assert!(
+                (got - p).abs() < 1e-9 * p.max(1e-3),
+                "t {t} df {df}: {got} vs {p}"
+            );
         }
-        for (df, q) in [(1.0, 12.706_204_736_174_694), (4.0, 2.776_445_105_197_793_4), (7.5, 2.333_039_626_864_974), (1e6, 1.959_966_356_814_107)] {
+        for (df, q) in [
+            (1.0, 12.706_204_736_174_694),
+            (4.0, 2.776_445_105_197_793_4),
+            (7.5, 2.333_039_626_864_974),
+            (1e6, 1.959_966_356_814_107),
+        ] {
             let got = t_quantile(0.975, df);
             assert!((got - q).abs() < 1e-8 * q, "df {df}: {got} vs {q}");
         }
@@ -216,8 +247,16 @@ mod tests {
         assert!((w.diff - 0.0296).abs() < 1e-12);
         assert!((w.df - 7.812_700_847_633_933).abs() < 1e-9, "{}", w.df);
         assert!((w.p - 0.005_113_598_442_033_365).abs() < 1e-10, "{}", w.p);
-        assert!((w.ci_low - 0.011_788_957_379_279_7).abs() < 1e-10, "{}", w.ci_low);
-        assert!((w.ci_high - 0.047_411_042_620_720_55).abs() < 1e-10, "{}", w.ci_high);
+        assert!(
+            (w.ci_low - 0.011_788_957_379_279_7).abs() < 1e-10,
+            "{}",
+            w.ci_low
+        );
+        assert!(
+            (w.ci_high - 0.047_411_042_620_720_55).abs() < 1e-10,
+            "{}",
+            w.ci_high
+        );
         // Symmetric in sign.
         let r = Welch::test(&b, &a).unwrap();
         assert!((r.p - w.p).abs() < 1e-15 && (r.diff + w.diff).abs() < 1e-15);

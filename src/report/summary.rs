@@ -30,7 +30,9 @@ impl MeanStd {
             return None;
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let std = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        let std = (n > 1).then(|| {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        });
         Some(MeanStd { mean, std, n })
     }
 
@@ -99,7 +101,10 @@ struct Line {
 /// what the saved weights went through.
 fn push_replacing<T>(points: &mut Vec<T>, point: T, step: impl Fn(&T) -> u64) {
     let s = step(&point);
-    let keep = points.iter().position(|p| step(p) >= s).unwrap_or(points.len());
+    let keep = points
+        .iter()
+        .position(|p| step(p) >= s)
+        .unwrap_or(points.len());
     points.truncate(keep);
     points.push(point);
 }
@@ -109,7 +114,10 @@ impl RunMetrics {
     /// JSON: the process died while appending) is ignored; any other bad line is an
     /// error naming the file and line.
     pub fn read(path: &Path) -> Result<RunMetrics> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -125,15 +133,27 @@ impl RunMetrics {
             let line: Line = match serde_json::from_str(raw) {
                 Ok(line) => line,
                 Err(_) if last => break,
-                Err(e) => return Err(Error::Parse { path: origin.to_path_buf(), line: i + 1, msg: e.to_string() }),
+                Err(e) => {
+                    return Err(Error::Parse {
+                        path: origin.to_path_buf(),
+                        line: i + 1,
+                        msg: e.to_string(),
+                    })
+                }
             };
-            let missing = |what: &str| Error::Parse { path: origin.to_path_buf(), line: i + 1, msg: format!("no {what:?} in {raw}") };
+            let missing = |what: &str| Error::Parse {
+                path: origin.to_path_buf(),
+                line: i + 1,
+                msg: format!("no {what:?} in {raw}"),
+            };
             match line.split.as_deref() {
                 None => {
                     let point = TrainPoint {
                         step: line.step,
                         loss: line.loss.unwrap_or(f64::NAN),
-                        train_accuracy: line.train_accuracy.ok_or_else(|| missing("train_accuracy"))?,
+                        train_accuracy: line
+                            .train_accuracy
+                            .ok_or_else(|| missing("train_accuracy"))?,
                     };
                     push_replacing(&mut m.train, point, |p| p.step);
                 }
@@ -175,7 +195,9 @@ pub fn mean_curve(runs: &[Vec<(u64, f64)>]) -> Vec<(u64, MeanStd)> {
             }
         }
     }
-    at.into_iter().filter_map(|(step, vs)| MeanStd::of(&vs).map(|m| (step, m))).collect()
+    at.into_iter()
+        .filter_map(|(step, vs)| MeanStd::of(&vs).map(|m| (step, m)))
+        .collect()
 }
 
 /// The scores of one run on one split.
@@ -193,7 +215,12 @@ pub struct Scores {
 
 impl From<&EvalPoint> for Scores {
     fn from(p: &EvalPoint) -> Self {
-        Scores { step: p.step, accuracy: p.accuracy, macro_f1: p.macro_f1, bleu: p.bleu }
+        Scores {
+            step: p.step,
+            accuracy: p.accuracy,
+            macro_f1: p.macro_f1,
+            bleu: p.bleu,
+        }
     }
 }
 
@@ -232,7 +259,11 @@ impl SplitStats {
         let acc: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();
         let f1: Vec<f64> = scores.iter().filter_map(|s| s.macro_f1).collect();
         let bleu: Vec<f64> = scores.iter().filter_map(|s| s.bleu).collect();
-        Some(SplitStats { accuracy: MeanStd::of(&acc)?, macro_f1: MeanStd::of(&f1), bleu: MeanStd::of(&bleu) })
+        Some(SplitStats {
+            accuracy: MeanStd::of(&acc)?,
+            macro_f1: MeanStd::of(&f1),
+            bleu: MeanStd::of(&bleu),
+        })
     }
 }
 
@@ -268,14 +299,22 @@ pub struct Machine {
 impl Machine {
     /// This machine, training on `device`.
     pub fn detect(device: &str) -> Machine {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        });
-        Machine { cpus, cpu_model, device: device.to_string() }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            });
+        Machine {
+            cpus,
+            cpu_model,
+            device: device.to_string(),
+        }
     }
 }
 
@@ -327,13 +366,22 @@ pub struct Difference {
 /// Every objective against the baseline (`ce` when present, else the first), for
 /// each split and metric both have.
 pub fn differences(objectives: &[ObjectiveSummary]) -> Vec<Difference> {
-    let Some(base) = objectives.iter().find(|o| o.objective == "ce").or(objectives.first()) else {
+    let Some(base) = objectives
+        .iter()
+        .find(|o| o.objective == "ce")
+        .or(objectives.first())
+    else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for o in objectives.iter().filter(|o| o.objective != base.objective) {
-        for (split, mine, theirs) in [("dev (best)", &o.dev, &base.dev), ("test", &o.test, &base.test)] {
-            let (Some(mine), Some(theirs)) = (mine, theirs) else { continue };
+        for (split, mine, theirs) in [
+            ("dev (best)", &o.dev, &base.dev),
+            ("test", &o.test, &base.test),
+        ] {
+            let (Some(mine), Some(theirs)) = (mine, theirs) else {
+                continue;
+            };
             for (metric, a, b) in [
                 ("accuracy", Some(mine.accuracy), Some(theirs.accuracy)),
                 ("macro_f1", mine.macro_f1, theirs.macro_f1),
@@ -422,11 +470,17 @@ mod tests {
     #[test]
     fn reads_train_dev_and_test_lines() {
         let m = RunMetrics::parse(LOG, Path::new("m.jsonl")).unwrap();
-        assert_eq!(m.train.iter().map(|p| (p.step, p.loss)).collect::<Vec<_>>(), [(2, 1.6), (4, 1.4)]);
+        assert_eq!(
+            m.train.iter().map(|p| (p.step, p.loss)).collect::<Vec<_>>(),
+            [(2, 1.6), (4, 1.4)]
+        );
         assert_eq!(m.dev.len(), 2);
         assert_eq!(m.best_dev().unwrap().step, 3);
         let test = m.test.unwrap();
-        assert_eq!((test.accuracy, test.macro_f1, test.bleu), (0.28, Some(0.21), None));
+        assert_eq!(
+            (test.accuracy, test.macro_f1, test.bleu),
+            (0.28, Some(0.21), None)
+        );
     }
 
     #[test]
@@ -435,15 +489,23 @@ mod tests {
         let m = RunMetrics::parse(&cut, Path::new("m.jsonl")).unwrap();
         assert_eq!(m, RunMetrics::parse(LOG, Path::new("m.jsonl")).unwrap());
         let bad = LOG.replacen("\"best\":true}", "\"best\":tr", 1);
-        let err = RunMetrics::parse(&bad, Path::new("m.jsonl")).unwrap_err().to_string();
+        let err = RunMetrics::parse(&bad, Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("m.jsonl:2:"), "{err}");
     }
 
     #[test]
     fn replayed_steps_replace_the_earlier_lines() {
-        let replay = format!("{LOG}{}\n", r#"{"step":4,"epoch":0,"lr":0.001,"loss":1.3,"train_accuracy":0.5}"#);
+        let replay = format!(
+            "{LOG}{}\n",
+            r#"{"step":4,"epoch":0,"lr":0.001,"loss":1.3,"train_accuracy":0.5}"#
+        );
         let m = RunMetrics::parse(&replay, Path::new("m.jsonl")).unwrap();
-        assert_eq!(m.train.iter().map(|p| (p.step, p.loss)).collect::<Vec<_>>(), [(2, 1.6), (4, 1.3)]);
+        assert_eq!(
+            m.train.iter().map(|p| (p.step, p.loss)).collect::<Vec<_>>(),
+            [(2, 1.6), (4, 1.3)]
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub struct Encoded {
 }
 
 pub(crate) fn load_options(config: &RunConfig) -> LoadOptions {
-    LoadOptions { scheme: config.data.scheme, trees: config.data.trees || config.data.phrases, phrases: config.data.phrases }
+    LoadOptions {
+        scheme: config.data.scheme,
+        trees: config.data.trees || config.data.phrases,
+        phrases: config.data.phrases,
+    }
 }
 
 /// Opens the run's data: a dataset card, or data files (`data.dataset` a
@@ -47,12 +51,19 @@ pub fn open_dataset(config: &RunConfig, labels: Option<&[String]>) -> Result<Dat
     for (split, path) in [(&d.dev_split, &d.dev_data), (&d.test_split, &d.test_data)] {
         if let Some(path) = path {
             if split.is_empty() {
-                return Err(Error::Config(format!("a data file for an unnamed split: {} (set data.dev_split/test_split)", path.display())));
+                return Err(Error::Config(format!(
+                    "a data file for an unnamed split: {} (set data.dev_split/test_split)",
+                    path.display()
+                )));
             }
             files.push((split.clone(), path.clone()));
         }
     }
-    let columns = FileColumns { text: d.text_column.clone(), label: d.label_column.clone(), header: d.header };
+    let columns = FileColumns {
+        text: d.text_column.clone(),
+        label: d.label_column.clone(),
+        header: d.header,
+    };
     let opened = file::open(&files, &columns, labels.or(d.label_names.as_deref()))?;
     eprintln!("{}", opened.layout.describe());
     Ok(opened.dataset)
@@ -63,7 +74,12 @@ pub fn open_dataset(config: &RunConfig, labels: Option<&[String]>) -> Result<Dat
 ///
 /// # Errors
 /// [`Error::Config`] naming both label lists.
-pub fn check_run_labels(dataset: &Dataset, config: &RunConfig, run: &Path, run_labels: &[String]) -> Result<()> {
+pub fn check_run_labels(
+    dataset: &Dataset,
+    config: &RunConfig,
+    run: &Path,
+    run_labels: &[String],
+) -> Result<()> {
     let names = dataset.label_names(&load_options(config));
     if names == run_labels {
         return Ok(());
@@ -84,12 +100,24 @@ pub fn check_run_labels(dataset: &Dataset, config: &RunConfig, run: &Path, run_l
 /// [`Error::Io`] / [`Error::Parse`] naming the file.
 pub fn read_run_labels(run: &Path) -> Result<Vec<String>> {
     let labels_path = run.join("labels.json");
-    serde_json::from_slice(&std::fs::read(&labels_path).map_err(|source| Error::Io { path: labels_path.clone(), source })?)
-        .map_err(|e| Error::Parse { path: labels_path.clone(), line: e.line(), msg: e.to_string() })
+    serde_json::from_slice(&std::fs::read(&labels_path).map_err(|source| Error::Io {
+        path: labels_path.clone(),
+        source,
+    })?)
+    .map_err(|e| Error::Parse {
+        path: labels_path.clone(),
+        line: e.line(),
+        msg: e.to_string(),
+    })
 }
 
 /// The examples of `split`, optionally a seeded subset of `limit` of them.
-pub fn load_split(dataset: &Dataset, config: &RunConfig, split: &str, limit: Option<usize>) -> Result<Vec<crate::data::Example>> {
+pub fn load_split(
+    dataset: &Dataset,
+    config: &RunConfig,
+    split: &str,
+    limit: Option<usize>,
+) -> Result<Vec<crate::data::Example>> {
     let examples = match dataset.load(split, &load_options(config))? {
         SplitData::Classification(v) => v,
         SplitData::Translation(_) => {
@@ -115,17 +143,29 @@ fn encode_options(config: &RunConfig) -> EncodeOptions {
 }
 
 /// Encodes labelled texts.
-pub fn encode(tokenizer: &TextTokenizer, config: &RunConfig, examples: &[crate::data::Example]) -> Result<Vec<Encoded>> {
+pub fn encode(
+    tokenizer: &TextTokenizer,
+    config: &RunConfig,
+    examples: &[crate::data::Example],
+) -> Result<Vec<Encoded>> {
     let options = encode_options(config);
     examples
         .iter()
-        .map(|e| Ok(Encoded { ids: tokenizer.encode_with(&e.text, &options)?, label: e.label }))
+        .map(|e| {
+            Ok(Encoded {
+                ids: tokenizer.encode_with(&e.text, &options)?,
+                label: e.label,
+            })
+        })
         .collect()
 }
 
 /// Builds the tokenizer a fresh run uses, as the config says (`train` are its
 /// training examples, read when the tokenizer is trained).
-pub fn build_tokenizer(config: &RunConfig, train: &[crate::data::Example]) -> Result<TextTokenizer> {
+pub fn build_tokenizer(
+    config: &RunConfig,
+    train: &[crate::data::Example],
+) -> Result<TextTokenizer> {
     match &config.tokenizer {
         TokenizerSource::File { path } => super::tokenizer_file(path),
         TokenizerSource::Model => match resolved_model(config)? {
@@ -146,33 +186,65 @@ pub fn build_tokenizer(config: &RunConfig, train: &[crate::data::Example]) -> Re
                 }
                 Ok(tokenizer)
             }
-            _ => Err(Error::Config("tokenizer.source = \"model\" needs model.kind = \"bert\"".into())),
+            _ => Err(Error::Config(
+                "tokenizer.source = \"model\" needs model.kind = \"bert\"".into(),
+            )),
         },
-        TokenizerSource::Train { kind, vocab_size, min_frequency } => {
-            let cfg = tokenize::TrainConfig { kind: *kind, vocab_size: *vocab_size, min_frequency: *min_frequency, ..Default::default() };
+        TokenizerSource::Train {
+            kind,
+            vocab_size,
+            min_frequency,
+        } => {
+            let cfg = tokenize::TrainConfig {
+                kind: *kind,
+                vocab_size: *vocab_size,
+                min_frequency: *min_frequency,
+                ..Default::default()
+            };
             tokenize::train(train.iter().map(|e| e.text.as_str()), &cfg)
         }
     }
 }
 
 /// `[B, T]` ids and mask tensors and `[B]` labels for the examples at `indices`.
-pub fn batch_tensors(data: &[Encoded], indices: &[usize], pad: u32, device: &Device) -> Result<((Tensor, Tensor), Tensor, usize)> {
+pub fn batch_tensors(
+    data: &[Encoded],
+    indices: &[usize],
+    pad: u32,
+    device: &Device,
+) -> Result<((Tensor, Tensor), Tensor, usize)> {
     let seqs: Vec<Vec<u32>> = indices.iter().map(|&i| data[i].ids.clone()).collect();
     let padded = crate::tokenize::PaddedBatch::pad(&seqs, pad);
     let shape = (padded.rows, padded.cols);
     let tokens = padded.lengths.iter().sum();
     let ids = Tensor::from_vec(padded.ids, shape, device)?;
     let mask = Tensor::from_vec(padded.mask, shape, device)?;
-    let labels = Tensor::from_vec(indices.iter().map(|&i| data[i].label).collect::<Vec<u32>>(), indices.len(), device)?;
+    let labels = Tensor::from_vec(
+        indices.iter().map(|&i| data[i].label).collect::<Vec<u32>>(),
+        indices.len(),
+        device,
+    )?;
     Ok(((ids, mask), labels, tokens))
 }
 
 /// The classifier `config` describes, for `vocab` tokens and `classes` classes,
 /// its memory checked first.
-pub fn build_model(config: &RunConfig, vocab: usize, classes: usize, device: &Device) -> Result<Model> {
+pub fn build_model(
+    config: &RunConfig,
+    vocab: usize,
+    classes: usize,
+    device: &Device,
+) -> Result<Model> {
     let compute = config.train.precision.compute_dtype();
     crate::models::memory::check_fits(&config.model, vocab, device.is_cpu())?;
-    resolved_model(config)?.build_mixed(vocab, classes, DType::F32, compute, device, config.train.seed)
+    resolved_model(config)?.build_mixed(
+        vocab,
+        classes,
+        DType::F32,
+        compute,
+        device,
+        config.train.seed,
+    )
 }
 
 /// The model config with a BERT `path` resolved to a local folder (a hub id is
@@ -187,4 +259,3 @@ pub(crate) fn resolved_model(config: &RunConfig) -> Result<ModelConfig> {
         other => other.clone(),
     })
 }
-

@@ -80,12 +80,23 @@ impl TaskKind {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<TaskRecord>(&bytes)
                 .map(|r| r.task)
-                .map_err(|e| Error::Parse { path, line: e.line(), msg: e.to_string() }),
+                .map_err(|e| Error::Parse {
+                    path,
+                    line: e.line(),
+                    msg: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !run.join("config.toml").exists() {
-                    return Err(Error::Config(format!("{} is not a cotext run (no config.toml)", run.display())));
+                    return Err(Error::Config(format!(
+                        "{} is not a cotext run (no config.toml)",
+                        run.display()
+                    )));
                 }
-                Ok(if run.join("labels.json").exists() { Self::Classification } else { Self::Translation })
+                Ok(if run.join("labels.json").exists() {
+                    Self::Classification
+                } else {
+                    Self::Translation
+                })
             }
             Err(source) => Err(Error::Io { path, source }),
         }
@@ -110,10 +121,21 @@ impl TaskKind {
             return Ok(());
         }
         let hint = match found {
-            Self::Classification => format!("classify text with `cotext predict --run {}`", run.display()),
-            Self::Translation => format!("translate text with `cotext translate --run {}`", run.display()),
+            Self::Classification => format!(
+                "classify text with `cotext predict --run {}`",
+                run.display()
+            ),
+            Self::Translation => format!(
+                "translate text with `cotext translate --run {}`",
+                run.display()
+            ),
         };
-        Err(Error::Config(format!("{} is a {} run, not a {} run: {hint}", run.display(), found.name(), self.name())))
+        Err(Error::Config(format!(
+            "{} is a {} run, not a {} run: {hint}",
+            run.display(),
+            found.name(),
+            self.name()
+        )))
     }
 
     /// The checks that need the data set but no training: the metric, the model
@@ -208,18 +230,35 @@ impl Outcome {
     /// steps and wall time, the best dev metric and the test score. An
     /// interrupted run prints nothing here (the caller says how to resume).
     pub fn print(&self, config: &RunConfig, run: &Path, seconds: f64) {
-        let Self::Finished { steps, best, test } = self else { return };
+        let Self::Finished { steps, best, test } = self else {
+            return;
+        };
         println!("run: {}", run.display());
         println!("steps: {steps}  wall time: {seconds:.1} s");
         if let Some((value, step)) = best {
-            println!("best dev {}: {value:.4} (step {step})", config.train.metric.name());
+            println!(
+                "best dev {}: {value:.4} (step {step})",
+                config.train.metric.name()
+            );
         }
         match test {
             Some(TestScore::Classification(r)) => {
-                println!("{} accuracy: {:.4}  macro-F1: {:.4}  (n = {})", config.data.test_split, r.accuracy, r.macro_f1, r.count);
+                println!(
+                    "{} accuracy: {:.4}  macro-F1: {:.4}  (n = {})",
+                    config.data.test_split, r.accuracy, r.macro_f1, r.count
+                );
             }
-            Some(TestScore::Translation { score, signature, beam }) => {
-                println!("{} (beam {beam}): BLEU = {:.2} {}", config.data.test_split, score.score, score.verbose());
+            Some(TestScore::Translation {
+                score,
+                signature,
+                beam,
+            }) => {
+                println!(
+                    "{} (beam {beam}): BLEU = {:.2} {}",
+                    config.data.test_split,
+                    score.score,
+                    score.verbose()
+                );
                 println!("signature: {signature}");
                 println!("translations: {}", run.join("test.hyp.txt").display());
             }
@@ -253,7 +292,9 @@ pub fn objective(config: &RunConfig, classes: Option<usize>) -> Result<Objective
         ObjectiveKind::Ce => Objective::CrossEntropy,
         ObjectiveKind::Cot => Objective::Cot,
         ObjectiveKind::Gce => Objective::Gce { alpha: t.gce_alpha },
-        ObjectiveKind::CotJoint => Objective::CotJoint { weight: t.complement_weight },
+        ObjectiveKind::CotJoint => Objective::CotJoint {
+            weight: t.complement_weight,
+        },
         ObjectiveKind::Hcot => {
             let Some(classes) = classes else {
                 return Err(Error::Config("objective hcot needs class groups; translation supports ce, cot, gce and cot-joint".into()));
@@ -268,7 +309,10 @@ pub fn objective(config: &RunConfig, classes: Option<usize>) -> Result<Objective
                 }
             };
             if h.classes() != classes {
-                return Err(Error::Config(format!("train.hierarchy covers {} classes but the data has {classes}", h.classes())));
+                return Err(Error::Config(format!(
+                    "train.hierarchy covers {} classes but the data has {classes}",
+                    h.classes()
+                )));
             }
             Objective::Hcot(h)
         }
@@ -284,8 +328,15 @@ pub fn loss_config(config: &RunConfig, ignore_index: Option<u32>) -> LossConfig 
         _ => Normalization::Classes,
     });
     LossConfig {
-        cross_entropy: CrossEntropyOptions { ignore_index, label_smoothing: t.label_smoothing },
-        complement: ComplementOptions { form: t.complement_form, normalization, ignore_index },
+        cross_entropy: CrossEntropyOptions {
+            ignore_index,
+            label_smoothing: t.label_smoothing,
+        },
+        complement: ComplementOptions {
+            form: t.complement_form,
+            normalization,
+            ignore_index,
+        },
         clip_norm: t.clip_norm,
         chunked: t.chunked_loss,
     }
@@ -313,7 +364,10 @@ pub fn tokenizer_file(path: &Path) -> Result<TextTokenizer> {
 
 /// The default run directory for a config file: `runs/<stem>-<objective>-seed<N>`.
 pub fn default_run_dir(config_path: &Path, objective: ObjectiveKind, seed: u64) -> PathBuf {
-    let stem = config_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let stem = config_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
     PathBuf::from("runs").join(format!("{stem}-{objective}-seed{seed}"))
 }
 
@@ -328,7 +382,10 @@ mod tests {
         std::fs::write(run.join("config.toml"), "").unwrap();
         std::fs::write(run.join("labels.json"), "[]").unwrap();
         TaskKind::Translation.record(run).unwrap();
-        assert_eq!(std::fs::read_to_string(run.join(TASK_FILE)).unwrap(), r#"{"task":"translation"}"#);
+        assert_eq!(
+            std::fs::read_to_string(run.join(TASK_FILE)).unwrap(),
+            r#"{"task":"translation"}"#
+        );
         assert_eq!(TaskKind::of_run(run).unwrap(), TaskKind::Translation);
         TaskKind::Classification.record(run).unwrap();
         assert_eq!(TaskKind::of_run(run).unwrap(), TaskKind::Classification);
@@ -338,7 +395,9 @@ mod tests {
     fn a_run_from_before_task_json_is_told_by_its_labels() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path();
-        assert!(matches!(TaskKind::of_run(run), Err(Error::Config(m)) if m.contains("not a cotext run")));
+        assert!(
+            matches!(TaskKind::of_run(run), Err(Error::Config(m)) if m.contains("not a cotext run"))
+        );
         std::fs::write(run.join("config.toml"), "").unwrap();
         assert_eq!(TaskKind::of_run(run).unwrap(), TaskKind::Translation);
         std::fs::write(run.join("labels.json"), "[]").unwrap();
@@ -360,8 +419,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         TaskKind::Translation.record(tmp.path()).unwrap();
         TaskKind::Translation.expect_run(tmp.path()).unwrap();
-        let e = TaskKind::Classification.expect_run(tmp.path()).unwrap_err().to_string();
-        assert!(e.contains("is a translation run, not a classification run") && e.contains("cotext translate --run"), "{e}");
+        let e = TaskKind::Classification
+            .expect_run(tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is a translation run, not a classification run")
+                && e.contains("cotext translate --run"),
+            "{e}"
+        );
     }
 
     #[test]

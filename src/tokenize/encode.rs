@@ -121,12 +121,18 @@ impl TextTokenizer {
         if pad_added {
             inner
                 .add_special_tokens([AddedToken::from(special.pad.clone(), true)])
-                .map_err(|e| Error::Tokenizer(format!("could not add the pad token {:?}: {e}", special.pad)))?;
+                .map_err(|e| {
+                    Error::Tokenizer(format!(
+                        "could not add the pad token {:?}: {e}",
+                        special.pad
+                    ))
+                })?;
         }
         let id = |t: &str| inner.token_to_id(t);
         Ok(TextTokenizer {
-            pad_id: id(&special.pad)
-                .ok_or_else(|| Error::Tokenizer(format!("could not add the pad token {:?}", special.pad)))?,
+            pad_id: id(&special.pad).ok_or_else(|| {
+                Error::Tokenizer(format!("could not add the pad token {:?}", special.pad))
+            })?,
             bos_id: id(&special.bos),
             eos_id: id(&special.eos),
             unk_id: id(&special.unk),
@@ -180,7 +186,10 @@ impl TextTokenizer {
         // pads per batch, so both are switched off.
         inner
             .with_truncation(None)
-            .map_err(|e| Error::InvalidFile { path: path.to_path_buf(), msg: e.to_string() })?;
+            .map_err(|e| Error::InvalidFile {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         inner.with_padding(None);
         let ours = SpecialTokens::default();
         let bert = SpecialTokens {
@@ -189,8 +198,17 @@ impl TextTokenizer {
             eos: "[SEP]".into(),
             unk: "[UNK]".into(),
         };
-        let found = |s: &SpecialTokens| s.all().iter().filter(|t| inner.token_to_id(t).is_some()).count();
-        let special = if found(&bert) > found(&ours) { bert } else { ours };
+        let found = |s: &SpecialTokens| {
+            s.all()
+                .iter()
+                .filter(|t| inner.token_to_id(t).is_some())
+                .count()
+        };
+        let special = if found(&bert) > found(&ours) {
+            bert
+        } else {
+            ours
+        };
         TextTokenizer::new(inner, special)
     }
 
@@ -461,7 +479,13 @@ mod tests {
     fn a_tokenizer_without_a_pad_token_gets_one_with_its_own_id() {
         use tokenizers::models::wordlevel::WordLevel;
         use tokenizers::pre_tokenizers::whitespace::Whitespace;
-        let vocab = [("the", 0), ("cat", 1), ("<s>", 2), ("</s>", 3), ("<unk>", 4)];
+        let vocab = [
+            ("the", 0),
+            ("cat", 1),
+            ("<s>", 2),
+            ("</s>", 3),
+            ("<unk>", 4),
+        ];
         let model = WordLevel::builder()
             .vocab(vocab.iter().map(|(t, i)| (t.to_string(), *i)).collect())
             .unk_token("<unk>".into())
@@ -479,8 +503,13 @@ mod tests {
         assert_eq!(tok.pad_id(), 5, "the pad token comes after the 5 real ids");
         assert_eq!(tok.vocab_size(), 6);
         assert_eq!(tok.id_to_token(5).as_deref(), Some("<pad>"));
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.unk_id()), (Some(2), Some(3), Some(4)));
-        let batch = tok.encode_batch(&["the", "the cat"], &EncodeOptions::default()).unwrap();
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.unk_id()),
+            (Some(2), Some(3), Some(4))
+        );
+        let batch = tok
+            .encode_batch(&["the", "the cat"], &EncodeOptions::default())
+            .unwrap();
         assert_eq!(batch.ids, [0, 5, 0, 1]);
         assert_eq!(tok.decode(&[0, 1, 5], true).unwrap(), "the cat");
 

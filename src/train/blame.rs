@@ -6,18 +6,32 @@
 
 /// Rewrites serde's `message` about `table` to name the key, when one can be
 /// found; `error_of` deserializes a table and returns its error message, if any.
-pub(crate) fn name_the_key(table: &toml::Table, message: &str, error_of: &dyn Fn(&toml::Table) -> Option<String>) -> String {
-    let Some(found) = Found::parse(message) else { return message.to_string() };
+pub(crate) fn name_the_key(
+    table: &toml::Table,
+    message: &str,
+    error_of: &dyn Fn(&toml::Table) -> Option<String>,
+) -> String {
+    let Some(found) = Found::parse(message) else {
+        return message.to_string();
+    };
     let mut leaves = Vec::new();
-    collect_leaves(&mut Vec::new(), &toml::Value::Table(table.clone()), &mut leaves);
+    collect_leaves(
+        &mut Vec::new(),
+        &toml::Value::Table(table.clone()),
+        &mut leaves,
+    );
     for (path, value) in leaves.iter().filter(|(_, v)| found.matches(v)) {
         let mut without = table.clone();
         remove(&mut without, path);
         if error_of(&without).as_deref() != Some(message) {
             let key = path.join(".");
             return match &found {
-                Found::Type { expected, .. } => format!("{key}: expected {}, got {value}", friendly(expected)),
-                Found::Value { expected, .. } => format!("{key}: expected {}, got {value}", friendly_value(expected)),
+                Found::Type { expected, .. } => {
+                    format!("{key}: expected {}, got {value}", friendly(expected))
+                }
+                Found::Value { expected, .. } => {
+                    format!("{key}: expected {}, got {value}", friendly_value(expected))
+                }
                 Found::Variant { .. } => format!("{key}: {message}"),
             };
         }
@@ -28,9 +42,15 @@ pub(crate) fn name_the_key(table: &toml::Table, message: &str, error_of: &dyn Fn
 /// What serde said was wrong.
 enum Found {
     /// `invalid type: <unexpected>, expected <expected>`.
-    Type { unexpected: String, expected: String },
+    Type {
+        unexpected: String,
+        expected: String,
+    },
     /// `invalid value: <unexpected>, expected <expected>`.
-    Value { unexpected: String, expected: String },
+    Value {
+        unexpected: String,
+        expected: String,
+    },
     /// ``unknown variant `x`, expected …``.
     Variant { name: String },
 }
@@ -38,14 +58,22 @@ enum Found {
 impl Found {
     fn parse(message: &str) -> Option<Found> {
         if let Some(rest) = message.strip_prefix("unknown variant `") {
-            return Some(Found::Variant { name: rest.split('`').next()?.to_string() });
+            return Some(Found::Variant {
+                name: rest.split('`').next()?.to_string(),
+            });
         }
         let (kind, rest) = message.split_once(": ")?;
         let (unexpected, expected) = rest.rsplit_once(", expected ")?;
         let (unexpected, expected) = (unexpected.to_string(), expected.to_string());
         match kind {
-            "invalid type" => Some(Found::Type { unexpected, expected }),
-            "invalid value" => Some(Found::Value { unexpected, expected }),
+            "invalid type" => Some(Found::Type {
+                unexpected,
+                expected,
+            }),
+            "invalid value" => Some(Found::Value {
+                unexpected,
+                expected,
+            }),
             _ => None,
         }
     }
@@ -63,7 +91,9 @@ impl Found {
             toml::Value::Boolean(b) => *unexpected == format!("boolean `{b}`"),
             toml::Value::Array(_) => unexpected == "sequence",
             toml::Value::Table(_) => unexpected == "map",
-            toml::Value::Datetime(_) => unexpected.starts_with("map") || unexpected.contains("date"),
+            toml::Value::Datetime(_) => {
+                unexpected.starts_with("map") || unexpected.contains("date")
+            }
         }
     }
 }
@@ -83,7 +113,11 @@ fn friendly_value(expected: &str) -> String {
     }
 }
 
-fn collect_leaves(path: &mut Vec<String>, value: &toml::Value, out: &mut Vec<(Vec<String>, toml::Value)>) {
+fn collect_leaves(
+    path: &mut Vec<String>,
+    value: &toml::Value,
+    out: &mut Vec<(Vec<String>, toml::Value)>,
+) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
@@ -133,16 +167,31 @@ mod tests {
             kind: String,
             train: Train,
         }
-        toml::Value::Table(t.clone()).try_into::<Root>().err().map(|e| e.message().to_string())
+        toml::Value::Table(t.clone())
+            .try_into::<Root>()
+            .err()
+            .map(|e| e.message().to_string())
     }
 
     #[test]
     fn names_the_key_of_a_wrong_type() {
         for (text, want) in [
-            ("kind = \"big\"\n[train]\nbatch_size = \"big\"", "train.batch_size: expected an integer, got \"big\""),
-            ("kind = \"a\"\n[train]\nlr = \"fast\"", "train.lr: expected a number, got \"fast\""),
-            ("kind = \"a\"\n[train]\nbatch_size = -3", "train.batch_size: expected a non-negative integer, got -3"),
-            ("kind = \"a\"\n[train]\nbatch_size = true", "train.batch_size: expected an integer, got true"),
+            (
+                "kind = \"big\"\n[train]\nbatch_size = \"big\"",
+                "train.batch_size: expected an integer, got \"big\"",
+            ),
+            (
+                "kind = \"a\"\n[train]\nlr = \"fast\"",
+                "train.lr: expected a number, got \"fast\"",
+            ),
+            (
+                "kind = \"a\"\n[train]\nbatch_size = -3",
+                "train.batch_size: expected a non-negative integer, got -3",
+            ),
+            (
+                "kind = \"a\"\n[train]\nbatch_size = true",
+                "train.batch_size: expected an integer, got true",
+            ),
         ] {
             let t: toml::Table = text.parse().unwrap();
             let msg = error_of(&t).unwrap();

@@ -47,7 +47,10 @@ pub const STATE: &str = "state.json";
 const DIR_PREFIX: &str = "ckpt-";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Which folder `state.json` points at and what its files must hash to.
@@ -91,8 +94,11 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::Io { path, source: e }),
         };
-        let file: StateFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Parse { path: path.clone(), line: e.line(), msg: e.to_string() })?;
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
+            path: path.clone(),
+            line: e.line(),
+            msg: e.to_string(),
+        })?;
         let dir = match &file.checkpoint {
             Some(r) => {
                 if r.dir != dir_name(file.state.step) {
@@ -105,7 +111,11 @@ impl Checkpoint {
             }
             None => run.to_path_buf(),
         };
-        Ok(Some(Checkpoint { state: file.state, dir, reference: file.checkpoint }))
+        Ok(Some(Checkpoint {
+            state: file.state,
+            dir,
+            reference: file.checkpoint,
+        }))
     }
 
     /// Whether the checkpoint holds `name` (for an old run: whether the file exists).
@@ -126,7 +136,10 @@ impl Checkpoint {
             return if path.is_file() {
                 Ok(path)
             } else {
-                Err(Error::Checkpoint { path, msg: "missing from the checkpoint".into() })
+                Err(Error::Checkpoint {
+                    path,
+                    msg: "missing from the checkpoint".into(),
+                })
             };
         };
         let expected = r.files.get(name).ok_or_else(|| Error::Checkpoint {
@@ -192,7 +205,11 @@ pub fn save(
     if let Some(prev) = previous.filter(|p| p.reference.as_ref().is_some_and(|r| r.dir == name)) {
         let reference = prev.reference.clone();
         write_state(run, state, reference.clone())?;
-        return Ok(Checkpoint { state: state.clone(), dir: prev.dir.clone(), reference });
+        return Ok(Checkpoint {
+            state: state.clone(),
+            dir: prev.dir.clone(),
+            reference,
+        });
     }
     let tmp = run.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
@@ -231,11 +248,18 @@ pub fn save(
     let reference = Some(CheckpointRef { dir: name, files });
     write_state(run, state, reference.clone())?;
     remove_stale(run, previous.is_some_and(|p| p.reference.is_none()));
-    Ok(Checkpoint { state: state.clone(), dir, reference })
+    Ok(Checkpoint {
+        state: state.clone(),
+        dir,
+        reference,
+    })
 }
 
 fn write_state(run: &Path, state: &RunState, checkpoint: Option<CheckpointRef>) -> Result<()> {
-    let file = StateFile { state: state.clone(), checkpoint };
+    let file = StateFile {
+        state: state.clone(),
+        checkpoint,
+    };
     let json = serde_json::to_vec_pretty(&file).expect("state serializes");
     atomic_write(&run.join(STATE), &json)
 }
@@ -244,11 +268,18 @@ fn write_state(run: &Path, state: &RunState, checkpoint: Option<CheckpointRef>) 
 /// temporary ones of killed saves; with `legacy`, the old layout's loose files.
 /// Failures are ignored: a leftover folder is never read.
 pub fn remove_stale(run: &Path, legacy: bool) {
-    let live = Checkpoint::read(run).ok().flatten().and_then(|c| c.reference).map(|r| r.dir);
-    let Ok(entries) = fs::read_dir(run) else { return };
+    let live = Checkpoint::read(run)
+        .ok()
+        .flatten()
+        .and_then(|c| c.reference)
+        .map(|r| r.dir);
+    let Ok(entries) = fs::read_dir(run) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = (name.starts_with(DIR_PREFIX) || name.starts_with(&format!(".{DIR_PREFIX}"))) && entry.path().is_dir();
+        let ours = (name.starts_with(DIR_PREFIX) || name.starts_with(&format!(".{DIR_PREFIX}")))
+            && entry.path().is_dir();
         if ours && Some(&name) != live.as_ref() {
             let _ = fs::remove_dir_all(entry.path());
         }
@@ -263,10 +294,15 @@ pub fn remove_stale(run: &Path, legacy: bool) {
 /// Writes a safetensors file, fsyncs it and returns its sha256.
 fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<String> {
     candle_core::safetensors::save(tensors, path).map_err(|e| match e {
-        candle_core::Error::Io(source) => Error::Io { path: path.to_path_buf(), source },
+        candle_core::Error::Io(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
         e => Error::Candle(e),
     })?;
-    File::open(path).and_then(|f| f.sync_all()).map_err(io(path))?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))?;
     sha256_file(path)
 }
 
@@ -275,7 +311,9 @@ fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<Strin
 fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     if fs::hard_link(src, dst).is_err() {
         fs::copy(src, dst).map_err(io(dst))?;
-        File::open(dst).and_then(|f| f.sync_all()).map_err(io(dst))?;
+        File::open(dst)
+            .and_then(|f| f.sync_all())
+            .map_err(io(dst))?;
     }
     Ok(())
 }
@@ -314,7 +352,10 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = fs::read(path).map_err(io(path))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("not a readable safetensors file: {e}") })?;
+        .map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!("not a readable safetensors file: {e}"),
+        })?;
     check_finite(path, &tensors)?;
     Ok(tensors)
 }
@@ -326,12 +367,18 @@ pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
     names.sort();
     for name in names {
         let t = &tensors[name];
-        if !matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16
+        ) {
             continue;
         }
         let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Checkpoint { path: path.to_path_buf(), msg: format!("tensor {name} holds {bad}: the weights are damaged") });
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("tensor {name} holds {bad}: the weights are damaged"),
+            });
         }
     }
     Ok(())
@@ -344,7 +391,10 @@ pub fn load_inference_weights(run: &Path, model: &dyn crate::models::Trainable) 
     let path = match Checkpoint::read(run)? {
         Some(c) => c.inference_weights()?,
         None => {
-            return Err(Error::Config(format!("{} holds no checkpoint ({STATE}): it is not a trained cotext run", run.display())));
+            return Err(Error::Config(format!(
+                "{} holds no checkpoint ({STATE}): it is not a trained cotext run",
+                run.display()
+            )));
         }
     };
     load_weights_checked(&path, model)?;
@@ -367,11 +417,22 @@ mod tests {
     use candle_core::Device;
 
     fn state(step: u64) -> RunState {
-        RunState { step, cursor: BatchCursor::default(), rng_state: 7, best: None, bad_evals: 0, finished: false, stopped_early: false }
+        RunState {
+            step,
+            cursor: BatchCursor::default(),
+            rng_state: 7,
+            best: None,
+            bad_evals: 0,
+            finished: false,
+            stopped_early: false,
+        }
     }
 
     fn tensors(x: f32) -> HashMap<String, Tensor> {
-        HashMap::from([("w".to_string(), Tensor::new(&[x, 2.5, -3.0], &Device::Cpu).unwrap())])
+        HashMap::from([(
+            "w".to_string(),
+            Tensor::new(&[x, 2.5, -3.0], &Device::Cpu).unwrap(),
+        )])
     }
 
     #[test]
@@ -383,7 +444,10 @@ mod tests {
         assert_eq!(back["w"].to_vec1::<f32>().unwrap(), vec![1.0, 2.5, -3.0]);
         std::fs::write(&p, b"garbage").unwrap();
         let err = load_tensors(&p).unwrap_err();
-        assert!(err.is_user_error() && err.to_string().contains("model.safetensors"), "{err}");
+        assert!(
+            err.is_user_error() && err.to_string().contains("model.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -392,17 +456,39 @@ mod tests {
         let p = dir.path().join("w.safetensors");
         save_tensors(&p, &tensors(f32::NAN)).unwrap();
         let err = load_tensors(&p).unwrap_err().to_string();
-        assert!(err.contains("w.safetensors") && err.contains("tensor w") && err.contains("NaN"), "{err}");
+        assert!(
+            err.contains("w.safetensors") && err.contains("tensor w") && err.contains("NaN"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_save_switches_the_whole_checkpoint_and_removes_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
-        let first = save(run, &state(1), &tensors(1.0), &tensors(10.0), BestWeights::Current, None).unwrap();
+        let first = save(
+            run,
+            &state(1),
+            &tensors(1.0),
+            &tensors(10.0),
+            BestWeights::Current,
+            None,
+        )
+        .unwrap();
         assert!(run.join("ckpt-00000001").join(BEST).is_file());
-        let second = save(run, &state(2), &tensors(2.0), &tensors(20.0), BestWeights::Previous, Some(&first)).unwrap();
-        assert!(!run.join("ckpt-00000001").exists(), "the old checkpoint is removed after the switch");
+        let second = save(
+            run,
+            &state(2),
+            &tensors(2.0),
+            &tensors(20.0),
+            BestWeights::Previous,
+            Some(&first),
+        )
+        .unwrap();
+        assert!(
+            !run.join("ckpt-00000001").exists(),
+            "the old checkpoint is removed after the switch"
+        );
         let read = Checkpoint::read(run).unwrap().unwrap();
         assert_eq!(read.state.step, 2);
         assert_eq!(read.dir, second.dir);
@@ -414,11 +500,20 @@ mod tests {
         // A same-step save keeps the folder and rewrites the state only.
         let mut finished = state(2);
         finished.finished = true;
-        let third = save(run, &finished, &tensors(2.0), &tensors(20.0), BestWeights::Previous, Some(&second)).unwrap();
+        let third = save(
+            run,
+            &finished,
+            &tensors(2.0),
+            &tensors(20.0),
+            BestWeights::Previous,
+            Some(&second),
+        )
+        .unwrap();
         assert_eq!(third.dir, second.dir);
         assert!(Checkpoint::read(run).unwrap().unwrap().state.finished);
         // state.json stays readable as a plain RunState.
-        let plain: RunState = serde_json::from_slice(&std::fs::read(run.join(STATE)).unwrap()).unwrap();
+        let plain: RunState =
+            serde_json::from_slice(&std::fs::read(run.join(STATE)).unwrap()).unwrap();
         assert_eq!(plain.step, 2);
     }
 
@@ -426,7 +521,15 @@ mod tests {
     fn a_killed_save_leaves_the_previous_checkpoint_live() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
-        let first = save(run, &state(1), &tensors(1.0), &tensors(10.0), BestWeights::None, None).unwrap();
+        let first = save(
+            run,
+            &state(1),
+            &tensors(1.0),
+            &tensors(10.0),
+            BestWeights::None,
+            None,
+        )
+        .unwrap();
         // A save killed after writing its folder but before the state.json switch.
         let second = run.join("ckpt-00000002");
         std::fs::create_dir(&second).unwrap();
@@ -436,33 +539,75 @@ mod tests {
         assert_eq!(read.state.step, 1);
         read.verify(MODEL).unwrap();
         read.verify(OPTIM).unwrap();
-        save(run, &state(2), &tensors(2.0), &tensors(20.0), BestWeights::None, Some(&first)).unwrap();
-        let names: Vec<String> = std::fs::read_dir(run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        save(
+            run,
+            &state(2),
+            &tensors(2.0),
+            &tensors(20.0),
+            BestWeights::None,
+            Some(&first),
+        )
+        .unwrap();
+        let names: Vec<String> = std::fs::read_dir(run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         let read = Checkpoint::read(run).unwrap().unwrap();
-        assert_eq!(load_tensors(&read.verify(MODEL).unwrap()).unwrap()["w"].to_vec1::<f32>().unwrap()[0], 2.0);
+        assert_eq!(
+            load_tensors(&read.verify(MODEL).unwrap()).unwrap()["w"]
+                .to_vec1::<f32>()
+                .unwrap()[0],
+            2.0
+        );
     }
 
     #[test]
     fn a_changed_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
-        let c = save(run, &state(3), &tensors(1.0), &tensors(10.0), BestWeights::None, None).unwrap();
+        let c = save(
+            run,
+            &state(3),
+            &tensors(1.0),
+            &tensors(10.0),
+            BestWeights::None,
+            None,
+        )
+        .unwrap();
         let opt = c.dir.join(OPTIM);
         let mut bytes = std::fs::read(&opt).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&opt, bytes).unwrap();
-        let err = Checkpoint::read(run).unwrap().unwrap().verify(OPTIM).unwrap_err();
+        let err = Checkpoint::read(run)
+            .unwrap()
+            .unwrap()
+            .verify(OPTIM)
+            .unwrap_err();
         assert!(err.is_user_error());
         let msg = err.to_string();
-        assert!(msg.contains("optim.safetensors") && msg.contains("sha256"), "{msg}");
+        assert!(
+            msg.contains("optim.safetensors") && msg.contains("sha256"),
+            "{msg}"
+        );
         std::fs::remove_file(c.dir.join(MODEL)).unwrap();
-        assert!(Checkpoint::read(run).unwrap().unwrap().verify(MODEL).unwrap_err().to_string().contains("missing"));
+        assert!(Checkpoint::read(run)
+            .unwrap()
+            .unwrap()
+            .verify(MODEL)
+            .unwrap_err()
+            .to_string()
+            .contains("missing"));
         // A state.json whose folder is another step's is refused.
-        let text = std::fs::read_to_string(run.join(STATE)).unwrap().replace("ckpt-00000003", "ckpt-00000002");
+        let text = std::fs::read_to_string(run.join(STATE))
+            .unwrap()
+            .replace("ckpt-00000003", "ckpt-00000002");
         std::fs::write(run.join(STATE), text).unwrap();
-        assert!(Checkpoint::read(run).unwrap_err().to_string().contains("another step"));
+        assert!(Checkpoint::read(run)
+            .unwrap_err()
+            .to_string()
+            .contains("another step"));
     }
 
     #[test]
@@ -476,9 +621,22 @@ mod tests {
         let old = Checkpoint::read(run).unwrap().unwrap();
         assert!(old.reference.is_none());
         assert_eq!(old.inference_weights().unwrap(), run.join(BEST));
-        save(run, &state(5), &tensors(2.0), &tensors(20.0), BestWeights::Previous, Some(&old)).unwrap();
+        save(
+            run,
+            &state(5),
+            &tensors(2.0),
+            &tensors(20.0),
+            BestWeights::Previous,
+            Some(&old),
+        )
+        .unwrap();
         assert!(!run.join(MODEL).exists() && !run.join(BEST).exists());
         let new = Checkpoint::read(run).unwrap().unwrap();
-        assert_eq!(load_tensors(&new.inference_weights().unwrap()).unwrap()["w"].to_vec1::<f32>().unwrap()[0], 0.5);
+        assert_eq!(
+            load_tensors(&new.inference_weights().unwrap()).unwrap()["w"]
+                .to_vec1::<f32>()
+                .unwrap()[0],
+            0.5
+        );
     }
 }

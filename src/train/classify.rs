@@ -21,7 +21,10 @@ use crate::error::{Error, Result};
 use crate::infer::classify::evaluate;
 use crate::metrics::ClassificationReport;
 use crate::models::{Model, Trainable};
-use crate::task::classify::{batch_tensors, build_model, build_tokenizer, encode, load_options, load_split, open_dataset, Encoded};
+use crate::task::classify::{
+    batch_tensors, build_model, build_tokenizer, encode, load_options, load_split, open_dataset,
+    Encoded,
+};
 use crate::task::{self, Outcome, TaskKind, TestScore};
 
 fn metric_value(report: &ClassificationReport, metric: Metric) -> f64 {
@@ -35,7 +38,12 @@ fn metric_value(report: &ClassificationReport, metric: Metric) -> f64 {
 /// Trains a classifier into `run` as `config` says (or resumes the run there).
 /// `stop` is polled after every update (Ctrl-C sets it): the checkpoint is then
 /// saved and [`Outcome::Interrupted`] returned.
-pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &AtomicBool) -> Result<Outcome> {
+pub fn train(
+    config: &RunConfig,
+    run: &Path,
+    options: &TrainOptions,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
     let device = session::begin(config, TaskKind::Classification, run, options)?;
     let dataset = open_dataset(config, None)?;
     let labels = dataset.label_names(&load_options(config));
@@ -46,7 +54,10 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     let holdout = match config.data.dev_holdout {
         Some(n) if dev_name.is_empty() || !dataset.has_split(dev_name) => {
             if n >= train_examples.len() {
-                return Err(Error::Config(format!("data.dev_holdout ({n}) must be below the {} training examples", train_examples.len())));
+                return Err(Error::Config(format!(
+                    "data.dev_holdout ({n}) must be below the {} training examples",
+                    train_examples.len()
+                )));
             }
             let mut rng = crate::data::SplitMix64::stream(config.train.seed, 0xDE7);
             rng.shuffle(&mut train_examples);
@@ -57,14 +68,22 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
     };
     let train_examples = task::subset(train_examples, config.data.train_limit, config.train.seed);
     if train_examples.is_empty() {
-        return Err(Error::Config(format!("the {} split of {} is empty", config.data.train_split, config.data.dataset)));
+        return Err(Error::Config(format!(
+            "the {} split of {} is empty",
+            config.data.train_split, config.data.dataset
+        )));
     }
     let tokenizer = session::tokenizer(
         config,
         run,
         options,
         || build_tokenizer(config, &train_examples),
-        || atomic_write(&run.join("labels.json"), &serde_json::to_vec(&labels).expect("labels serialize")),
+        || {
+            atomic_write(
+                &run.join("labels.json"),
+                &serde_json::to_vec(&labels).expect("labels serialize"),
+            )
+        },
     )?;
     let pad = tokenizer.pad_id();
     let train_data = encode(&tokenizer, config, &train_examples)?;
@@ -72,7 +91,11 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         if name.is_empty() || !dataset.has_split(name) {
             return Ok(None);
         }
-        Ok(Some(encode(&tokenizer, config, &load_split(&dataset, config, name, config.data.eval_limit)?)?))
+        Ok(Some(encode(
+            &tokenizer,
+            config,
+            &load_split(&dataset, config, name, config.data.eval_limit)?,
+        )?))
     };
     let dev = match holdout {
         Some(examples) => Some(encode(&tokenizer, config, &examples)?),
@@ -91,17 +114,44 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         );
     }
     let model = build_model(config, tokenizer.vocab_size(), classes, &device)?;
-    let loop_task = ClassifyTask { model: &model, train: &train_data, dev: dev.as_deref(), pad, classes, config, device: &device };
-    session::train(&loop_task, objective, task::loss_config(config, None), config, run, options, stop, |steps| {
-        let Some(test) = &test else { return Ok(None) };
-        checkpoint::load_inference_weights(run, &model)?;
-        let (r, loss) = evaluate(&model, test, pad, config.train.eval_batch_size, classes, &device)?;
-        runner::log_line(run, serde_json::json!({
-            "step": steps, "split": config.data.test_split, "loss": loss,
-            "accuracy": r.accuracy, "macro_f1": r.macro_f1,
-        }))?;
-        Ok(Some(TestScore::Classification(r)))
-    })
+    let loop_task = ClassifyTask {
+        model: &model,
+        train: &train_data,
+        dev: dev.as_deref(),
+        pad,
+        classes,
+        config,
+        device: &device,
+    };
+    session::train(
+        &loop_task,
+        objective,
+        task::loss_config(config, None),
+        config,
+        run,
+        options,
+        stop,
+        |steps| {
+            let Some(test) = &test else { return Ok(None) };
+            checkpoint::load_inference_weights(run, &model)?;
+            let (r, loss) = evaluate(
+                &model,
+                test,
+                pad,
+                config.train.eval_batch_size,
+                classes,
+                &device,
+            )?;
+            runner::log_line(
+                run,
+                serde_json::json!({
+                    "step": steps, "split": config.data.test_split, "loss": loss,
+                    "accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                }),
+            )?;
+            Ok(Some(TestScore::Classification(r)))
+        },
+    )
 }
 
 /// Classification as a [`Task`] for the shared loop.
@@ -140,12 +190,23 @@ impl Task for ClassifyTask<'_> {
 
     fn evaluate(&self) -> Result<Option<Evaluation>> {
         let Some(dev) = self.dev else { return Ok(None) };
-        let (r, loss) = evaluate(self.model, dev, self.pad, self.config.train.eval_batch_size, self.classes, self.device)?;
+        let (r, loss) = evaluate(
+            self.model,
+            dev,
+            self.pad,
+            self.config.train.eval_batch_size,
+            self.classes,
+            self.device,
+        )?;
         let mut fields = serde_json::Map::new();
         fields.insert("loss".into(), loss.into());
         fields.insert("accuracy".into(), r.accuracy.into());
         fields.insert("macro_f1".into(), r.macro_f1.into());
-        Ok(Some(Evaluation { value: metric_value(&r, self.config.train.metric), fields, summary: format!("loss {loss:.4}") }))
+        Ok(Some(Evaluation {
+            value: metric_value(&r, self.config.train.metric),
+            fields,
+            summary: format!("loss {loss:.4}"),
+        }))
     }
 
     fn model(&self) -> &dyn Trainable {

@@ -390,7 +390,10 @@ impl RunConfig {
     /// TOML, and taken as a string when that fails), and validates the result.
     /// Errors name the file and the offending key.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text, overrides, &path.display().to_string())
     }
 
@@ -404,14 +407,30 @@ impl RunConfig {
         }
         // `--set train.optimizer.lr=…` on a config without an optimizer table
         // means the default optimizer with that rate.
-        if let Some(toml::Value::Table(opt)) = value.get_mut("train").and_then(|t| t.get_mut("optimizer")) {
-            opt.entry("kind").or_insert_with(|| toml::Value::String("adamw".into()));
+        if let Some(toml::Value::Table(opt)) =
+            value.get_mut("train").and_then(|t| t.get_mut("optimizer"))
+        {
+            opt.entry("kind")
+                .or_insert_with(|| toml::Value::String("adamw".into()));
         }
-        let error_of = |t: &toml::Table| toml::Value::Table(t.clone()).try_into::<RunConfig>().err().map(|e| e.message().to_string());
-        let config: RunConfig = toml::Value::Table(value.clone()).try_into().map_err(|e: toml::de::Error| {
-            Error::Config(format!("{origin}: {}", super::blame::name_the_key(&value, e.message(), &error_of)))
-        })?;
-        config.validate().map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let error_of = |t: &toml::Table| {
+            toml::Value::Table(t.clone())
+                .try_into::<RunConfig>()
+                .err()
+                .map(|e| e.message().to_string())
+        };
+        let config: RunConfig =
+            toml::Value::Table(value.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::Config(format!(
+                        "{origin}: {}",
+                        super::blame::name_the_key(&value, e.message(), &error_of)
+                    ))
+                })?;
+        config
+            .validate()
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         Ok(config)
     }
 
@@ -438,14 +457,22 @@ impl RunConfig {
         }
         if let ComplementLrScale::Fixed(x) = t.complement_lr_scale {
             if !(x.is_finite() && x > 0.0) {
-                return Err(format!("train.complement_lr_scale must be a number above 0 or \"auto\", got {x}"));
+                return Err(format!(
+                    "train.complement_lr_scale must be a number above 0 or \"auto\", got {x}"
+                ));
             }
         }
         if !(t.complement_weight.is_finite() && t.complement_weight >= 0.0) {
-            return Err(format!("train.complement_weight must be a number >= 0, got {}", t.complement_weight));
+            return Err(format!(
+                "train.complement_weight must be a number >= 0, got {}",
+                t.complement_weight
+            ));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
-            return Err(format!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing));
+            return Err(format!(
+                "train.label_smoothing must be in [0, 1), got {}",
+                t.label_smoothing
+            ));
         }
         if !(t.gce_alpha.is_finite() && t.gce_alpha >= 0.0) {
             return Err(format!("train.gce_alpha must be >= 0, got {}", t.gce_alpha));
@@ -467,14 +494,22 @@ impl RunConfig {
             return Err("decode.batch_size must be at least 1".into());
         }
         if !(d.max_len_a.is_finite() && d.max_len_a >= 0.0) {
-            return Err(format!("decode.max_len_a must be >= 0, got {}", d.max_len_a));
+            return Err(format!(
+                "decode.max_len_a must be >= 0, got {}",
+                d.max_len_a
+            ));
         }
         if !(d.length_penalty.is_finite() && d.length_penalty >= 0.0) {
-            return Err(format!("decode.length_penalty must be >= 0, got {}", d.length_penalty));
+            return Err(format!(
+                "decode.length_penalty must be >= 0, got {}",
+                d.length_penalty
+            ));
         }
         parse_device(&t.device)?;
         t.optimizer.validate()?;
-        if (self.data.dev_data.is_some() || self.data.test_data.is_some()) && !crate::data::file::is_data_file(&self.data.dataset) {
+        if (self.data.dev_data.is_some() || self.data.test_data.is_some())
+            && !crate::data::file::is_data_file(&self.data.dataset)
+        {
             return Err(format!(
                 "data.dev_data and data.test_data need data.dataset to be a data file (.tsv, .csv, .jsonl), not {:?}",
                 self.data.dataset
@@ -485,7 +520,10 @@ impl RunConfig {
         }
         if let Some(h) = self.data.head_tokens {
             if h >= self.data.max_len {
-                return Err(format!("data.head_tokens ({h}) must be below data.max_len ({})", self.data.max_len));
+                return Err(format!(
+                    "data.head_tokens ({h}) must be below data.max_len ({})",
+                    self.data.max_len
+                ));
             }
         }
         Ok(())
@@ -511,7 +549,9 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let last = parts.pop().expect("non-empty key");
     let mut here = table;
     for part in parts {
-        let entry = here.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = here
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         here = match entry {
             toml::Value::Table(t) => t,
             _ => return Err(Error::Config(format!("--set {key}: {part} is not a table"))),
@@ -581,7 +621,9 @@ impl std::str::FromStr for Precision {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
             "f16" => Ok(Self::F16),
-            other => Err(format!("unknown precision {other:?}: expected f32, bf16 or f16")),
+            other => Err(format!(
+                "unknown precision {other:?}: expected f32, bf16 or f16"
+            )),
         }
     }
 }
@@ -594,7 +636,9 @@ pub fn parse_device(spec: &str) -> std::result::Result<DeviceSpec, String> {
         "metal" => Ok(DeviceSpec::Metal),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
-            _ => Err(format!("train.device must be cpu, cuda, cuda:N or metal, got {s:?}")),
+            _ => Err(format!(
+                "train.device must be cpu, cuda, cuda:N or metal, got {s:?}"
+            )),
         },
     }
 }
@@ -622,7 +666,10 @@ impl DeviceSpec {
         use std::collections::HashMap;
         use std::sync::{Mutex, OnceLock};
         static OPENED: OnceLock<Mutex<HashMap<DeviceSpec, candle_core::Device>>> = OnceLock::new();
-        let mut opened = OPENED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let mut opened = OPENED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(device) = opened.get(&self) {
             return Ok(device.clone());
         }
@@ -649,7 +696,9 @@ impl DeviceSpec {
 /// device cannot be opened.
 pub fn run_device(run: &Path) -> Result<candle_core::Device> {
     let config = RunConfig::load(&run.join("config.toml"), &[])?;
-    parse_device(&config.train.device).map_err(Error::Config)?.open()
+    parse_device(&config.train.device)
+        .map_err(Error::Config)?
+        .open()
 }
 
 #[cfg(test)]
@@ -665,7 +714,12 @@ mod tests {
         assert_eq!(c.train.objective, ObjectiveKind::Ce);
         let c = RunConfig::from_toml(
             MIN,
-            &["train.objective=cot".into(), "train.optimizer.lr=0.01".into(), "train.batch_size=8".into(), "data.train_split=train".into()],
+            &[
+                "train.objective=cot".into(),
+                "train.optimizer.lr=0.01".into(),
+                "train.batch_size=8".into(),
+                "data.train_split=train".into(),
+            ],
             "x.toml",
         )
         .unwrap();
@@ -684,20 +738,42 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = RunConfig::from_toml(&format!("{MIN}[train]\nbatchsize = 3\n"), &[], "cfg.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml(&format!("{MIN}[train]\nbatchsize = 3\n"), &[], "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cfg.toml") && e.contains("batchsize"), "{e}");
-        let e = RunConfig::from_toml(MIN, &["train.batch_size=\"many\"".into()], "cfg.toml").unwrap_err().to_string();
-        assert!(e.contains("batch_size") || e.contains("invalid type"), "{e}");
-        let e = RunConfig::from_toml(MIN, &["train.batch_size=0".into()], "cfg.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml(MIN, &["train.batch_size=\"many\"".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("batch_size") || e.contains("invalid type"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml(MIN, &["train.batch_size=0".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train.batch_size must be at least 1"), "{e}");
-        let e = RunConfig::from_toml(MIN, &["train.device=tpu".into()], "cfg.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml(MIN, &["train.device=tpu".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train.device"), "{e}");
-        let e = RunConfig::from_toml(MIN, &["train.precision=fp8".into()], "cfg.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml(MIN, &["train.precision=fp8".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cfg.toml") && e.contains("fp8"), "{e}");
         assert!(RunConfig::from_toml(MIN, &["nokey".into()], "c").is_err());
         for bad in ["0", "-1", "nan"] {
-            let e = RunConfig::from_toml(MIN, &[format!("train.complement_lr_scale={bad}")], "cfg.toml").unwrap_err().to_string();
-            assert!(e.contains("train.complement_lr_scale must be a number above 0"), "{e}");
+            let e = RunConfig::from_toml(
+                MIN,
+                &[format!("train.complement_lr_scale={bad}")],
+                "cfg.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("train.complement_lr_scale must be a number above 0"),
+                "{e}"
+            );
         }
     }
 
@@ -707,28 +783,60 @@ mod tests {
         assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Fixed(1.0));
         assert!(!c.to_toml().contains("complement_lr_scale"));
         let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=0.1".into()], "c").unwrap();
-        assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap().train.complement_lr_scale, ComplementLrScale::Fixed(0.1));
+        assert_eq!(
+            RunConfig::from_toml(&c.to_toml(), &[], "saved")
+                .unwrap()
+                .train
+                .complement_lr_scale,
+            ComplementLrScale::Fixed(0.1)
+        );
         // Integers read as numbers; "auto" round-trips; other words are refused with the key.
         let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=2".into()], "c").unwrap();
         assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Fixed(2.0));
         let c = RunConfig::from_toml(MIN, &["train.complement_lr_scale=auto".into()], "c").unwrap();
         assert_eq!(c.train.complement_lr_scale, ComplementLrScale::Auto);
-        assert!(c.to_toml().contains("complement_lr_scale = \"auto\""), "{}", c.to_toml());
+        assert!(
+            c.to_toml().contains("complement_lr_scale = \"auto\""),
+            "{}",
+            c.to_toml()
+        );
         assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap(), c);
-        let e = RunConfig::from_toml(MIN, &["train.complement_lr_scale=big".into()], "cfg.toml").unwrap_err().to_string();
-        assert!(e.contains("cfg.toml") && e.contains("auto") && e.contains("big"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["train.complement_lr_scale=big".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cfg.toml") && e.contains("auto") && e.contains("big"),
+            "{e}"
+        );
     }
 
     #[test]
     fn cot_joint_and_its_weight() {
-        let c = RunConfig::from_toml(MIN, &["train.objective=cot-joint".into(), "train.complement_weight=0.5".into()], "c").unwrap();
+        let c = RunConfig::from_toml(
+            MIN,
+            &[
+                "train.objective=cot-joint".into(),
+                "train.complement_weight=0.5".into(),
+            ],
+            "c",
+        )
+        .unwrap();
         assert_eq!(c.train.objective, ObjectiveKind::CotJoint);
         assert_eq!(c.train.complement_weight, 0.5);
         assert_eq!(RunConfig::from_toml(&c.to_toml(), &[], "saved").unwrap(), c);
-        assert!(!RunConfig::from_toml(MIN, &[], "c").unwrap().to_toml().contains("complement_weight"));
+        assert!(!RunConfig::from_toml(MIN, &[], "c")
+            .unwrap()
+            .to_toml()
+            .contains("complement_weight"));
         for bad in ["-1", "nan", "inf"] {
-            let e = RunConfig::from_toml(MIN, &[format!("train.complement_weight={bad}")], "cfg.toml").unwrap_err().to_string();
-            assert!(e.contains("train.complement_weight must be a number >= 0"), "{e}");
+            let e =
+                RunConfig::from_toml(MIN, &[format!("train.complement_weight={bad}")], "cfg.toml")
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                e.contains("train.complement_weight must be a number >= 0"),
+                "{e}"
+            );
         }
         for k in ObjectiveKind::ALL {
             assert_eq!(k.name().parse::<ObjectiveKind>().unwrap(), k);

@@ -17,10 +17,15 @@ pub mod translate;
 
 /// The memory estimate moved to [`crate::models::memory`]; kept here for callers.
 pub use crate::models::memory;
-pub use config::{parse_device, run_device, DataConfig, DecodeSettings, DeviceSpec, Metric, Precision, RunConfig, TokenizerSource, TrainSettings};
+pub use config::{
+    parse_device, run_device, DataConfig, DecodeSettings, DeviceSpec, Metric, Precision, RunConfig,
+    TokenizerSource, TrainSettings,
+};
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
-pub use step::{ComplementLrScale, LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper};
+pub use step::{
+    ComplementLrScale, LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper,
+};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -35,7 +40,12 @@ use crate::task::{Outcome, TaskKind};
 /// # Errors
 /// The config's, the data's and the run directory's errors; see the task's
 /// `train`.
-pub fn train(config: &RunConfig, run: &Path, options: &runner::TrainOptions, stop: &AtomicBool) -> crate::Result<Outcome> {
+pub fn train(
+    config: &RunConfig,
+    run: &Path,
+    options: &runner::TrainOptions,
+    stop: &AtomicBool,
+) -> crate::Result<Outcome> {
     match TaskKind::of_config(config)? {
         TaskKind::Classification => classify::train(config, run, options, stop),
         TaskKind::Translation => translate::train(config, run, options, stop),

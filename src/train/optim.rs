@@ -95,17 +95,40 @@ impl OptimizerConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         match *self {
-            OptimizerConfig::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+            OptimizerConfig::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
                 check(lr > 0.0 && lr.is_finite(), "optimizer.lr must be > 0")?;
-                check((0.0..1.0).contains(&beta1), "optimizer.beta1 must be in [0, 1)")?;
-                check((0.0..1.0).contains(&beta2), "optimizer.beta2 must be in [0, 1)")?;
+                check(
+                    (0.0..1.0).contains(&beta1),
+                    "optimizer.beta1 must be in [0, 1)",
+                )?;
+                check(
+                    (0.0..1.0).contains(&beta2),
+                    "optimizer.beta2 must be in [0, 1)",
+                )?;
                 check(eps > 0.0, "optimizer.eps must be > 0")?;
                 check(weight_decay >= 0.0, "optimizer.weight_decay must be >= 0")
             }
-            OptimizerConfig::Sgd { lr, momentum, weight_decay, nesterov } => {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                nesterov,
+            } => {
                 check(lr > 0.0 && lr.is_finite(), "optimizer.lr must be > 0")?;
-                check((0.0..1.0).contains(&momentum), "optimizer.momentum must be in [0, 1)")?;
-                check(!nesterov || momentum > 0.0, "optimizer.nesterov needs momentum > 0")?;
+                check(
+                    (0.0..1.0).contains(&momentum),
+                    "optimizer.momentum must be in [0, 1)",
+                )?;
+                check(
+                    !nesterov || momentum > 0.0,
+                    "optimizer.nesterov needs momentum > 0",
+                )?;
                 check(weight_decay >= 0.0, "optimizer.weight_decay must be >= 0")
             }
         }
@@ -184,7 +207,13 @@ impl Optimizer {
             let g = g.detach().to_dtype(DType::F32)?;
             let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let new_p = match self.config {
-                OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                OptimizerConfig::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
                     let m = match &self.first[i] {
                         Some(m) => ((m * beta1)? + (&g * (1.0 - beta1))?)?,
                         None => (&g * (1.0 - beta1))?,
@@ -202,14 +231,27 @@ impl Optimizer {
                     self.second[i] = Some(v);
                     (decayed - (update * lr)?)?
                 }
-                OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    let g = if weight_decay > 0.0 { (&g + (&p * weight_decay)?)? } else { g };
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        (&g + (&p * weight_decay)?)?
+                    } else {
+                        g
+                    };
                     let dir = if momentum > 0.0 {
                         let buf = match &self.first[i] {
                             Some(b) => ((b * momentum)? + &g)?,
                             None => g.clone(),
                         };
-                        let dir = if nesterov { (&g + (&buf * momentum)?)? } else { buf.clone() };
+                        let dir = if nesterov {
+                            (&g + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
                         self.first[i] = Some(buf);
                         dir
                     } else {
@@ -258,7 +300,9 @@ impl Optimizer {
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         let steps = tensors
             .get(&format!("{prefix}.steps"))
-            .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state has no {prefix}.steps")))?
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("optimizer state has no {prefix}.steps"))
+            })?
             .to_vec1::<u32>()?;
         if steps.len() != 2 {
             bail!("optimizer state: {prefix}.steps must hold 2 values");
@@ -276,8 +320,16 @@ impl Optimizer {
         };
         // Every per-variable tensor under `prefix` must be one of ours, for one of
         // our variables, of its shape.
-        let index: HashMap<&str, usize> = self.vars.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
-        let mut names: Vec<&String> = tensors.keys().filter(|k| k.starts_with(&format!("{prefix}."))).collect();
+        let index: HashMap<&str, usize> = self
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
+        let mut names: Vec<&String> = tensors
+            .keys()
+            .filter(|k| k.starts_with(&format!("{prefix}.")))
+            .collect();
         names.sort();
         for key in names {
             let rest = &key[prefix.len() + 1..];
@@ -311,7 +363,12 @@ impl Optimizer {
         let mut second = Vec::with_capacity(self.vars.len());
         for (name, var) in &self.vars {
             let device = var.device();
-            let get = |moment: &str| tensors.get(&format!("{prefix}.{moment}.{name}")).map(|t| t.to_device(device)).transpose();
+            let get = |moment: &str| {
+                tensors
+                    .get(&format!("{prefix}.{moment}.{name}"))
+                    .map(|t| t.to_device(device))
+                    .transpose()
+            };
             let (m, v) = match self.config {
                 OptimizerConfig::Adamw { .. } => (get("m")?, get("v")?),
                 OptimizerConfig::Sgd { .. } => (get("momentum")?, None),
@@ -353,7 +410,11 @@ pub fn clip_grad_norm<'a>(
     let mut total = 0f64;
     for var in vars.clone() {
         if let Some(g) = grads.get(var) {
-            total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            total += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -377,20 +438,35 @@ mod tests {
     fn vars() -> Vec<(String, Var)> {
         let dev = Device::Cpu;
         vec![
-            ("a.weight".into(), Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap()).unwrap()),
-            ("b.bias".into(), Var::from_tensor(&Tensor::new(&[0.5f32, -0.5], &dev).unwrap()).unwrap()),
+            (
+                "a.weight".into(),
+                Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap()).unwrap(),
+            ),
+            (
+                "b.bias".into(),
+                Var::from_tensor(&Tensor::new(&[0.5f32, -0.5], &dev).unwrap()).unwrap(),
+            ),
         ]
     }
 
     fn sgd() -> OptimizerConfig {
-        OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 }
+        OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
     }
 
     /// The state of `config` after one step on a quadratic loss.
     fn stepped(config: OptimizerConfig) -> HashMap<String, Tensor> {
         let vars = vars();
         let mut opt = Optimizer::new(vars.clone(), config).unwrap();
-        let loss = vars.iter().map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
+        let loss = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
         opt.state_tensors("primary").unwrap()
     }
@@ -398,7 +474,11 @@ mod tests {
     fn refused(config: OptimizerConfig, state: &HashMap<String, Tensor>) -> String {
         let mut opt = Optimizer::new(vars(), config).unwrap();
         let err = opt.load_state(state, "primary").unwrap_err().to_string();
-        assert_eq!(opt.steps(), 0, "a refused state must leave the optimizer as it was");
+        assert_eq!(
+            opt.steps(),
+            0,
+            "a refused state must leave the optimizer as it was"
+        );
         err
     }
 
@@ -423,9 +503,19 @@ mod tests {
     #[test]
     fn load_state_refuses_the_other_optimizer_kind() {
         let err = refused(sgd(), &stepped(OptimizerConfig::default()));
-        assert!(err.contains("primary.m.a.weight") && err.contains("adamw") && err.contains("cannot change"), "{err}");
+        assert!(
+            err.contains("primary.m.a.weight")
+                && err.contains("adamw")
+                && err.contains("cannot change"),
+            "{err}"
+        );
         let err = refused(OptimizerConfig::default(), &stepped(sgd()));
-        assert!(err.contains("primary.momentum.a.weight") && err.contains("sgd") && err.contains("cannot change"), "{err}");
+        assert!(
+            err.contains("primary.momentum.a.weight")
+                && err.contains("sgd")
+                && err.contains("cannot change"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -434,7 +524,10 @@ mod tests {
             let mut state = stepped(config.clone());
             state.remove(&format!("primary.{moment}.b.bias"));
             let err = refused(config.clone(), &state);
-            assert!(err.contains(&format!("no primary.{moment}.b.bias")) && err.contains("1 steps"), "{err}");
+            assert!(
+                err.contains(&format!("no primary.{moment}.b.bias")) && err.contains("1 steps"),
+                "{err}"
+            );
 
             let mut state = stepped(config.clone());
             let t = state[&format!("primary.{moment}.b.bias")].clone();
@@ -443,7 +536,10 @@ mod tests {
             assert!(err.contains("no variable \"c.weight\""), "{err}");
 
             let mut state = stepped(config.clone());
-            state.insert(format!("primary.{moment}.b.bias"), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+            state.insert(
+                format!("primary.{moment}.b.bias"),
+                Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+            );
             let err = refused(config, &state);
             assert!(err.contains("shape"), "{err}");
         }

@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, BestWeights, Checkpoint};
 use super::config::{RunConfig, TrainSettings};
-use crate::fsio::atomic_write;
 use super::step::Stepper;
-use crate::models::Trainable;
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
+use crate::fsio::atomic_write;
+use crate::models::Trainable;
 
 /// What `state.json` holds: everything besides weights and optimizer moments that
 /// an exact resume needs.
@@ -128,7 +128,10 @@ pub struct TrainOptions {
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The file that marks a folder as a cotext run from the moment it is set up,
@@ -144,7 +147,10 @@ pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     let state = run.join(checkpoint::STATE);
     if resume {
         if !state.exists() {
-            return Err(Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())));
+            return Err(Error::Config(format!(
+                "--resume: {} holds no checkpoint (state.json)",
+                run.display()
+            )));
         }
         return Ok(());
     }
@@ -156,7 +162,10 @@ pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     }
     if run.exists() && !run.join(RUN_MARKER).exists() {
         let entries = std::fs::read_dir(run).map_err(io(run))?;
-        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         if !names.is_empty() {
             names.sort();
             names.truncate(3);
@@ -183,10 +192,16 @@ pub fn discard_unstarted(run: &Path, existed: bool) {
         let _ = std::fs::remove_dir_all(run);
         return;
     }
-    let Ok(entries) = std::fs::read_dir(run) else { return };
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
     }
 }
 
@@ -208,7 +223,12 @@ const RESUMABLE_KEYS: &[&str] = &[
 /// Whether a resume may change config key `key` (a flattened key such as
 /// `train.epochs` or `decode.beam`).
 pub fn is_resumable_key(key: &str) -> bool {
-    RESUMABLE_KEYS.iter().any(|k| key == *k || key.strip_prefix(k).is_some_and(|rest| rest.starts_with('.')))
+    RESUMABLE_KEYS.iter().any(|k| {
+        key == *k
+            || key
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
 }
 
 /// One key whose value differs between two configs.
@@ -225,7 +245,13 @@ pub struct ConfigDifference {
 impl std::fmt::Display for ConfigDifference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
-        write!(f, "{} {} → {}", self.key, show(&self.before), show(&self.after))
+        write!(
+            f,
+            "{} {} → {}",
+            self.key,
+            show(&self.before),
+            show(&self.after)
+        )
     }
 }
 
@@ -241,7 +267,11 @@ pub fn config_differences(before: &RunConfig, after: &RunConfig) -> Vec<ConfigDi
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     keys.into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| ConfigDifference { key: k.clone(), before: a.get(k).cloned(), after: b.get(k).cloned() })
+        .map(|k| ConfigDifference {
+            key: k.clone(),
+            before: a.get(k).cloned(),
+            after: b.get(k).cloned(),
+        })
         .collect()
 }
 
@@ -249,7 +279,10 @@ pub fn config_differences(before: &RunConfig, after: &RunConfig) -> Vec<ConfigDi
 /// with the new overrides) changes only keys a resume may change; the error names
 /// the first key that differs, with both values.
 pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()> {
-    if let Some(d) = config_differences(saved, resumed).into_iter().find(|d| !is_resumable_key(&d.key)) {
+    if let Some(d) = config_differences(saved, resumed)
+        .into_iter()
+        .find(|d| !is_resumable_key(&d.key))
+    {
         let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
         return Err(Error::Config(format!(
             "--resume: {} is {} in the checkpoint's config.toml and cannot change to {} (a resume may change only {})",
@@ -262,11 +295,19 @@ pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()>
     Ok(())
 }
 
-fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+fn flatten_toml(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_toml(&key, v, out);
             }
         }
@@ -279,7 +320,11 @@ fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut std::collections::B
 /// Appends one JSON line to `metrics.jsonl`.
 pub fn log_line(run: &Path, value: serde_json::Value) -> Result<()> {
     let path = run.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
     // One write of the whole line: a kill leaves the line whole or absent (or, at
     // worst, cut short at the end of the file, which resume and readers drop),
     // never interleaved with the next one.
@@ -301,8 +346,13 @@ pub fn drop_torn_metrics_line(run: &Path) -> Result<()> {
         return Ok(());
     }
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
-    f.set_len(keep as u64).and_then(|()| f.sync_all()).map_err(io(&path))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    f.set_len(keep as u64)
+        .and_then(|()| f.sync_all())
+        .map_err(io(&path))?;
     eprintln!(
         "note: {}: dropped a last line cut short by an interrupted write ({} bytes)",
         path.display(),
@@ -311,14 +361,27 @@ pub fn drop_torn_metrics_line(run: &Path) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint<T: Task>(run: &Path, task: &T, stepper: &Stepper, state: &RunState, live: &mut Option<Checkpoint>) -> Result<()> {
+fn save_checkpoint<T: Task>(
+    run: &Path,
+    task: &T,
+    stepper: &Stepper,
+    state: &RunState,
+    live: &mut Option<Checkpoint>,
+) -> Result<()> {
     // best.safetensors is the model of the step that set the best dev metric.
     let best = match state.best {
         None => BestWeights::None,
         Some((_, step)) if step == state.step => BestWeights::Current,
         Some(_) => BestWeights::Previous,
     };
-    let saved = checkpoint::save(run, state, &task.weights(), &stepper.state_tensors()?, best, live.as_ref())?;
+    let saved = checkpoint::save(
+        run,
+        state,
+        &task.weights(),
+        &stepper.state_tensors()?,
+        best,
+        live.as_ref(),
+    )?;
     *live = Some(saved);
     Ok(())
 }
@@ -326,8 +389,15 @@ fn save_checkpoint<T: Task>(run: &Path, task: &T, stepper: &Stepper, state: &Run
 /// Correct argmax predictions and counted targets, for logits `[N, K]` with
 /// targets `[N]` or logits `[B, T, V]` with targets `[B, T]`; `ignore` targets do
 /// not count.
-pub fn count_correct(logits: &Tensor, targets: &Tensor, ignore: Option<u32>) -> candle_core::Result<(usize, usize)> {
-    let pred = logits.argmax(logits.rank() - 1)?.flatten_all()?.to_vec1::<u32>()?;
+pub fn count_correct(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore: Option<u32>,
+) -> candle_core::Result<(usize, usize)> {
+    let pred = logits
+        .argmax(logits.rank() - 1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
     let gold = targets.flatten_all()?.to_vec1::<u32>()?;
     let mut correct = 0;
     let mut seen = 0;
@@ -354,15 +424,26 @@ pub fn run<T: Task>(
     stop: &AtomicBool,
 ) -> Result<LoopEnd> {
     let t = settings;
-    let batcher = Batcher::new(task.train_lengths(), BatcherConfig { batch_size: t.batch_size, seed: t.seed, ..Default::default() })?;
+    let batcher = Batcher::new(
+        task.train_lengths(),
+        BatcherConfig {
+            batch_size: t.batch_size,
+            seed: t.seed,
+            ..Default::default()
+        },
+    )?;
     let batches_per_epoch = batcher.epoch(0).len() as u64;
     let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate as u64).max(1);
     let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
 
     let mut live = None;
     let mut state = if options.resume {
-        let ckpt = Checkpoint::read(run)?
-            .ok_or_else(|| Error::Config(format!("--resume: {} holds no checkpoint (state.json)", run.display())))?;
+        let ckpt = Checkpoint::read(run)?.ok_or_else(|| {
+            Error::Config(format!(
+                "--resume: {} holds no checkpoint (state.json)",
+                run.display()
+            ))
+        })?;
         if ckpt.reference.is_none() {
             eprintln!("note: {} was saved by an older cotext without checksums: its checkpoint cannot be verified", run.display());
         }
@@ -377,7 +458,10 @@ pub fn run<T: Task>(
         // checkpoint whose config.toml was edited by hand.
         stepper
             .load_state(&checkpoint::load_tensors(&optim)?)
-            .map_err(|e| Error::Checkpoint { path: optim.clone(), msg: format!("cannot resume from this optimizer state: {e}") })?;
+            .map_err(|e| Error::Checkpoint {
+                path: optim.clone(),
+                msg: format!("cannot resume from this optimizer state: {e}"),
+            })?;
         let mut state = ckpt.state.clone();
         if state.cursor.batch > batches_per_epoch as usize {
             return Err(Error::InvalidFile {
@@ -401,14 +485,26 @@ pub fn run<T: Task>(
         state
     } else {
         let _ = std::fs::remove_file(run.join("metrics.jsonl"));
-        RunState { step: 0, cursor: BatchCursor::default(), rng_state: task.rng_state(), best: None, bad_evals: 0, finished: false, stopped_early: false }
+        RunState {
+            step: 0,
+            cursor: BatchCursor::default(),
+            rng_state: task.rng_state(),
+            best: None,
+            bad_evals: 0,
+            finished: false,
+            stopped_early: false,
+        }
     };
     if state.finished {
         eprintln!(
             "{}: training already finished at step {}{}",
             run.display(),
             state.step,
-            if state.stopped_early { " (early stop)" } else { "" }
+            if state.stopped_early {
+                " (early stop)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -456,7 +552,12 @@ pub fn run<T: Task>(
             Err(bad) => {
                 bar.finish_and_clear();
                 let kept = live.as_ref().map(|_| run.to_path_buf());
-                return Err(Error::NonFinite { step: state.step + 1, what: format!("{} loss", bad.pass), value: bad.value, kept });
+                return Err(Error::NonFinite {
+                    step: state.step + 1,
+                    what: format!("{} loss", bad.pass),
+                    value: bad.value,
+                    kept,
+                });
             }
         };
         state.step += 1;
@@ -468,7 +569,12 @@ pub fn run<T: Task>(
         complement_sum += report.complement.unwrap_or(0.0);
         let tok_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(state.step);
-        bar.set_message(format!("loss {:.4} acc {:.3} {:.0} tok/s", report.loss, window.1 as f64 / window.2.max(1) as f64, tok_per_s));
+        bar.set_message(format!(
+            "loss {:.4} acc {:.3} {:.0} tok/s",
+            report.loss,
+            window.1 as f64 / window.2.max(1) as f64,
+            tok_per_s
+        ));
         if state.step % t.log_every == 0 || state.step == total {
             let n = (state.step - 1) % t.log_every + 1;
             let mut line = serde_json::json!({
@@ -502,7 +608,9 @@ pub fn run<T: Task>(
             if let Some(eval) = task.evaluate()? {
                 let better = state.best.is_none_or(|(b, _)| eval.value > b);
                 let mut line = serde_json::json!({ "step": state.step, "epoch": state.cursor.epoch, "split": "dev" });
-                line.as_object_mut().expect("object").extend(eval.fields.clone());
+                line.as_object_mut()
+                    .expect("object")
+                    .extend(eval.fields.clone());
                 line["best"] = serde_json::json!(better);
                 log_line(run, line)?;
                 bar.println(format!(
@@ -510,11 +618,21 @@ pub fn run<T: Task>(
                     state.step,
                     task.metric_name(),
                     eval.value,
-                    if eval.summary.is_empty() { String::new() } else { format!("  {}", eval.summary) },
+                    if eval.summary.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", eval.summary)
+                    },
                     if better { "  (best)" } else { "" }
                 ));
                 if bar.is_hidden() && options.progress {
-                    eprintln!("step {:>6}  dev {} {:.4}{}", state.step, task.metric_name(), eval.value, if better { "  (best)" } else { "" });
+                    eprintln!(
+                        "step {:>6}  dev {} {:.4}{}",
+                        state.step,
+                        task.metric_name(),
+                        eval.value,
+                        if better { "  (best)" } else { "" }
+                    );
                 }
                 if better {
                     state.best = Some((eval.value, state.step));
@@ -522,7 +640,10 @@ pub fn run<T: Task>(
                 } else {
                     state.bad_evals += 1;
                     if t.patience.is_some_and(|p| state.bad_evals >= p) {
-                        bar.println(format!("early stop: no improvement in {} evaluations", state.bad_evals));
+                        bar.println(format!(
+                            "early stop: no improvement in {} evaluations",
+                            state.bad_evals
+                        ));
                         early_stop = true;
                     }
                 }
@@ -542,7 +663,10 @@ pub fn run<T: Task>(
         state.finished = true;
         save_checkpoint(run, task, stepper, &state, &mut live)?;
     }
-    Ok(LoopEnd::Finished { steps: state.step, best: state.best })
+    Ok(LoopEnd::Finished {
+        steps: state.step,
+        best: state.best,
+    })
 }
 
 /// A progress bar on stderr when `show` and stderr is a terminal (hidden
@@ -554,7 +678,10 @@ fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
     );
     bar.set_position(at);
     bar
@@ -567,11 +694,21 @@ mod tests {
 
     #[test]
     fn count_correct_skips_ignored_targets() {
-        let logits = Tensor::new(&[[[0f32, 1.0, 0.0], [2.0, 0.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
+        let logits = Tensor::new(
+            &[
+                [[0f32, 1.0, 0.0], [2.0, 0.0, 0.0]],
+                [[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
         let targets = Tensor::new(&[[1u32, 1], [2, 0]], &Device::Cpu).unwrap();
         assert_eq!(count_correct(&logits, &targets, None).unwrap(), (3, 4));
         assert_eq!(count_correct(&logits, &targets, Some(0)).unwrap(), (2, 3));
         let flat = Tensor::new(&[[0f32, 1.0], [1.0, 0.0]], &Device::Cpu).unwrap();
-        assert_eq!(count_correct(&flat, &Tensor::new(&[1u32, 1], &Device::Cpu).unwrap(), None).unwrap(), (1, 2));
+        assert_eq!(
+            count_correct(&flat, &Tensor::new(&[1u32, 1], &Device::Cpu).unwrap(), None).unwrap(),
+            (1, 2)
+        );
     }
 }

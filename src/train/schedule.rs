@@ -32,9 +32,8 @@ pub enum Schedule {
 impl Schedule {
     /// The learning rate for update number `step` (0-based) of `total` updates.
     pub fn lr(&self, peak: f64, step: u64, total: u64) -> f64 {
-        let warm = |w: u64| -> Option<f64> {
-            (step < w).then(|| peak * (step + 1) as f64 / w as f64)
-        };
+        let warm =
+            |w: u64| -> Option<f64> { (step < w).then(|| peak * (step + 1) as f64 / w as f64) };
         match *self {
             Schedule::Constant => peak,
             Schedule::Linear { warmup_steps } => warm(warmup_steps).unwrap_or_else(|| {
@@ -42,7 +41,10 @@ impl Schedule {
                 let done = (step - warmup_steps) as f64;
                 peak * (1.0 - done / span).max(0.0)
             }),
-            Schedule::Cosine { warmup_steps, min_ratio } => warm(warmup_steps).unwrap_or_else(|| {
+            Schedule::Cosine {
+                warmup_steps,
+                min_ratio,
+            } => warm(warmup_steps).unwrap_or_else(|| {
                 let span = total.saturating_sub(warmup_steps).max(1) as f64;
                 let progress = ((step - warmup_steps) as f64 / span).min(1.0);
                 let floor = peak * min_ratio;
@@ -64,7 +66,10 @@ mod tests {
         assert_eq!(s.lr(1.0, 4, 14), 1.0);
         assert!((s.lr(1.0, 9, 14) - 0.5).abs() < 1e-12);
         assert_eq!(s.lr(1.0, 14, 14), 0.0);
-        let c = Schedule::Cosine { warmup_steps: 0, min_ratio: 0.1 };
+        let c = Schedule::Cosine {
+            warmup_steps: 0,
+            min_ratio: 0.1,
+        };
         assert_eq!(c.lr(2.0, 0, 10), 2.0);
         assert!((c.lr(2.0, 5, 10) - 1.1).abs() < 1e-12);
         assert!((c.lr(2.0, 10, 10) - 0.2).abs() < 1e-12);

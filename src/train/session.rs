@@ -18,13 +18,20 @@ use crate::tokenize::TextTokenizer;
 /// Checks the metric against the task, sets up `run` (fresh: a new or empty
 /// folder, its task recorded; resumed: one holding a checkpoint) and opens the
 /// device.
-pub(crate) fn begin(config: &RunConfig, task: TaskKind, run: &Path, options: &TrainOptions) -> Result<Device> {
+pub(crate) fn begin(
+    config: &RunConfig,
+    task: TaskKind,
+    run: &Path,
+    options: &TrainOptions,
+) -> Result<Device> {
     check_metric(task, config.train.metric)?;
     runner::prepare_run_dir(run, options.resume)?;
     if !options.resume {
         task.record(run)?;
     }
-    parse_device(&config.train.device).map_err(Error::Config)?.open()
+    parse_device(&config.train.device)
+        .map_err(Error::Config)?
+        .open()
 }
 
 /// The run's tokenizer: a resumed run's saved one, or for a fresh run the one
@@ -63,10 +70,14 @@ pub(crate) fn train<T: Task>(
     stop: &AtomicBool,
     test: impl FnOnce(u64) -> Result<Option<TestScore>>,
 ) -> Result<Outcome> {
-    let mut stepper =
-        Stepper::new(objective, loss, task.vars(), config.train.optimizer.clone())?.with_complement_lr_scale(config.train.complement_lr_scale);
+    let mut stepper = Stepper::new(objective, loss, task.vars(), config.train.optimizer.clone())?
+        .with_complement_lr_scale(config.train.complement_lr_scale);
     match runner::run(task, &mut stepper, &config.train, run, options, stop)? {
         LoopEnd::Interrupted { steps } => Ok(Outcome::Interrupted { steps }),
-        LoopEnd::Finished { steps, best } => Ok(Outcome::Finished { steps, best, test: test(steps)? }),
+        LoopEnd::Finished { steps, best } => Ok(Outcome::Finished {
+            steps,
+            best,
+            test: test(steps)?,
+        }),
     }
 }

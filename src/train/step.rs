@@ -58,7 +58,10 @@ impl Objective {
 
     /// Whether a step reports a complement loss (COT, HCOT, cot-joint).
     pub fn reports_complement(&self) -> bool {
-        matches!(self, Objective::Cot | Objective::Hcot(_) | Objective::CotJoint { .. })
+        matches!(
+            self,
+            Objective::Cot | Objective::Hcot(_) | Objective::CotJoint { .. }
+        )
     }
 
     /// Whether the objective uses the complement entropy at all (so it is a no-op
@@ -88,7 +91,8 @@ pub enum ObjectiveKind {
 
 impl ObjectiveKind {
     /// Every objective, in the order the CLI lists them.
-    pub const ALL: [ObjectiveKind; 5] = [Self::Ce, Self::Cot, Self::Gce, Self::Hcot, Self::CotJoint];
+    pub const ALL: [ObjectiveKind; 5] =
+        [Self::Ce, Self::Cot, Self::Gce, Self::Hcot, Self::CotJoint];
 
     /// The name as configs and the command line spell it.
     pub fn name(self) -> &'static str {
@@ -111,9 +115,12 @@ impl std::fmt::Display for ObjectiveKind {
 impl std::str::FromStr for ObjectiveKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown objective {s:?}: expected ce, cot, gce, hcot or cot-joint")
-        })
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!("unknown objective {s:?}: expected ce, cot, gce, hcot or cot-joint")
+            })
     }
 }
 
@@ -178,10 +185,15 @@ impl<'de> Deserialize<'de> for ComplementLrScale {
             fn visit_u64<E: serde::de::Error>(self, x: u64) -> std::result::Result<Self::Value, E> {
                 Ok(ComplementLrScale::Fixed(x as f64))
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                s: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 match s {
                     "auto" => Ok(ComplementLrScale::Auto),
-                    other => Err(E::custom(format!("expected a number above 0 or \"auto\", got {other:?}"))),
+                    other => Err(E::custom(format!(
+                        "expected a number above 0 or \"auto\", got {other:?}"
+                    ))),
                 }
             }
         }
@@ -252,7 +264,13 @@ impl Stepper {
         } else {
             None
         };
-        Ok(Self { primary: Optimizer::new(vars, optimizer)?, complement, objective, losses, complement_lr_scale: ComplementLrScale::default() })
+        Ok(Self {
+            primary: Optimizer::new(vars, optimizer)?,
+            complement,
+            objective,
+            losses,
+            complement_lr_scale: ComplementLrScale::default(),
+        })
     }
 
     /// Runs the complement optimizer (COT, HCOT) at `scale` times the learning rate
@@ -265,7 +283,9 @@ impl Stepper {
     /// one step.
     pub fn with_complement_lr_scale(mut self, scale: impl Into<ComplementLrScale>) -> Self {
         self.complement_lr_scale = scale.into();
-        if matches!(self.primary.config(), OptimizerConfig::Sgd { .. }) && self.complement_lr_scale == ComplementLrScale::Auto {
+        if matches!(self.primary.config(), OptimizerConfig::Sgd { .. })
+            && self.complement_lr_scale == ComplementLrScale::Auto
+        {
             self.complement_lr_scale = ComplementLrScale::Fixed(1.0);
         }
         let lr = self.primary.learning_rate();
@@ -313,14 +333,22 @@ impl Stepper {
     ) -> Result<std::result::Result<StepReport, NonFinite>> {
         let ignore = match self.objective {
             Objective::CrossEntropy => self.losses.cross_entropy.ignore_index,
-            _ => self.losses.complement.ignore_index.or(self.losses.cross_entropy.ignore_index),
+            _ => self
+                .losses
+                .complement
+                .ignore_index
+                .or(self.losses.cross_entropy.ignore_index),
         };
         let mut total = 0;
         for (_, t) in micro {
             total += loss::count_targets(t, ignore)?;
         }
         let complement_opts = ComplementOptions {
-            ignore_index: self.losses.complement.ignore_index.or(self.losses.cross_entropy.ignore_index),
+            ignore_index: self
+                .losses
+                .complement
+                .ignore_index
+                .or(self.losses.cross_entropy.ignore_index),
             ..self.losses.complement
         };
         let chunked_complement = self.losses.chunked && complement_opts.form == loss::Form::Exact;
@@ -342,28 +370,47 @@ impl Stepper {
         let objective = &self.objective;
         let primary_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
             Ok(match objective {
-                Objective::Gce { alpha } => {
-                    Parts::one(loss::guided_complement_entropy_sum(logits, targets, *alpha, &complement_opts)?.sum)
-                }
+                Objective::Gce { alpha } => Parts::one(
+                    loss::guided_complement_entropy_sum(logits, targets, *alpha, &complement_opts)?
+                        .sum,
+                ),
                 Objective::CotJoint { weight } => {
                     let ce = cross_entropy(logits, targets)?.sum;
                     let c = flat_complement(logits, targets)?.sum;
-                    Parts { minimized: (&ce + c.affine(*weight, 0.0)?)?, primary: ce, complement: Some(c) }
+                    Parts {
+                        minimized: (&ce + c.affine(*weight, 0.0)?)?,
+                        primary: ce,
+                        complement: Some(c),
+                    }
                 }
                 _ => Parts::one(cross_entropy(logits, targets)?.sum),
             })
         };
-        let Accumulated { minimized, primary: value, complement: joint_complement, mut grads } =
-            accumulate(micro, total, &mut forward, primary_loss)?;
+        let Accumulated {
+            minimized,
+            primary: value,
+            complement: joint_complement,
+            mut grads,
+        } = accumulate(micro, total, &mut forward, primary_loss)?;
         if !minimized.is_finite() {
-            let pass = if value.is_finite() { "complement" } else { "primary" };
-            return Ok(Err(NonFinite { pass, value: if value.is_finite() { minimized } else { value } }));
+            let pass = if value.is_finite() {
+                "complement"
+            } else {
+                "primary"
+            };
+            return Ok(Err(NonFinite {
+                pass,
+                value: if value.is_finite() { minimized } else { value },
+            }));
         }
         let vars: Vec<Var> = self.primary.vars().cloned().collect();
         let max_norm = self.losses.clip_norm.unwrap_or(f64::INFINITY);
         let grad_norm = clip_grad_norm(&mut grads, vars.iter(), max_norm)?;
         if !grad_norm.is_finite() {
-            return Ok(Err(NonFinite { pass: "primary", value: grad_norm }));
+            return Ok(Err(NonFinite {
+                pass: "primary",
+                value: grad_norm,
+            }));
         }
         self.primary.step(&grads)?;
         drop(grads);
@@ -372,15 +419,30 @@ impl Stepper {
             (Objective::Cot | Objective::Hcot(_), Some(opt)) => {
                 let complement_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
                     Ok(Parts::one(match objective {
-                        Objective::Hcot(h) => loss::hierarchical_complement_entropy_sum(logits, targets, h, &complement_opts)?.sum,
+                        Objective::Hcot(h) => {
+                            loss::hierarchical_complement_entropy_sum(
+                                logits,
+                                targets,
+                                h,
+                                &complement_opts,
+                            )?
+                            .sum
+                        }
                         _ => flat_complement(logits, targets)?.sum,
                     }))
                 };
                 // Algorithm 1: a second forward pass with the weights the CE step
                 // just updated (and fresh dropout masks).
-                let Accumulated { minimized: value, mut grads, .. } = accumulate(micro, total, &mut forward, complement_loss)?;
+                let Accumulated {
+                    minimized: value,
+                    mut grads,
+                    ..
+                } = accumulate(micro, total, &mut forward, complement_loss)?;
                 if !value.is_finite() {
-                    return Ok(Err(NonFinite { pass: "complement", value }));
+                    return Ok(Err(NonFinite {
+                        pass: "complement",
+                        value,
+                    }));
                 }
                 let auto = self.complement_lr_scale == ComplementLrScale::Auto;
                 let norm = if self.losses.clip_norm.is_some() || auto {
@@ -389,13 +451,20 @@ impl Stepper {
                     0.0
                 };
                 if !norm.is_finite() {
-                    return Ok(Err(NonFinite { pass: "complement", value: norm }));
+                    return Ok(Err(NonFinite {
+                        pass: "complement",
+                        value: norm,
+                    }));
                 }
                 if auto {
                     // The ratio SGD's two updates would have (after clipping);
                     // never above Algorithm 1's equal rate.
                     let primary = grad_norm.min(max_norm);
-                    let ratio = if primary > 0.0 { (norm.min(max_norm) / primary).min(1.0) } else { 1.0 };
+                    let ratio = if primary > 0.0 {
+                        (norm.min(max_norm) / primary).min(1.0)
+                    } else {
+                        1.0
+                    };
                     opt.set_learning_rate(self.primary.learning_rate() * ratio);
                 }
                 opt.step(&grads)?;
@@ -403,7 +472,12 @@ impl Stepper {
             }
             _ => joint_complement,
         };
-        Ok(Ok(StepReport { loss: value, complement, count: total, grad_norm }))
+        Ok(Ok(StepReport {
+            loss: value,
+            complement,
+            count: total,
+            grad_norm,
+        }))
     }
 
     /// Both optimizers' state as named tensors (`primary.*`, `complement.*`).
@@ -441,12 +515,22 @@ struct Parts {
 
 impl Parts {
     fn one(sum: Tensor) -> Self {
-        Parts { minimized: sum.clone(), primary: sum, complement: None }
+        Parts {
+            minimized: sum.clone(),
+            primary: sum,
+            complement: None,
+        }
     }
 }
 
 fn scalar(t: &Tensor, total: usize) -> Result<f64> {
-    LossSum { sum: t.clone(), count: 0 }.scaled(total)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+    LossSum {
+        sum: t.clone(),
+        count: 0,
+    }
+    .scaled(total)?
+    .to_dtype(candle_core::DType::F64)?
+    .to_scalar::<f64>()
 }
 
 /// What [`accumulate`] measured: each value is the sum over micro-batches of
@@ -476,8 +560,14 @@ fn accumulate<B>(
     for (input, targets) in micro {
         let logits = forward(input)?;
         let parts = loss_fn(&logits, targets)?;
-        let scaled = LossSum { sum: parts.minimized.clone(), count: 0 }.scaled(total)?;
-        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let scaled = LossSum {
+            sum: parts.minimized.clone(),
+            count: 0,
+        }
+        .scaled(total)?;
+        let value = scaled
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         minimized += value;
         primary += match parts.complement {
             None => value,
@@ -497,7 +587,14 @@ fn accumulate<B>(
     }
     let grads = match acc {
         Some(g) => g,
-        None => Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?.backward()?,
+        None => {
+            Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?.backward()?
+        }
     };
-    Ok(Accumulated { minimized, primary, complement, grads })
+    Ok(Accumulated {
+        minimized,
+        primary,
+        complement,
+        grads,
+    })
 }

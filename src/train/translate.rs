@@ -20,24 +20,46 @@ use crate::error::{Error, Result};
 use crate::infer::translate::{corpus_bleu, decode_options, teacher_forced, translate_ids};
 use crate::models::seq2seq::Seq2Seq;
 use crate::models::Trainable;
-use crate::task::translate::{batch_tensors, build_model, build_tokenizer, encode_pairs, load_pairs, open_dataset, seq2seq_config, special_ids, EncodedPair};
+use crate::task::translate::{
+    batch_tensors, build_model, build_tokenizer, encode_pairs, load_pairs, open_dataset,
+    seq2seq_config, special_ids, EncodedPair,
+};
 use crate::task::{self, Outcome, TaskKind, TestScore};
 use crate::tokenize::TextTokenizer;
 
 /// Trains a translation model into `run` as `config` says (or resumes the run
 /// there); at the end decodes the test split with the best weights (beam
 /// `decode.beam`), writes `test.hyp.txt` and reports its BLEU.
-pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &AtomicBool) -> Result<Outcome> {
+pub fn train(
+    config: &RunConfig,
+    run: &Path,
+    options: &TrainOptions,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
     task::check_metric(TaskKind::Translation, config.train.metric)?;
     seq2seq_config(config)?;
     let objective = task::objective(config, None)?;
     let device = session::begin(config, TaskKind::Translation, run, options)?;
     let dataset = open_dataset(config)?;
-    let train_pairs = load_pairs(&dataset, config, &config.data.train_split, config.data.train_limit)?;
+    let train_pairs = load_pairs(
+        &dataset,
+        config,
+        &config.data.train_split,
+        config.data.train_limit,
+    )?;
     if train_pairs.is_empty() {
-        return Err(Error::Config(format!("the {} split of {} is empty", config.data.train_split, config.data.dataset)));
+        return Err(Error::Config(format!(
+            "the {} split of {} is empty",
+            config.data.train_split, config.data.dataset
+        )));
     }
-    let tokenizer = session::tokenizer(config, run, options, || build_tokenizer(config, &train_pairs), || Ok(()))?;
+    let tokenizer = session::tokenizer(
+        config,
+        run,
+        options,
+        || build_tokenizer(config, &train_pairs),
+        || Ok(()),
+    )?;
     let (bos, eos) = special_ids(&tokenizer)?;
     let pad = tokenizer.pad_id();
     let train_data = encode_pairs(&tokenizer, config, &train_pairs)?;
@@ -64,24 +86,54 @@ pub fn train(config: &RunConfig, run: &Path, options: &TrainOptions, stop: &Atom
         eos,
         device: &device,
     };
-    session::train(&loop_task, objective, task::loss_config(config, Some(pad)), config, run, options, stop, |steps| {
-        let Some((data, refs)) = &test else { return Ok(None) };
-        checkpoint::load_inference_weights(run, &model)?;
-        let opts = decode_options(&config.decode, &tokenizer, config.decode.beam)?;
-        let sources: Vec<Vec<u32>> = data.iter().map(|p| p.source.clone()).collect();
-        let hyps = translate_ids(&model, &tokenizer, &sources, &opts, config.decode.batch_size)?;
-        let mut text = hyps.join("\n");
-        text.push('\n');
-        atomic_write(&run.join("test.hyp.txt"), text.as_bytes())?;
-        let (score, signature) = corpus_bleu(&hyps, refs)?;
-        let (loss, accuracy) = teacher_forced(&model, &tokenizer, data, config.train.eval_batch_size, &device)?;
-        runner::log_line(run, serde_json::json!({
-            "step": steps, "split": config.data.test_split, "bleu": score.score,
-            "loss": loss, "accuracy": accuracy,
-            "beam": config.decode.beam, "signature": signature,
-        }))?;
-        Ok(Some(TestScore::Translation { score, signature, beam: config.decode.beam }))
-    })
+    session::train(
+        &loop_task,
+        objective,
+        task::loss_config(config, Some(pad)),
+        config,
+        run,
+        options,
+        stop,
+        |steps| {
+            let Some((data, refs)) = &test else {
+                return Ok(None);
+            };
+            checkpoint::load_inference_weights(run, &model)?;
+            let opts = decode_options(&config.decode, &tokenizer, config.decode.beam)?;
+            let sources: Vec<Vec<u32>> = data.iter().map(|p| p.source.clone()).collect();
+            let hyps = translate_ids(
+                &model,
+                &tokenizer,
+                &sources,
+                &opts,
+                config.decode.batch_size,
+            )?;
+            let mut text = hyps.join("\n");
+            text.push('\n');
+            atomic_write(&run.join("test.hyp.txt"), text.as_bytes())?;
+            let (score, signature) = corpus_bleu(&hyps, refs)?;
+            let (loss, accuracy) = teacher_forced(
+                &model,
+                &tokenizer,
+                data,
+                config.train.eval_batch_size,
+                &device,
+            )?;
+            runner::log_line(
+                run,
+                serde_json::json!({
+                    "step": steps, "split": config.data.test_split, "bleu": score.score,
+                    "loss": loss, "accuracy": accuracy,
+                    "beam": config.decode.beam, "signature": signature,
+                }),
+            )?;
+            Ok(Some(TestScore::Translation {
+                score,
+                signature,
+                beam: config.decode.beam,
+            }))
+        },
+    )
 }
 
 /// Translation as a [`Task`] for the shared loop.
@@ -106,14 +158,28 @@ impl Task for TranslateTask<'_> {
     }
 
     fn train_lengths(&self) -> Vec<usize> {
-        self.train.iter().map(|p| p.source.len() + p.target.len()).collect()
+        self.train
+            .iter()
+            .map(|p| p.source.len() + p.target.len())
+            .collect()
     }
 
     fn batch(&self, indices: &[usize]) -> Result<(Self::Input, Tensor, usize)> {
-        batch_tensors(self.train, indices, self.pad, self.bos, self.eos, self.device)
+        batch_tensors(
+            self.train,
+            indices,
+            self.pad,
+            self.bos,
+            self.eos,
+            self.device,
+        )
     }
 
-    fn forward(&self, (src, mask, tgt_in): &Self::Input, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        (src, mask, tgt_in): &Self::Input,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         self.model.forward(src, mask, tgt_in, train)
     }
 
@@ -122,17 +188,35 @@ impl Task for TranslateTask<'_> {
     }
 
     fn evaluate(&self) -> Result<Option<Evaluation>> {
-        let Some((dev, refs)) = self.dev else { return Ok(None) };
-        let (loss, accuracy) = teacher_forced(self.model, self.tokenizer, dev, self.config.train.eval_batch_size, self.device)?;
+        let Some((dev, refs)) = self.dev else {
+            return Ok(None);
+        };
+        let (loss, accuracy) = teacher_forced(
+            self.model,
+            self.tokenizer,
+            dev,
+            self.config.train.eval_batch_size,
+            self.device,
+        )?;
         let mut fields = serde_json::Map::new();
         fields.insert("loss".into(), loss.into());
         fields.insert("accuracy".into(), accuracy.into());
         let mut summary = format!("loss {loss:.4}  token acc {accuracy:.4}");
         let value = match self.config.train.metric {
             Metric::Bleu => {
-                let opts = decode_options(&self.config.decode, self.tokenizer, self.config.decode.eval_beam)?;
+                let opts = decode_options(
+                    &self.config.decode,
+                    self.tokenizer,
+                    self.config.decode.eval_beam,
+                )?;
                 let sources: Vec<Vec<u32>> = dev.iter().map(|p| p.source.clone()).collect();
-                let hyps = translate_ids(self.model, self.tokenizer, &sources, &opts, self.config.decode.batch_size)?;
+                let hyps = translate_ids(
+                    self.model,
+                    self.tokenizer,
+                    &sources,
+                    &opts,
+                    self.config.decode.batch_size,
+                )?;
                 let (score, _) = corpus_bleu(&hyps, refs)?;
                 fields.insert("bleu".into(), score.score.into());
                 summary = format!("{summary}  BLEU {:.2}", score.score);
@@ -140,7 +224,11 @@ impl Task for TranslateTask<'_> {
             }
             _ => accuracy,
         };
-        Ok(Some(Evaluation { value, fields, summary }))
+        Ok(Some(Evaluation {
+            value,
+            fields,
+            summary,
+        }))
     }
 
     fn model(&self) -> &dyn Trainable {

@@ -18,11 +18,16 @@ pub fn skip(reason: &str) {
 pub fn shared_datasets() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("COTEXT_DATA")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets")));
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
+        });
     if dir.join("sst5").is_dir() {
         Some(dir.canonicalize().unwrap())
     } else {
-        skip(&format!("no shared datasets at {} (set COTEXT_DATA)", dir.display()));
+        skip(&format!(
+            "no shared datasets at {} (set COTEXT_DATA)",
+            dir.display()
+        ));
         None
     }
 }

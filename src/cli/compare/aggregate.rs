@@ -19,7 +19,11 @@ pub(super) struct Aggregate {
 /// Reads every run of `plan` on `device` (the one device of the process: the
 /// in-process runs got this same object, and Metal and CUDA tensors cannot
 /// meet across device objects).
-pub(super) fn aggregate(plan: &Plan, task: TaskKind, device: &candle_core::Device) -> anyhow::Result<Aggregate> {
+pub(super) fn aggregate(
+    plan: &Plan,
+    task: TaskKind,
+    device: &candle_core::Device,
+) -> anyhow::Result<Aggregate> {
     let mut groups = Vec::new();
     let mut labels = Vec::new();
     for &objective in &plan.objectives {
@@ -28,7 +32,11 @@ pub(super) fn aggregate(plan: &Plan, task: TaskKind, device: &candle_core::Devic
         let mut confusion: Vec<Vec<usize>> = Vec::new();
         for &seed in &plan.seeds {
             let dir = plan.run_dir(objective, seed);
-            runs.push((seed, dir.clone(), RunMetrics::read(&dir.join("metrics.jsonl"))?));
+            runs.push((
+                seed,
+                dir.clone(),
+                RunMetrics::read(&dir.join("metrics.jsonl"))?,
+            ));
             match task {
                 TaskKind::Translation => {
                     if let Some(p) = report::translation_test_profile(&dir, device)? {
@@ -42,14 +50,23 @@ pub(super) fn aggregate(plan: &Plan, task: TaskKind, device: &candle_core::Devic
                         if confusion.is_empty() {
                             confusion = c;
                         } else {
-                            confusion.iter_mut().flatten().zip(c.iter().flatten()).for_each(|(a, b)| *a += b);
+                            confusion
+                                .iter_mut()
+                                .flatten()
+                                .zip(c.iter().flatten())
+                                .for_each(|(a, b)| *a += b);
                         }
                         labels = p.labels;
                     }
                 }
             }
         }
-        groups.push(ObjectiveRuns { objective: name(objective), runs, complement: profile.mean(), confusion });
+        groups.push(ObjectiveRuns {
+            objective: name(objective),
+            runs,
+            complement: profile.mean(),
+            confusion,
+        });
     }
     Ok(Aggregate { groups, labels })
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use cotext::attack::{self, AttackOptions, AttackResult, Method, Norm};
-use cotext::report::{self, Band, MeanStd, Panel, Welch};
 use cotext::infer;
+use cotext::report::{self, Band, MeanStd, Panel, Welch};
 use cotext::task;
 
 /// One `--attack` value: a method and its budgets, e.g. `fgsm:0.01,0.05,0.1` or
@@ -83,7 +83,12 @@ struct RunRobustness {
 /// eval batch size. Results are cached in `<run>/attack-<method>.json` and reused
 /// while the budgets match and the weights are older than the file. The run is
 /// loaded on `compare`'s one `device`.
-fn attack_run(run: &Path, specs: &[Spec], progress: bool, device: &Device) -> anyhow::Result<RunRobustness> {
+fn attack_run(
+    run: &Path,
+    specs: &[Spec],
+    progress: bool,
+    device: &Device,
+) -> anyhow::Result<RunRobustness> {
     let (setup, model) = infer::classify::load_run(run, device)?;
     let config = &setup.config;
     let dataset = task::classify::open_dataset(config, Some(&setup.labels))?;
@@ -107,7 +112,9 @@ fn attack_run(run: &Path, specs: &[Spec], progress: bool, device: &Device) -> an
     // The cache is keyed by the weights' content, not by file times: a run that
     // trains further (or is retrained) gets new weights and a new hash.
     let weights = cotext::train::checkpoint::Checkpoint::read(run)?
-        .ok_or_else(|| cotext::Error::Config(format!("{}: no checkpoint to attack", run.display())))?
+        .ok_or_else(|| {
+            cotext::Error::Config(format!("{}: no checkpoint to attack", run.display()))
+        })?
         .inference_weights()?;
     let weights_sha256 = cotext::train::checkpoint::sha256_file(&weights)?;
     let mut results = Vec::new();
@@ -197,7 +204,10 @@ fn cell(m: &Option<MeanStd>) -> String {
 
 /// Welch's test of each objective's accuracy (clean, then every budget) against
 /// ce's, for every objective but ce; empty when there is no ce group.
-fn against_ce(groups: &[(String, Vec<PathBuf>)], columns: &[Vec<Option<MeanStd>>]) -> Vec<(String, Vec<Option<Welch>>)> {
+fn against_ce(
+    groups: &[(String, Vec<PathBuf>)],
+    columns: &[Vec<Option<MeanStd>>],
+) -> Vec<(String, Vec<Option<Welch>>)> {
     let Some(ce) = groups.iter().position(|(o, _)| o == "ce") else {
         return Vec::new();
     };
@@ -336,7 +346,10 @@ pub fn robustness(
     }
     // summary.json: each attack gains `against_ce` (the Welch test on accuracy).
     for (objective, tests) in &against {
-        if let Some(o) = json_objectives.iter_mut().find(|o| o["objective"] == objective.as_str()) {
+        if let Some(o) = json_objectives
+            .iter_mut()
+            .find(|o| o["objective"] == objective.as_str())
+        {
             o["clean"]["against_ce"] = serde_json::json!(tests[0]);
             if let Some(attacks) = o["attacks"].as_array_mut() {
                 for (a, w) in attacks.iter_mut().zip(&tests[1..]) {

@@ -34,13 +34,22 @@ fn status(dir: &Path, config: &RunConfig) -> anyhow::Result<Status> {
     // Finished but killed while scoring the test split: a resume only does that.
     let metrics = dir.join("metrics.jsonl");
     let has_test = metrics.exists() && RunMetrics::read(&metrics)?.test.is_some();
-    Ok(if has_test || config.data.test_split.is_empty() { Status::Finished(checkpoint.state) } else { Status::Partial })
+    Ok(if has_test || config.data.test_split.is_empty() {
+        Status::Finished(checkpoint.state)
+    } else {
+        Status::Partial
+    })
 }
 
 /// Keys that say where and how a finished run is looked at, not what it trained
 /// or scored: a finished run that differs from this call only in these is reused
 /// as it is (moving the data, or reporting on another machine, retrains nothing).
-const VIEW_KEYS: &[&str] = &["train.device", "data.data_dir", "train.eval_batch_size", "train.log_every"];
+const VIEW_KEYS: &[&str] = &[
+    "train.device",
+    "data.data_dir",
+    "train.eval_batch_size",
+    "train.log_every",
+];
 
 /// What to do with a run directory that already holds a run.
 enum Existing {
@@ -52,7 +61,11 @@ enum Existing {
 }
 
 fn user_error_at(dir: &Path, msg: String) -> anyhow::Error {
-    user_error(format!("{}: {msg}. Choose a new --out for this config, or delete {} to train that run again", dir.display(), dir.display()))
+    user_error(format!(
+        "{}: {msg}. Choose a new --out for this config, or delete {} to train that run again",
+        dir.display(),
+        dir.display()
+    ))
 }
 
 /// Compares the config saved in `dir` (a run already started there) with the one
@@ -63,19 +76,45 @@ fn user_error_at(dir: &Path, msg: String) -> anyhow::Error {
 /// finished run (one stopped early stays stopped) and its test split is scored
 /// again (a new decode.beam, say). A smaller budget than a finished run already
 /// trained is refused, as it cannot be undone.
-fn check_existing(dir: &Path, wanted: &RunConfig, finished: Option<&RunState>) -> anyhow::Result<Existing> {
+fn check_existing(
+    dir: &Path,
+    wanted: &RunConfig,
+    finished: Option<&RunState>,
+) -> anyhow::Result<Existing> {
     let saved = RunConfig::load(&dir.join("config.toml"), &[])?;
     let differences = runner::config_differences(&saved, wanted);
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
-    let fixed: Vec<&ConfigDifference> = differences.iter().filter(|d| !runner::is_resumable_key(&d.key)).collect();
+    let fixed: Vec<&ConfigDifference> = differences
+        .iter()
+        .filter(|d| !runner::is_resumable_key(&d.key))
+        .collect();
     if !fixed.is_empty() {
-        let listed: Vec<String> = fixed.iter().take(3).map(|d| format!("{} is {} there but {} here", d.key, show(&d.before), show(&d.after))).collect();
-        let more = if fixed.len() > 3 { format!(" (and {} more keys)", fixed.len() - 3) } else { String::new() };
+        let listed: Vec<String> = fixed
+            .iter()
+            .take(3)
+            .map(|d| {
+                format!(
+                    "{} is {} there but {} here",
+                    d.key,
+                    show(&d.before),
+                    show(&d.after)
+                )
+            })
+            .collect();
+        let more = if fixed.len() > 3 {
+            format!(" (and {} more keys)", fixed.len() - 3)
+        } else {
+            String::new()
+        };
         return Err(user_error_at(dir, format!("holds a run trained with another config: {}{more}; its results would be mixed into this report", listed.join("; "))));
     }
     let is_view = |d: &&ConfigDifference| VIEW_KEYS.contains(&d.key.as_str());
     let relevant: Vec<ConfigDifference> = match finished {
-        Some(_) => differences.iter().filter(|d| !is_view(d)).cloned().collect(),
+        Some(_) => differences
+            .iter()
+            .filter(|d| !is_view(d))
+            .cloned()
+            .collect(),
         None => differences.clone(),
     };
     if let Some(d) = relevant.iter().find(|d| d.after.is_none() && !is_view(d)) {
@@ -97,9 +136,12 @@ fn check_existing(dir: &Path, wanted: &RunConfig, finished: Option<&RunState>) -
             ));
         }
     }
-    Ok(if relevant.is_empty() && finished.is_some() { Existing::Reuse } else { Existing::Resume(relevant) })
+    Ok(if relevant.is_empty() && finished.is_some() {
+        Existing::Reuse
+    } else {
+        Existing::Resume(relevant)
+    })
 }
-
 
 /// A run `compare` still has to train (or finish).
 struct Pending {
@@ -120,11 +162,23 @@ struct Pending {
 /// too (same process group): each saves a checkpoint and exits; no new run starts.
 fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> anyhow::Result<()> {
     use std::process::{Child, Command, Stdio};
-    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the cotext executable to start runs: {e}"))?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().unwrap_or_else(|| (cores / plan.jobs).max(1).to_string());
-    std::fs::create_dir_all(&plan.out).map_err(|source| cotext::Error::Io { path: plan.out.clone(), source })?;
-    eprintln!("running {} runs, {} at a time, RAYON_NUM_THREADS={threads} each", pending.len(), plan.jobs);
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find the cotext executable to start runs: {e}"))?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .unwrap_or_else(|| (cores / plan.jobs).max(1).to_string());
+    std::fs::create_dir_all(&plan.out).map_err(|source| cotext::Error::Io {
+        path: plan.out.clone(),
+        source,
+    })?;
+    eprintln!(
+        "running {} runs, {} at a time, RAYON_NUM_THREADS={threads} each",
+        pending.len(),
+        plan.jobs
+    );
     let mut queue = pending.into_iter();
     let mut running: Vec<(Pending, PathBuf, Child)> = Vec::new();
     let mut failures = Vec::new();
@@ -132,13 +186,21 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
     loop {
         while running.len() < plan.jobs && !stop.load(Ordering::SeqCst) {
             let Some(run) = queue.next() else { break };
-            let log = plan.out.join(format!("{}-seed{}.log", name(run.objective), run.seed));
+            let log = plan
+                .out
+                .join(format!("{}-seed{}.log", name(run.objective), run.seed));
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log)
-                .map_err(|source| cotext::Error::Io { path: log.clone(), source })?;
-            let err = file.try_clone().map_err(|source| cotext::Error::Io { path: log.clone(), source })?;
+                .map_err(|source| cotext::Error::Io {
+                    path: log.clone(),
+                    source,
+                })?;
+            let err = file.try_clone().map_err(|source| cotext::Error::Io {
+                path: log.clone(),
+                source,
+            })?;
             let mut cmd = Command::new(&exe);
             cmd.arg("train").arg("--quiet").arg("--out").arg(&run.dir);
             if run.resume {
@@ -149,14 +211,26 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
             for o in &plan.overrides {
                 cmd.arg("--set").arg(o);
             }
-            cmd.arg("--set").arg(format!("train.objective=\"{}\"", name(run.objective)));
+            cmd.arg("--set")
+                .arg(format!("train.objective=\"{}\"", name(run.objective)));
             cmd.arg("--set").arg(format!("train.seed={}", run.seed));
             for s in &run.sets {
                 cmd.arg("--set").arg(s);
             }
-            cmd.env("RAYON_NUM_THREADS", &threads).stdin(Stdio::null()).stdout(file).stderr(err);
-            let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", exe.display()))?;
-            eprintln!("{}: {} {} (log: {})", run.label, if run.resume { "resuming" } else { "training" }, run.dir.display(), log.display());
+            cmd.env("RAYON_NUM_THREADS", &threads)
+                .stdin(Stdio::null())
+                .stdout(file)
+                .stderr(err);
+            let child = cmd
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", exe.display()))?;
+            eprintln!(
+                "{}: {} {} (log: {})",
+                run.label,
+                if run.resume { "resuming" } else { "training" },
+                run.dir.display(),
+                log.display()
+            );
             running.push((run, log, child));
         }
         if running.is_empty() {
@@ -165,7 +239,10 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut i = 0;
         while i < running.len() {
-            let exited = running[i].2.try_wait().map_err(|e| anyhow::anyhow!("waiting for a run: {e}"))?;
+            let exited = running[i]
+                .2
+                .try_wait()
+                .map_err(|e| anyhow::anyhow!("waiting for a run: {e}"))?;
             match exited {
                 None => i += 1,
                 Some(code) => {
@@ -174,7 +251,11 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
                         eprintln!("{}: finished {}", run.label, run.dir.display());
                     } else if code.code() == Some(130) || stop.load(Ordering::SeqCst) {
                         interrupted = true;
-                        eprintln!("{}: stopped; checkpoint in {}", run.label, run.dir.display());
+                        eprintln!(
+                            "{}: stopped; checkpoint in {}",
+                            run.label,
+                            run.dir.display()
+                        );
                     } else {
                         eprintln!("{}: failed ({code}); see {}", run.label, log.display());
                         failures.push(format!("{} ({})", run.label, log.display()));
@@ -193,7 +274,6 @@ fn run_in_processes(plan: &Plan, pending: Vec<Pending>, stop: &AtomicBool) -> an
     Ok(())
 }
 
-
 /// Every run of `plan` not yet finished, in the order the report lists them.
 /// Every existing run is checked before any starts: a refusal leaves all as
 /// they were.
@@ -206,7 +286,15 @@ fn pending(plan: &Plan) -> anyhow::Result<Vec<Pending>> {
         let label = format!("[{}/{total}] {} seed {seed}", index + 1, name(objective));
         let (finished, state) = match status(&dir, &config)? {
             Status::Missing => {
-                pending.push(Pending { label, objective, seed, config, dir, resume: false, sets: Vec::new() });
+                pending.push(Pending {
+                    label,
+                    objective,
+                    seed,
+                    config,
+                    dir,
+                    resume: false,
+                    sets: Vec::new(),
+                });
                 continue;
             }
             Status::Partial => (false, None),
@@ -216,11 +304,27 @@ fn pending(plan: &Plan) -> anyhow::Result<Vec<Pending>> {
             Existing::Reuse => eprintln!("{label}: finished, skipped: {}", dir.display()),
             Existing::Resume(differences) => {
                 if finished {
-                    let changed: Vec<String> = differences.iter().map(ToString::to_string).collect();
-                    eprintln!("{label}: finished, resumed with {}: {}", changed.join(", "), dir.display());
+                    let changed: Vec<String> =
+                        differences.iter().map(ToString::to_string).collect();
+                    eprintln!(
+                        "{label}: finished, resumed with {}: {}",
+                        changed.join(", "),
+                        dir.display()
+                    );
                 }
-                let sets = differences.iter().filter_map(|d| d.after.as_ref().map(|v| format!("{}={v}", d.key))).collect();
-                pending.push(Pending { label, objective, seed, config, dir, resume: true, sets });
+                let sets = differences
+                    .iter()
+                    .filter_map(|d| d.after.as_ref().map(|v| format!("{}={v}", d.key)))
+                    .collect();
+                pending.push(Pending {
+                    label,
+                    objective,
+                    seed,
+                    config,
+                    dir,
+                    resume: true,
+                    sets,
+                });
             }
         }
     }
@@ -236,9 +340,19 @@ pub(super) fn execute(plan: &Plan, stop: &Arc<AtomicBool>) -> anyhow::Result<()>
         return run_in_processes(plan, pending, stop);
     }
     for run in pending {
-        eprintln!("{}: {} {}", run.label, if run.resume { "resuming" } else { "training" }, run.dir.display());
-        let options = TrainOptions { resume: run.resume, progress: plan.progress };
-        if let Some(steps) = cotext::train::train(&run.config, &run.dir, &options, stop)?.interrupted() {
+        eprintln!(
+            "{}: {} {}",
+            run.label,
+            if run.resume { "resuming" } else { "training" },
+            run.dir.display()
+        );
+        let options = TrainOptions {
+            resume: run.resume,
+            progress: plan.progress,
+        };
+        if let Some(steps) =
+            cotext::train::train(&run.config, &run.dir, &options, stop)?.interrupted()
+        {
             eprintln!("stopped at step {steps}; checkpoint saved in {}. Run the same command again to continue.", run.dir.display());
             std::process::exit(130);
         }

@@ -100,7 +100,9 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     // One device for the whole process: the in-process runs above got this same
     // object (DeviceSpec::open hands out one per spec), and the report loads every
     // run on it (Metal and CUDA tensors cannot meet across device objects).
-    let device = cotext::train::parse_device(&first.train.device).map_err(user_error)?.open()?;
+    let device = cotext::train::parse_device(&first.train.device)
+        .map_err(user_error)?
+        .open()?;
     let all = aggregate::aggregate(&plan, task, &device)?;
     render::render(&plan, task, &first, all, started, &device)
 }
@@ -108,9 +110,15 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
 /// `cotext plot`.
 pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
     let metrics = RunMetrics::read(&args.run.join("metrics.jsonl"))?;
-    let metric = RunConfig::load(&args.run.join("config.toml"), &[]).map(|c| c.train.metric).unwrap_or(Metric::Accuracy);
+    let metric = RunConfig::load(&args.run.join("config.toml"), &[])
+        .map(|c| c.train.metric)
+        .unwrap_or(Metric::Accuracy);
     let out = args.out.unwrap_or_else(|| args.run.join("curves.png"));
-    let title = args.run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.run.display().to_string());
+    let title = args
+        .run
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| args.run.display().to_string());
     report::draw_curves(&out, &title, &report::run_panels(&metrics, metric))?;
     println!("{}", out.display());
     Ok(())

@@ -23,15 +23,24 @@ pub(super) struct Plan {
 impl Plan {
     pub(super) fn from_args(args: CompareArgs) -> anyhow::Result<Plan> {
         let mut objectives = Vec::new();
-        for raw in args.objectives.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let o: ObjectiveKind = raw.parse().map_err(|e| user_error(format!("--objectives: {e}")))?;
+        for raw in args
+            .objectives
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let o: ObjectiveKind = raw
+                .parse()
+                .map_err(|e| user_error(format!("--objectives: {e}")))?;
             if objectives.contains(&o) {
                 return Err(user_error(format!("--objectives: {raw} is listed twice")));
             }
             objectives.push(o);
         }
         if objectives.is_empty() {
-            return Err(user_error("--objectives: give at least one of ce, cot, gce, hcot, cot-joint".into()));
+            return Err(user_error(
+                "--objectives: give at least one of ce, cot, gce, hcot, cot-joint".into(),
+            ));
         }
         if args.jobs == 0 {
             return Err(user_error("--jobs must be at least 1".into()));
@@ -39,17 +48,37 @@ impl Plan {
         if args.seeds == 0 {
             return Err(user_error("--seeds must be at least 1".into()));
         }
-        let last = args
-            .first_seed
-            .checked_add(args.seeds - 1)
-            .ok_or_else(|| user_error(format!("--first-seed {} + --seeds {} overflows", args.first_seed, args.seeds)))?;
-        let overrides = crate::cli::overrides(args.set, args.device.as_deref(), args.precision, args.data_dir.as_deref());
+        let last = args.first_seed.checked_add(args.seeds - 1).ok_or_else(|| {
+            user_error(format!(
+                "--first-seed {} + --seeds {} overflows",
+                args.first_seed, args.seeds
+            ))
+        })?;
+        let overrides = crate::cli::overrides(
+            args.set,
+            args.device.as_deref(),
+            args.precision,
+            args.data_dir.as_deref(),
+        );
         let out = args.out.unwrap_or_else(|| {
-            let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+            let stem = args
+                .config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "config".into());
             PathBuf::from("runs").join(format!("compare-{stem}"))
         });
         let attack = super::attack::parse_specs(&args.attack)?;
-        let plan = Plan { config_path: args.config, overrides, objectives, seeds: (args.first_seed..=last).collect(), out, jobs: args.jobs, progress: !args.quiet, attack };
+        let plan = Plan {
+            config_path: args.config,
+            overrides,
+            objectives,
+            seeds: (args.first_seed..=last).collect(),
+            out,
+            jobs: args.jobs,
+            progress: !args.quiet,
+            attack,
+        };
         // A bad config or --set fails here, before any run starts.
         for &o in &plan.objectives {
             plan.config(o, plan.seeds[0])?;
@@ -79,13 +108,17 @@ impl Plan {
         }
         for &objective in &self.objectives {
             task.preflight(&self.config(objective, self.seeds[0])?)
-                .map_err(|e| anyhow::Error::new(e).context(format!("objective {}", name(objective))))?;
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!("objective {}", name(objective)))
+                })?;
         }
         Ok(task)
     }
 
     /// Every (objective, seed) in the order the report lists them.
     pub(super) fn runs(&self) -> impl Iterator<Item = (ObjectiveKind, u64)> + '_ {
-        self.objectives.iter().flat_map(|&o| self.seeds.iter().map(move |&s| (o, s)))
+        self.objectives
+            .iter()
+            .flat_map(|&o| self.seeds.iter().map(move |&s| (o, s)))
     }
 }

@@ -15,24 +15,67 @@ use super::write;
 /// Writes `curves.png`, `complement.png`, `confusion.png` (classification),
 /// `summary.json`, `report.md` and, with `--attack`, `robustness.png` into the
 /// plan's folder, then prints the per-objective summary.
-pub(super) fn render(plan: &Plan, task: TaskKind, first: &RunConfig, all: Aggregate, started: Instant, device: &candle_core::Device) -> anyhow::Result<()> {
+pub(super) fn render(
+    plan: &Plan,
+    task: TaskKind,
+    first: &RunConfig,
+    all: Aggregate,
+    started: Instant,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
     let translation = task == TaskKind::Translation;
     let Aggregate { groups, labels } = all;
     let metric = first.train.metric;
     let out = &plan.out;
-    let curves: Vec<(String, Vec<RunMetrics>)> =
-        groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.2.clone()).collect())).collect();
-    let title = format!("{} — {} seed{}", first.data.dataset, plan.seeds.len(), if plan.seeds.len() == 1 { "" } else { "s" });
-    report::draw_curves(&out.join("curves.png"), &title, &report::comparison_panels(&curves, metric))?;
-    let lines: Vec<(String, usize, Vec<f64>)> = groups.iter().enumerate().map(|(i, g)| (g.objective.clone(), i, g.complement.clone())).collect();
-    let what = if translation { "wrong-token probabilities (teacher forcing)" } else { "wrong-class probabilities" };
-    report::draw_complement(&out.join("complement.png"), &format!("{} test: sorted {what}", first.data.dataset), &lines)?;
+    let curves: Vec<(String, Vec<RunMetrics>)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g.objective.clone(),
+                g.runs.iter().map(|r| r.2.clone()).collect(),
+            )
+        })
+        .collect();
+    let title = format!(
+        "{} — {} seed{}",
+        first.data.dataset,
+        plan.seeds.len(),
+        if plan.seeds.len() == 1 { "" } else { "s" }
+    );
+    report::draw_curves(
+        &out.join("curves.png"),
+        &title,
+        &report::comparison_panels(&curves, metric),
+    )?;
+    let lines: Vec<(String, usize, Vec<f64>)> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.objective.clone(), i, g.complement.clone()))
+        .collect();
+    let what = if translation {
+        "wrong-token probabilities (teacher forcing)"
+    } else {
+        "wrong-class probabilities"
+    };
+    report::draw_complement(
+        &out.join("complement.png"),
+        &format!("{} test: sorted {what}", first.data.dataset),
+        &lines,
+    )?;
     if !translation {
         let maps: Vec<Heatmap> = groups
             .iter()
-            .map(|g| Heatmap { title: format!("{} (summed over {} seeds)", g.objective, g.runs.len()), counts: g.confusion.clone() })
+            .map(|g| Heatmap {
+                title: format!("{} (summed over {} seeds)", g.objective, g.runs.len()),
+                counts: g.confusion.clone(),
+            })
             .collect();
-        report::draw_confusion(&out.join("confusion.png"), &format!("{} test confusion", first.data.dataset), &labels, &maps)?;
+        report::draw_confusion(
+            &out.join("confusion.png"),
+            &format!("{} test confusion", first.data.dataset),
+            &labels,
+            &maps,
+        )?;
     }
 
     let mut objectives = Vec::new();
@@ -55,12 +98,30 @@ pub(super) fn render(plan: &Plan, task: TaskKind, first: &RunConfig, all: Aggreg
     let mut summary_json = serde_json::to_value(&summary)?;
     let mut markdown = summary.to_markdown();
     if !plan.attack.is_empty() {
-        let runs: Vec<(String, Vec<PathBuf>)> = groups.iter().map(|g| (g.objective.clone(), g.runs.iter().map(|r| r.1.clone()).collect())).collect();
-        let r = super::attack::robustness(out, &first.data.dataset, &runs, &plan.attack, plan.progress, device)?;
+        let runs: Vec<(String, Vec<PathBuf>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.objective.clone(),
+                    g.runs.iter().map(|r| r.1.clone()).collect(),
+                )
+            })
+            .collect();
+        let r = super::attack::robustness(
+            out,
+            &first.data.dataset,
+            &runs,
+            &plan.attack,
+            plan.progress,
+            device,
+        )?;
         summary_json["robustness"] = r.json;
         markdown.push_str(&r.markdown);
     }
-    write(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary_json)?)?;
+    write(
+        &out.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary_json)?,
+    )?;
     write(&out.join("report.md"), markdown.as_bytes())?;
 
     println!("report: {}", out.join("report.md").display());
@@ -69,9 +130,15 @@ pub(super) fn render(plan: &Plan, task: TaskKind, first: &RunConfig, all: Aggreg
             if let Some(st) = stats {
                 let (acc, f1, bleu) = report::split_cells(st);
                 if translation {
-                    println!("{:<5} {split:<10}  BLEU {bleu}  token accuracy {acc}  (n = {})", o.objective, st.accuracy.n);
+                    println!(
+                        "{:<5} {split:<10}  BLEU {bleu}  token accuracy {acc}  (n = {})",
+                        o.objective, st.accuracy.n
+                    );
                 } else {
-                    println!("{:<5} {split:<10}  accuracy {acc}  macro-F1 {f1}  (n = {})", o.objective, st.accuracy.n);
+                    println!(
+                        "{:<5} {split:<10}  accuracy {acc}  macro-F1 {f1}  (n = {})",
+                        o.objective, st.accuracy.n
+                    );
                 }
             }
         }
@@ -82,7 +149,10 @@ pub(super) fn render(plan: &Plan, task: TaskKind, first: &RunConfig, all: Aggreg
 fn command_line() -> String {
     std::env::args()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@".contains(c))
+            {
                 a
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -91,4 +161,3 @@ fn command_line() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
-

@@ -20,8 +20,8 @@
 //! The decoder cannot precompute its inputs (input feeding), so its step is plain
 //! candle ops; only layer 0's embedding projection is one matmul for all steps.
 
-use candle_core::{Module, Result, Tensor};
 use crate::models::layers::Embedding;
+use candle_core::{Module, Result, Tensor};
 
 use super::select_rows;
 use crate::models::bilstm::BiLstm;

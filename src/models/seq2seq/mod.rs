@@ -335,7 +335,10 @@ impl Seq2Seq {
         match (&self.net, &enc.0, &state.0) {
             (Net::Lstm(m), EncodedKind::Lstm(e), StateKind::Lstm(s)) => {
                 let (logits, s) = m.detached().step(e, s, prev)?;
-                Ok((super::layers::upcast_half(&logits)?, DecoderState(StateKind::Lstm(s))))
+                Ok((
+                    super::layers::upcast_half(&logits)?,
+                    DecoderState(StateKind::Lstm(s)),
+                ))
             }
             (Net::Transformer(m), EncodedKind::Transformer(e), StateKind::Transformer(s)) => {
                 let (logits, s) = m.detached().step(e, s, prev)?;

@@ -16,8 +16,8 @@
 //! Only ops that backpropagate: [`LayerNorm`], [`layers::softmax_last_dim`], the
 //! activation of [`layers::Activation`].
 
-use candle_core::{DType, Module, Result, Tensor};
 use crate::models::layers::{Embedding, Linear};
+use candle_core::{DType, Module, Result, Tensor};
 
 use super::select_rows;
 use crate::models::layers::{
