@@ -54,23 +54,6 @@ pub enum Error {
         /// What was expected and what was found.
         msg: String,
     },
-    /// Two files that must be line-aligned (parallel text, an IMDB TSV and its
-    /// `.source.tsv`) have different numbers of lines.
-    #[error(
-        "line counts differ: {} has {left_lines} lines but {} has {right_lines}",
-        left.display(),
-        right.display()
-    )]
-    LineCountMismatch {
-        /// The first file.
-        left: PathBuf,
-        /// Its number of lines.
-        left_lines: usize,
-        /// The second file.
-        right: PathBuf,
-        /// Its number of lines.
-        right_lines: usize,
-    },
     /// A data file's content differs from what its dataset card promises
     /// (sha256, byte size or record count).
     #[error("{}: {what}: expected {expected}, found {found}", path.display())]
@@ -110,11 +93,13 @@ pub enum Error {
         /// Which tensor, and what was expected and found.
         msg: String,
     },
-    /// Two line-parallel inputs (a hypothesis file and a reference file, say) hold
-    /// different numbers of lines; each is named as the caller knows it.
-    #[error("{left} has {left_lines} lines but {right} has {right_lines}")]
+    /// Two inputs that must be line-aligned (parallel text, an IMDB TSV and its
+    /// `.source.tsv`, a hypothesis file and a reference file) hold different
+    /// numbers of lines; each is named as the caller knows it (a path, or a
+    /// description for in-memory data).
+    #[error("line counts differ: {left} has {left_lines} lines but {right} has {right_lines}")]
     LineCount {
-        /// The first input (a file path, or a description for in-memory data).
+        /// The first input.
         left: String,
         /// Its number of lines.
         left_lines: usize,
@@ -123,6 +108,10 @@ pub enum Error {
         /// Its number of lines.
         right_lines: usize,
     },
+    /// A state cotext itself should never reach (a bug, not the user's input
+    /// or the machine): the message says which invariant broke.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An input that must hold at least one line (a hypothesis file) is empty.
     #[error("{}: no lines to score", path.display())]
     EmptyInput {
@@ -131,23 +120,58 @@ pub enum Error {
     },
 }
 
+/// Whose an error is, which decides the CLI's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The user's input: a file, flag, config value or path (exit code 2).
+    User,
+    /// The machine or network: a full disk, an I/O failure, a download (exit
+    /// code 1; trying again may help).
+    Environment,
+    /// Training diverged, a tensor operation failed, or cotext broke one of its
+    /// own invariants (exit code 1).
+    Internal,
+}
+
 impl Error {
-    /// Whether the error is the user's input (a bad file, flag or config value):
-    /// the CLI exits with code 2 for these and 1 for everything else.
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
+    /// Whose the error is: see [`Blame`]. A file that is missing, unreadable for
+    /// permissions, a folder where a file was expected (or the reverse) or not
+    /// valid text is the user's; any other I/O failure (a full disk, a broken
+    /// device) is the environment's.
+    pub fn blame(&self) -> Blame {
+        use std::io::ErrorKind as K;
+        match self {
             Error::Parse { .. }
-                | Error::Config(_)
-                | Error::Io { .. }
-                | Error::InvalidFile { .. }
-                | Error::LineCountMismatch { .. }
-                | Error::Mismatch { .. }
-                | Error::DatasetNotFound { .. }
-                | Error::Checkpoint { .. }
-                | Error::LineCount { .. }
-                | Error::EmptyInput { .. }
-        )
+            | Error::Config(_)
+            | Error::InvalidFile { .. }
+            | Error::Mismatch { .. }
+            | Error::DatasetNotFound { .. }
+            | Error::Checkpoint { .. }
+            | Error::LineCount { .. }
+            | Error::EmptyInput { .. } => Blame::User,
+            Error::Io { source, .. } => match source.kind() {
+                K::NotFound
+                | K::PermissionDenied
+                | K::AlreadyExists
+                | K::InvalidData
+                | K::InvalidInput
+                | K::IsADirectory
+                | K::NotADirectory
+                | K::DirectoryNotEmpty => Blame::User,
+                _ => Blame::Environment,
+            },
+            Error::Download(_) => Blame::Environment,
+            Error::Candle(_)
+            | Error::NonFinite { .. }
+            | Error::Tokenizer(_)
+            | Error::Internal(_) => Blame::Internal,
+        }
+    }
+
+    /// Whether the error is the user's input (a bad file, flag, path or config
+    /// value): the CLI exits with code 2 for these and 1 for everything else.
+    pub fn is_user_error(&self) -> bool {
+        self.blame() == Blame::User
     }
 }
 
@@ -168,3 +192,62 @@ fn bullets(items: &[String]) -> String {
 
 /// Result with the cotext [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod blame_tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> Error {
+        Error::Io {
+            path: "x".into(),
+            source: std::io::Error::from(kind),
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_the_users_and_a_full_disk_is_not() {
+        use std::io::ErrorKind as K;
+        for kind in [
+            K::NotFound,
+            K::PermissionDenied,
+            K::IsADirectory,
+            K::NotADirectory,
+            K::InvalidData,
+        ] {
+            assert_eq!(io(kind).blame(), Blame::User, "{kind:?}");
+            assert!(io(kind).is_user_error());
+        }
+        for kind in [K::StorageFull, K::Other, K::UnexpectedEof, K::Interrupted] {
+            assert_eq!(io(kind).blame(), Blame::Environment, "{kind:?}");
+            assert!(!io(kind).is_user_error());
+        }
+    }
+
+    #[test]
+    fn every_variant_has_its_blame() {
+        assert_eq!(Error::Config("x".into()).blame(), Blame::User);
+        assert_eq!(
+            Error::LineCount {
+                left: "a".into(),
+                left_lines: 1,
+                right: "b".into(),
+                right_lines: 2
+            }
+            .blame(),
+            Blame::User
+        );
+        assert_eq!(Error::Download("x".into()).blame(), Blame::Environment);
+        assert_eq!(Error::Internal("x".into()).blame(), Blame::Internal);
+        assert_eq!(Error::Tokenizer("x".into()).blame(), Blame::Internal);
+        assert_eq!(
+            Error::NonFinite {
+                step: 1,
+                what: "loss".into(),
+                value: f64::NAN,
+                kept: None
+            }
+            .blame(),
+            Blame::Internal
+        );
+    }
+}

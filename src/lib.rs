@@ -15,6 +15,7 @@
 //! | [`task`] | what differs between classification and translation: the task of a config or run, reading and encoding its data, batches, building its tokenizer, model and objective, one `Outcome` |
 //! | [`infer`] | loading a trained run and predicting: class probabilities and reports, beam-search translation, BLEU |
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
+//! | [`runlog`] | `metrics.jsonl`: the typed lines a run appends (training progress, evaluations), written by [`train`], read by [`report`] |
 //! | [`malloc`] | glibc heap settings that keep a training step's buffers out of `mmap` |
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
@@ -56,6 +57,8 @@ pub mod report;
 #[cfg(feature = "full")]
 pub mod rng;
 #[cfg(feature = "full")]
+pub mod runlog;
+#[cfg(feature = "full")]
 pub mod task;
 #[cfg(feature = "full")]
 pub mod tokenize;
@@ -63,4 +66,4 @@ pub mod tokenize;
 pub mod train;
 
 #[cfg(feature = "full")]
-pub use error::{Error, Result};
+pub use error::{Blame, Error, Result};

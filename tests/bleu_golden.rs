@@ -249,7 +249,7 @@ fn unequal_line_counts_are_an_error_in_the_library_too() {
     assert!(err.is_user_error());
     assert_eq!(
         err.to_string(),
-        "hypotheses has 2 lines but references has 1"
+        "line counts differ: hypotheses has 2 lines but references has 1"
     );
     let err = bleu
         .corpus_score(&["a"], &[vec!["a"], vec!["a", "b"]])

@@ -193,7 +193,7 @@ fn imdb_tsv_errors() {
     let short = write(d, "short.source.tsv", b"file\trating\n");
     assert!(matches!(
         read_imdb_tsv(&data, &short).unwrap_err(),
-        Error::LineCountMismatch {
+        Error::LineCount {
             left_lines: 3,
             right_lines: 1,
             ..

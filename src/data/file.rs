@@ -614,7 +614,7 @@ pub fn open(
         sources: vec![source.clone()],
     };
     let text =
-        toml::to_string(&card).map_err(|e| Error::Config(format!("card for {name}: {e}")))?;
+        toml::to_string(&card).map_err(|e| Error::Internal(format!("card for {name}: {e}")))?;
     // Round-trip through the card parser so a file dataset obeys every rule a
     // written card does (at least 2 labels, label counts adding up).
     let card = DatasetCard::from_toml(first, &text)?;
@@ -656,7 +656,7 @@ pub fn card_toml(files: &FileDataset) -> Result<String> {
         }
     }
     let body = toml::to_string(&card)
-        .map_err(|e| Error::Config(format!("card for {}: {e}", card.name)))?;
+        .map_err(|e| Error::Internal(format!("card for {}: {e}", card.name)))?;
     Ok(format!(
         "# Dataset card written by `cotext data card` for {}.\n# {}\n# `dir` is absolute so the card works from any folder; make it relative\n# (to --data-dir) before sharing, and fill in the licence and citation.\n\n{body}",
         files.layout.path.display(),

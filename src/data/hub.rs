@@ -447,7 +447,9 @@ fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
         }
         root.get_or_insert(snapshot);
     }
-    root.ok_or_else(|| Error::Config("hub source without files".into()))
+    root.ok_or_else(|| {
+        Error::Internal("hub source without files (the card check lets none through)".into())
+    })
 }
 
 fn fetch_url(card: &DatasetCard, source: &SourceCard) -> Result<PathBuf> {

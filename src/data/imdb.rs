@@ -187,17 +187,17 @@ pub fn read_aclimdb(root: &Path, split: &str) -> Result<Vec<Review>> {
 /// and the file name (`ID_RATING.txt`).
 ///
 /// # Errors
-/// [`Error::LineCountMismatch`] when the two files differ in length;
+/// [`Error::LineCount`] when the two files differ in length;
 /// [`Error::Parse`] naming the file and line of a bad header, a wrong number
 /// of columns, a bad label or rating, a rating that contradicts the label or
 /// the file name, invalid UTF-8; [`Error::InvalidFile`] for an empty file.
 pub fn read_imdb_tsv(data: &Path, source: &Path) -> Result<Vec<Review>> {
     let (data_lines, source_lines) = (count_lines(data)?, count_lines(source)?);
     if data_lines != source_lines {
-        return Err(Error::LineCountMismatch {
-            left: data.to_path_buf(),
+        return Err(Error::LineCount {
+            left: data.display().to_string(),
             left_lines: data_lines,
-            right: source.to_path_buf(),
+            right: source.display().to_string(),
             right_lines: source_lines,
         });
     }
@@ -370,7 +370,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::LineCountMismatch {
+                Error::LineCount {
                     left_lines: 4,
                     right_lines: 3,
                     ..

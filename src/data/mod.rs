@@ -9,7 +9,7 @@
 //! Every reader reports malformed input as a [`crate::Error`] naming the file,
 //! the 1-based line and what was expected ([`crate::Error::Parse`]), or the
 //! file alone when no line is to blame ([`crate::Error::InvalidFile`],
-//! [`crate::Error::LineCountMismatch`]); none panics on bad input.
+//! [`crate::Error::LineCount`]); none panics on bad input.
 //!
 //! ```no_run
 //! use cotext::data::{DataDir, Dataset, LoadOptions};

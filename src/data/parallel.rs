@@ -22,7 +22,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
 /// (they are valid, if useless, sentences).
 ///
 /// # Errors
-/// [`Error::LineCountMismatch`] naming both files and both counts when they
+/// [`Error::LineCount`] naming both files and both counts when they
 /// differ in length; [`Error::InvalidFile`] when both are empty; the errors of
 /// [`read_lines`].
 pub fn read_parallel(source: &Path, target: &Path) -> Result<Vec<Pair>> {
@@ -30,10 +30,10 @@ pub fn read_parallel(source: &Path, target: &Path) -> Result<Vec<Pair>> {
     // blaming a line that is merely the first one past the shorter file).
     let (source_lines, target_lines) = (count_lines(source)?, count_lines(target)?);
     if source_lines != target_lines {
-        return Err(Error::LineCountMismatch {
-            left: source.to_path_buf(),
+        return Err(Error::LineCount {
+            left: source.display().to_string(),
             left_lines: source_lines,
-            right: target.to_path_buf(),
+            right: target.display().to_string(),
             right_lines: target_lines,
         });
     }

@@ -56,7 +56,7 @@ impl ComplementProfile {
     /// Adds one row with its gold index.
     pub fn add(&mut self, probs: &[f32], gold: usize) -> Result<()> {
         if gold >= probs.len() {
-            return Err(Error::Config(format!(
+            return Err(Error::Internal(format!(
                 "gold index {gold} is outside a row of {} probabilities",
                 probs.len()
             )));
@@ -76,7 +76,7 @@ impl ComplementProfile {
     /// Adds rows with their gold indices (`rows[i]` with `gold[i]`).
     pub fn add_rows(&mut self, rows: &[Vec<f32>], gold: &[u32]) -> Result<()> {
         if rows.len() != gold.len() {
-            return Err(Error::Config(format!(
+            return Err(Error::Internal(format!(
                 "{} probability rows but {} gold labels",
                 rows.len(),
                 gold.len()

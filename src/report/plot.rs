@@ -45,7 +45,7 @@ pub fn register_font() -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(
+        Err(Error::Internal(
             "the embedded DejaVuSans.ttf is not a valid font".into(),
         ))
     }

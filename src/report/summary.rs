@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::runlog::LogLine;
+
 use crate::error::{Error, Result};
 
 /// Mean, sample standard deviation and count of a set of values.
@@ -83,19 +85,6 @@ pub struct RunMetrics {
     pub test: Option<EvalPoint>,
 }
 
-#[derive(Deserialize)]
-struct Line {
-    step: u64,
-    split: Option<String>,
-    loss: Option<f64>,
-    train_accuracy: Option<f64>,
-    accuracy: Option<f64>,
-    macro_f1: Option<f64>,
-    bleu: Option<f64>,
-    #[serde(default)]
-    best: bool,
-}
-
 /// Keeps `points` sorted by step when a resumed run logs steps again: a run killed
 /// between checkpoints replays the steps after the last one, and the replay is
 /// what the saved weights went through.
@@ -130,7 +119,7 @@ impl RunMetrics {
                 continue;
             }
             let last = i + 1 == lines.len();
-            let line: Line = match serde_json::from_str(raw) {
+            let line = match LogLine::parse(raw) {
                 Ok(line) => line,
                 Err(_) if last => break,
                 Err(e) => {
@@ -141,32 +130,25 @@ impl RunMetrics {
                     })
                 }
             };
-            let missing = |what: &str| Error::Parse {
-                path: origin.to_path_buf(),
-                line: i + 1,
-                msg: format!("no {what:?} in {raw}"),
-            };
-            match line.split.as_deref() {
-                None => {
+            match line {
+                LogLine::Train(t) => {
                     let point = TrainPoint {
-                        step: line.step,
-                        loss: line.loss.unwrap_or(f64::NAN),
-                        train_accuracy: line
-                            .train_accuracy
-                            .ok_or_else(|| missing("train_accuracy"))?,
+                        step: t.step,
+                        loss: t.loss.unwrap_or(f64::NAN),
+                        train_accuracy: t.train_accuracy,
                     };
                     push_replacing(&mut m.train, point, |p| p.step);
                 }
-                Some(split) => {
+                LogLine::Eval(e) => {
                     let point = EvalPoint {
-                        step: line.step,
-                        accuracy: line.accuracy.ok_or_else(|| missing("accuracy"))?,
-                        macro_f1: line.macro_f1,
-                        bleu: line.bleu,
-                        loss: line.loss,
-                        best: line.best,
+                        step: e.step,
+                        accuracy: e.accuracy,
+                        macro_f1: e.macro_f1,
+                        bleu: e.bleu,
+                        loss: e.loss,
+                        best: e.best.unwrap_or(false),
                     };
-                    if split == "dev" {
+                    if e.split == "dev" {
                         push_replacing(&mut m.dev, point, |p| p.step);
                     } else {
                         m.test = Some(point);

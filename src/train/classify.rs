@@ -15,12 +15,13 @@ use candle_core::{Device, Tensor};
 
 use super::checkpoint::{self, atomic_write};
 use super::config::{Metric, RunConfig};
-use super::runner::{self, Evaluation, Task, TrainOptions};
+use super::runner::{Evaluation, Task, TrainOptions};
 use super::session;
 use crate::error::{Error, Result};
 use crate::infer::classify::evaluate;
 use crate::metrics::ClassificationReport;
 use crate::models::{Model, Trainable};
+use crate::runlog::{self, EvalLine, LogLine};
 use crate::task::classify::{
     batch_tensors, build_model, build_tokenizer, encode, load_options, load_split, open_dataset,
     Encoded,
@@ -142,11 +143,15 @@ pub fn train(
                 classes,
                 &device,
             )?;
-            runner::log_line(
+            runlog::append(
                 run,
-                serde_json::json!({
-                    "step": steps, "split": config.data.test_split, "loss": loss,
-                    "accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                &LogLine::Eval(EvalLine {
+                    step: steps,
+                    split: config.data.test_split.clone(),
+                    loss: Some(loss),
+                    accuracy: r.accuracy,
+                    macro_f1: Some(r.macro_f1),
+                    ..EvalLine::default()
                 }),
             )?;
             Ok(Some(TestScore::Classification(r)))
@@ -198,13 +203,14 @@ impl Task for ClassifyTask<'_> {
             self.classes,
             self.device,
         )?;
-        let mut fields = serde_json::Map::new();
-        fields.insert("loss".into(), loss.into());
-        fields.insert("accuracy".into(), r.accuracy.into());
-        fields.insert("macro_f1".into(), r.macro_f1.into());
         Ok(Some(Evaluation {
             value: metric_value(&r, self.config.train.metric),
-            fields,
+            line: EvalLine {
+                loss: Some(loss),
+                accuracy: r.accuracy,
+                macro_f1: Some(r.macro_f1),
+                ..EvalLine::default()
+            },
             summary: format!("loss {loss:.4}"),
         }))
     }

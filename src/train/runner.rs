@@ -11,7 +11,6 @@
 //! kill is dropped on resume).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -26,6 +25,7 @@ use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
 use crate::fsio::atomic_write;
 use crate::models::Trainable;
+use crate::runlog::{EvalLine, LogLine, TrainLine};
 
 /// What `state.json` holds: everything besides weights and optimizer moments that
 /// an exact resume needs.
@@ -71,8 +71,9 @@ pub enum LoopEnd {
 pub struct Evaluation {
     /// The value of the selection metric (higher is better).
     pub value: f64,
-    /// The fields written to `metrics.jsonl` (besides step, epoch, split, best).
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The line written to `metrics.jsonl`: the task fills in the scores; the
+    /// loop sets step, epoch, split and best.
+    pub line: EvalLine,
     /// A short human-readable summary for the progress output (may be empty).
     pub summary: String,
 }
@@ -317,50 +318,6 @@ fn flatten_toml(
     }
 }
 
-/// Appends one JSON line to `metrics.jsonl`.
-pub fn log_line(run: &Path, value: serde_json::Value) -> Result<()> {
-    let path = run.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    // One write of the whole line: a kill leaves the line whole or absent (or, at
-    // worst, cut short at the end of the file, which resume and readers drop),
-    // never interleaved with the next one.
-    let mut line = value.to_string();
-    line.push('\n');
-    f.write_all(line.as_bytes()).map_err(io(&path))
-}
-
-/// Drops a last line of `metrics.jsonl` that a kill cut short (no final newline),
-/// so that the resumed run's lines start on a line of their own; says so on stderr.
-pub fn drop_torn_metrics_line(run: &Path) -> Result<()> {
-    let path = run.join("metrics.jsonl");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::Io { path, source: e }),
-    };
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    f.set_len(keep as u64)
-        .and_then(|()| f.sync_all())
-        .map_err(io(&path))?;
-    eprintln!(
-        "note: {}: dropped a last line cut short by an interrupted write ({} bytes)",
-        path.display(),
-        bytes.len() - keep
-    );
-    Ok(())
-}
-
 fn save_checkpoint<T: Task>(
     run: &Path,
     task: &T,
@@ -475,7 +432,7 @@ pub fn run<T: Task>(
         }
         task.set_rng_state(state.rng_state);
         checkpoint::remove_stale(run, false);
-        drop_torn_metrics_line(run)?;
+        crate::runlog::drop_torn_last_line(run)?;
         live = Some(ckpt);
         // A finished run resumed with a larger budget (more epochs or max_steps)
         // continues; one that stopped early does not.
@@ -577,15 +534,22 @@ pub fn run<T: Task>(
         ));
         if state.step % t.log_every == 0 || state.step == total {
             let n = (state.step - 1) % t.log_every + 1;
-            let mut line = serde_json::json!({
-                "step": state.step, "epoch": state.cursor.epoch, "lr": lr,
-                "loss": window.0 / n as f64, "train_accuracy": window.1 as f64 / window.2.max(1) as f64,
-                "tokens_per_s": tok_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
-            });
-            if stepper.objective().reports_complement() {
-                line["complement"] = serde_json::json!(complement_sum / n as f64);
-            }
-            log_line(run, line)?;
+            crate::runlog::append(
+                run,
+                &LogLine::Train(TrainLine {
+                    step: state.step,
+                    epoch: state.cursor.epoch,
+                    lr,
+                    loss: Some(window.0 / n as f64),
+                    train_accuracy: window.1 as f64 / window.2.max(1) as f64,
+                    complement: stepper
+                        .objective()
+                        .reports_complement()
+                        .then(|| complement_sum / n as f64),
+                    tokens_per_s: tok_per_s,
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                }),
+            )?;
             if options.progress && bar.is_hidden() {
                 eprintln!(
                     "step {:>6}/{total}  loss {:.4}  acc {:.3}  {:.0} tok/s  {:.0} s",
@@ -607,12 +571,14 @@ pub fn run<T: Task>(
         if eval_now {
             if let Some(eval) = task.evaluate()? {
                 let better = state.best.is_none_or(|(b, _)| eval.value > b);
-                let mut line = serde_json::json!({ "step": state.step, "epoch": state.cursor.epoch, "split": "dev" });
-                line.as_object_mut()
-                    .expect("object")
-                    .extend(eval.fields.clone());
-                line["best"] = serde_json::json!(better);
-                log_line(run, line)?;
+                let mut line = eval.line.clone();
+                (line.step, line.epoch, line.split, line.best) = (
+                    state.step,
+                    Some(state.cursor.epoch),
+                    "dev".into(),
+                    Some(better),
+                );
+                crate::runlog::append(run, &LogLine::Eval(line))?;
                 bar.println(format!(
                     "step {:>6}  dev {} {:.4}{}{}",
                     state.step,

@@ -14,12 +14,13 @@ use candle_core::{Device, Tensor};
 
 use super::checkpoint::{self, atomic_write};
 use super::config::{Metric, RunConfig};
-use super::runner::{self, Evaluation, Task, TrainOptions};
+use super::runner::{Evaluation, Task, TrainOptions};
 use super::session;
 use crate::error::{Error, Result};
 use crate::infer::translate::{corpus_bleu, decode_options, teacher_forced, translate_ids};
 use crate::models::seq2seq::Seq2Seq;
 use crate::models::Trainable;
+use crate::runlog::{self, EvalLine, LogLine};
 use crate::task::translate::{
     batch_tensors, build_model, build_tokenizer, encode_pairs, load_pairs, open_dataset,
     seq2seq_config, special_ids, EncodedPair,
@@ -119,12 +120,17 @@ pub fn train(
                 config.train.eval_batch_size,
                 &device,
             )?;
-            runner::log_line(
+            runlog::append(
                 run,
-                serde_json::json!({
-                    "step": steps, "split": config.data.test_split, "bleu": score.score,
-                    "loss": loss, "accuracy": accuracy,
-                    "beam": config.decode.beam, "signature": signature,
+                &LogLine::Eval(EvalLine {
+                    step: steps,
+                    split: config.data.test_split.clone(),
+                    loss: Some(loss),
+                    accuracy,
+                    bleu: Some(score.score),
+                    beam: Some(config.decode.beam),
+                    signature: Some(signature.clone()),
+                    ..EvalLine::default()
                 }),
             )?;
             Ok(Some(TestScore::Translation {
@@ -198,9 +204,11 @@ impl Task for TranslateTask<'_> {
             self.config.train.eval_batch_size,
             self.device,
         )?;
-        let mut fields = serde_json::Map::new();
-        fields.insert("loss".into(), loss.into());
-        fields.insert("accuracy".into(), accuracy.into());
+        let mut line = EvalLine {
+            loss: Some(loss),
+            accuracy,
+            ..EvalLine::default()
+        };
         let mut summary = format!("loss {loss:.4}  token acc {accuracy:.4}");
         let value = match self.config.train.metric {
             Metric::Bleu => {
@@ -218,7 +226,7 @@ impl Task for TranslateTask<'_> {
                     self.config.decode.batch_size,
                 )?;
                 let (score, _) = corpus_bleu(&hyps, refs)?;
-                fields.insert("bleu".into(), score.score.into());
+                line.bleu = Some(score.score);
                 summary = format!("{summary}  BLEU {:.2}", score.score);
                 score.score
             }
@@ -226,7 +234,7 @@ impl Task for TranslateTask<'_> {
         };
         Ok(Some(Evaluation {
             value,
-            fields,
+            line,
             summary,
         }))
     }
