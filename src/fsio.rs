@@ -39,6 +39,27 @@ pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `tensors` to a safetensors file at `path` atomically (temp file,
+/// fsync, rename): the one way cotext saves weights and optimizer state. An I/O
+/// failure names `path`.
+///
+/// # Errors
+/// [`Error::Io`] naming `path`; a tensor candle cannot serialize.
+pub fn save_tensors(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    let tmp = temp_path(path);
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| match e {
+        candle_core::Error::Io(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => Error::Candle(e),
+    })?;
+    commit(&tmp, path)
+}
+
 /// Writes `bytes` to `path` atomically, creating the parent directory if needed.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -12,8 +12,9 @@ use cotext::decode::{greedy, translate, DecodeOptions};
 use cotext::loss::{self, ComplementOptions, CrossEntropyOptions, Form, LossSum};
 use cotext::models::{
     AttentionScore, BertConfig, BiLstmConfig, LstmSeq2SeqConfig, ModelConfig, Seq2Seq,
-    Seq2SeqConfig, SplitMix64, TransformerConfig, TransformerSeq2SeqConfig,
+    Seq2SeqConfig, TransformerConfig, TransformerSeq2SeqConfig,
 };
+use cotext::rng::SplitMix64;
 use cotext::train::{LossConfig, Objective, OptimizerConfig, StepReport, Stepper};
 use models_support::{assert_all_trained, grad_norms, max_abs_diff, write_tiny_bert};
 

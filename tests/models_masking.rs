@@ -71,7 +71,7 @@ fn bilstm_outputs_and_final_states_ignore_padding() -> Result<()> {
     let dev = Device::Cpu;
     let p = Params::new(VarMap::new(), DType::F64, &dev, 8);
     let lstm = BiLstm::build(3, 4, 2, Dropout::new(0.0, SharedRng::new(0))?, &p)?;
-    let mut g = cotext::models::SplitMix64::new(1);
+    let mut g = cotext::rng::SplitMix64::new(1);
     let xs: Vec<f64> = (0..2 * 6 * 3).map(|_| g.normal()).collect();
     let xs = Tensor::from_vec(xs, (2, 6, 3), &dev)?;
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], &dev)?;

@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use cotext::decode::{beam_search, greedy, translate, translate_all, DecodeOptions};
 use cotext::loss::{cross_entropy, projected_token_loss, CrossEntropyOptions, ProjectedLoss};
 use cotext::models::{
-    AttentionScore, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig, SplitMix64, TransformerSeq2SeqConfig,
+    AttentionScore, LstmSeq2SeqConfig, Seq2Seq, Seq2SeqConfig, TransformerSeq2SeqConfig,
 };
+use cotext::rng::SplitMix64;
 use cotext::train::{Optimizer, OptimizerConfig};
 use models_support::{assert_all_trained, grad_norms, max_abs_diff};
 

@@ -9,7 +9,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
-use crate::tokenize::PaddedBatch;
 use crate::{Error, Result};
 
 /// How batches are formed.
@@ -186,12 +185,6 @@ impl Iterator for Batches<'_> {
     }
 }
 
-/// Pads the token ids of the examples in `indices` to the longest of them.
-pub fn collate(sequences: &[Vec<u32>], indices: &[usize], pad_id: u32) -> PaddedBatch {
-    let picked: Vec<Vec<u32>> = indices.iter().map(|&i| sequences[i].clone()).collect();
-    PaddedBatch::pad(&picked, pad_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,12 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn collate_pads_to_batch_max() {
-        let seqs = vec![vec![5, 6, 7], vec![8], vec![9, 9]];
-        let batch = collate(&seqs, &[1, 2], 0);
-        assert_eq!((batch.rows, batch.cols), (2, 2));
-        assert_eq!(batch.ids, [8, 0, 9, 9]);
-        assert_eq!(batch.mask, [1, 0, 1, 1]);
+    fn an_empty_batcher_yields_nothing_and_bad_sizes_are_refused() {
         let empty = Batcher::new(vec![], BatcherConfig::default()).unwrap();
         assert_eq!(empty.iter_from(BatchCursor::default()).next(), None);
         assert!(Batcher::new(

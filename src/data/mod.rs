@@ -33,7 +33,6 @@ pub mod stats;
 pub mod table;
 mod tar;
 
-pub use crate::rng::SplitMix64;
 pub use batch::{Batch, BatchCursor, Batcher, BatcherConfig};
 pub use card::DatasetCard;
 pub use dataset::{Dataset, LoadOptions, SplitData};

@@ -1,13 +1,12 @@
-//! A minimal reader for `.tar.gz` archives (ustar, with GNU long names and
-//! PAX `path` records): enough to unpack `aclImdb_v1.tar.gz`, and strict about
-//! paths so an archive cannot write outside its target folder.
+//! Unpacking `.tar.gz` archives (`aclImdb_v1.tar.gz`) with the `tar` crate,
+//! strict about paths: an entry that would land outside the target folder (an
+//! absolute path, `..`) is an error naming the archive, not a skipped file. Only
+//! files and folders are unpacked; links and devices are passed over.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use crate::{Error, Result};
-
-const BLOCK: usize = 512;
 
 fn invalid(path: &Path, msg: String) -> Error {
     Error::InvalidFile {
@@ -16,23 +15,8 @@ fn invalid(path: &Path, msg: String) -> Error {
     }
 }
 
-fn octal(field: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(field).ok()?;
-    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(text, 8).ok()
-}
-
-fn c_string(field: &[u8]) -> &[u8] {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    &field[..end]
-}
-
 /// A relative path with no `..`, root or prefix components.
-fn safe_relative(name: &str) -> Option<PathBuf> {
-    let path = Path::new(name);
+fn safe_relative(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -41,15 +25,14 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
             _ => return None,
         }
     }
-    (!out.as_os_str().is_empty()).then_some(out)
+    Some(out)
 }
 
-/// Unpacks the regular files and folders of gzip-compressed tar `archive`
-/// into `dest` (created if missing). Links and special files are skipped.
+/// Unpacks a `.tar.gz` file into `dest`; returns the number of files written.
 ///
 /// # Errors
-/// [`Error::InvalidFile`] for a corrupt archive or an entry whose path would
-/// leave `dest`; [`Error::Io`] for read or write failures.
+/// [`Error::Io`] naming the archive or a file written; [`Error::InvalidFile`]
+/// naming the archive for a corrupt one or an entry outside `dest`.
 pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<usize> {
     let file = std::fs::File::open(archive).map_err(|source| Error::Io {
         path: archive.to_path_buf(),
@@ -64,126 +47,66 @@ pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<usize> {
 
 /// Unpacks an uncompressed tar stream; `origin` names it in errors. Returns
 /// the number of files written.
-pub fn unpack_tar<R: Read>(mut reader: R, origin: &Path, dest: &Path) -> Result<usize> {
-    let read_err = |e: std::io::Error| invalid(origin, format!("cannot read the archive: {e}"));
+///
+/// # Errors
+/// As [`unpack_tar_gz`].
+pub fn unpack_tar<R: Read>(reader: R, origin: &Path, dest: &Path) -> Result<usize> {
+    let corrupt = |e: std::io::Error| {
+        invalid(
+            origin,
+            format!("cannot read the archive (not a tar archive or corrupt): {e}"),
+        )
+    };
     std::fs::create_dir_all(dest).map_err(|source| Error::Io {
         path: dest.to_path_buf(),
         source,
     })?;
-    let mut header = [0u8; BLOCK];
-    let mut long_name: Option<String> = None;
+    let mut archive = tar::Archive::new(reader);
     let mut files = 0;
-    loop {
-        if let Err(e) = reader.read_exact(&mut header) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                // Archives without the two zero blocks still end here.
-                return Ok(files);
-            }
-            return Err(read_err(e));
-        }
-        if header.iter().all(|&b| b == 0) {
-            return Ok(files);
-        }
-        let stored: u64 = octal(&header[148..156]).ok_or_else(|| {
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let name = entry.path().map_err(corrupt)?.into_owned();
+        let relative = safe_relative(&name).ok_or_else(|| {
             invalid(
                 origin,
-                "bad header checksum field: not a tar archive or corrupt".into(),
+                format!(
+                    "entry {:?} would be written outside the target folder",
+                    name.display()
+                ),
             )
         })?;
-        let sum: u64 = header
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    u64::from(b' ')
-                } else {
-                    u64::from(b)
+        let target = dest.join(&relative);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(io(&target))?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
                 }
-            })
-            .sum();
-        if sum != stored {
-            return Err(invalid(origin, format!("header checksum {sum} differs from stored {stored}: not a tar archive or corrupt")));
-        }
-        let size =
-            octal(&header[124..136]).ok_or_else(|| invalid(origin, "bad size field".into()))?;
-        let kind = header[156];
-        let mut name = String::from_utf8_lossy(c_string(&header[0..100])).into_owned();
-        if &header[257..262] == b"ustar" {
-            let prefix = c_string(&header[345..500]);
-            if !prefix.is_empty() {
-                name = format!("{}/{name}", String::from_utf8_lossy(prefix));
-            }
-        }
-        if let Some(long) = long_name.take() {
-            name = long;
-        }
-        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
-        match kind {
-            b'L' | b'x' => {
-                if size > 1 << 20 {
-                    return Err(invalid(origin, format!("metadata entry of {size} bytes")));
-                }
-                let mut data = vec![0u8; padded as usize];
-                reader.read_exact(&mut data).map_err(read_err)?;
-                data.truncate(size as usize);
-                if kind == b'L' {
-                    long_name = Some(String::from_utf8_lossy(c_string(&data)).into_owned());
-                } else {
-                    // PAX records: "LEN key=value\n".
-                    for record in String::from_utf8_lossy(&data).split('\n') {
-                        if let Some((_, kv)) = record.split_once(' ') {
-                            if let Some(path) = kv.strip_prefix("path=") {
-                                long_name = Some(path.to_string());
-                            }
-                        }
+                let mut out = std::fs::File::create(&target).map_err(io(&target))?;
+                std::io::copy(&mut entry, &mut out).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        invalid(origin, format!("entry {:?} is truncated", name.display()))
+                    } else {
+                        io(&target)(e)
                     }
-                }
-            }
-            b'0' | b'\0' | b'5' => {
-                let relative = safe_relative(&name).ok_or_else(|| {
-                    invalid(
-                        origin,
-                        format!("entry {name:?} would be written outside the target folder"),
-                    )
                 })?;
-                let target = dest.join(relative);
-                let io = |path: &Path| {
-                    let path = path.to_path_buf();
-                    move |source| Error::Io { path, source }
-                };
-                if kind == b'5' {
-                    std::fs::create_dir_all(&target).map_err(io(&target))?;
-                    std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink())
-                        .map_err(read_err)?;
-                } else {
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent).map_err(io(parent))?;
-                    }
-                    let mut out = std::io::BufWriter::new(
-                        std::fs::File::create(&target).map_err(io(&target))?,
-                    );
-                    let copied =
-                        std::io::copy(&mut (&mut reader).take(size), &mut out).map_err(read_err)?;
-                    if copied != size {
-                        return Err(invalid(origin, format!("entry {name:?} is truncated")));
-                    }
-                    out.flush().map_err(io(&target))?;
-                    std::io::copy(&mut (&mut reader).take(padded - size), &mut std::io::sink())
-                        .map_err(read_err)?;
-                    files += 1;
-                }
+                files += 1;
             }
-            _ => {
-                std::io::copy(&mut (&mut reader).take(padded), &mut std::io::sink())
-                    .map_err(read_err)?;
-            }
+            _ => {}
         }
     }
+    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BLOCK: usize = 512;
 
     fn header(name: &str, size: usize, kind: u8) -> [u8; BLOCK] {
         let mut h = [0u8; BLOCK];

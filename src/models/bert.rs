@@ -20,7 +20,7 @@ use super::layers::{Embedding, Linear};
 use candle_core::{Device, Module, Result, Tensor};
 
 use super::layers::{
-    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
+    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadAttention, SharedRng,
 };
 use super::params::{Init, Params};
 
@@ -211,7 +211,7 @@ fn canonical_names(raw: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
 
 #[derive(Debug, Clone)]
 struct BertLayer {
-    attn: MultiHeadSelfAttention,
+    attn: MultiHeadAttention,
     attn_norm: LayerNorm,
     ffn: FeedForward,
     ffn_norm: LayerNorm,
@@ -258,7 +258,7 @@ impl Bert {
             let lin = |i: usize, o: usize, pp: Params| layers::linear(i, o, init, true, &pp);
             let sp = lp.pp("attention").pp("self");
             let op = lp.pp("attention").pp("output");
-            let attn = MultiHeadSelfAttention::new(
+            let attn = MultiHeadAttention::new(
                 lin(d, d, sp.pp("query"))?,
                 lin(d, d, sp.pp("key"))?,
                 lin(d, d, sp.pp("value"))?,

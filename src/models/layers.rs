@@ -409,12 +409,14 @@ pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     any.where_cond(&max, &max.zeros_like()?)
 }
 
-/// Multi-head self-attention with a key padding mask, parameterised like BERT
-/// (separate query, key, value and output projections with biases).
-///
-/// The three input projections run as one matmul against their concatenated weights.
+/// Multi-head attention, parameterised like BERT (separate query, key, value and
+/// output projections with biases): the one attention of every model.
+/// [`MultiHeadAttention::forward`] is self-attention with a key padding mask (the
+/// three input projections run as one matmul against their concatenated weights);
+/// [`MultiHeadAttention::key_values`] and [`MultiHeadAttention::attend`] split it
+/// for cross-attention and for decoding with a key/value cache.
 #[derive(Debug, Clone)]
-pub struct MultiHeadSelfAttention {
+pub struct MultiHeadAttention {
     query: Linear,
     key: Linear,
     value: Linear,
@@ -423,7 +425,7 @@ pub struct MultiHeadSelfAttention {
     dropout: Dropout,
 }
 
-impl MultiHeadSelfAttention {
+impl MultiHeadAttention {
     /// Attention from its four projections (each `[D, D]` with a bias); `dropout`
     /// applies to the attention probabilities.
     pub fn new(
@@ -487,6 +489,45 @@ impl MultiHeadSelfAttention {
         self.output.forward(&ctx)
     }
 
+    /// Keys and values `[N, heads, S, dh]` of `xs [N, S, D]`.
+    pub fn key_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            split_heads(&self.key.forward(xs)?, self.heads)?,
+            split_heads(&self.value.forward(xs)?, self.heads)?,
+        ))
+    }
+
+    /// Attends queries from `xs [N, T, D]` to `k`, `v` `[N, heads, S, dh]` (from
+    /// [`MultiHeadAttention::key_values`], possibly cached), with an additive
+    /// `bias` broadcastable to `[N, heads, T, S]`; returns `[N, T, D]` after the
+    /// output projection. Dropout applies to the probabilities when `train`.
+    pub fn attend(
+        &self,
+        xs: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (n, t, d) = xs.dims3()?;
+        let dh = d / self.heads;
+        // Scaling q (N·T·D values) is cheaper than scaling the scores.
+        let q = (split_heads(&self.query.forward(xs)?, self.heads)? * (1.0 / (dh as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match bias {
+            Some(b) => scores.broadcast_add(b)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let probs = self.dropout.forward(&probs, train)?;
+        let ctx = probs
+            .matmul(v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, t, d))?;
+        self.output.forward(&ctx)
+    }
+
     /// A copy with detached parameters (for evaluation without a backward graph).
     pub(crate) fn detached(&self) -> Self {
         Self {
@@ -505,6 +546,14 @@ impl MultiHeadSelfAttention {
             None => Tensor::zeros(d, l.weight().dtype(), xs.device()),
         }
     }
+}
+
+/// `[N, T, D]` → `[N, heads, T, D/heads]`.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, d) = x.dims3()?;
+    x.reshape((n, t, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// The position-wise feed-forward block `W2 · act(W1 · x)`.
@@ -601,8 +650,7 @@ mod tests {
         let p = Params::new(varmap.clone(), DType::F64, &dev, 5);
         let lin = |n: &str| linear(d, d, Init::Normal(0.5), true, &p.pp(n));
         let drop = Dropout::new(0.0, SharedRng::new(0))?;
-        let attn =
-            MultiHeadSelfAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
+        let attn = MultiHeadAttention::new(lin("q")?, lin("k")?, lin("v")?, lin("o")?, h, drop)?;
         // Biases start at zero: give them values so their gradients are tested too.
         for (i, v) in varmap.all_vars().iter().enumerate() {
             v.set(&randn(v.dims(), 100 + i as u64)?)?;

@@ -36,7 +36,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 
-pub use crate::rng::SplitMix64;
+use crate::rng::SplitMix64;
+
 pub use bert::{Bert, BertClassifier, BertConfig, BertPooling, HfBertConfig};
 pub use bilstm::{BiLstm, BiLstmClassifier, BiLstmConfig, LstmPooling};
 pub use layers::SharedRng;
@@ -49,31 +50,6 @@ pub use transformer::{
     NormPosition, Pooling, PositionEncoding, TransformerClassifier, TransformerConfig,
     TransformerEncoder,
 };
-
-/// A network mapping token ids and a padding mask to class logits.
-pub trait TextClassifier {
-    /// Logits `[B, K]` for ids `[B, T]` and mask `[B, T]`; dropout is active only when
-    /// `train` is true.
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor>;
-}
-
-impl TextClassifier for BiLstmClassifier {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        BiLstmClassifier::forward(self, ids, mask, train)
-    }
-}
-
-impl TextClassifier for TransformerClassifier {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        TransformerClassifier::forward(self, ids, mask, train)
-    }
-}
-
-impl TextClassifier for BertClassifier {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        BertClassifier::forward(self, ids, mask, train)
-    }
-}
 
 /// Which network a config builds (TOML: the `[model]` table, chosen by
 /// `kind = "bilstm" | "transformer" | "bert"`; the other keys are the chosen
@@ -390,10 +366,9 @@ impl Model {
         out
     }
 
-    /// Writes [`Model::tensors`] to a safetensors file at `path` (not atomically:
-    /// the caller writes to a temporary path and renames).
+    /// Writes [`Model::tensors`] to a safetensors file at `path`, atomically.
     pub fn save(&self, path: &Path) -> crate::Result<()> {
-        save_tensors(&self.tensors(), path)
+        crate::fsio::save_tensors(path, &self.tensors())
     }
 
     /// Sets every variable from the safetensors file at `path`, which must hold each
@@ -412,17 +387,6 @@ pub(crate) fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect()
-}
-
-/// Writes `tensors` to a safetensors file at `path` (not atomically).
-pub(crate) fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> crate::Result<()> {
-    candle_core::safetensors::save(tensors, path).map_err(|e| match e {
-        candle_core::Error::Io(source) => crate::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        e => crate::Error::Candle(e),
-    })
 }
 
 /// Sets every variable of `varmap` from the safetensors file at `path`, which must

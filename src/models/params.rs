@@ -5,8 +5,11 @@
 //! `VarMap::load` fails as soon as a variable (a new classification head) is missing
 //! from the file. [`Params`] replaces both: every variable is either copied from the
 //! pretrained tensors (when one of that name is given) or drawn from our own
-//! [`SplitMix64`] stream, forked per variable so adding a layer does not reshuffle the
-//! others' init.
+//! [`SplitMix64`] stream. The stream is one per model, drawn in the order the
+//! variables are created: the same seed and architecture give the same weights bit
+//! for bit, but adding, removing or reordering a layer changes the init of every
+//! variable created after it (runs are reproduced by their config, not across
+//! architectures).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@ use super::layers::{Embedding, Linear};
 use candle_core::{Module, Result, Tensor};
 
 use super::layers::{
-    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
+    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadAttention, SharedRng,
 };
 use super::params::{Init, Params};
 
@@ -135,7 +135,7 @@ impl Default for TransformerConfig {
 
 #[derive(Debug, Clone)]
 struct EncoderLayer {
-    attn: MultiHeadSelfAttention,
+    attn: MultiHeadAttention,
     ln_attn: LayerNorm,
     ffn: FeedForward,
     ln_ffn: LayerNorm,
@@ -201,7 +201,7 @@ impl TransformerEncoder {
             let lin = |name: &str, i: usize, o: usize, pp: &Params| {
                 layers::linear(i, o, layers::torch_linear_init(i), true, &pp.pp(name))
             };
-            let attn = MultiHeadSelfAttention::new(
+            let attn = MultiHeadAttention::new(
                 lin("query", d, d, &ap)?,
                 lin("key", d, d, &ap)?,
                 lin("value", d, d, &ap)?,

@@ -272,7 +272,7 @@ impl Outcome {
 pub fn subset<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
     match limit {
         Some(n) if n < items.len() => {
-            let mut rng = crate::data::SplitMix64::stream(seed, SUBSET_STREAM);
+            let mut rng = crate::rng::SplitMix64::stream(seed, SUBSET_STREAM);
             rng.shuffle(&mut items);
             items.truncate(n);
             items

@@ -33,7 +33,6 @@ use super::runner::RunState;
 use crate::error::{Error, Result};
 
 pub use crate::fsio::atomic_write;
-use crate::fsio::{commit, temp_path};
 
 /// The last weights.
 pub const MODEL: &str = "model.safetensors";
@@ -340,12 +339,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Saves named tensors as safetensors at `path`, atomically.
-pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)?;
-    commit(&tmp, path)
-}
+pub use crate::fsio::save_tensors;
 
 /// Loads a safetensors file onto the CPU; a missing, corrupt or non-finite file
 /// is an error that names it.

@@ -60,7 +60,7 @@ pub fn train(
                     train_examples.len()
                 )));
             }
-            let mut rng = crate::data::SplitMix64::stream(config.train.seed, 0xDE7);
+            let mut rng = crate::rng::SplitMix64::stream(config.train.seed, 0xDE7);
             rng.shuffle(&mut train_examples);
             let dev = train_examples.split_off(train_examples.len() - n);
             Some(task::subset(dev, config.data.eval_limit, config.train.seed))

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
-use cotext::models::{layers, Bert, HfBertConfig, Params, SharedRng, SplitMix64};
+use cotext::models::{layers, Bert, HfBertConfig, Params, SharedRng};
+use cotext::rng::SplitMix64;
 
 /// The all-MiniLM-L6-v2 directory: `$COTEXT_MINILM`, else
 /// `${COTEXT_CACHE:-$HOME/.cache/cotext}/all-minilm-l6-v2`. `None` (with the reason

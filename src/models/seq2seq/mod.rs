@@ -402,10 +402,9 @@ impl Seq2Seq {
         super::varmap_tensors(&self.varmap)
     }
 
-    /// Writes [`Seq2Seq::tensors`] to a safetensors file at `path` (not atomically:
-    /// the caller writes to a temporary path and renames).
+    /// Writes [`Seq2Seq::tensors`] to a safetensors file at `path`, atomically.
     pub fn save(&self, path: &Path) -> crate::Result<()> {
-        super::save_tensors(&self.tensors(), path)
+        crate::fsio::save_tensors(path, &self.tensors())
     }
 
     /// Sets every variable from the safetensors file at `path`, which must hold each

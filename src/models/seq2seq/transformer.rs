@@ -16,12 +16,12 @@
 //! Only ops that backpropagate: [`LayerNorm`], [`layers::softmax_last_dim`], the
 //! activation of [`layers::Activation`].
 
-use crate::models::layers::{Embedding, Linear};
+use crate::models::layers::Embedding;
 use candle_core::{DType, Module, Result, Tensor};
 
 use super::select_rows;
 use crate::models::layers::{
-    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadSelfAttention, SharedRng,
+    self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadAttention, SharedRng,
 };
 use crate::models::params::{Init, Params};
 
@@ -155,81 +155,9 @@ impl TransformerSeq2SeqConfig {
     }
 }
 
-/// Multi-head attention with separate projections, usable as causal
-/// self-attention (with or without a key/value cache) and as cross-attention.
-#[derive(Debug, Clone)]
-struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    heads: usize,
-}
-
-/// `[N, T, D]` → `[N, heads, T, D/heads]`.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (n, t, d) = x.dims3()?;
-    x.reshape((n, t, heads, d / heads))?
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-impl Attention {
-    fn build(d: usize, heads: usize, p: &Params) -> Result<Self> {
-        let lin =
-            |name: &str| layers::linear(d, d, layers::torch_linear_init(d), true, &p.pp(name));
-        Ok(Self {
-            query: lin("query")?,
-            key: lin("key")?,
-            value: lin("value")?,
-            output: lin("output")?,
-            heads,
-        })
-    }
-
-    fn detached(&self) -> Self {
-        Self {
-            query: layers::detach_linear(&self.query),
-            key: layers::detach_linear(&self.key),
-            value: layers::detach_linear(&self.value),
-            output: layers::detach_linear(&self.output),
-            heads: self.heads,
-        }
-    }
-
-    /// Keys and values `[N, heads, S, dh]` of `xs [N, S, D]`.
-    fn key_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            split_heads(&self.key.forward(xs)?, self.heads)?,
-            split_heads(&self.value.forward(xs)?, self.heads)?,
-        ))
-    }
-
-    /// Attends queries from `xs [N, T, D]` to `k`, `v` `[N, heads, S, dh]`, with an
-    /// additive `bias` broadcastable to `[N, heads, T, S]`; returns `[N, T, D]`.
-    fn attend(&self, xs: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (n, t, d) = xs.dims3()?;
-        let dh = d / self.heads;
-        // Scaling q (N·T·D values) is cheaper than scaling the scores.
-        let q = (split_heads(&self.query.forward(xs)?, self.heads)? * (1.0 / (dh as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match bias {
-            Some(b) => scores.broadcast_add(b)?,
-            None => scores,
-        };
-        let probs = layers::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n, t, d))?;
-        self.output.forward(&ctx)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct EncLayer {
-    attn: MultiHeadSelfAttention,
+    attn: MultiHeadAttention,
     ln_attn: LayerNorm,
     ffn: FeedForward,
     ln_ffn: LayerNorm,
@@ -237,9 +165,9 @@ struct EncLayer {
 
 #[derive(Debug, Clone)]
 struct DecLayer {
-    self_attn: Attention,
+    self_attn: MultiHeadAttention,
     ln_self: LayerNorm,
-    cross_attn: Attention,
+    cross_attn: MultiHeadAttention,
     ln_cross: LayerNorm,
     ffn: FeedForward,
     ln_ffn: LayerNorm,
@@ -373,7 +301,7 @@ impl TransformerSeq2Seq {
             let lp = p.pp("encoder").pp("layers").pp(i);
             let ap = lp.pp("attention");
             encoder.push(EncLayer {
-                attn: MultiHeadSelfAttention::new(
+                attn: MultiHeadAttention::new(
                     lin(d, d, &ap.pp("query"))?,
                     lin(d, d, &ap.pp("key"))?,
                     lin(d, d, &ap.pp("value"))?,
@@ -387,13 +315,24 @@ impl TransformerSeq2Seq {
             });
         }
         let enc_norm = LayerNorm::build(d, eps, &p.pp("encoder").pp("final_norm"))?;
+        // The decoder's attention has no dropout on its probabilities.
+        let attention = |pp: &Params| -> Result<MultiHeadAttention> {
+            MultiHeadAttention::new(
+                lin(d, d, &pp.pp("query"))?,
+                lin(d, d, &pp.pp("key"))?,
+                lin(d, d, &pp.pp("value"))?,
+                lin(d, d, &pp.pp("output"))?,
+                cfg.heads,
+                no_dropout.clone(),
+            )
+        };
         let mut decoder = Vec::with_capacity(cfg.decoder_layers);
         for i in 0..cfg.decoder_layers {
             let lp = p.pp("decoder").pp("layers").pp(i);
             decoder.push(DecLayer {
-                self_attn: Attention::build(d, cfg.heads, &lp.pp("self_attention"))?,
+                self_attn: attention(&lp.pp("self_attention"))?,
                 ln_self: LayerNorm::build(d, eps, &lp.pp("self_attention_norm"))?,
-                cross_attn: Attention::build(d, cfg.heads, &lp.pp("cross_attention"))?,
+                cross_attn: attention(&lp.pp("cross_attention"))?,
                 ln_cross: LayerNorm::build(d, eps, &lp.pp("cross_attention_norm"))?,
                 ffn: ffn(&lp.pp("ffn"))?,
                 ln_ffn: LayerNorm::build(d, eps, &lp.pp("ffn_norm"))?,
@@ -520,11 +459,11 @@ impl TransformerSeq2Seq {
                 }
                 cache[i] = Some((k.clone(), v.clone()));
             }
-            let a = l.self_attn.attend(&h, &k, &v, self_bias)?;
+            let a = l.self_attn.attend(&h, &k, &v, self_bias, false)?;
             y = (&y + self.dropout.forward(&a, train)?)?;
             let h = l.ln_cross.forward(&y)?;
             let (ck, cv) = &enc.cross[i];
-            let a = l.cross_attn.attend(&h, ck, cv, Some(&enc.bias))?;
+            let a = l.cross_attn.attend(&h, ck, cv, Some(&enc.bias), false)?;
             y = (&y + self.dropout.forward(&a, train)?)?;
             let f = l.ffn.forward(&l.ln_ffn.forward(&y)?)?;
             y = (&y + self.dropout.forward(&f, train)?)?;
