@@ -336,3 +336,64 @@ fn bad_configs_exit_2_naming_the_key_or_path() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("nowhere"), "{}", text(&o));
 }
+
+#[test]
+fn cross_section_errors_exit_2_before_anything_is_written() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let train = |cfg: &Path, sets: &[&str]| {
+        let mut args = vec![
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        cotext(tmp.path(), &args, None)
+    };
+    // Sequences of data.max_len tokens do not fit a 16-position Transformer.
+    let cfg = config(tmp.path(), &data, "ce", "");
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(
+        "kind = \"bilstm\"\nembed_dim = 16\nhidden = 16\n",
+        "kind = \"transformer\"\nd_model = 16\nheads = 2\nlayers = 1\nffn_dim = 32\nmax_len = 16\n",
+    );
+    std::fs::write(&cfg, body).unwrap();
+    let o = train(&cfg, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("data.max_len (24)") && text(&o).contains("model.max_len = 16"),
+        "{}",
+        text(&o)
+    );
+    assert!(!run.exists(), "a refused run left {}", run.display());
+    // The model section is checked when the config is read (a bad --set fails
+    // before anything else, in compare's children too).
+    let o = train(&cfg, &["data.max_len=16", "model.heads=3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("model.d_model (16) must be a positive multiple of model.heads (3)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!run.exists());
+    // A tokenizer from the model needs a pretrained model.
+    let cfg = config(tmp.path(), &data, "ce", "");
+    let o = train(&cfg, &["tokenizer.source=\"model\""]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("tokenizer.source = \"model\" needs model.kind = \"bert\""),
+        "{}",
+        text(&o)
+    );
+    assert!(!run.exists());
+    // A translation model on a classification data set.
+    let o = train(&cfg, &["model.kind=\"lstm_attention\""]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("translation model"), "{}", text(&o));
+    assert!(!run.exists());
+}

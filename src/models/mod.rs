@@ -84,6 +84,83 @@ impl ModelConfig {
         }
     }
 
+    /// Checks every field of every model kind, naming the key: the one place
+    /// `[model]` is validated (the config loader calls it, and building a model
+    /// checks again).
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the key.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |what: &str, v: f64| -> crate::Result<()> {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(crate::Error::Config(format!(
+                    "model.{what} must be in [0, 1), got {v}"
+                )))
+            }
+        };
+        match self {
+            ModelConfig::Bilstm(c) => {
+                bad("dropout", c.dropout)?;
+                if c.embed_dim == 0 || c.hidden == 0 || c.layers == 0 {
+                    return Err(crate::Error::Config(
+                        "model.embed_dim, model.hidden and model.layers must be positive".into(),
+                    ));
+                }
+            }
+            ModelConfig::Transformer(c) => {
+                bad("dropout", c.dropout)?;
+                bad("attention_dropout", c.attention_dropout)?;
+                if c.heads == 0 || !c.d_model.is_multiple_of(c.heads) {
+                    return Err(crate::Error::Config(format!(
+                        "model.d_model ({}) must be a positive multiple of model.heads ({})",
+                        c.d_model, c.heads
+                    )));
+                }
+                if c.layers == 0 || c.ffn_dim == 0 || c.max_len == 0 {
+                    return Err(crate::Error::Config(
+                        "model.layers, model.ffn_dim and model.max_len must be positive".into(),
+                    ));
+                }
+            }
+            ModelConfig::Bert(c) => {
+                bad("classifier_dropout", c.classifier_dropout)?;
+                for (what, v) in [
+                    ("hidden_dropout", c.hidden_dropout),
+                    ("attention_dropout", c.attention_dropout),
+                ] {
+                    if let Some(v) = v {
+                        bad(what, v)?;
+                    }
+                }
+            }
+            ModelConfig::LstmAttention(_) | ModelConfig::TransformerSeq2seq(_) => {
+                self.seq2seq().expect("a translation model").validate()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The most tokens a sequence may have, where the model has a limit: a
+    /// Transformer's learned position table, or, for BERT, the checkpoint's
+    /// `max_position_embeddings` (read from its `config.json` in `bert_dir`, the
+    /// resolved model folder). `None`: no limit (LSTMs, sinusoidal positions).
+    ///
+    /// # Errors
+    /// The BERT `config.json`'s errors, naming it.
+    pub fn max_positions(&self, bert_dir: Option<&Path>) -> crate::Result<Option<usize>> {
+        Ok(match self {
+            ModelConfig::Transformer(c) => Some(c.max_len),
+            ModelConfig::TransformerSeq2seq(c) => Some(c.max_len),
+            ModelConfig::Bert(c) => {
+                let dir = bert_dir.unwrap_or(&c.path);
+                Some(HfBertConfig::from_file(&dir.join("config.json"))?.max_position_embeddings)
+            }
+            ModelConfig::Bilstm(_) | ModelConfig::LstmAttention(_) => None,
+        })
+    }
+
     /// Builds the model for a tokenizer of `vocab` ids and `classes` labels, with
     /// weights and dropout masks drawn from `seed` (a BERT encoder's weights come from
     /// its checkpoint; only the head is drawn).
@@ -115,67 +192,27 @@ impl ModelConfig {
                 "a classifier needs at least 2 classes, got {classes}"
             )));
         }
-        let bad = |what: &str, v: f64| -> crate::Result<()> {
-            if (0.0..1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(crate::Error::Config(format!(
-                    "model.{what} must be in [0, 1), got {v}"
-                )))
-            }
-        };
+        self.validate()?;
         let varmap = VarMap::new();
         let params = Params::new(varmap.clone(), dtype, device, seed).with_compute_dtype(compute);
         // A stream independent of the init's.
         let rng = SharedRng::new(SplitMix64::new(seed ^ 0xD20F_0A7C_5EED_0001).next_u64());
         let net = match self {
-            ModelConfig::Bilstm(c) => {
-                bad("dropout", c.dropout)?;
-                if c.embed_dim == 0 || c.hidden == 0 || c.layers == 0 {
-                    return Err(crate::Error::Config(
-                        "model.embed_dim, model.hidden and model.layers must be positive".into(),
-                    ));
-                }
-                Net::BiLstm(BiLstmClassifier::build(
-                    c,
-                    vocab,
-                    classes,
-                    &params,
-                    rng.clone(),
-                )?)
-            }
-            ModelConfig::Transformer(c) => {
-                bad("dropout", c.dropout)?;
-                bad("attention_dropout", c.attention_dropout)?;
-                if c.heads == 0 || !c.d_model.is_multiple_of(c.heads) {
-                    return Err(crate::Error::Config(format!(
-                        "model.d_model ({}) must be a positive multiple of model.heads ({})",
-                        c.d_model, c.heads
-                    )));
-                }
-                if c.layers == 0 || c.ffn_dim == 0 || c.max_len == 0 {
-                    return Err(crate::Error::Config(
-                        "model.layers, model.ffn_dim and model.max_len must be positive".into(),
-                    ));
-                }
-                Net::Transformer(TransformerClassifier::build(
-                    c,
-                    vocab,
-                    classes,
-                    &params,
-                    rng.clone(),
-                )?)
-            }
+            ModelConfig::Bilstm(c) => Net::BiLstm(BiLstmClassifier::build(
+                c,
+                vocab,
+                classes,
+                &params,
+                rng.clone(),
+            )?),
+            ModelConfig::Transformer(c) => Net::Transformer(TransformerClassifier::build(
+                c,
+                vocab,
+                classes,
+                &params,
+                rng.clone(),
+            )?),
             ModelConfig::Bert(c) => {
-                bad("classifier_dropout", c.classifier_dropout)?;
-                for (what, v) in [
-                    ("hidden_dropout", c.hidden_dropout),
-                    ("attention_dropout", c.attention_dropout),
-                ] {
-                    if let Some(v) = v {
-                        bad(what, v)?;
-                    }
-                }
                 let m = BertClassifier::load(c, classes, &params, rng.clone())?;
                 if vocab > m.hf_config().vocab_size {
                     return Err(crate::Error::Config(format!(

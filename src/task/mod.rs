@@ -138,24 +138,78 @@ impl TaskKind {
         )))
     }
 
-    /// The checks that need the data set but no training: the metric, the model
-    /// kind and the objective (HCOT's hierarchy against the classes). `compare`
-    /// runs it for every objective before it trains anything.
+    /// The checks across config sections that need no data: the metric and the
+    /// model kind against the task, where the tokenizer comes from, and
+    /// `data.max_len` against the model's position table (a longer sequence
+    /// would otherwise fail mid-epoch inside the model). Training runs it before
+    /// anything is written or a tokenizer trained; [`TaskKind::preflight`]
+    /// includes it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the keys; a BERT `config.json`'s errors.
+    pub fn check_config(self, config: &RunConfig) -> Result<()> {
+        check_metric(self, config.train.metric)?;
+        let translation_model = config.model.seq2seq().is_some();
+        match self {
+            Self::Classification if translation_model => {
+                return Err(Error::Config(format!(
+                    "model.kind is a translation model (lstm_attention, transformer_seq2seq), but {} is a \
+                     classification data set: use bilstm, transformer or bert",
+                    config.data.dataset
+                )))
+            }
+            Self::Translation => {
+                translate::seq2seq_config(config)?;
+            }
+            Self::Classification => {}
+        }
+        let is_bert = matches!(config.model, crate::models::ModelConfig::Bert(_));
+        if matches!(config.tokenizer, crate::train::TokenizerSource::Model)
+            && !(is_bert && self == Self::Classification)
+        {
+            return Err(Error::Config(match self {
+                Self::Classification => "tokenizer.source = \"model\" needs model.kind = \"bert\"".into(),
+                Self::Translation => "tokenizer.source = \"model\" is for pretrained classifiers; translation trains one (source = \"train\") or loads a file".into(),
+            }));
+        }
+        let bert_dir = match &config.model {
+            crate::models::ModelConfig::Bert(b) => {
+                Some(crate::data::pretrained::resolve_model_dir(&b.path)?)
+            }
+            _ => None,
+        };
+        if let Some(limit) = config.model.max_positions(bert_dir.as_deref())? {
+            if config.data.max_len > limit {
+                let key = if is_bert {
+                    "max_position_embeddings in the checkpoint's config.json"
+                } else {
+                    "model.max_len"
+                };
+                return Err(Error::Config(format!(
+                    "data.max_len ({}) is longer than the model's positions ({key} = {limit}): \
+                     lower data.max_len or raise the model's",
+                    config.data.max_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need the data set but no training: [`TaskKind::check_config`]
+    /// and the objective (HCOT's hierarchy against the classes). `compare` runs
+    /// it for every objective before it trains anything.
     ///
     /// # Errors
     /// [`Error::Config`] naming the key; the data set's errors.
     pub fn preflight(self, config: &RunConfig) -> Result<()> {
-        check_metric(self, config.train.metric)?;
+        self.check_config(config)?;
         match self {
             Self::Classification => {
                 let dataset = classify::open_dataset(config, None)?;
                 let classes = dataset.label_names(&classify::load_options(config)).len();
                 objective(config, Some(classes)).map(|_| ())
             }
-            Self::Translation => {
-                translate::seq2seq_config(config)?;
-                objective(config, None).map(|_| ())
-            }
+            Self::Translation => objective(config, None).map(|_| ()),
         }
     }
 }

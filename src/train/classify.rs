@@ -49,6 +49,8 @@ pub fn train(
     let dataset = open_dataset(config, None)?;
     let labels = dataset.label_names(&load_options(config));
     let classes = labels.len();
+    // HCOT's groups against the classes, before a tokenizer is trained.
+    let objective = task::objective(config, Some(classes))?;
     let mut train_examples = load_split(&dataset, config, &config.data.train_split, None)?;
     // The dev hold-out is taken before the training limit so it does not depend on it.
     let dev_name = &config.data.dev_split;
@@ -104,7 +106,6 @@ pub fn train(
     };
     let test = eval_split(&config.data.test_split)?;
 
-    let objective = task::objective(config, Some(classes))?;
     if classes == 2 && objective.uses_complement() {
         eprintln!(
             "warning: {} has 2 classes: the complement entropy is identically 0 there (one wrong class has no spread), \

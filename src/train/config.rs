@@ -518,6 +518,10 @@ impl RunConfig {
         if self.data.max_len < 2 {
             return Err("data.max_len must be at least 2".into());
         }
+        self.model.validate().map_err(|e| match e {
+            Error::Config(m) => m,
+            other => other.to_string(),
+        })?;
         if let Some(h) = self.data.head_tokens {
             if h >= self.data.max_len {
                 return Err(format!(

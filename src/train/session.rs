@@ -12,10 +12,10 @@ use super::config::{parse_device, RunConfig};
 use super::runner::{self, LoopEnd, Task, TrainOptions};
 use super::step::{LossConfig, Objective, Stepper};
 use crate::error::{Error, Result};
-use crate::task::{check_metric, Outcome, TaskKind, TestScore};
+use crate::task::{Outcome, TaskKind, TestScore};
 use crate::tokenize::TextTokenizer;
 
-/// Checks the metric against the task, sets up `run` (fresh: a new or empty
+/// Checks the config across its sections ([`TaskKind::check_config`]), sets up `run` (fresh: a new or empty
 /// folder, its task recorded; resumed: one holding a checkpoint) and opens the
 /// device.
 pub(crate) fn begin(
@@ -24,7 +24,7 @@ pub(crate) fn begin(
     run: &Path,
     options: &TrainOptions,
 ) -> Result<Device> {
-    check_metric(task, config.train.metric)?;
+    task.check_config(config)?;
     runner::prepare_run_dir(run, options.resume)?;
     if !options.resume {
         task.record(run)?;

@@ -23,7 +23,7 @@ use crate::models::Trainable;
 use crate::runlog::{self, EvalLine, LogLine};
 use crate::task::translate::{
     batch_tensors, build_model, build_tokenizer, encode_pairs, load_pairs, open_dataset,
-    seq2seq_config, special_ids, EncodedPair,
+    special_ids, EncodedPair,
 };
 use crate::task::{self, Outcome, TaskKind, TestScore};
 use crate::tokenize::TextTokenizer;
@@ -37,8 +37,8 @@ pub fn train(
     options: &TrainOptions,
     stop: &AtomicBool,
 ) -> Result<Outcome> {
-    task::check_metric(TaskKind::Translation, config.train.metric)?;
-    seq2seq_config(config)?;
+    // Before anything is written: the objective, then the config across its
+    // sections (in session::begin).
     let objective = task::objective(config, None)?;
     let device = session::begin(config, TaskKind::Translation, run, options)?;
     let dataset = open_dataset(config)?;
