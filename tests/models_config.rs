@@ -149,3 +149,37 @@ fn the_seed_decides_init_and_dropout() {
     assert_eq!(models_support::max_abs_diff(&ta, &tb).unwrap(), 0.0);
     assert!(models_support::max_abs_diff(&a, &c).unwrap() > 1e-4);
 }
+
+/// Every shipped config reads, and its sections agree with each other
+/// (`TaskKind::check_config`: metric, model kind, tokenizer source, data.max_len
+/// against the model's positions); BERT configs are checked against the MiniLM
+/// checkpoint's own `config.json`.
+#[test]
+fn every_shipped_config_passes_the_cross_section_checks() {
+    use cotext::task::TaskKind;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let mut config = cotext::train::RunConfig::load(&path, &[])
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let ModelConfig::Bert(b) = &mut config.model {
+            let Some(minilm) = models_support::minilm_dir() else {
+                return;
+            };
+            b.path = minilm;
+        }
+        let task = if config.model.seq2seq().is_some() {
+            TaskKind::Translation
+        } else {
+            TaskKind::Classification
+        };
+        task.check_config(&config)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} configs in {}", dir.display());
+}
