@@ -6,8 +6,18 @@
 
 mod models_support;
 
+use models_support::common::{self, text};
+
+fn cotext(cwd: &Path, args: &[&str]) -> Output {
+    common::cotext(cwd, args, None)
+}
+
+fn shared() -> Option<PathBuf> {
+    common::shared_datasets()
+}
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Result, Tensor};
 use cotext::attack::{self, Budget, HotFlipOptions, Norm};
@@ -216,41 +226,6 @@ fn embedding_gradient_matches_finite_differences_for_every_model_kind() -> Resul
 }
 
 // ---- the CLI on a tiny BiLSTM trained on a slice of SST-5 ----
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("COTEXT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
-        });
-    if dir.join("sst5").is_dir() {
-        Some(dir.canonicalize().unwrap())
-    } else {
-        models_support::common::skip(&format!(
-            "no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        ));
-        None
-    }
-}
-
-fn cotext(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cotext"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));

@@ -3,16 +3,14 @@
 //! output, several hypothesis files, and the user errors with exit code 2.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
+mod common;
+
 fn cotext(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cotext"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
+    common::cotext(dir, args, None)
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {

@@ -5,31 +5,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Instant, SystemTime};
+use common::text;
+
+fn cotext(cwd: &Path, args: &[&str]) -> Output {
+    common::cotext(cwd, args, None)
+}
 
 fn shared() -> Option<PathBuf> {
     common::shared_datasets()
 }
 
-fn cotext(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cotext"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Instant, SystemTime};
 
 fn config(dir: &Path, data: &Path) -> PathBuf {
     let path = dir.join("tiny.toml");

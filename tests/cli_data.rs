@@ -3,41 +3,22 @@
 
 mod common;
 
+fn shared() -> Option<PathBuf> {
+    common::shared_data_with("README.md")
+}
+
+/// `cotext args` in `cwd` with the hub cache in `home`, blind to `COTEXT_DATA`.
+fn cotext(cwd: &Path, home: &Path, args: &[&str]) -> Output {
+    let mut cmd = common::command(cwd, args);
+    cmd.env_remove("COTEXT_DATA").env("HF_HOME", home);
+    common::run(cmd, None)
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("COTEXT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
-        });
-    if dir.join("README.md").is_file() {
-        Some(dir.canonicalize().unwrap())
-    } else {
-        common::skip(&format!(
-            "no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        ));
-        None
-    }
-}
-
-/// Runs cotext in `cwd` with an empty HF cache (`HF_HOME` = `home`), no
-/// `COTEXT_DATA`, and an unreachable hub endpoint: nothing may need the network.
-fn cotext(cwd: &Path, home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cotext"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("COTEXT_DATA")
-        .env("HF_HOME", home)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap()
 }
 
 fn stdout(out: &Output) -> String {

@@ -6,27 +6,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::text;
 
+/// `cotext args` in `cwd`, blind to `COTEXT_DATA` (data files are named here).
 fn cotext(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cotext"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("COTEXT_DATA")
-        .output()
-        .unwrap()
+    let mut cmd = common::command(cwd, args);
+    cmd.env_remove("COTEXT_DATA");
+    common::run(cmd, None)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn shared() -> Option<PathBuf> {
+    common::shared_data_with("sst2")
 }
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "{}", text(o));
@@ -521,23 +515,6 @@ fn train_on_files_with_a_holdout_or_a_test_file() {
         err.contains("train.csv:1: no text column \"sentence\""),
         "{err}"
     );
-}
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("COTEXT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
-        });
-    if dir.join("sst2").is_dir() {
-        Some(dir.canonicalize().unwrap())
-    } else {
-        common::skip(&format!(
-            "no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        ));
-        None
-    }
 }
 
 /// The "done when": `eval --data file.tsv` prints what the card route

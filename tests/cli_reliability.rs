@@ -6,36 +6,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use common::{command, text};
 
-use cotext::train::checkpoint::{self, Checkpoint};
+fn cotext(cwd: &Path, args: &[&str]) -> Output {
+    common::cotext(cwd, args, None)
+}
 
 fn shared() -> Option<PathBuf> {
     common::shared_datasets()
 }
 
-fn command(cwd: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9");
-    cmd
-}
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-fn cotext(cwd: &Path, args: &[&str]) -> Output {
-    command(cwd, args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use cotext::train::checkpoint::{self, Checkpoint};
 
 fn config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
     let path = dir.join("tiny.toml");

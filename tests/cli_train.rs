@@ -4,47 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{cotext, text};
 
 fn shared() -> Option<PathBuf> {
     common::shared_datasets()
 }
 
-fn cotext(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9");
-    match stdin {
-        None => cmd.output().unwrap(),
-        Some(text) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::path::{Path, PathBuf};
 
 fn config(dir: &Path, data: &Path, objective: &str, extra: &str) -> PathBuf {
     let path = dir.join(format!("{objective}.toml"));

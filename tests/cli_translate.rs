@@ -5,60 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{cotext, text};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("COTEXT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets"))
-        });
-    if dir.join("multi30k").is_dir() {
-        Some(dir.canonicalize().unwrap())
-    } else {
-        common::skip(&format!(
-            "no shared datasets at {} (set COTEXT_DATA)",
-            dir.display()
-        ));
-        None
-    }
+    common::shared_data_with("multi30k")
 }
 
-fn cotext(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cotext"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("HF_HOME", cwd.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9");
-    match stdin {
-        None => cmd.output().unwrap(),
-        Some(text) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::path::{Path, PathBuf};
 
 const LSTM: &str = "[model]\nkind = \"lstm_attention\"\nembed_dim = 16\nhidden = 16\nlayers = 1\n";
 const TRANSFORMER: &str =
