@@ -106,6 +106,25 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
             optim(&split) == optim(&straight),
             "{objective}: optimizer state differs"
         );
+        // A smaller budget than the run trained cannot be resumed to: refused,
+        // and its config.toml keeps the budget it was trained with.
+        let saved = std::fs::read(split.join("config.toml")).unwrap();
+        let o = cotext(
+            tmp.path(),
+            &[
+                "train",
+                "-q",
+                "--resume",
+                "--set",
+                "train.max_steps=4",
+                "--out",
+                split.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("trained 8 steps"), "{}", text(&o));
+        assert_eq!(std::fs::read(split.join("config.toml")).unwrap(), saved);
     }
 }
 

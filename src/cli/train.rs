@@ -115,6 +115,13 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         let config = RunConfig::load(&out.join("config.toml"), &overrides)?;
         // Before anything is written: a refused resume leaves the run as it was.
         runner::check_resume_config(&saved, &config)?;
+        if let Some(state) = cotext::train::checkpoint::Checkpoint::read(&out)?.map(|c| c.state) {
+            if let Some(why) = runner::budget_below_trained(&saved, &config, &state) {
+                return Err(
+                    cotext::Error::Config(format!("--resume {}: {why}", out.display())).into(),
+                );
+            }
+        }
         return Ok((config, out));
     }
     let path = args.config.clone().ok_or_else(|| {

@@ -296,6 +296,37 @@ pub fn check_resume_config(saved: &RunConfig, resumed: &RunConfig) -> Result<()>
     Ok(())
 }
 
+/// Refuses a resume whose training budget (`train.epochs`, `train.max_steps`)
+/// is below what the run has already trained (`state`): those updates cannot be
+/// undone, and the saved config would then understate them. A run that stopped
+/// early may take any budget (it does not train again). `None` when the budget
+/// is fine, else what is wrong.
+pub fn budget_below_trained(
+    saved: &RunConfig,
+    wanted: &RunConfig,
+    state: &RunState,
+) -> Option<String> {
+    if state.stopped_early {
+        return None;
+    }
+    let below = match (wanted.train.max_steps, saved.train.max_steps) {
+        (Some(n), _) => n < state.step,
+        (None, None) => {
+            wanted.train.epochs < saved.train.epochs && state.cursor.epoch >= wanted.train.epochs
+        }
+        (None, Some(_)) => false,
+    };
+    below.then(|| {
+        format!(
+            "the run has trained {} steps (epoch {}), more than the training budget asked for (train.epochs {}, train.max_steps {}), and a resume cannot undo updates",
+            state.step,
+            state.cursor.epoch,
+            wanted.train.epochs,
+            wanted.train.max_steps.map_or("unset".into(), |n| n.to_string())
+        )
+    })
+}
+
 fn flatten_toml(
     prefix: &str,
     value: &toml::Value,

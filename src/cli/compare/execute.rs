@@ -123,18 +123,10 @@ fn check_existing(
             format!("{} is {} in its config.toml and unset here, and a resume cannot unset a key (set it with --set {}=…)", d.key, show(&d.before), d.key),
         ));
     }
-    if let Some(state) = finished {
-        let smaller = match (wanted.train.max_steps, saved.train.max_steps) {
-            (Some(n), _) => n < state.step,
-            (None, None) => wanted.train.epochs < saved.train.epochs,
-            (None, Some(_)) => false,
-        };
-        if smaller && !state.stopped_early {
-            return Err(user_error_at(
-                dir,
-                format!("holds a finished run of {} steps, more than this config's training budget (train.epochs {}, train.max_steps {})", state.step, wanted.train.epochs, wanted.train.max_steps.map_or("unset".into(), |n| n.to_string())),
-            ));
-        }
+    if let Some(why) =
+        finished.and_then(|state| runner::budget_below_trained(&saved, wanted, state))
+    {
+        return Err(user_error_at(dir, format!("holds a finished run: {why}")));
     }
     Ok(if relevant.is_empty() && finished.is_some() {
         Existing::Reuse
