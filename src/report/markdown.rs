@@ -42,7 +42,7 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "* Wall time: {:.1} s (this call; runs found finished were skipped and cost nothing)",
+            "* Wall time: {:.1} s (this call, training and any attacks; runs found finished were skipped and cost nothing)",
             self.wall_s
         );
         let _ = writeln!(

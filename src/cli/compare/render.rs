@@ -85,6 +85,28 @@ pub(super) fn render(
         objectives.push(o);
         runs.extend(r);
     }
+    // The attacks first, so that the wall time covers them.
+    let robustness = if plan.attack.is_empty() {
+        None
+    } else {
+        let runs: Vec<(String, Vec<PathBuf>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.objective.clone(),
+                    g.runs.iter().map(|r| r.1.clone()).collect(),
+                )
+            })
+            .collect();
+        Some(super::attack::robustness(
+            out,
+            &first.data.dataset,
+            &runs,
+            &plan.attack,
+            plan.progress,
+            device,
+        )?)
+    };
     let summary = Summary {
         command: command_line(),
         machine: Machine::detect(&first.train.device),
@@ -97,24 +119,7 @@ pub(super) fn render(
     };
     let mut summary_json = serde_json::to_value(&summary)?;
     let mut markdown = summary.to_markdown();
-    if !plan.attack.is_empty() {
-        let runs: Vec<(String, Vec<PathBuf>)> = groups
-            .iter()
-            .map(|g| {
-                (
-                    g.objective.clone(),
-                    g.runs.iter().map(|r| r.1.clone()).collect(),
-                )
-            })
-            .collect();
-        let r = super::attack::robustness(
-            out,
-            &first.data.dataset,
-            &runs,
-            &plan.attack,
-            plan.progress,
-            device,
-        )?;
+    if let Some(r) = robustness {
         summary_json["robustness"] = r.json;
         markdown.push_str(&r.markdown);
     }
