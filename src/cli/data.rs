@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use cotext::data::card::{builtin_names, Task};
+use cotext::data::card::{builtin_names, Layout, Task};
 use cotext::data::file::{self, FileColumns};
 use cotext::data::stats::{split_stats, LengthStats};
 use cotext::data::{hub, DataDir, Dataset, DatasetCard, LabelScheme, LoadOptions};
@@ -217,10 +217,10 @@ fn list() -> anyhow::Result<()> {
         println!("{name:<16} {}", card.title);
         println!("{:<16} splits: {}", "", splits.join(", "));
         for source in &card.sources {
-            let mut format = source.format.name().to_string();
-            if let Some(table) = source.table_format {
-                format = format!("{table:?}").to_lowercase();
-            }
+            let format = match &source.layout {
+                Layout::Table(table) => format!("{:?}", table.format).to_lowercase(),
+                layout => layout.format().name().to_string(),
+            };
             println!("{:<16} from {} ({format})", "", source.describe());
         }
     }

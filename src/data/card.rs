@@ -100,52 +100,285 @@ pub struct FileCard {
     pub bytes: Option<u64>,
 }
 
-/// One place a dataset can come from.
+/// Where a source's files are, with exactly what that place needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A folder under `--data-dir` / `COTEXT_DATA` (`""` for the data dir itself).
+    Local {
+        /// The folder, relative to the data dir.
+        dir: String,
+    },
+    /// A Hugging Face hub dataset repo, cached in the HF cache.
+    Hub {
+        /// The dataset repo id, e.g. `SetFit/sst2`.
+        repo: String,
+        /// The revision (a commit sha pins the content); `None` is `main`.
+        revision: Option<String>,
+    },
+    /// Files (or one `.tar.gz` archive) at an original URL, cached under
+    /// `$HF_HOME/cotext/NAME/`.
+    Url {
+        /// The base URL the file paths are appended to.
+        base_url: String,
+        /// A `.tar.gz` (path under `base_url`) that holds the files; it is
+        /// unpacked into the cache folder after download.
+        archive: Option<FileCard>,
+    },
+}
+
+impl Location {
+    /// The kind of place, without its details.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Location::Local { .. } => SourceKind::Local,
+            Location::Hub { .. } => SourceKind::Hub,
+            Location::Url { .. } => SourceKind::Url,
+        }
+    }
+}
+
+/// How a source's files are read, with what a table needs to be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// See [`Format::SstTsv`].
+    SstTsv,
+    /// See [`Format::ImdbTsv`].
+    ImdbTsv,
+    /// See [`Format::Aclimdb`].
+    Aclimdb,
+    /// See [`Format::Parallel`].
+    Parallel,
+    /// See [`Format::Table`].
+    Table(TableSource),
+}
+
+impl Layout {
+    /// The format's name tag, without its details.
+    pub fn format(&self) -> Format {
+        match self {
+            Layout::SstTsv => Format::SstTsv,
+            Layout::ImdbTsv => Format::ImdbTsv,
+            Layout::Aclimdb => Format::Aclimdb,
+            Layout::Parallel => Format::Parallel,
+            Layout::Table(_) => Format::Table,
+        }
+    }
+}
+
+/// A table source: the file format and, for classification, the columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSource {
+    /// The file format (`tsv`, `csv`, `jsonl`).
+    pub format: TableFormat,
+    /// Classification: the text and label columns. Translation tables have
+    /// one column per language instead, so `None`.
+    pub columns: Option<TableColumns>,
+    /// TSV or CSV: whether the first line names the columns. Without a
+    /// header, the columns are 1-based column numbers (`"1"`).
+    pub header: bool,
+}
+
+/// The columns of a classification table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumns {
+    /// The text column.
+    pub text: String,
+    /// The label column.
+    pub label: String,
+}
+
+/// One place a dataset can come from: where ([`Location`]), how its files are
+/// read ([`Layout`]), and the files per split.
+///
+/// In a card it is a flat TOML table (`kind = "hub"`, `repo = …`,
+/// `format = "table"`, `table_format = …`); parsing checks that each kind and
+/// format has the keys it needs and none that belong to another, so the rest
+/// of the code never meets a half-filled source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSourceCard", into = "RawSourceCard")]
 pub struct SourceCard {
     /// Local folder, hub repo or URL.
-    pub kind: SourceKind,
+    pub location: Location,
     /// File layout.
-    pub format: Format,
-    /// Local: the folder under the data dir (`""` for the data dir itself).
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// Hub: the dataset repo id, e.g. `SetFit/sst2`.
-    #[serde(default)]
-    pub repo: Option<String>,
-    /// Hub: the revision (a commit sha pins the content; default `main`).
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// URL: the base URL the file paths are appended to.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// URL: a `.tar.gz` (path under `base_url`) that holds the files; it is
-    /// unpacked into the cache folder after download.
-    #[serde(default)]
-    pub archive: Option<FileCard>,
-    /// Table format: the file format (`tsv`, `csv`, `jsonl`).
-    #[serde(default)]
-    pub table_format: Option<TableFormat>,
-    /// Table format, classification: the text column.
-    #[serde(default)]
-    pub text_column: Option<String>,
-    /// Table format, classification: the label column.
-    #[serde(default)]
-    pub label_column: Option<String>,
-    /// Table format, TSV or CSV: whether the first line names the columns
-    /// (default true). Without a header, `text_column`/`label_column` are
-    /// 1-based column numbers (`"1"`).
-    #[serde(default)]
-    pub header: Option<bool>,
+    pub layout: Layout,
     /// Free-text note shown by `cotext data info` (differences from other sources).
-    #[serde(default)]
     pub note: Option<String>,
     /// The files, per split.
     pub files: Vec<FileCard>,
 }
 
+/// A source as written in a card: every key of every kind, all optional.
+/// Only [`SourceCard`]'s conversion reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSourceCard {
+    kind: SourceKind,
+    format: Format,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archive: Option<FileCard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table_format: Option<TableFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    files: Vec<FileCard>,
+}
+
+impl TryFrom<RawSourceCard> for SourceCard {
+    type Error = String;
+
+    fn try_from(raw: RawSourceCard) -> std::result::Result<SourceCard, String> {
+        let kind = match raw.kind {
+            SourceKind::Local => "a local source",
+            SourceKind::Hub => "a hub source",
+            SourceKind::Url => "a url source",
+        };
+        let need =
+            |value: Option<String>, key: &str| value.ok_or_else(|| format!("{kind} needs `{key}`"));
+        let refuse = |present: bool, key: &str| match present {
+            true => Err(format!("{kind} does not take `{key}`")),
+            false => Ok(()),
+        };
+        let location = match raw.kind {
+            SourceKind::Local => {
+                refuse(raw.repo.is_some(), "repo")?;
+                refuse(raw.revision.is_some(), "revision")?;
+                refuse(raw.base_url.is_some(), "base_url")?;
+                refuse(raw.archive.is_some(), "archive")?;
+                Location::Local {
+                    dir: need(raw.dir, "dir")?,
+                }
+            }
+            SourceKind::Hub => {
+                refuse(raw.dir.is_some(), "dir")?;
+                refuse(raw.base_url.is_some(), "base_url")?;
+                refuse(raw.archive.is_some(), "archive")?;
+                Location::Hub {
+                    repo: need(raw.repo, "repo")?,
+                    revision: raw.revision,
+                }
+            }
+            SourceKind::Url => {
+                refuse(raw.dir.is_some(), "dir")?;
+                refuse(raw.repo.is_some(), "repo")?;
+                refuse(raw.revision.is_some(), "revision")?;
+                Location::Url {
+                    base_url: need(raw.base_url, "base_url")?,
+                    archive: raw.archive,
+                }
+            }
+        };
+        let layout = match raw.format {
+            Format::Table => {
+                let format = raw
+                    .table_format
+                    .ok_or("a table source needs `table_format`")?;
+                let columns = match (raw.text_column, raw.label_column) {
+                    (None, None) => None,
+                    (Some(text), Some(label)) => Some(TableColumns { text, label }),
+                    (Some(_), None) => return Err("`text_column` needs `label_column`".into()),
+                    (None, Some(_)) => return Err("`label_column` needs `text_column`".into()),
+                };
+                Layout::Table(TableSource {
+                    format,
+                    columns,
+                    header: raw.header.unwrap_or(true),
+                })
+            }
+            other => {
+                let not_table = |present: bool, key: &str| match present {
+                    true => Err(format!(
+                        "`{key}` belongs to format \"table\", not {:?}",
+                        other.name()
+                    )),
+                    false => Ok(()),
+                };
+                not_table(raw.table_format.is_some(), "table_format")?;
+                not_table(raw.text_column.is_some(), "text_column")?;
+                not_table(raw.label_column.is_some(), "label_column")?;
+                not_table(raw.header.is_some(), "header")?;
+                match other {
+                    Format::SstTsv => Layout::SstTsv,
+                    Format::ImdbTsv => Layout::ImdbTsv,
+                    Format::Aclimdb => Layout::Aclimdb,
+                    Format::Parallel => Layout::Parallel,
+                    Format::Table => unreachable!("matched above"),
+                }
+            }
+        };
+        Ok(SourceCard {
+            location,
+            layout,
+            note: raw.note,
+            files: raw.files,
+        })
+    }
+}
+
+impl From<SourceCard> for RawSourceCard {
+    fn from(card: SourceCard) -> RawSourceCard {
+        let mut raw = RawSourceCard {
+            kind: card.location.kind(),
+            format: card.layout.format(),
+            dir: None,
+            repo: None,
+            revision: None,
+            base_url: None,
+            archive: None,
+            table_format: None,
+            text_column: None,
+            label_column: None,
+            header: None,
+            note: card.note,
+            files: card.files,
+        };
+        match card.location {
+            Location::Local { dir } => raw.dir = Some(dir),
+            Location::Hub { repo, revision } => {
+                raw.repo = Some(repo);
+                raw.revision = revision;
+            }
+            Location::Url { base_url, archive } => {
+                raw.base_url = Some(base_url);
+                raw.archive = archive;
+            }
+        }
+        if let Layout::Table(table) = card.layout {
+            raw.table_format = Some(table.format);
+            if let Some(columns) = table.columns {
+                raw.text_column = Some(columns.text);
+                raw.label_column = Some(columns.label);
+            }
+            raw.header = (!table.header).then_some(false);
+        }
+        raw
+    }
+}
+
 impl SourceCard {
+    /// Local folder, hub repo or URL.
+    pub fn kind(&self) -> SourceKind {
+        self.location.kind()
+    }
+
+    /// The file layout's name tag.
+    pub fn format(&self) -> Format {
+        self.layout.format()
+    }
+
     /// The files of one split.
     pub fn split_files<'a>(&'a self, split: &'a str) -> impl Iterator<Item = &'a FileCard> + 'a {
         self.files.iter().filter(move |f| f.split == split)
@@ -160,17 +393,16 @@ impl SourceCard {
 
     /// A one-line description: `local folder sst2`, `hub SetFit/sst2@00ea8cc`, `url …`.
     pub fn describe(&self) -> String {
-        match self.kind {
-            SourceKind::Local => match self.dir.as_deref().unwrap_or("") {
+        match &self.location {
+            Location::Local { dir } => match dir.as_str() {
                 "" => "local data folder itself".to_string(),
                 dir => format!("local folder {dir:?}"),
             },
-            SourceKind::Hub => format!(
-                "hub dataset {}@{}",
-                self.repo.as_deref().unwrap_or("?"),
-                self.revision.as_deref().unwrap_or("main")
+            Location::Hub { repo, revision } => format!(
+                "hub dataset {repo}@{}",
+                revision.as_deref().unwrap_or("main")
             ),
-            SourceKind::Url => self.base_url.as_deref().unwrap_or("?").to_string(),
+            Location::Url { base_url, .. } => base_url.clone(),
         }
     }
 }
@@ -264,24 +496,20 @@ impl DatasetCard {
             }
         }
         for source in &self.sources {
-            let need = |field: &Option<String>, name: &str| {
-                field
-                    .as_ref()
-                    .map(|_| ())
-                    .ok_or_else(|| format!("{:?} source needs `{name}`", source.kind))
-            };
-            match source.kind {
-                SourceKind::Local => need(&source.dir, "dir")?,
-                SourceKind::Hub => need(&source.repo, "repo")?,
-                SourceKind::Url => need(&source.base_url, "base_url")?,
-            }
-            if source.format == Format::Table {
-                if source.table_format.is_none() {
-                    return Err("a table source needs `table_format`".into());
-                }
-                if self.task == Task::Classification {
-                    need(&source.text_column, "text_column")?;
-                    need(&source.label_column, "label_column")?;
+            if let Layout::Table(table) = &source.layout {
+                match (self.task, &table.columns) {
+                    (Task::Classification, None) => {
+                        return Err(
+                            "a classification table source needs `text_column` and `label_column`"
+                                .into(),
+                        )
+                    }
+                    (Task::Translation, Some(_)) => {
+                        return Err("a translation table source takes no `text_column` or \
+                                    `label_column`: its columns are the languages"
+                            .into())
+                    }
+                    _ => {}
                 }
             }
             for file in &source.files {
@@ -291,7 +519,7 @@ impl DatasetCard {
                         file.path, file.split
                     ));
                 }
-                if file.path.split('/').any(|c| c == "..") && source.kind != SourceKind::Local {
+                if file.path.split('/').any(|c| c == "..") && source.kind() != SourceKind::Local {
                     return Err(format!(
                         "file {}: `..` is only allowed in local sources",
                         file.path
@@ -354,11 +582,11 @@ mod tests {
             let card = DatasetCard::load(name).unwrap();
             assert_eq!(card.name, name);
             assert!(
-                card.sources.iter().any(|s| s.kind == SourceKind::Local),
+                card.sources.iter().any(|s| s.kind() == SourceKind::Local),
                 "{name}"
             );
             assert!(
-                card.sources.iter().any(|s| s.kind != SourceKind::Local),
+                card.sources.iter().any(|s| s.kind() != SourceKind::Local),
                 "{name}: no download source"
             );
             for source in &card.sources {
@@ -372,6 +600,91 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn builtin_cards_round_trip_through_toml() {
+        for name in builtin_names() {
+            let card = DatasetCard::load(name).unwrap();
+            let text = toml::to_string(&card).unwrap();
+            let again = DatasetCard::from_toml(Path::new("again.toml"), &text).unwrap();
+            assert_eq!(again, card, "{name}");
+        }
+        let sst2 = DatasetCard::load("sst2").unwrap();
+        let hub = sst2.sources.iter().find(|s| s.kind() == SourceKind::Hub);
+        let hub = hub.unwrap();
+        assert!(
+            matches!(&hub.location, Location::Hub { repo, revision: Some(_) } if repo == "SetFit/sst2")
+        );
+        let Layout::Table(table) = &hub.layout else {
+            panic!("{:?}", hub.layout)
+        };
+        assert_eq!(table.format, TableFormat::Jsonl);
+        assert!(table.header);
+        let columns = table.columns.as_ref().unwrap();
+        assert_eq!(
+            (columns.text.as_str(), columns.label.as_str()),
+            ("text", "label")
+        );
+    }
+
+    /// Each source kind and format takes exactly its own keys: a missing one
+    /// and one that belongs to another kind are both refused, naming the key
+    /// and the line.
+    #[test]
+    fn sources_take_exactly_the_keys_of_their_kind_and_format() {
+        let sst2 = include_str!("../../datasets/sst2.toml");
+        let cases = [
+            (
+                sst2.replace("dir = \"sst2\"", "dir = \"sst2\"\nrepo = \"x/y\""),
+                "a local source does not take `repo`",
+            ),
+            (
+                sst2.replace("repo = \"SetFit/sst2\"\n", ""),
+                "a hub source needs `repo`",
+            ),
+            (
+                sst2.replace("dir = \"sst2\"\n", ""),
+                "a local source needs `dir`",
+            ),
+            (
+                sst2.replace(
+                    "format = \"sst-tsv\"",
+                    "format = \"sst-tsv\"\nheader = false",
+                ),
+                "`header` belongs to format \"table\", not \"sst-tsv\"",
+            ),
+            (
+                sst2.replace("table_format = \"jsonl\"\n", ""),
+                "a table source needs `table_format`",
+            ),
+            (
+                sst2.replace("label_column = \"label\"\n", ""),
+                "`text_column` needs `label_column`",
+            ),
+            (
+                sst2.replace("text_column = \"text\"\nlabel_column = \"label\"\n", ""),
+                "a classification table source needs `text_column` and `label_column`",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_ne!(text, sst2, "the case did not change the card: {want}");
+            let err = DatasetCard::from_toml(Path::new("z.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("z.toml: ") && err.contains(want),
+                "{want}: {err}"
+            );
+        }
+        let multi30k = include_str!("../../datasets/multi30k-en-de.toml").replace(
+            "table_format = \"jsonl\"",
+            "table_format = \"jsonl\"\ntext_column = \"de\"\nlabel_column = \"en\"",
+        );
+        let err = DatasetCard::from_toml(Path::new("m.toml"), &multi30k)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a translation table source takes no"), "{err}");
     }
 
     #[test]

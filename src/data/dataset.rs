@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::card::{DatasetCard, FileCard, Format, SourceCard, Task};
+use super::card::{DatasetCard, FileCard, Format, Layout, SourceCard, Task};
 use super::hub::{self, DataDir};
 use super::imdb::{self, LabelScheme};
 use super::table::{self, TableSpec};
@@ -119,7 +119,7 @@ impl Dataset {
         if self.card.task == Task::Translation {
             return Vec::new();
         }
-        if self.source.format == Format::ImdbTsv || self.source.format == Format::Aclimdb {
+        if matches!(self.source.format(), Format::ImdbTsv | Format::Aclimdb) {
             return options
                 .scheme
                 .names()
@@ -181,8 +181,8 @@ impl Dataset {
             });
         }
         let num_classes = self.card.labels.len() as u32;
-        match self.source.format {
-            Format::SstTsv if wants_trees => {
+        match &self.source.layout {
+            Layout::SstTsv if wants_trees => {
                 let trees = sst::read_sst_trees(&self.file(split, Some("trees"))?)?;
                 let binary = num_classes == 2;
                 Ok(SplitData::Classification(
@@ -193,7 +193,7 @@ impl Dataset {
                     },
                 ))
             }
-            Format::SstTsv => Ok(SplitData::Classification(sst::read_sst_tsv(
+            Layout::SstTsv => Ok(SplitData::Classification(sst::read_sst_tsv(
                 &self.file(split, None)?,
                 num_classes,
             )?)),
@@ -202,7 +202,7 @@ impl Dataset {
                 self.card.name,
                 self.source.describe()
             ))),
-            Format::ImdbTsv => {
+            Layout::ImdbTsv => {
                 let reviews = imdb::read_imdb_tsv(
                     &self.file(split, Some("text"))?,
                     &self.file(split, Some("source"))?,
@@ -212,37 +212,41 @@ impl Dataset {
                     options.scheme,
                 )))
             }
-            Format::Aclimdb => {
+            Layout::Aclimdb => {
                 let reviews = imdb::read_aclimdb(&self.file(split, None)?, split)?;
                 Ok(SplitData::Classification(imdb::examples(
                     reviews,
                     options.scheme,
                 )))
             }
-            Format::Parallel => {
+            Layout::Parallel => {
                 let [src, tgt] = self.languages()?;
                 Ok(SplitData::Translation(parallel::read_parallel(
                     &self.file(split, Some(src))?,
                     &self.file(split, Some(tgt))?,
                 )?))
             }
-            Format::Table => {
+            Layout::Table(table) => {
                 let path = self.file(split, None)?;
-                let format = self.source.table_format.expect("validated card");
-                match self.card.task {
-                    Task::Classification => {
+                let format = table.format;
+                match (self.card.task, &table.columns) {
+                    (Task::Classification, Some(columns)) => {
                         let spec = TableSpec {
                             format,
-                            text_column: self.source.text_column.clone().expect("validated card"),
-                            label_column: self.source.label_column.clone().expect("validated card"),
+                            text_column: columns.text.clone(),
+                            label_column: columns.label.clone(),
                             labels: self.card.labels.clone(),
-                            header: self.source.header.unwrap_or(true),
+                            header: table.header,
                         };
                         let examples = table::read_table(&path, &spec)?;
                         check_labels(&path, &examples, num_classes)?;
                         Ok(SplitData::Classification(examples))
                     }
-                    Task::Translation => {
+                    (Task::Classification, None) => Err(Error::Internal(format!(
+                        "card {}: a classification table without columns passed the card check",
+                        self.card.name
+                    ))),
+                    (Task::Translation, _) => {
                         let [src, tgt] = self.languages()?;
                         Ok(SplitData::Translation(table::read_table_pairs(
                             &path, format, src, tgt,

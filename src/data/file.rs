@@ -21,7 +21,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::card::{DatasetCard, FileCard, Format, SourceCard, SourceKind, SplitCard, Task};
+use super::card::{
+    self, DatasetCard, FileCard, Location, SourceCard, SplitCard, TableColumns, TableSource, Task,
+};
 use super::dataset::{Dataset, LoadOptions, SplitData};
 use super::table::{self, Sample, TableFormat, TableSpec};
 use super::Example;
@@ -583,18 +585,22 @@ pub fn open(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let label = layout
+        .label
+        .clone()
+        .ok_or_else(|| Error::Internal("a file data set read without a label column".into()))?;
     let source = SourceCard {
-        kind: SourceKind::Local,
-        format: Format::Table,
-        dir: Some(root.to_string_lossy().into_owned()),
-        repo: None,
-        revision: None,
-        base_url: None,
-        archive: None,
-        table_format: Some(layout.format),
-        text_column: Some(layout.text.clone()),
-        label_column: layout.label.clone(),
-        header: (!layout.header).then_some(false),
+        location: Location::Local {
+            dir: root.to_string_lossy().into_owned(),
+        },
+        layout: card::Layout::Table(TableSource {
+            format: layout.format,
+            columns: Some(TableColumns {
+                text: layout.text.clone(),
+                label,
+            }),
+            header: layout.header,
+        }),
         note: Some(layout.describe()),
         files: file_cards,
     };

@@ -21,7 +21,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 use sha2::{Digest, Sha256};
 
-use super::card::{DatasetCard, Format, SourceCard, SourceKind};
+use super::card::{DatasetCard, FileCard, Format, Layout, Location, SourceCard, SourceKind};
 use super::dataset::{Dataset, LoadOptions, SplitData};
 use super::imdb::LabelScheme;
 use crate::{Error, Result};
@@ -62,8 +62,8 @@ pub fn split_present(source: &SourceCard, root: &Path, split: &str) -> bool {
     }
     files.all(|f| {
         let path = root.join(&f.path);
-        match source.format {
-            Format::Aclimdb => {
+        match source.layout {
+            Layout::Aclimdb => {
                 path.join(split).join("neg").is_dir() && path.join(split).join("pos").is_dir()
             }
             _ => path.is_file(),
@@ -76,10 +76,11 @@ pub fn hint(card: &DatasetCard) -> String {
     let local: Vec<String> = card
         .sources
         .iter()
-        .filter(|s| s.kind == SourceKind::Local)
         .filter_map(|s| {
+            let Location::Local { dir } = &s.location else {
+                return None;
+            };
             let first = s.files.first()?;
-            let dir = s.dir.as_deref().unwrap_or("");
             Some(if dir.is_empty() {
                 format!("DIR/{}", first.path)
             } else {
@@ -90,7 +91,7 @@ pub fn hint(card: &DatasetCard) -> String {
     let remote = card
         .sources
         .iter()
-        .find(|s| s.kind != SourceKind::Local)
+        .find(|s| s.kind() != SourceKind::Local)
         .map(|s| format!(" (downloads from {})", s.describe()))
         .unwrap_or_default();
     format!(
@@ -112,18 +113,18 @@ pub fn url_cache_dir(name: &str) -> PathBuf {
     home.join("cotext").join(name)
 }
 
-fn hub_repo(source: &SourceCard) -> Repo {
+fn hub_repo(repo: &str, revision: Option<&str>) -> Repo {
     Repo::with_revision(
-        source.repo.clone().expect("validated card"),
+        repo.to_string(),
         RepoType::Dataset,
-        source.revision.clone().unwrap_or_else(|| "main".into()),
+        revision.unwrap_or("main").to_string(),
     )
 }
 
 /// The snapshot folder of a hub source in the HF cache, if every file of at
 /// least one split is cached (found through hf-hub's own cache lookup).
-fn hub_cached_root(source: &SourceCard) -> Option<PathBuf> {
-    let repo = hub_cache().repo(hub_repo(source));
+fn hub_cached_root(source: &SourceCard, repo: Repo) -> Option<PathBuf> {
+    let repo = hub_cache().repo(repo);
     let mut root = None;
     for file in &source.files {
         if let Some(path) = repo.get(&file.path) {
@@ -161,15 +162,14 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
     };
     // A card written by `cotext data card` names its file's folder by an
     // absolute path: that folder is the data, wherever the command runs.
-    for source in card.sources.iter().filter(|s| s.kind == SourceKind::Local) {
-        let Some(dir) = source
-            .dir
-            .as_deref()
-            .map(Path::new)
-            .filter(|d| d.is_absolute())
-        else {
+    for source in &card.sources {
+        let Location::Local { dir } = &source.location else {
             continue;
         };
+        let dir = Path::new(dir);
+        if !dir.is_absolute() {
+            continue;
+        }
         if any_split_present(card, source, dir) {
             return Ok(found(
                 source,
@@ -191,8 +191,10 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
         }
     };
     for (dir, how) in &local_dirs {
-        for source in card.sources.iter().filter(|s| s.kind == SourceKind::Local) {
-            let sub = source.dir.as_deref().unwrap_or("");
+        for source in &card.sources {
+            let Location::Local { dir: sub } = &source.location else {
+                continue;
+            };
             if Path::new(sub).is_absolute() {
                 continue;
             }
@@ -226,11 +228,11 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
         });
     }
     for source in &card.sources {
-        match source.kind {
-            SourceKind::Local => {}
-            SourceKind::Hub => {
-                let repo = hub_repo(source);
-                if let Some(root) = hub_cached_root(source) {
+        match &source.location {
+            Location::Local { .. } => {}
+            Location::Hub { repo, revision } => {
+                let repo = hub_repo(repo, revision.as_deref());
+                if let Some(root) = hub_cached_root(source, repo.clone()) {
                     if any_split_present(card, source, &root) {
                         return Ok(found(
                             source,
@@ -245,7 +247,7 @@ pub fn locate(card: &DatasetCard, data_dir: &DataDir) -> Result<Dataset> {
                     repo.revision()
                 ));
             }
-            SourceKind::Url => {
+            Location::Url { .. } => {
                 let root = url_cache_dir(&card.name);
                 if any_split_present(card, source, &root) {
                     return Ok(found(
@@ -347,7 +349,7 @@ pub fn verify(dataset: &Dataset) -> Result<Vec<String>> {
             .card
             .split(split)
             .expect("present splits are card splits");
-        let schemes: &[LabelScheme] = match dataset.source.format {
+        let schemes: &[LabelScheme] = match dataset.source.format() {
             Format::ImdbTsv | Format::Aclimdb => &[LabelScheme::Binary, LabelScheme::Rating],
             _ => &[LabelScheme::Binary],
         };
@@ -406,12 +408,14 @@ pub fn fetch(card: &DatasetCard, progress: bool) -> Result<(Dataset, Vec<String>
     let source = card
         .sources
         .iter()
-        .find(|s| s.kind != SourceKind::Local)
+        .find(|s| s.kind() != SourceKind::Local)
         .ok_or_else(|| Error::Config(format!("dataset {} has no download source", card.name)))?;
-    let root = match source.kind {
-        SourceKind::Hub => fetch_hub(source, progress)?,
-        SourceKind::Url => fetch_url(card, source)?,
-        SourceKind::Local => unreachable!("filtered above"),
+    let root = match &source.location {
+        Location::Hub { repo, revision } => {
+            fetch_hub(source, hub_repo(repo, revision.as_deref()), progress)?
+        }
+        Location::Url { base_url, archive } => fetch_url(card, source, base_url, archive.as_ref())?,
+        Location::Local { .. } => unreachable!("filtered above"),
     };
     let dataset = Dataset {
         card: card.clone(),
@@ -423,12 +427,12 @@ pub fn fetch(card: &DatasetCard, progress: bool) -> Result<(Dataset, Vec<String>
     Ok((dataset, report))
 }
 
-fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
+fn fetch_hub(source: &SourceCard, repo: Repo, progress: bool) -> Result<PathBuf> {
     let api = ApiBuilder::from_env()
         .with_progress(progress)
         .build()
         .map_err(|e| Error::Download(format!("cannot start the hub client: {e}")))?;
-    let repo = api.repo(hub_repo(source));
+    let repo = api.repo(repo);
     let mut root = None;
     for file in &source.files {
         let path = repo.get(&file.path).map_err(|e| {
@@ -452,14 +456,18 @@ fn fetch_hub(source: &SourceCard, progress: bool) -> Result<PathBuf> {
     })
 }
 
-fn fetch_url(card: &DatasetCard, source: &SourceCard) -> Result<PathBuf> {
+fn fetch_url(
+    card: &DatasetCard,
+    source: &SourceCard,
+    base: &str,
+    archive: Option<&FileCard>,
+) -> Result<PathBuf> {
     let root = url_cache_dir(&card.name);
     std::fs::create_dir_all(&root).map_err(|e| Error::Io {
         path: root.clone(),
         source: e,
     })?;
-    let base = source.base_url.as_deref().expect("validated card");
-    if let Some(archive) = &source.archive {
+    if let Some(archive) = archive {
         if card
             .splits
             .iter()
