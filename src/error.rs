@@ -32,6 +32,16 @@ pub enum Error {
     /// A configuration value or command-line argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A run folder cannot be used as asked: it is not a run, holds no
+    /// checkpoint, already holds a run, is a run of the other task, or a resume
+    /// would change what it was trained with.
+    #[error("{}: {msg}", path.display())]
+    Run {
+        /// The run folder.
+        path: PathBuf,
+        /// What is wrong with it for this command.
+        msg: String,
+    },
     /// Training produced a NaN or infinite loss; the weights of that step were not
     /// applied and the last checkpoint on disk (if one was saved) is the last good one.
     #[error("the {what} became {value} at step {step}; training stopped{}", kept_note(kept.as_deref()))]
@@ -143,6 +153,7 @@ impl Error {
         match self {
             Error::Parse { .. }
             | Error::Config(_)
+            | Error::Run { .. }
             | Error::InvalidFile { .. }
             | Error::Mismatch { .. }
             | Error::DatasetNotFound { .. }

@@ -117,9 +117,11 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         runner::check_resume_config(&saved, &config)?;
         if let Some(state) = cotext::train::checkpoint::Checkpoint::read(&out)?.map(|c| c.state) {
             if let Some(why) = runner::budget_below_trained(&saved, &config, &state) {
-                return Err(
-                    cotext::Error::Config(format!("--resume {}: {why}", out.display())).into(),
-                );
+                return Err(cotext::Error::Run {
+                    path: out.clone(),
+                    msg: format!("--resume: {why}"),
+                }
+                .into());
             }
         }
         return Ok((config, out));

@@ -87,10 +87,10 @@ impl TaskKind {
                 }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !run.join("config.toml").exists() {
-                    return Err(Error::Config(format!(
-                        "{} is not a cotext run (no config.toml)",
-                        run.display()
-                    )));
+                    return Err(Error::Run {
+                        path: run.to_path_buf(),
+                        msg: "not a cotext run (no config.toml)".into(),
+                    });
                 }
                 Ok(if run.join("labels.json").exists() {
                     Self::Classification
@@ -130,12 +130,10 @@ impl TaskKind {
                 run.display()
             ),
         };
-        Err(Error::Config(format!(
-            "{} is a {} run, not a {} run: {hint}",
-            run.display(),
-            found.name(),
-            self.name()
-        )))
+        Err(Error::Run {
+            path: run.to_path_buf(),
+            msg: format!("a {} run, not a {} run: {hint}", found.name(), self.name()),
+        })
     }
 
     /// The checks across config sections that need no data: the metric and the
@@ -450,7 +448,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path();
         assert!(
-            matches!(TaskKind::of_run(run), Err(Error::Config(m)) if m.contains("not a cotext run"))
+            matches!(TaskKind::of_run(run), Err(Error::Run { msg, .. }) if msg.contains("not a cotext run"))
         );
         std::fs::write(run.join("config.toml"), "").unwrap();
         assert_eq!(TaskKind::of_run(run).unwrap(), TaskKind::Translation);
@@ -478,7 +476,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("is a translation run, not a classification run")
+            e.contains(": a translation run, not a classification run")
                 && e.contains("cotext translate --run"),
             "{e}"
         );

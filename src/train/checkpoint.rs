@@ -385,10 +385,10 @@ pub fn load_inference_weights(run: &Path, model: &dyn crate::models::Trainable) 
     let path = match Checkpoint::read(run)? {
         Some(c) => c.inference_weights()?,
         None => {
-            return Err(Error::Config(format!(
-                "{} holds no checkpoint ({STATE}): it is not a trained cotext run",
-                run.display()
-            )));
+            return Err(Error::Run {
+                path: run.to_path_buf(),
+                msg: format!("no checkpoint ({STATE}): not a trained cotext run"),
+            });
         }
     };
     load_weights_checked(&path, model)?;

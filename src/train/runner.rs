@@ -148,18 +148,18 @@ pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     let state = run.join(checkpoint::STATE);
     if resume {
         if !state.exists() {
-            return Err(Error::Config(format!(
-                "--resume: {} holds no checkpoint (state.json)",
-                run.display()
-            )));
+            return Err(Error::Run {
+                path: run.to_path_buf(),
+                msg: "--resume: no checkpoint here (state.json)".into(),
+            });
         }
         return Ok(());
     }
     if state.exists() {
-        return Err(Error::Config(format!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            run.display()
-        )));
+        return Err(Error::Run {
+            path: run.to_path_buf(),
+            msg: "already holds a run; pass --resume to continue it or choose another --out".into(),
+        });
     }
     if run.exists() && !run.join(RUN_MARKER).exists() {
         let entries = std::fs::read_dir(run).map_err(io(run))?;
@@ -170,11 +170,13 @@ pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
         if !names.is_empty() {
             names.sort();
             names.truncate(3);
-            return Err(Error::Config(format!(
-                "{} is not empty (it holds {}) and is not a cotext run (no state.json): choose a new or empty folder for --out",
-                run.display(),
-                names.join(", ")
-            )));
+            return Err(Error::Run {
+                path: run.to_path_buf(),
+                msg: format!(
+                    "not empty (it holds {}) and not a cotext run (no state.json): choose a new or empty folder for --out",
+                    names.join(", ")
+                ),
+            });
         }
     }
     std::fs::create_dir_all(run).map_err(io(run))?;
@@ -426,11 +428,9 @@ pub fn run<T: Task>(
 
     let mut live = None;
     let mut state = if options.resume {
-        let ckpt = Checkpoint::read(run)?.ok_or_else(|| {
-            Error::Config(format!(
-                "--resume: {} holds no checkpoint (state.json)",
-                run.display()
-            ))
+        let ckpt = Checkpoint::read(run)?.ok_or_else(|| Error::Run {
+            path: run.to_path_buf(),
+            msg: "--resume: no checkpoint here (state.json)".into(),
         })?;
         if ckpt.reference.is_none() {
             eprintln!("note: {} was saved by an older cotext without checksums: its checkpoint cannot be verified", run.display());

@@ -112,8 +112,9 @@ fn attack_run(
     // The cache is keyed by the weights' content, not by file times: a run that
     // trains further (or is retrained) gets new weights and a new hash.
     let weights = cotext::train::checkpoint::Checkpoint::read(run)?
-        .ok_or_else(|| {
-            cotext::Error::Config(format!("{}: no checkpoint to attack", run.display()))
+        .ok_or_else(|| cotext::Error::Run {
+            path: run.to_path_buf(),
+            msg: "no checkpoint to attack".into(),
         })?
         .inference_weights()?;
     let weights_sha256 = cotext::train::checkpoint::sha256_file(&weights)?;
