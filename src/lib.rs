@@ -41,6 +41,7 @@ pub mod data;
 pub mod decode;
 #[cfg(feature = "full")]
 pub mod error;
+pub mod fastmath;
 #[cfg(feature = "full")]
 pub mod fsio;
 #[cfg(feature = "full")]

@@ -475,6 +475,12 @@ impl CustomOp2 for MulConstOp {
 /// `w_hh_t [2, H, 4H]` the transposed recurrent weights; `keep[s][r]` whether row `r`
 /// has a real token at step `s`. Returns `[T, 2B, 6H]`: per step the gate
 /// pre-activations (`0..4H`), h (`4H..5H`) and c (`5H..6H`), starting from zero state.
+/// At a padded step the state passes through unchanged and the gates hold the input
+/// projection alone: each step's recurrent matmul runs over the rows with a token
+/// only (packed per direction, the way packed sequences skip padding).
+///
+/// In f32 the gate activations run vectorized ([`crate::fastmath`], within 1.5e-7 of
+/// libm) and the cell arithmetic in f32; in f64 everything is f64 with libm.
 ///
 /// The backward pass is one loop of backpropagation through time: the gradient of
 /// the input projections comes out as one `[T, 2B, 4H]` tensor and the recurrent
@@ -505,37 +511,118 @@ struct LstmLayerOp {
     keep: Arc<Vec<Vec<bool>>>,
 }
 
-fn layer_fwd<T: WithDType>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -> Result<Vec<T>> {
+/// The gate activations of the LSTM kernel, per element type: `f32` runs the
+/// vectorized [`crate::fastmath`] functions, `f64` libm's (the finite-difference
+/// tests' reference).
+trait CellFloat: WithDType {
+    fn sigmoid_slice(xs: &mut [Self]);
+    fn tanh_slice(xs: &mut [Self]);
+}
+
+impl CellFloat for f32 {
+    fn sigmoid_slice(xs: &mut [f32]) {
+        crate::fastmath::sigmoid_slice(xs)
+    }
+    fn tanh_slice(xs: &mut [f32]) {
+        crate::fastmath::tanh_slice(xs)
+    }
+}
+
+impl CellFloat for f64 {
+    fn sigmoid_slice(xs: &mut [f64]) {
+        for x in xs {
+            *x = sigmoid(*x);
+        }
+    }
+    fn tanh_slice(xs: &mut [f64]) {
+        for x in xs {
+            *x = x.tanh();
+        }
+    }
+}
+
+/// `act ← [σ(i), σ(f), tanh(g), σ(o)]` from the `4H` gate pre-activations.
+fn activate_gates<T: CellFloat>(pre: &[T], act: &mut [T], h: usize) {
+    act.copy_from_slice(pre);
+    T::sigmoid_slice(&mut act[..2 * h]);
+    T::tanh_slice(&mut act[2 * h..3 * h]);
+    T::sigmoid_slice(&mut act[3 * h..]);
+}
+
+/// `xs · w` per direction (`xs [2B, n_in]`, `w [2, n_in, n_out]`) for the rows
+/// with a token at this step only. The active rows of each direction are packed
+/// first, as packed sequences are, so padding costs no matmul work. Returns the
+/// products and, per row, where its `n_out` values start (`None`: a padded row).
+fn recurrent<T: WithDType>(
+    xs: &[T],
+    w: &Tensor,
+    keep: &[bool],
+    n_in: usize,
+    n_out: usize,
+) -> Result<(Vec<T>, Vec<Option<usize>>)> {
+    let b2 = keep.len();
+    let b = b2 / 2;
+    let mut slots = vec![None; b2];
+    if keep.iter().all(|&k| k) {
+        let out = Tensor::from_slice(xs, (2, b, n_in), w.device())?.matmul(w)?;
+        for (r, slot) in slots.iter_mut().enumerate() {
+            *slot = Some(r * n_out);
+        }
+        return Ok((out.flatten_all()?.to_vec1::<T>()?, slots));
+    }
+    let active = |d: usize| (d * b..(d + 1) * b).filter(|&r| keep[r]);
+    let n = active(0).count().max(active(1).count());
+    if n == 0 {
+        return Ok((Vec::new(), slots));
+    }
+    let mut packed = vec![T::from_f64(0.0); 2 * n * n_in];
+    for d in 0..2 {
+        for (k, r) in active(d).enumerate() {
+            let at = (d * n + k) * n_in;
+            packed[at..at + n_in].copy_from_slice(&xs[r * n_in..(r + 1) * n_in]);
+            slots[r] = Some((d * n + k) * n_out);
+        }
+    }
+    let out = Tensor::from_vec(packed, (2, n, n_in), w.device())?.matmul(w)?;
+    Ok((out.flatten_all()?.to_vec1::<T>()?, slots))
+}
+
+fn layer_fwd<T: CellFloat>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -> Result<Vec<T>> {
     let t = keep.len();
     let b2 = keep.first().map_or(0, |k| k.len());
-    let b = b2 / 2;
     let (g4, row) = (4 * h, 6 * h);
     let mut out = vec![T::from_f64(0.0); t * b2 * row];
     let mut hprev = vec![T::from_f64(0.0); b2 * h];
     let mut cprev = vec![T::from_f64(0.0); b2 * h];
+    let mut act = vec![T::from_f64(0.0); g4];
+    let mut tc = vec![T::from_f64(0.0); h];
     for s in 0..t {
-        let hw = Tensor::from_slice(&hprev, (2, b, h), w.device())?.matmul(w)?;
-        let hw = hw.flatten_all()?.to_vec1::<T>()?;
+        let (hw, slots) = recurrent(&hprev, w, &keep[s], h, g4)?;
         let o_s = &mut out[s * b2 * row..(s + 1) * b2 * row];
         for r in 0..b2 {
             let o = &mut o_s[r * row..(r + 1) * row];
             let x = &xp[(s * b2 + r) * g4..(s * b2 + r + 1) * g4];
-            for j in 0..g4 {
-                o[j] = T::from_f64(x[j].to_f64() + hw[r * g4 + j].to_f64());
+            let Some(at) = slots[r] else {
+                // Padding: the state passes through unchanged; the gates hold
+                // the input projection alone (they do not reach h or c).
+                o[..g4].copy_from_slice(x);
+                o[g4..5 * h].copy_from_slice(&hprev[r * h..(r + 1) * h]);
+                o[5 * h..].copy_from_slice(&cprev[r * h..(r + 1) * h]);
+                continue;
+            };
+            for ((o, &x), &y) in o[..g4].iter_mut().zip(x).zip(&hw[at..at + g4]) {
+                *o = x + y;
             }
+            activate_gates(&o[..g4], &mut act, h);
+            let c_prev = &cprev[r * h..(r + 1) * h];
             for j in 0..h {
-                let (hn, cn) = if keep[s][r] {
-                    let i = sigmoid(o[j].to_f64());
-                    let f = sigmoid(o[h + j].to_f64());
-                    let g = o[2 * h + j].to_f64().tanh();
-                    let og = sigmoid(o[3 * h + j].to_f64());
-                    let c = f * cprev[r * h + j].to_f64() + i * g;
-                    (T::from_f64(og * c.tanh()), T::from_f64(c))
-                } else {
-                    (hprev[r * h + j], cprev[r * h + j])
-                };
-                o[g4 + j] = hn;
-                o[5 * h + j] = cn;
+                let c = act[h + j] * c_prev[j] + act[j] * act[2 * h + j];
+                o[5 * h + j] = c;
+                tc[j] = c;
+            }
+            T::tanh_slice(&mut tc);
+            for j in 0..h {
+                o[g4 + j] = act[3 * h + j] * tc[j];
             }
         }
         for r in 0..b2 {
@@ -548,7 +635,7 @@ fn layer_fwd<T: WithDType>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -
 }
 
 /// Returns (d xp `[T, 2B, 4H]`, d w_hh_t `[2, H, 4H]`).
-fn layer_bwd<T: WithDType>(
+fn layer_bwd<T: CellFloat>(
     out: &[T],
     grad: &[T],
     w: &Tensor,
@@ -560,11 +647,17 @@ fn layer_bwd<T: WithDType>(
     let b2 = keep.first().map_or(0, |k| k.len());
     let b = b2 / 2;
     let (g4, row) = (4 * h, 6 * h);
+    let zero = T::from_f64(0.0);
+    let one = T::from_f64(1.0);
     let w_t = w.transpose(1, 2)?.contiguous()?; // [2, 4H, H]
-    let mut dgates_all = vec![T::from_f64(0.0); t * b2 * g4];
-    let mut hprev_all = vec![T::from_f64(0.0); t * b2 * h];
-    let mut dh_next = vec![0f64; b2 * h];
-    let mut dc_next = vec![0f64; b2 * h];
+    let mut dgates_all = vec![zero; t * b2 * g4];
+    // h_prev of each step's active rows (zero for padded rows, whose gates do
+    // not depend on the recurrent weights).
+    let mut hprev_all = vec![zero; t * b2 * h];
+    let mut dh_next = vec![zero; b2 * h];
+    let mut dc_next = vec![zero; b2 * h];
+    let mut act = vec![zero; g4];
+    let mut tc = vec![zero; h];
     for s in (0..t).rev() {
         let o_s = &out[s * b2 * row..(s + 1) * b2 * row];
         let gr_s = &grad[s * b2 * row..(s + 1) * b2 * row];
@@ -574,45 +667,55 @@ fn layer_bwd<T: WithDType>(
             None
         };
         let dg_s = &mut dgates_all[s * b2 * g4..(s + 1) * b2 * g4];
-        let mut dh_pass = vec![0f64; b2 * h];
         for r in 0..b2 {
             let o = &o_s[r * row..(r + 1) * row];
             let gr = &gr_s[r * row..(r + 1) * row];
             let dg = &mut dg_s[r * g4..(r + 1) * g4];
+            let dh_next = &mut dh_next[r * h..(r + 1) * h];
+            let dc_next = &mut dc_next[r * h..(r + 1) * h];
+            if !keep[s][r] {
+                // The state passed through: so does its gradient.
+                for j in 0..h {
+                    dh_next[j] += gr[g4 + j];
+                    dc_next[j] += gr[5 * h + j];
+                }
+                dg.copy_from_slice(&gr[..g4]);
+                continue;
+            }
             if let Some(p) = prev {
                 hprev_all[(s * b2 + r) * h..(s * b2 + r + 1) * h]
                     .copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
             }
+            activate_gates(&o[..g4], &mut act, h);
+            tc.copy_from_slice(&o[5 * h..]);
+            T::tanh_slice(&mut tc);
+            let c_prev = |j: usize| prev.map_or(zero, |p| p[r * row + 5 * h + j]);
             for j in 0..h {
-                let dh = gr[g4 + j].to_f64() + dh_next[r * h + j];
-                let dc = gr[5 * h + j].to_f64() + dc_next[r * h + j];
-                if !keep[s][r] {
-                    dh_pass[r * h + j] = dh;
-                    dc_next[r * h + j] = dc;
-                    for k in 0..4 {
-                        dg[k * h + j] = gr[k * h + j];
-                    }
-                    continue;
-                }
-                let i = sigmoid(o[j].to_f64());
-                let f = sigmoid(o[h + j].to_f64());
-                let g = o[2 * h + j].to_f64().tanh();
-                let og = sigmoid(o[3 * h + j].to_f64());
-                let tc = o[5 * h + j].to_f64().tanh();
-                let c_prev = prev.map_or(0.0, |p| p[r * row + 5 * h + j].to_f64());
-                let dct = dc + dh * og * (1.0 - tc * tc);
-                dg[j] = T::from_f64(dct * g * i * (1.0 - i) + gr[j].to_f64());
-                dg[h + j] = T::from_f64(dct * c_prev * f * (1.0 - f) + gr[h + j].to_f64());
-                dg[2 * h + j] = T::from_f64(dct * i * (1.0 - g * g) + gr[2 * h + j].to_f64());
-                dg[3 * h + j] = T::from_f64(dh * tc * og * (1.0 - og) + gr[3 * h + j].to_f64());
-                dc_next[r * h + j] = dct * f;
+                let (i, f, g, og) = (act[j], act[h + j], act[2 * h + j], act[3 * h + j]);
+                let dh = gr[g4 + j] + dh_next[j];
+                let dc = gr[5 * h + j] + dc_next[j];
+                let dct = dc + dh * og * (one - tc[j] * tc[j]);
+                dg[j] = dct * g * i * (one - i) + gr[j];
+                dg[h + j] = dct * c_prev(j) * f * (one - f) + gr[h + j];
+                dg[2 * h + j] = dct * i * (one - g * g) + gr[2 * h + j];
+                dg[3 * h + j] = dh * tc[j] * og * (one - og) + gr[3 * h + j];
+                dc_next[j] = dct * f;
+                // Reaches h_prev through W below.
+                dh_next[j] = zero;
             }
         }
-        // The gates are xp + h_prev · W: their gradient reaches h_prev through W.
-        let dgw = Tensor::from_slice(dg_s, (2, b, g4), dev)?.matmul(&w_t)?;
-        let dgw = dgw.flatten_all()?.to_vec1::<T>()?;
-        for (k, d) in dh_next.iter_mut().enumerate() {
-            *d = dh_pass[k] + dgw[k].to_f64();
+        // The gates of active rows are xp + h_prev · W: their gradient reaches
+        // h_prev through W.
+        let (dgw, slots) = recurrent(dg_s, &w_t, &keep[s], g4, h)?;
+        for (r, slot) in slots.iter().enumerate() {
+            if let Some(at) = slot {
+                for (d, &v) in dh_next[r * h..(r + 1) * h]
+                    .iter_mut()
+                    .zip(&dgw[*at..at + h])
+                {
+                    *d += v;
+                }
+            }
         }
     }
     let dxp = Tensor::from_vec(dgates_all, (t, b2, g4), dev)?;
@@ -818,7 +921,8 @@ mod tests {
                 .reshape((2, b2 / 2, h))?
                 .matmul(w)?
                 .reshape((b2, g4))?;
-            let gates = (xp.get(s)? + hw)?;
+            // At padding the gates hold the input projection alone.
+            let gates = (xp.get(s)? + hw.broadcast_mul(&k)?)?;
             state = lstm_cell_ops(&gates, &state, &k)?;
             outs.push(Tensor::cat(&[gates, state.get(0)?, state.get(1)?], 1)?);
         }
@@ -827,12 +931,16 @@ mod tests {
 
     #[test]
     fn fused_lstm_layer_matches_plain_ops_and_finite_differences() -> Result<()> {
-        let (t, b, h) = (4, 2, 3);
+        // Steps with every row active (no packing), with the directions' active
+        // counts differing, with one direction empty, and with no row active.
+        let (t, b, h) = (6, 2, 3);
         let keep = vec![
+            vec![true, true, true, true],
             vec![true, true, true, false],
             vec![true, false, true, false],
             vec![true, false, false, true],
             vec![false, false, false, true],
+            vec![false, false, false, false],
         ];
         let keep = Arc::new(keep);
         let xp0 = randn(&[t, 2 * b, 4 * h], 40)?;
@@ -858,6 +966,20 @@ mod tests {
         let fw = numeric_grad(&w0, &|w| loss(&xp0, w))?;
         assert_close(gf.get(&xp).unwrap(), &fx, 1e-6, "d xp")?;
         assert_close(gf.get(&w).unwrap(), &fw, 1e-6, "d w_hh")?;
+        // f32 (vectorized activations, f32 arithmetic) against the f64 oracle.
+        let xp32 = Var::from_tensor(&xp0.to_dtype(DType::F32)?)?;
+        let w32 = Var::from_tensor(&w0.to_dtype(DType::F32)?)?;
+        let fused32 = lstm_layer(&xp32, &w32, keep.clone())?;
+        let diff = max_abs_diff(&fused32.to_dtype(DType::F64)?, &plain)?;
+        assert!(diff < 2e-6, "f32 forward: {diff}");
+        let g32 = (&fused32 * &up.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        for (v32, v, name) in [(&xp32, &xp, "xp"), (&w32, &w, "w_hh")] {
+            let got = g32.get(v32).unwrap().to_dtype(DType::F64)?;
+            let diff = max_abs_diff(&got, gp.get(v).unwrap())?;
+            assert!(diff < 1e-5, "f32 d {name}: {diff}");
+        }
         Ok(())
     }
 }

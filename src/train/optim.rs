@@ -147,6 +147,9 @@ pub struct Optimizer {
     second: Vec<Option<Tensor>>,
     steps: u64,
     lr: f64,
+    /// Whether CPU f32 variables take the one-pass update ([`fused`]); only the
+    /// tests that compare the two paths turn it off.
+    fused: bool,
 }
 
 impl Optimizer {
@@ -165,6 +168,7 @@ impl Optimizer {
             first: vec![None; n],
             second: vec![None; n],
             steps: 0,
+            fused: true,
         })
     }
 
@@ -206,6 +210,20 @@ impl Optimizer {
             // by the model's size each step until the OOM killer came).
             let g = g.detach().to_dtype(DType::F32)?;
             let p = var.as_tensor().detach().to_dtype(DType::F32)?;
+            if !self.fused {
+                // The op-by-op path below.
+            } else if let Some(new_p) = fused::step(
+                &self.config,
+                lr,
+                self.steps,
+                &p,
+                &g,
+                &mut self.first[i],
+                &mut self.second[i],
+            )? {
+                var.set(&new_p.to_dtype(var.dtype())?)?;
+                continue;
+            }
             let new_p = match self.config {
                 OptimizerConfig::Adamw {
                     beta1,
@@ -399,6 +417,203 @@ impl Optimizer {
     }
 }
 
+/// The update rules as one pass over each variable on the CPU (candle's ops make
+/// one pass, and one buffer, per operation: about a dozen for AdamW). Each
+/// element goes through exactly the f32 operations the op-by-op path performs,
+/// in the same order (candle's `x * c` by a scalar is `x · c + 0`), so the two
+/// agree to the bit (`fused_step_matches_the_op_by_op_path_bit_for_bit`).
+mod fused {
+    use candle_core::{CpuStorage, Result, Storage, Tensor};
+    use rayon::prelude::*;
+
+    use super::OptimizerConfig;
+
+    /// A contiguous f32 CPU tensor's values.
+    fn values(t: &Tensor) -> Option<Vec<f32>> {
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].to_vec()),
+            _ => None,
+        }
+    }
+
+    fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[start..end])),
+            _ => None,
+        }
+    }
+
+    const CHUNK: usize = 1 << 14;
+
+    /// One update of one variable (`p`, `g`: f32), its state updated in place.
+    /// `None` when a tensor is not a contiguous f32 CPU tensor: the caller then
+    /// runs the op-by-op path.
+    pub(super) fn step(
+        config: &OptimizerConfig,
+        lr: f64,
+        steps: u64,
+        p: &Tensor,
+        g: &Tensor,
+        first: &mut Option<Tensor>,
+        second: &mut Option<Tensor>,
+    ) -> Result<Option<Tensor>> {
+        if !p.device().is_cpu() || p.layout().contiguous_offsets().is_none() {
+            return Ok(None);
+        }
+        let shape = p.shape().clone();
+        let dev = p.device().clone();
+        let Some(mut new_p) = values(p) else {
+            return Ok(None);
+        };
+        let out = with_values(g, |g| -> Result<Option<()>> {
+            if g.len() != new_p.len() {
+                return Ok(None);
+            }
+            match *config {
+                OptimizerConfig::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
+                    let mut m = match first.as_ref() {
+                        Some(t) => match values(t) {
+                            Some(v) => Some(v),
+                            None => return Ok(None),
+                        },
+                        None => None,
+                    };
+                    let mut v = match second.as_ref() {
+                        Some(t) => match values(t) {
+                            Some(v) => Some(v),
+                            None => return Ok(None),
+                        },
+                        None => None,
+                    };
+                    let n = new_p.len();
+                    let had_m = m.is_some();
+                    let had_v = v.is_some();
+                    let mut m_new = m.take().unwrap_or_else(|| vec![0.0; n]);
+                    let mut v_new = v.take().unwrap_or_else(|| vec![0.0; n]);
+                    let t = steps as i32;
+                    let b1 = beta1 as f32;
+                    let b1c = (1.0 - beta1) as f32;
+                    let b2 = beta2 as f32;
+                    let b2c = (1.0 - beta2) as f32;
+                    let m_scale = (1. / (1.0 - beta1.powi(t))) as f32;
+                    let v_scale = (1. / (1.0 - beta2.powi(t))) as f32;
+                    let decay = (1.0 - lr * weight_decay) as f32;
+                    let eps = eps as f32;
+                    let lr = lr as f32;
+                    new_p
+                        .par_chunks_mut(CHUNK)
+                        .zip(m_new.par_chunks_mut(CHUNK))
+                        .zip(v_new.par_chunks_mut(CHUNK))
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|(((p, m), v), g)| {
+                            for j in 0..p.len() {
+                                let gj = g[j];
+                                let mj = if had_m {
+                                    (m[j] * b1 + 0.0) + (gj * b1c + 0.0)
+                                } else {
+                                    gj * b1c + 0.0
+                                };
+                                let sq = gj * gj;
+                                let vj = if had_v {
+                                    (v[j] * b2 + 0.0) + (sq * b2c + 0.0)
+                                } else {
+                                    sq * b2c + 0.0
+                                };
+                                let m_hat = mj * m_scale + 0.0;
+                                let v_hat = vj * v_scale + 0.0;
+                                let decayed = p[j] * decay + 0.0;
+                                let update = m_hat / (v_hat.sqrt() * 1.0 + eps);
+                                p[j] = decayed - (update * lr + 0.0);
+                                m[j] = mj;
+                                v[j] = vj;
+                            }
+                        });
+                    *first = Some(Tensor::from_vec(m_new, &shape, &dev)?);
+                    *second = Some(Tensor::from_vec(v_new, &shape, &dev)?);
+                }
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
+                    let mut buf = match first.as_ref() {
+                        Some(t) => match values(t) {
+                            Some(v) => Some(v),
+                            None => return Ok(None),
+                        },
+                        None => None,
+                    };
+                    let had_buf = buf.is_some();
+                    let use_momentum = momentum > 0.0;
+                    let n = new_p.len();
+                    let mut b_new = if use_momentum {
+                        buf.take().unwrap_or_else(|| vec![0.0; n])
+                    } else {
+                        Vec::new()
+                    };
+                    let wd = weight_decay as f32;
+                    let decays = weight_decay > 0.0;
+                    let mom = momentum as f32;
+                    let lr = lr as f32;
+                    let update = |p: &mut f32, b: Option<&mut f32>, g: f32| {
+                        let g = if decays { g + (*p * wd + 0.0) } else { g };
+                        let dir = match b {
+                            Some(b) => {
+                                let nb = if had_buf { (*b * mom + 0.0) + g } else { g };
+                                *b = nb;
+                                if nesterov {
+                                    g + (nb * mom + 0.0)
+                                } else {
+                                    nb
+                                }
+                            }
+                            None => g,
+                        };
+                        *p -= dir * lr + 0.0;
+                    };
+                    if use_momentum {
+                        new_p
+                            .par_chunks_mut(CHUNK)
+                            .zip(b_new.par_chunks_mut(CHUNK))
+                            .zip(g.par_chunks(CHUNK))
+                            .for_each(|((p, b), g)| {
+                                for j in 0..p.len() {
+                                    update(&mut p[j], Some(&mut b[j]), g[j]);
+                                }
+                            });
+                        *first = Some(Tensor::from_vec(b_new, &shape, &dev)?);
+                    } else {
+                        new_p
+                            .par_chunks_mut(CHUNK)
+                            .zip(g.par_chunks(CHUNK))
+                            .for_each(|(p, g)| {
+                                for j in 0..p.len() {
+                                    update(&mut p[j], None, g[j]);
+                                }
+                            });
+                    }
+                }
+            }
+            Ok(Some(()))
+        });
+        match out.transpose()?.flatten() {
+            Some(()) => Ok(Some(Tensor::from_vec(new_p, shape, &dev)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Scales `grads` of `vars` so their global L2 norm is at most `max_norm`
 /// (PyTorch's `clip_grad_norm_`, same 1e-6 in the denominator). Returns the norm
 /// before clipping.
@@ -500,6 +715,114 @@ mod tests {
 
     /// Resuming with the other optimizer kind once loaded whatever matched (SGD
     /// found no `momentum.*` in AdamW state and went on with zero momentum).
+    #[test]
+    fn fused_step_matches_the_op_by_op_path_bit_for_bit() {
+        let dev = Device::Cpu;
+        // Sizes across the parallel chunking, and a scalar.
+        let shapes: [&[usize]; 3] = [&[40_000], &[7, 3], &[]];
+        let configs = [
+            OptimizerConfig::default(),
+            OptimizerConfig::Adamw {
+                lr: 3e-3,
+                beta1: 0.8,
+                beta2: 0.95,
+                eps: 1e-6,
+                weight_decay: 0.1,
+            },
+            sgd(),
+            OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-4,
+            },
+            OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+        ];
+        for config in configs {
+            let make = || -> Vec<(String, Var)> {
+                shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, shape)| {
+                        let t = Tensor::randn(0f32, 1.0, *shape, &dev).unwrap();
+                        (format!("v{i}"), Var::from_tensor(&t).unwrap())
+                    })
+                    .collect()
+            };
+            let vars = make();
+            let twins: Vec<(String, Var)> = vars
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap(),
+                    )
+                })
+                .collect();
+            let mut fused = Optimizer::new(vars.clone(), config.clone()).unwrap();
+            let mut plain = Optimizer::new(twins.clone(), config.clone()).unwrap();
+            plain.fused = false;
+            for step in 0..4 {
+                let grads = |vars: &[(String, Var)]| {
+                    let loss = vars
+                        .iter()
+                        .map(|(_, v)| {
+                            (v.as_tensor().sqr().unwrap() * (step as f64 + 0.5))
+                                .unwrap()
+                                .sum_all()
+                                .unwrap()
+                        })
+                        .reduce(|a, b| (a + b).unwrap())
+                        .unwrap();
+                    loss.backward().unwrap()
+                };
+                fused.step(&grads(&vars)).unwrap();
+                plain.step(&grads(&twins)).unwrap();
+                for ((name, a), (_, b)) in vars.iter().zip(&twins) {
+                    let bits = |v: &Var| -> Vec<u32> {
+                        v.as_tensor()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect()
+                    };
+                    assert_eq!(bits(a), bits(b), "{config:?} step {step} {name}");
+                }
+            }
+            let (sa, sb) = (
+                fused.state_tensors("o").unwrap(),
+                plain.state_tensors("o").unwrap(),
+            );
+            assert_eq!(sa.len(), sb.len());
+            for (k, a) in &sa {
+                let b = &sb[k];
+                let a = a
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let b = b
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                assert_eq!(a, b, "{config:?} state {k}");
+            }
+        }
+    }
+
     #[test]
     fn load_state_refuses_the_other_optimizer_kind() {
         let err = refused(sgd(), &stepped(OptimizerConfig::default()));
