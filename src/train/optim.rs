@@ -449,6 +449,20 @@ mod fused {
 
     const CHUNK: usize = 1 << 14;
 
+    /// Σ g² in f64, in one pass over a contiguous f32 CPU tensor, summed in
+    /// element order as candle's `to_dtype(F64)?.sqr()?.sum_all()` sums (the same
+    /// bits, without its two full-size f64 buffers). `None` for other tensors.
+    pub(super) fn sum_of_squares(g: &Tensor) -> Option<f64> {
+        with_values(g, |g| {
+            let mut sum = 0f64;
+            for &x in g {
+                let x = x as f64;
+                sum += x * x;
+            }
+            sum
+        })
+    }
+
     /// One update of one variable (`p`, `g`: f32), its state updated in place.
     /// `None` when a tensor is not a contiguous f32 CPU tensor: the caller then
     /// runs the op-by-op path.
@@ -625,11 +639,14 @@ pub fn clip_grad_norm<'a>(
     let mut total = 0f64;
     for var in vars.clone() {
         if let Some(g) = grads.get(var) {
-            total += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            total += match fused::sum_of_squares(g) {
+                Some(sum) => sum,
+                None => g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
+            };
         }
     }
     let norm = total.sqrt();
@@ -821,6 +838,36 @@ mod tests {
                 assert_eq!(a, b, "{config:?} state {k}");
             }
         }
+    }
+
+    #[test]
+    fn fused_sum_of_squares_matches_candles_bit_for_bit() {
+        for (n, seed) in [(1usize, 1u64), (1000, 2), (70_001, 3)] {
+            let g = Tensor::randn(0f32, 3.0, n, &Device::Cpu).unwrap();
+            let g = (g * (seed as f64)).unwrap();
+            let want = g
+                .to_dtype(DType::F64)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert_eq!(
+                fused::sum_of_squares(&g).unwrap().to_bits(),
+                want.to_bits(),
+                "n = {n}"
+            );
+        }
+        // Not f32, or not contiguous: the caller takes candle's path.
+        let g = Tensor::ones((3, 4), DType::F64, &Device::Cpu).unwrap();
+        assert!(fused::sum_of_squares(&g).is_none());
+        let t = Tensor::ones((3, 4), DType::F32, &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(fused::sum_of_squares(&t).is_none());
     }
 
     #[test]
