@@ -188,28 +188,29 @@ impl BiLstm {
             let w_ih = Tensor::cat(&[&fw.w_ih, &bw.w_ih], 0)?.to_dtype(compute)?;
             let bias = Tensor::cat(&[(&fw.b_ih + &fw.b_hh)?, (&bw.b_ih + &bw.b_hh)?], 0)?
                 .to_dtype(compute)?;
+            // [B, T, 8H]: per time, the forward direction's gates, then the backward's.
             let xp = input
                 .to_dtype(compute)?
                 .reshape((b * t, in_dim))?
                 .matmul(&w_ih.t()?)?
                 .broadcast_add(&bias)?
-                .reshape((b, t, 2, 4 * h))?
-                .permute((1, 2, 0, 3))?
-                .contiguous()?
-                .to_dtype(dtype)?; // [T, 2, B, 4H]
-            let xp = Tensor::cat(
-                &[
-                    xp.narrow(1, 0, 1)?,
-                    xp.narrow(1, 1, 1)?.contiguous()?.index_select(&rev, 0)?,
-                ],
-                1,
-            )?
-            .reshape((t, 2 * b, 4 * h))?;
+                .reshape((b, t, 8 * h))?
+                .to_dtype(dtype)?;
             let w_hh = Tensor::stack(&[fw.w_hh.t()?, bw.w_hh.t()?], 0)?; // [2, H, 4H]
-            let hs = if use_fused {
-                // [T, 2B, 6H]: gates, h, c per step.
-                fused::lstm_layer(&xp, &w_hh, keep_steps.clone())?.narrow(2, 4 * h, h)?
+                                                                         // [B, T, 2H]: the forward direction's h, then the backward's, per time.
+            let out = if use_fused {
+                fused::bilstm_layer(&xp, &w_hh, keep_steps.clone())?
             } else {
+                // Step-major: step s holds time s (forward) and T-1-s (backward).
+                let xp = xp.reshape((b, t, 2, 4 * h))?.permute((1, 2, 0, 3))?; // [T, 2, B, 4H]
+                let xp = Tensor::cat(
+                    &[
+                        xp.narrow(1, 0, 1)?.contiguous()?,
+                        xp.narrow(1, 1, 1)?.contiguous()?.index_select(&rev, 0)?,
+                    ],
+                    1,
+                )?
+                .reshape((t, 2 * b, 4 * h))?;
                 let mut state = Tensor::zeros((2, 2 * b, h), dtype, dev)?;
                 let mut hs = Vec::with_capacity(t);
                 for (s, keep) in keep_steps.iter().enumerate() {
@@ -220,20 +221,29 @@ impl BiLstm {
                     state = fused::lstm_cell_ops(&gates, &state, &keep)?;
                     hs.push(state.get(0)?);
                 }
-                Tensor::stack(&hs, 0)?
+                let hs = Tensor::stack(&hs, 0)?.reshape((t, 2, b, h))?;
+                Tensor::cat(
+                    &[
+                        hs.narrow(1, 0, 1)?,
+                        hs.narrow(1, 1, 1)?.contiguous()?.index_select(&rev, 0)?,
+                    ],
+                    1,
+                )?
+                .permute((2, 0, 1, 3))?
+                .reshape((b, t, 2 * h))?
             };
-            let fin = hs.get(t - 1)?.reshape((2, b, h))?;
-            last = Some(Tensor::cat(&[fin.get(0)?, fin.get(1)?], 1)?);
-            let hs = hs.reshape((t, 2, b, h))?;
-            let out = Tensor::cat(
-                &[
-                    hs.narrow(1, 0, 1)?,
-                    hs.narrow(1, 1, 1)?.contiguous()?.index_select(&rev, 0)?,
-                ],
-                1,
-            )?
-            .permute((2, 0, 1, 3))?
-            .reshape((b, t, 2 * h))?;
+            // The final states: forward at time T-1 (carried over trailing
+            // padding), backward at time 0.
+            last = Some(
+                Tensor::cat(
+                    &[
+                        out.narrow(1, t - 1, 1)?.narrow(2, 0, h)?,
+                        out.narrow(1, 0, 1)?.narrow(2, h, h)?,
+                    ],
+                    2,
+                )?
+                .reshape((b, 2 * h))?,
+            );
             // The forward direction carries its state over trailing padding; zero it.
             input = out.broadcast_mul(&mask_f)?;
         }

@@ -468,47 +468,74 @@ impl CustomOp2 for MulConstOp {
 // ---------------------------------------------------------------------------------
 // A whole LSTM layer (both directions), backpropagation through time in one op
 
-/// Runs the masked recurrence of one bidirectional layer over all time steps.
+/// Runs one bidirectional LSTM layer over all time steps, in the layout the
+/// model has on either side, so no reordering copy (and none of their backward
+/// passes) is needed around it.
 ///
-/// `xp [T, 2B, 4H]` holds the input projections with biases (rows `0..B` the forward
-/// direction at time `s`, rows `B..2B` the backward direction at time `T-1-s`);
-/// `w_hh_t [2, H, 4H]` the transposed recurrent weights; `keep[s][r]` whether row `r`
-/// has a real token at step `s`. Returns `[T, 2B, 6H]`: per step the gate
-/// pre-activations (`0..4H`), h (`4H..5H`) and c (`5H..6H`), starting from zero state.
-/// At a padded step the state passes through unchanged and the gates hold the input
-/// projection alone: each step's recurrent matmul runs over the rows with a token
+/// `xp [B, T, 8H]` holds, per batch row and time, the input projections with
+/// biases: the forward direction's `4H` gates, then the backward direction's;
+/// `w_hh_t [2, H, 4H]` the transposed recurrent weights (forward, backward);
+/// `keep[s][r]` whether the recurrence has a real token at step `s` for row `r`:
+/// rows `0..B` are the forward direction at time `s`, rows `B..2B` the backward
+/// direction at time `T-1-s`. Returns `[B, T, 2H]`: at each time the forward
+/// direction's h, then the backward direction's, starting from zero state. At a
+/// padded position the state passes through unchanged (the caller masks the
+/// output), and the recurrent matmul of each step runs over the rows with a token
 /// only (packed per direction, the way packed sequences skip padding).
 ///
 /// In f32 the gate activations run vectorized ([`crate::fastmath`], within 1.5e-7 of
 /// libm) and the cell arithmetic in f32; in f64 everything is f64 with libm.
 ///
 /// The backward pass is one loop of backpropagation through time: the gradient of
-/// the input projections comes out as one `[T, 2B, 4H]` tensor and the recurrent
+/// the input projections comes out as one `[B, T, 8H]` tensor and the recurrent
 /// weights' as one matmul, instead of a full-size gradient buffer per time step (what
 /// slicing the projections step by step costs under autograd).
-pub fn lstm_layer(xp: &Tensor, w_hh_t: &Tensor, keep: Arc<Vec<Vec<bool>>>) -> Result<Tensor> {
-    let (t, b2, h4) = xp.dims3()?;
+pub fn bilstm_layer(xp: &Tensor, w_hh_t: &Tensor, keep: Arc<Vec<Vec<bool>>>) -> Result<Tensor> {
+    let (b, t, h8) = xp.dims3()?;
     let (two, h, h4w) = w_hh_t.dims3()?;
     if two != 2
-        || h4 != 4 * h
-        || h4w != h4
-        || b2 % 2 != 0
+        || h8 != 8 * h
+        || h4w != 4 * h
         || keep.len() != t
-        || keep.iter().any(|k| k.len() != b2)
+        || keep.iter().any(|k| k.len() != 2 * b)
     {
         candle_core::bail!(
-            "lstm layer: xp {:?}, w_hh_t {:?}, mask {}x?",
+            "bilstm layer: xp {:?}, w_hh_t {:?}, mask {}x?",
             xp.dims(),
             w_hh_t.dims(),
             keep.len()
         );
     }
     let w = w_hh_t.to_dtype(xp.dtype())?.contiguous()?;
-    xp.contiguous()?.apply_op2(&w, LstmLayerOp { keep })
+    xp.contiguous()?.apply_op2(
+        &w,
+        LstmLayerOp {
+            keep,
+            saved: std::sync::Mutex::new(None),
+        },
+    )
+}
+
+/// What the forward pass keeps for the backward one: per step and row
+/// (`[T, 2B, 6H]`) the gate pre-activations, h and c.
+enum Saved {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
 }
 
 struct LstmLayerOp {
     keep: Arc<Vec<Vec<bool>>>,
+    saved: std::sync::Mutex<Option<Saved>>,
+}
+
+/// Where row `r` of step `s` lives in the `[B, T, ·]` layout: (batch row, time,
+/// direction).
+fn position(s: usize, r: usize, b: usize, t: usize) -> (usize, usize, usize) {
+    if r < b {
+        (r, s, 0)
+    } else {
+        (r - b, t - 1 - s, 1)
+    }
 }
 
 /// The gate activations of the LSTM kernel, per element type: `f32` runs the
@@ -587,21 +614,33 @@ fn recurrent<T: WithDType>(
     Ok((out.flatten_all()?.to_vec1::<T>()?, slots))
 }
 
-fn layer_fwd<T: CellFloat>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -> Result<Vec<T>> {
+/// Forward pass: returns the saved states `[T, 2B, 6H]` and the output
+/// `[B, T, 2H]`.
+fn layer_fwd<T: CellFloat>(
+    xp: &[T],
+    w: &Tensor,
+    keep: &[Vec<bool>],
+    h: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
     let t = keep.len();
     let b2 = keep.first().map_or(0, |k| k.len());
+    let b = b2 / 2;
     let (g4, row) = (4 * h, 6 * h);
-    let mut out = vec![T::from_f64(0.0); t * b2 * row];
-    let mut hprev = vec![T::from_f64(0.0); b2 * h];
-    let mut cprev = vec![T::from_f64(0.0); b2 * h];
-    let mut act = vec![T::from_f64(0.0); g4];
-    let mut tc = vec![T::from_f64(0.0); h];
+    let zero = T::from_f64(0.0);
+    let mut saved = vec![zero; t * b2 * row];
+    let mut out = vec![zero; b * t * 2 * h];
+    let mut hprev = vec![zero; b2 * h];
+    let mut cprev = vec![zero; b2 * h];
+    let mut act = vec![zero; g4];
+    let mut tc = vec![zero; h];
     for s in 0..t {
         let (hw, slots) = recurrent(&hprev, w, &keep[s], h, g4)?;
-        let o_s = &mut out[s * b2 * row..(s + 1) * b2 * row];
+        let o_s = &mut saved[s * b2 * row..(s + 1) * b2 * row];
         for r in 0..b2 {
             let o = &mut o_s[r * row..(r + 1) * row];
-            let x = &xp[(s * b2 + r) * g4..(s * b2 + r + 1) * g4];
+            let (bi, tau, dir) = position(s, r, b, t);
+            let at_x = (bi * t + tau) * 8 * h + dir * g4;
+            let x = &xp[at_x..at_x + g4];
             let Some(at) = slots[r] else {
                 // Padding: the state passes through unchanged; the gates hold
                 // the input projection alone (they do not reach h or c).
@@ -629,14 +668,18 @@ fn layer_fwd<T: CellFloat>(xp: &[T], w: &Tensor, keep: &[Vec<bool>], h: usize) -
             let o = &o_s[r * row..(r + 1) * row];
             hprev[r * h..(r + 1) * h].copy_from_slice(&o[g4..5 * h]);
             cprev[r * h..(r + 1) * h].copy_from_slice(&o[5 * h..6 * h]);
+            let (bi, tau, dir) = position(s, r, b, t);
+            let at = (bi * t + tau) * 2 * h + dir * h;
+            out[at..at + h].copy_from_slice(&o[g4..5 * h]);
         }
     }
-    Ok(out)
+    Ok((saved, out))
 }
 
-/// Returns (d xp `[T, 2B, 4H]`, d w_hh_t `[2, H, 4H]`).
+/// Backward pass from the saved states and the output's gradient `[B, T, 2H]`.
+/// Returns (d xp `[B, T, 8H]`, d w_hh_t `[2, H, 4H]`).
 fn layer_bwd<T: CellFloat>(
-    out: &[T],
+    saved: &[T],
     grad: &[T],
     w: &Tensor,
     keep: &[Vec<bool>],
@@ -650,41 +693,43 @@ fn layer_bwd<T: CellFloat>(
     let zero = T::from_f64(0.0);
     let one = T::from_f64(1.0);
     let w_t = w.transpose(1, 2)?.contiguous()?; // [2, 4H, H]
-    let mut dgates_all = vec![zero; t * b2 * g4];
-    // h_prev of each step's active rows (zero for padded rows, whose gates do
-    // not depend on the recurrent weights).
-    let mut hprev_all = vec![zero; t * b2 * h];
+    let mut dxp = vec![zero; b * t * 8 * h];
+    // Per direction, step and batch row (`[2, T, B, ·]`, the order of the dW
+    // matmul): the gates' gradient, and h_prev (zero for padded rows, whose gates
+    // do not depend on the recurrent weights).
+    let mut dgates_all = vec![zero; 2 * t * b * g4];
+    let mut hprev_all = vec![zero; 2 * t * b * h];
     let mut dh_next = vec![zero; b2 * h];
     let mut dc_next = vec![zero; b2 * h];
+    let mut dg_s = vec![zero; b2 * g4];
     let mut act = vec![zero; g4];
     let mut tc = vec![zero; h];
     for s in (0..t).rev() {
-        let o_s = &out[s * b2 * row..(s + 1) * b2 * row];
-        let gr_s = &grad[s * b2 * row..(s + 1) * b2 * row];
+        let o_s = &saved[s * b2 * row..(s + 1) * b2 * row];
         let prev = if s > 0 {
-            Some(&out[(s - 1) * b2 * row..s * b2 * row])
+            Some(&saved[(s - 1) * b2 * row..s * b2 * row])
         } else {
             None
         };
-        let dg_s = &mut dgates_all[s * b2 * g4..(s + 1) * b2 * g4];
         for r in 0..b2 {
             let o = &o_s[r * row..(r + 1) * row];
-            let gr = &gr_s[r * row..(r + 1) * row];
+            let (bi, tau, dir) = position(s, r, b, t);
+            let at_g = (bi * t + tau) * 2 * h + dir * h;
+            let gr = &grad[at_g..at_g + h];
             let dg = &mut dg_s[r * g4..(r + 1) * g4];
             let dh_next = &mut dh_next[r * h..(r + 1) * h];
             let dc_next = &mut dc_next[r * h..(r + 1) * h];
             if !keep[s][r] {
                 // The state passed through: so does its gradient.
                 for j in 0..h {
-                    dh_next[j] += gr[g4 + j];
-                    dc_next[j] += gr[5 * h + j];
+                    dh_next[j] += gr[j];
                 }
-                dg.copy_from_slice(&gr[..g4]);
+                dg.fill(zero);
                 continue;
             }
+            let slot = ((dir * t + s) * b + bi) * h;
             if let Some(p) = prev {
-                hprev_all[(s * b2 + r) * h..(s * b2 + r + 1) * h]
-                    .copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
+                hprev_all[slot..slot + h].copy_from_slice(&p[r * row + g4..r * row + 5 * h]);
             }
             activate_gates(&o[..g4], &mut act, h);
             tc.copy_from_slice(&o[5 * h..]);
@@ -692,13 +737,12 @@ fn layer_bwd<T: CellFloat>(
             let c_prev = |j: usize| prev.map_or(zero, |p| p[r * row + 5 * h + j]);
             for j in 0..h {
                 let (i, f, g, og) = (act[j], act[h + j], act[2 * h + j], act[3 * h + j]);
-                let dh = gr[g4 + j] + dh_next[j];
-                let dc = gr[5 * h + j] + dc_next[j];
-                let dct = dc + dh * og * (one - tc[j] * tc[j]);
-                dg[j] = dct * g * i * (one - i) + gr[j];
-                dg[h + j] = dct * c_prev(j) * f * (one - f) + gr[h + j];
-                dg[2 * h + j] = dct * i * (one - g * g) + gr[2 * h + j];
-                dg[3 * h + j] = dh * tc[j] * og * (one - og) + gr[3 * h + j];
+                let dh = gr[j] + dh_next[j];
+                let dct = dc_next[j] + dh * og * (one - tc[j] * tc[j]);
+                dg[j] = dct * g * i * (one - i);
+                dg[h + j] = dct * c_prev(j) * f * (one - f);
+                dg[2 * h + j] = dct * i * (one - g * g);
+                dg[3 * h + j] = dh * tc[j] * og * (one - og);
                 dc_next[j] = dct * f;
                 // Reaches h_prev through W below.
                 dh_next[j] = zero;
@@ -706,34 +750,35 @@ fn layer_bwd<T: CellFloat>(
         }
         // The gates of active rows are xp + h_prev · W: their gradient reaches
         // h_prev through W.
-        let (dgw, slots) = recurrent(dg_s, &w_t, &keep[s], g4, h)?;
+        let (dgw, slots) = recurrent(&dg_s, &w_t, &keep[s], g4, h)?;
         for (r, slot) in slots.iter().enumerate() {
-            if let Some(at) = slot {
-                for (d, &v) in dh_next[r * h..(r + 1) * h]
-                    .iter_mut()
-                    .zip(&dgw[*at..at + h])
-                {
-                    *d += v;
-                }
+            let Some(at) = slot else { continue };
+            for (d, &v) in dh_next[r * h..(r + 1) * h]
+                .iter_mut()
+                .zip(&dgw[*at..at + h])
+            {
+                *d += v;
             }
+            let (bi, tau, dir) = position(s, r, b, t);
+            let dg = &dg_s[r * g4..(r + 1) * g4];
+            let at_x = (bi * t + tau) * 8 * h + dir * g4;
+            dxp[at_x..at_x + g4].copy_from_slice(dg);
+            let slot = ((dir * t + s) * b + bi) * g4;
+            dgates_all[slot..slot + g4].copy_from_slice(dg);
         }
     }
-    let dxp = Tensor::from_vec(dgates_all, (t, b2, g4), dev)?;
     // dW = Σ_s h_prevᵀ · dgates, per direction, as one matmul over all steps.
-    let hp = Tensor::from_vec(hprev_all, (t, 2, b, h), dev)?
-        .permute((1, 3, 0, 2))?
-        .reshape((2, h, t * b))?;
-    let dg = dxp
-        .reshape((t, 2, b, g4))?
-        .permute((1, 0, 2, 3))?
-        .reshape((2, t * b, g4))?;
+    let hp = Tensor::from_vec(hprev_all, (2, t * b, h), dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let dg = Tensor::from_vec(dgates_all, (2, t * b, g4), dev)?;
     let dw = hp.matmul(&dg)?;
-    Ok((dxp, dw))
+    Ok((Tensor::from_vec(dxp, (b, t, 8 * h), dev)?, dw))
 }
 
 impl CustomOp2 for LstmLayerOp {
     fn name(&self) -> &'static str {
-        "cotext-lstm-layer"
+        "cotext-bilstm-layer"
     }
 
     fn cpu_fwd(
@@ -743,41 +788,63 @@ impl CustomOp2 for LstmLayerOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (t, b2, g4) = l1.shape().dims3()?;
-        let h = g4 / 4;
+        let (b, t, h8) = l1.shape().dims3()?;
+        let h = h8 / 8;
         let w_shape = l2.shape().clone();
-        let out = dispatch1!(s1, l1, "lstm layer", |xp: T| {
-            let w: &[T] = slice(s2, l2, "w_hh")?;
-            let w = Tensor::from_slice(w, w_shape, &candle_core::Device::Cpu)?;
-            layer_fwd::<T>(xp, &w, &self.keep, h)?
-        });
-        Ok((out, Shape::from((t, b2, 6 * h))))
+        let mut saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("bilstm layer: poisoned state".into()))?;
+        let out = match s1 {
+            CpuStorage::F32(_) => {
+                let xp: &[f32] = slice(s1, l1, "bilstm layer")?;
+                let w: &[f32] = slice(s2, l2, "w_hh")?;
+                let w = Tensor::from_slice(w, w_shape, &candle_core::Device::Cpu)?;
+                let (states, out) = layer_fwd(xp, &w, &self.keep, h)?;
+                *saved = Some(Saved::F32(states));
+                CpuStorage::F32(out)
+            }
+            CpuStorage::F64(_) => {
+                let xp: &[f64] = slice(s1, l1, "bilstm layer")?;
+                let w: &[f64] = slice(s2, l2, "w_hh")?;
+                let w = Tensor::from_slice(w, w_shape, &candle_core::Device::Cpu)?;
+                let (states, out) = layer_fwd(xp, &w, &self.keep, h)?;
+                *saved = Some(Saved::F64(states));
+                CpuStorage::F64(out)
+            }
+            _ => candle_core::bail!("fused bilstm layer: f32 or f64 only"),
+        };
+        Ok((out, Shape::from((b, t, 2 * h))))
     }
 
     fn bwd(
         &self,
         _xp: &Tensor,
         w: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let h = w.dim(1)?;
-        let (dxp, dw) = match res.dtype() {
-            DType::F32 => layer_bwd::<f32>(
-                &res.flatten_all()?.to_vec1::<f32>()?,
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("bilstm layer: poisoned state".into()))?;
+        let (dxp, dw) = match saved.as_ref() {
+            Some(Saved::F32(states)) => layer_bwd::<f32>(
+                states,
                 &grad.flatten_all()?.to_vec1::<f32>()?,
                 w,
                 &self.keep,
                 h,
             )?,
-            DType::F64 => layer_bwd::<f64>(
-                &res.flatten_all()?.to_vec1::<f64>()?,
+            Some(Saved::F64(states)) => layer_bwd::<f64>(
+                states,
                 &grad.flatten_all()?.to_vec1::<f64>()?,
                 w,
                 &self.keep,
                 h,
             )?,
-            dt => candle_core::bail!("fused lstm layer: f32 or f64 only, got {dt:?}"),
+            None => candle_core::bail!("fused bilstm layer: backward before forward"),
         };
         Ok((Some(dxp), Some(dw)))
     }
@@ -908,25 +975,40 @@ mod tests {
     /// The fused layer against a step-by-step loop of plain ops: outputs and the
     /// gradients of the projections and recurrent weights (f64, tight).
     fn plain_layer(xp: &Tensor, w: &Tensor, keep: &[Vec<bool>]) -> Result<Tensor> {
-        let (t, b2, g4) = xp.dims3()?;
+        let (b, t, h8) = xp.dims3()?;
         assert_eq!(keep.len(), t);
-        let h = g4 / 4;
+        let h = h8 / 8;
+        let b2 = 2 * b;
         let mut state = Tensor::zeros((2, b2, h), DType::F64, &Device::Cpu)?;
-        let mut outs = Vec::new();
+        let mut fw = Vec::new();
+        let mut bw = Vec::new();
         for (s, keep) in keep.iter().enumerate() {
             let k: Vec<f64> = keep.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
             let k = Tensor::from_vec(k, (b2, 1), &Device::Cpu)?;
             let hw = state
                 .get(0)?
-                .reshape((2, b2 / 2, h))?
+                .reshape((2, b, h))?
                 .matmul(w)?
-                .reshape((b2, g4))?;
-            // At padding the gates hold the input projection alone.
-            let gates = (xp.get(s)? + hw.broadcast_mul(&k)?)?;
+                .reshape((b2, 4 * h))?;
+            let x = Tensor::cat(
+                &[
+                    xp.narrow(1, s, 1)?.narrow(2, 0, 4 * h)?.squeeze(1)?,
+                    xp.narrow(1, t - 1 - s, 1)?
+                        .narrow(2, 4 * h, 4 * h)?
+                        .squeeze(1)?,
+                ],
+                0,
+            )?;
+            let gates = (x + hw)?;
             state = lstm_cell_ops(&gates, &state, &k)?;
-            outs.push(Tensor::cat(&[gates, state.get(0)?, state.get(1)?], 1)?);
+            let hs = state.get(0)?;
+            fw.push(hs.narrow(0, 0, b)?);
+            bw.push(hs.narrow(0, b, b)?);
         }
-        Tensor::stack(&outs, 0)
+        bw.reverse();
+        let fw = Tensor::stack(&fw, 1)?; // [B, T, H]
+        let bw = Tensor::stack(&bw, 1)?;
+        Tensor::cat(&[fw, bw], 2)
     }
 
     #[test]
@@ -943,12 +1025,12 @@ mod tests {
             vec![false, false, false, false],
         ];
         let keep = Arc::new(keep);
-        let xp0 = randn(&[t, 2 * b, 4 * h], 40)?;
+        let xp0 = randn(&[b, t, 8 * h], 40)?;
         let w0 = (randn(&[2, h, 4 * h], 41)? * 0.5)?;
-        let up = randn(&[t, 2 * b, 6 * h], 42)?;
+        let up = randn(&[b, t, 2 * h], 42)?;
         let xp = Var::from_tensor(&xp0)?;
         let w = Var::from_tensor(&w0)?;
-        let fused = lstm_layer(&xp, &w, keep.clone())?;
+        let fused = bilstm_layer(&xp, &w, keep.clone())?;
         let plain = plain_layer(&xp, &w, &keep)?;
         assert!(max_abs_diff(&fused, &plain)? < 1e-12);
         let gf = (&fused * &up)?.sum_all()?.backward()?;
@@ -958,7 +1040,7 @@ mod tests {
             assert!(diff < 1e-12, "{name}: fused vs plain {diff}");
         }
         let loss = |x: &Tensor, w: &Tensor| {
-            (lstm_layer(x, w, keep.clone())? * &up)?
+            (bilstm_layer(x, w, keep.clone())? * &up)?
                 .sum_all()?
                 .to_scalar::<f64>()
         };
@@ -969,7 +1051,7 @@ mod tests {
         // f32 (vectorized activations, f32 arithmetic) against the f64 oracle.
         let xp32 = Var::from_tensor(&xp0.to_dtype(DType::F32)?)?;
         let w32 = Var::from_tensor(&w0.to_dtype(DType::F32)?)?;
-        let fused32 = lstm_layer(&xp32, &w32, keep.clone())?;
+        let fused32 = bilstm_layer(&xp32, &w32, keep.clone())?;
         let diff = max_abs_diff(&fused32.to_dtype(DType::F64)?, &plain)?;
         assert!(diff < 2e-6, "f32 forward: {diff}");
         let g32 = (&fused32 * &up.to_dtype(DType::F32)?)?
