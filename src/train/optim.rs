@@ -135,6 +135,30 @@ impl OptimizerConfig {
     }
 }
 
+/// A moment buffer: a tensor (the op-by-op path, or as loaded from a
+/// checkpoint), or the host values the one-pass CPU update keeps between steps
+/// (no copy in or out of a tensor per step).
+#[derive(Debug, Clone)]
+enum Moment {
+    Tensor(Tensor),
+    Host {
+        values: Vec<f32>,
+        shape: candle_core::Shape,
+    },
+}
+
+impl Moment {
+    /// The values as an f32 tensor (a copy for host values).
+    fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Moment::Tensor(t) => Ok(t.clone()),
+            Moment::Host { values, shape } => {
+                Tensor::from_slice(values, shape, &candle_core::Device::Cpu)
+            }
+        }
+    }
+}
+
 /// One optimizer over a fixed, named set of variables. COT runs two of these over
 /// the same variables (one for the cross-entropy step, one for the complement
 /// step), each with its own state.
@@ -142,9 +166,9 @@ pub struct Optimizer {
     config: OptimizerConfig,
     vars: Vec<(String, Var)>,
     /// First moment (AdamW) or momentum buffer (SGD), per variable.
-    first: Vec<Option<Tensor>>,
+    first: Vec<Option<Moment>>,
     /// Second moment (AdamW only), per variable.
-    second: Vec<Option<Tensor>>,
+    second: Vec<Option<Moment>>,
     steps: u64,
     lr: f64,
     /// Whether CPU f32 variables take the one-pass update ([`fused`]); only the
@@ -233,11 +257,11 @@ impl Optimizer {
                     ..
                 } => {
                     let m = match &self.first[i] {
-                        Some(m) => ((m * beta1)? + (&g * (1.0 - beta1))?)?,
+                        Some(m) => ((m.tensor()? * beta1)? + (&g * (1.0 - beta1))?)?,
                         None => (&g * (1.0 - beta1))?,
                     };
                     let v = match &self.second[i] {
-                        Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
+                        Some(v) => ((v.tensor()? * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
                         None => (g.sqr()? * (1.0 - beta2))?,
                     };
                     let t = self.steps as i32;
@@ -245,8 +269,8 @@ impl Optimizer {
                     let v_hat = (&v / (1.0 - beta2.powi(t)))?;
                     let decayed = (&p * (1.0 - lr * weight_decay))?;
                     let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-                    self.first[i] = Some(m);
-                    self.second[i] = Some(v);
+                    self.first[i] = Some(Moment::Tensor(m));
+                    self.second[i] = Some(Moment::Tensor(v));
                     (decayed - (update * lr)?)?
                 }
                 OptimizerConfig::Sgd {
@@ -262,7 +286,7 @@ impl Optimizer {
                     };
                     let dir = if momentum > 0.0 {
                         let buf = match &self.first[i] {
-                            Some(b) => ((b * momentum)? + &g)?,
+                            Some(b) => ((b.tensor()? * momentum)? + &g)?,
                             None => g.clone(),
                         };
                         let dir = if nesterov {
@@ -270,7 +294,7 @@ impl Optimizer {
                         } else {
                             buf.clone()
                         };
-                        self.first[i] = Some(buf);
+                        self.first[i] = Some(Moment::Tensor(buf.clone()));
                         dir
                     } else {
                         g
@@ -299,10 +323,16 @@ impl Optimizer {
         };
         for (i, (name, _)) in self.vars.iter().enumerate() {
             if let Some(t) = &self.first[i] {
-                out.insert(format!("{prefix}.{first}.{name}"), t.to_device(&device)?);
+                out.insert(
+                    format!("{prefix}.{first}.{name}"),
+                    t.tensor()?.to_device(&device)?,
+                );
             }
             if let (Some(s), Some(t)) = (second, &self.second[i]) {
-                out.insert(format!("{prefix}.{s}.{name}"), t.to_device(&device)?);
+                out.insert(
+                    format!("{prefix}.{s}.{name}"),
+                    t.tensor()?.to_device(&device)?,
+                );
             }
         }
         Ok(out)
@@ -404,8 +434,8 @@ impl Optimizer {
             if m.is_some() != v.is_some() && matches!(self.config, OptimizerConfig::Adamw { .. }) {
                 bail!("optimizer state has only one of {prefix}.m.{name} and {prefix}.v.{name}");
             }
-            first.push(m);
-            second.push(v);
+            first.push(m.map(Moment::Tensor));
+            second.push(v.map(Moment::Tensor));
         }
         self.steps = steps;
         if let Some(lr) = lr {
@@ -426,7 +456,7 @@ mod fused {
     use candle_core::{CpuStorage, Result, Storage, Tensor};
     use rayon::prelude::*;
 
-    use super::OptimizerConfig;
+    use super::{Moment, OptimizerConfig};
 
     /// A contiguous f32 CPU tensor's values.
     fn values(t: &Tensor) -> Option<Vec<f32>> {
@@ -463,166 +493,166 @@ mod fused {
         })
     }
 
+    /// A moment's values for the one-pass update, taken out of `slot` (host
+    /// values move, a tensor's are copied once); zeros when there is none yet,
+    /// which gives the first update's exact bits (`0 · β + 0 + x` is `x`). `None`
+    /// for a tensor that is not a contiguous f32 CPU tensor.
+    fn take(slot: &mut Option<Moment>, n: usize) -> Option<Vec<f32>> {
+        match slot.take() {
+            None => Some(vec![0.0; n]),
+            Some(Moment::Host { values, .. }) if values.len() == n => Some(values),
+            Some(Moment::Host { values, shape }) => {
+                *slot = Some(Moment::Host { values, shape });
+                None
+            }
+            Some(Moment::Tensor(t)) => {
+                let v = values(&t).filter(|v| v.len() == n);
+                if v.is_none() {
+                    *slot = Some(Moment::Tensor(t));
+                }
+                v
+            }
+        }
+    }
+
     /// One update of one variable (`p`, `g`: f32), its state updated in place.
     /// `None` when a tensor is not a contiguous f32 CPU tensor: the caller then
-    /// runs the op-by-op path.
+    /// runs the op-by-op path, and the state is left as it was.
     pub(super) fn step(
         config: &OptimizerConfig,
         lr: f64,
         steps: u64,
         p: &Tensor,
         g: &Tensor,
-        first: &mut Option<Tensor>,
-        second: &mut Option<Tensor>,
+        first: &mut Option<Moment>,
+        second: &mut Option<Moment>,
     ) -> Result<Option<Tensor>> {
-        if !p.device().is_cpu() || p.layout().contiguous_offsets().is_none() {
+        if !p.device().is_cpu() || p.shape() != g.shape() {
             return Ok(None);
         }
+        let n = p.elem_count();
         let shape = p.shape().clone();
         let dev = p.device().clone();
-        let Some(mut new_p) = values(p) else {
-            return Ok(None);
-        };
-        let out = with_values(g, |g| -> Result<Option<()>> {
-            if g.len() != new_p.len() {
-                return Ok(None);
+        let keeps_first =
+            !matches!(config, OptimizerConfig::Sgd { momentum, .. } if *momentum <= 0.0);
+        // The state's values first (nothing locked yet); put back on a miss.
+        // A fresh SGD buffer starts as the gradient itself (the op-by-op path
+        // clones it; `+0 + g` would turn a −0 into +0).
+        let fresh = first.is_none();
+        let mut m = if keeps_first {
+            match take(first, n) {
+                Some(m) => m,
+                None => return Ok(None),
             }
-            match *config {
-                OptimizerConfig::Adamw {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    ..
-                } => {
-                    let mut m = match first.as_ref() {
-                        Some(t) => match values(t) {
-                            Some(v) => Some(v),
-                            None => return Ok(None),
-                        },
-                        None => None,
-                    };
-                    let mut v = match second.as_ref() {
-                        Some(t) => match values(t) {
-                            Some(v) => Some(v),
-                            None => return Ok(None),
-                        },
-                        None => None,
-                    };
-                    let n = new_p.len();
-                    let had_m = m.is_some();
-                    let had_v = v.is_some();
-                    let mut m_new = m.take().unwrap_or_else(|| vec![0.0; n]);
-                    let mut v_new = v.take().unwrap_or_else(|| vec![0.0; n]);
-                    let t = steps as i32;
-                    let b1 = beta1 as f32;
-                    let b1c = (1.0 - beta1) as f32;
-                    let b2 = beta2 as f32;
-                    let b2c = (1.0 - beta2) as f32;
-                    let m_scale = (1. / (1.0 - beta1.powi(t))) as f32;
-                    let v_scale = (1. / (1.0 - beta2.powi(t))) as f32;
-                    let decay = (1.0 - lr * weight_decay) as f32;
-                    let eps = eps as f32;
-                    let lr = lr as f32;
-                    new_p
-                        .par_chunks_mut(CHUNK)
-                        .zip(m_new.par_chunks_mut(CHUNK))
-                        .zip(v_new.par_chunks_mut(CHUNK))
-                        .zip(g.par_chunks(CHUNK))
-                        .for_each(|(((p, m), v), g)| {
-                            for j in 0..p.len() {
-                                let gj = g[j];
-                                let mj = if had_m {
-                                    (m[j] * b1 + 0.0) + (gj * b1c + 0.0)
-                                } else {
-                                    gj * b1c + 0.0
-                                };
-                                let sq = gj * gj;
-                                let vj = if had_v {
-                                    (v[j] * b2 + 0.0) + (sq * b2c + 0.0)
-                                } else {
-                                    sq * b2c + 0.0
-                                };
-                                let m_hat = mj * m_scale + 0.0;
-                                let v_hat = vj * v_scale + 0.0;
-                                let decayed = p[j] * decay + 0.0;
-                                let update = m_hat / (v_hat.sqrt() * 1.0 + eps);
-                                p[j] = decayed - (update * lr + 0.0);
-                                m[j] = mj;
-                                v[j] = vj;
-                            }
-                        });
-                    *first = Some(Tensor::from_vec(m_new, &shape, &dev)?);
-                    *second = Some(Tensor::from_vec(v_new, &shape, &dev)?);
+        } else {
+            Vec::new()
+        };
+        let mut v = match config {
+            OptimizerConfig::Adamw { .. } => match take(second, n) {
+                Some(v) => v,
+                None => {
+                    *first = Some(Moment::Host {
+                        values: m,
+                        shape: shape.clone(),
+                    });
+                    return Ok(None);
                 }
-                OptimizerConfig::Sgd {
-                    momentum,
-                    nesterov,
-                    weight_decay,
-                    ..
-                } => {
-                    let mut buf = match first.as_ref() {
-                        Some(t) => match values(t) {
-                            Some(v) => Some(v),
-                            None => return Ok(None),
-                        },
-                        None => None,
-                    };
-                    let had_buf = buf.is_some();
-                    let use_momentum = momentum > 0.0;
-                    let n = new_p.len();
-                    let mut b_new = if use_momentum {
-                        buf.take().unwrap_or_else(|| vec![0.0; n])
-                    } else {
-                        Vec::new()
-                    };
-                    let wd = weight_decay as f32;
-                    let decays = weight_decay > 0.0;
-                    let mom = momentum as f32;
-                    let lr = lr as f32;
-                    let update = |p: &mut f32, b: Option<&mut f32>, g: f32| {
-                        let g = if decays { g + (*p * wd + 0.0) } else { g };
-                        let dir = match b {
-                            Some(b) => {
-                                let nb = if had_buf { (*b * mom + 0.0) + g } else { g };
-                                *b = nb;
-                                if nesterov {
-                                    g + (nb * mom + 0.0)
-                                } else {
-                                    nb
-                                }
-                            }
-                            None => g,
-                        };
-                        *p -= dir * lr + 0.0;
-                    };
-                    if use_momentum {
-                        new_p
-                            .par_chunks_mut(CHUNK)
-                            .zip(b_new.par_chunks_mut(CHUNK))
-                            .zip(g.par_chunks(CHUNK))
-                            .for_each(|((p, b), g)| {
-                                for j in 0..p.len() {
-                                    update(&mut p[j], Some(&mut b[j]), g[j]);
-                                }
-                            });
-                        *first = Some(Tensor::from_vec(b_new, &shape, &dev)?);
-                    } else {
-                        new_p
-                            .par_chunks_mut(CHUNK)
-                            .zip(g.par_chunks(CHUNK))
-                            .for_each(|(p, g)| {
-                                for j in 0..p.len() {
-                                    update(&mut p[j], None, g[j]);
+            },
+            OptimizerConfig::Sgd { .. } => Vec::new(),
+        };
+        let new_p = with_values(p, |p| {
+            with_values(g, |g| {
+                let mut out = vec![0f32; n];
+                match *config {
+                    OptimizerConfig::Adamw {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                        ..
+                    } => {
+                        let t = steps as i32;
+                        let b1 = beta1 as f32;
+                        let b1c = (1.0 - beta1) as f32;
+                        let b2 = beta2 as f32;
+                        let b2c = (1.0 - beta2) as f32;
+                        let m_scale = (1. / (1.0 - beta1.powi(t))) as f32;
+                        let v_scale = (1. / (1.0 - beta2.powi(t))) as f32;
+                        let decay = (1.0 - lr * weight_decay) as f32;
+                        let eps = eps as f32;
+                        let lr = lr as f32;
+                        out.par_chunks_mut(CHUNK)
+                            .zip(m.par_chunks_mut(CHUNK))
+                            .zip(v.par_chunks_mut(CHUNK))
+                            .zip(p.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                            .for_each(|(((out, m), v), (p, g))| {
+                                let it = out.iter_mut().zip(m.iter_mut()).zip(v.iter_mut());
+                                for (((out, m), v), (&p, &g)) in it.zip(p.iter().zip(g)) {
+                                    let mj = (*m * b1 + 0.0) + (g * b1c + 0.0);
+                                    let vj = (*v * b2 + 0.0) + ((g * g) * b2c + 0.0);
+                                    let m_hat = mj * m_scale + 0.0;
+                                    let v_hat = vj * v_scale + 0.0;
+                                    let update = m_hat / (v_hat.sqrt() * 1.0 + eps);
+                                    *out = (p * decay + 0.0) - (update * lr + 0.0);
+                                    *m = mj;
+                                    *v = vj;
                                 }
                             });
                     }
+                    OptimizerConfig::Sgd {
+                        momentum,
+                        nesterov,
+                        weight_decay,
+                        ..
+                    } => {
+                        let wd = weight_decay as f32;
+                        let decays = weight_decay > 0.0;
+                        let mom = momentum as f32;
+                        let lr = lr as f32;
+                        if momentum > 0.0 {
+                            out.par_chunks_mut(CHUNK)
+                                .zip(m.par_chunks_mut(CHUNK))
+                                .zip(p.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                                .for_each(|((out, b), (p, g))| {
+                                    let it = out.iter_mut().zip(b.iter_mut());
+                                    for ((out, b), (&p, &g)) in it.zip(p.iter().zip(g)) {
+                                        let g = if decays { g + (p * wd + 0.0) } else { g };
+                                        let nb = if fresh { g } else { (*b * mom + 0.0) + g };
+                                        *b = nb;
+                                        let dir = if nesterov { g + (nb * mom + 0.0) } else { nb };
+                                        *out = p - (dir * lr + 0.0);
+                                    }
+                                });
+                        } else {
+                            out.par_chunks_mut(CHUNK)
+                                .zip(p.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                                .for_each(|(out, (p, g))| {
+                                    for (out, (&p, &g)) in out.iter_mut().zip(p.iter().zip(g)) {
+                                        let g = if decays { g + (p * wd + 0.0) } else { g };
+                                        *out = p - (g * lr + 0.0);
+                                    }
+                                });
+                        }
+                    }
                 }
-            }
-            Ok(Some(()))
-        });
-        match out.transpose()?.flatten() {
-            Some(()) => Ok(Some(Tensor::from_vec(new_p, shape, &dev)?)),
+                out
+            })
+        })
+        .flatten();
+        let host = |values: Vec<f32>| Moment::Host {
+            values,
+            shape: shape.clone(),
+        };
+        // Updated, or on a miss untouched (a fresh state's zeros then go in too:
+        // the op-by-op path computes the same bits from zeros as from none).
+        if keeps_first {
+            *first = Some(host(m));
+        }
+        if let OptimizerConfig::Adamw { .. } = config {
+            *second = Some(host(v));
+        }
+        match new_p {
+            Some(new_p) => Ok(Some(Tensor::from_vec(new_p, shape, &dev)?)),
             None => Ok(None),
         }
     }
