@@ -20,6 +20,10 @@
 //! The polynomials are Cephes' `expf` and `tanhf` (S. L. Moshier, public domain),
 //! the same as SLEEF-style vectorized kernels in other frameworks use.
 
+// The polynomial coefficients are written as published; the compiler rounds them
+// to the nearest f32.
+#![allow(clippy::excessive_precision)]
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two so that `n · LN2_HI` is exact for |n| ≤ 2⁸.
 const LN2_HI: f32 = 0.693_359_4;
