@@ -234,17 +234,21 @@ impl Optimizer {
             // by the model's size each step until the OOM killer came).
             let g = g.detach().to_dtype(DType::F32)?;
             let p = var.as_tensor().detach().to_dtype(DType::F32)?;
-            if !self.fused {
-                // The op-by-op path below.
-            } else if let Some(new_p) = fused::step(
-                &self.config,
-                lr,
-                self.steps,
-                &p,
-                &g,
-                &mut self.first[i],
-                &mut self.second[i],
-            )? {
+            // One pass on the CPU; `None` (another device or layout, or the
+            // tests' comparison) falls through to the op-by-op rule.
+            let one_pass = match self.fused {
+                true => fused::step(
+                    &self.config,
+                    lr,
+                    self.steps,
+                    &p,
+                    &g,
+                    &mut self.first[i],
+                    &mut self.second[i],
+                )?,
+                false => None,
+            };
+            if let Some(new_p) = one_pass {
                 var.set(&new_p.to_dtype(var.dtype())?)?;
                 continue;
             }
@@ -460,14 +464,10 @@ mod fused {
 
     /// A contiguous f32 CPU tensor's values.
     fn values(t: &Tensor) -> Option<Vec<f32>> {
-        let (storage, layout) = t.storage_and_layout();
-        let (start, end) = layout.contiguous_offsets()?;
-        match &*storage {
-            Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].to_vec()),
-            _ => None,
-        }
+        with_values(t, <[f32]>::to_vec)
     }
 
+    /// `f` of a contiguous f32 CPU tensor's values, read in place.
     fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         let (storage, layout) = t.storage_and_layout();
         let (start, end) = layout.contiguous_offsets()?;
