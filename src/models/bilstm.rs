@@ -193,7 +193,7 @@ impl BiLstm {
                 .to_dtype(compute)?
                 .reshape((b * t, in_dim))?
                 .matmul(&w_ih.t()?)?
-                .broadcast_add(&bias)?
+                .apply(&|y: &Tensor| layers::add_bias(y, &bias))?
                 .reshape((b, t, 8 * h))?
                 .to_dtype(dtype)?;
             let w_hh = Tensor::stack(&[fw.w_hh.t()?, bw.w_hh.t()?], 0)?; // [2, H, 4H]

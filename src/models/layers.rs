@@ -112,6 +112,18 @@ pub fn softmax_last_dim_ops(xs: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// `xs + b` with `b`'s shape a suffix of `xs`'s (a bias over rows, a position table
+/// over a batch), for a `b` that takes a gradient: [`fused::add_bias`] on the CPU
+/// (f32/f64; its backward sums the gradient over the leading dimensions in one
+/// pass), `broadcast_add` elsewhere.
+pub fn add_bias(xs: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        fused::add_bias(xs, b)
+    } else {
+        xs.broadcast_add(b)
+    }
+}
+
 /// Log-softmax over the last dimension (stable, backpropagates).
 pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
@@ -256,7 +268,14 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.weight().dtype() == xs.dtype() {
-            return self.inner.forward(xs);
+            return match self.bias() {
+                // candle_nn's matmul, then the bias through `add_bias`.
+                Some(b) if fused::supported(xs) => add_bias(
+                    &candle_nn::Linear::new(self.weight().clone(), None).forward(xs)?,
+                    b,
+                ),
+                _ => self.inner.forward(xs),
+            };
         }
         let w = self.weight().to_dtype(xs.dtype())?;
         let b = self.bias().map(|b| b.to_dtype(xs.dtype())).transpose()?;
@@ -470,7 +489,7 @@ impl MultiHeadAttention {
         let qkv = xs
             .reshape((b * t, d))?
             .matmul(&w.t()?)?
-            .broadcast_add(&bqkv)?
+            .apply(&|y: &Tensor| add_bias(y, &bqkv))?
             .reshape((b, t, 3, h, dh))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;

@@ -390,7 +390,7 @@ impl LstmSeq2Seq {
                 None => ((pre0 + x.matmul(&w.w_feed_t)?)? + rec)?,
                 Some(w_ih_t) => {
                     let xin = self.dropout.forward(&x, train)?;
-                    xin.matmul(w_ih_t)?.broadcast_add(&w.bias[l])?.add(&rec)?
+                    layers::add_bias(&xin.matmul(w_ih_t)?, &w.bias[l])?.add(&rec)?
                 }
             };
             let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
@@ -425,19 +425,16 @@ impl LstmSeq2Seq {
     /// matmul is where mixed precision pays).
     fn project(&self, tilde: &Tensor) -> Result<Tensor> {
         let cd = self.tgt_embedding.compute_dtype();
-        tilde
-            .to_dtype(cd)?
-            .matmul(&self.out_w.to_dtype(cd)?.t()?)?
-            .broadcast_add(&self.out_b.to_dtype(cd)?)
+        let logits = tilde.to_dtype(cd)?.matmul(&self.out_w.to_dtype(cd)?.t()?)?;
+        layers::add_bias(&logits, &self.out_b.to_dtype(cd)?)
     }
 
     /// Layer 0's input projection of target embeddings `[N, E]` (in the compute
     /// dtype) with its bias, returned in the recurrence's dtype (the weights').
     fn project_embedding(&self, w: &DecWeights, emb: &Tensor) -> Result<Tensor> {
         let cd = emb.dtype();
-        emb.matmul(&w.w_emb_t.to_dtype(cd)?)?
-            .broadcast_add(&w.bias[0].to_dtype(cd)?)?
-            .to_dtype(w.bias[0].dtype())
+        let y = emb.matmul(&w.w_emb_t.to_dtype(cd)?)?;
+        layers::add_bias(&y, &w.bias[0].to_dtype(cd)?)?.to_dtype(w.bias[0].dtype())
     }
 
     /// Teacher-forced attentional vectors `h̃ [B, T, H]` (after the output dropout),
