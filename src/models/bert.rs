@@ -340,7 +340,7 @@ impl Bert {
         let d = self.position.dim(1)?;
         let extra =
             (self.position.narrow(0, 0, t)? + self.token_type.get(0)?.broadcast_as((t, d))?)?;
-        let x = layers::add_bias(&emb, &extra.to_dtype(emb.dtype())?)?;
+        let x = layers::add_bias(emb, &extra.to_dtype(emb.dtype())?)?;
         let mut x = self.dropout.forward(&self.emb_norm.forward(&x)?, train)?;
         let bias = layers::key_padding_bias(mask, x.dtype())?;
         debug_assert_eq!(bias.dims(), &[b, 1, 1, t]);
