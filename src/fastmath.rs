@@ -1,6 +1,6 @@
 //! Vectorizable `f32` transcendentals for the hot loops of our own kernels
-//! (the fused LSTM cell): `exp`, `sigmoid` and `tanh` without a libm call per
-//! element.
+//! (the fused LSTM cell, softmax, GELU): `exp`, `sigmoid`, `tanh`, the normal
+//! CDF `Φ`, GELU and its derivative, without a libm call per element.
 //!
 //! Each function is branch-free (selects, no jumps), so a loop over a slice
 //! compiles to SIMD code: SSE2 on any x86-64, AVX2 + FMA when the CPU has them
@@ -16,9 +16,17 @@
 //! tests fail above 1.2e-7, 2e-7 and 2e-7 (1e-7). NaN propagates; `exp` of
 //! anything below −86.64 is 0 (the true value is under 2.5e-38) and above 88.72
 //! is +∞ (it overflows), `sigmoid` and `tanh` saturate to their limits.
+//! `normal_cdf` and `gelu` (`x·Φ(x)`) keep their *relative* accuracy in the left
+//! tail, where `x·Φ(x)` is tiny: within 8e-7 relative on [−3, 10] (for `gelu`,
+//! away from the subnormal results next to 0), 1.3e-6 on
+//! [−5, −3], 4.0e-6 on [−10, −5] (the tests fail above 1e-6, 1.6e-6 and 5e-6);
+//! `gelu_derivative` is within 2.6e-7 absolute on [−10, 10] (it crosses zero near
+//! −0.752, so a relative bound means nothing there; the test fails above 4e-7).
+//! Below about −13.2, where `Φ` is under 2.5e-38, both return 0.
 //!
 //! The polynomials are Cephes' `expf` and `tanhf` (S. L. Moshier, public domain),
-//! the same as SLEEF-style vectorized kernels in other frameworks use.
+//! the same as SLEEF-style vectorized kernels in other frameworks use, and
+//! Numerical Recipes' Chebyshev fit of `erfc` for `Φ`.
 
 // The polynomial coefficients are written as published; the compiler rounds them
 // to the nearest f32.
@@ -95,6 +103,62 @@ pub fn tanh(x: f32) -> f32 {
     f32::from_bits(t.to_bits() | (x.to_bits() & 0x8000_0000))
 }
 
+/// Numerical Recipes' `erfcc` (Press et al., §6.2, a Chebyshev fit):
+/// `erfc(z) = t·exp(−z² + P(t))` with `t = 1 / (1 + z/2)`, `z ≥ 0`, fractional error
+/// below 1.2e-7 everywhere in exact arithmetic. `P`'s coefficients, constant term
+/// first.
+const ERFC: [f32; 10] = [
+    -1.265_512_23,
+    1.000_023_68,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_203_98,
+    1.488_515_87,
+    -0.822_152_23,
+    0.170_872_77,
+];
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_28;
+
+/// `(Φ(x), x²/2)`: the standard normal CDF from the upper tail `Φ(−|x|) =
+/// erfc(|x|/√2) / 2`, which keeps its relative accuracy far out on the left (no
+/// `1 + erf` cancellation), and the square the density needs.
+#[inline(always)]
+fn normal_cdf_parts(x: f32) -> (f32, f32) {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let mut p = ERFC[9];
+    for c in ERFC[..9].iter().rev() {
+        p = p * t + c;
+    }
+    let h = 0.5 * (x * x);
+    let tail = 0.5 * t * exp(p - h);
+    (select(x < 0.0, tail, 1.0 - tail), h)
+}
+
+/// `Φ(x)`, the standard normal CDF.
+#[inline(always)]
+pub fn normal_cdf(x: f32) -> f32 {
+    normal_cdf_parts(x).0
+}
+
+/// GELU, erf form: `x·Φ(x)` (0 where `Φ(x)` underflows, also at −∞).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    let c = normal_cdf(x);
+    select(c == 0.0, 0.0, x * c)
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)` (its limits 0 and 1 far out, where `x·φ(x)`
+/// underflows).
+#[inline(always)]
+pub fn gelu_derivative(x: f32) -> f32 {
+    let (c, h) = normal_cdf_parts(x);
+    let d = c + x * (FRAC_1_SQRT_2PI * exp(-h));
+    select(x.abs() > 20.0, c, d)
+}
+
 /// Applies `f` to every element in place, through the widest SIMD copy the CPU
 /// runs.
 macro_rules! slice_fn {
@@ -140,6 +204,36 @@ slice_fn!(
     tanh_slice_avx2,
     tanh
 );
+
+slice_fn!(
+    /// `x ← gelu(x)` over a slice.
+    gelu_slice,
+    gelu_slice_avx2,
+    gelu
+);
+
+/// `dx ← dy · gelu′(x)` over slices of one length (GELU's backward pass): `dx`
+/// holds `x` on entry.
+pub fn gelu_backward_slice(dx: &mut [f32], dy: &[f32]) {
+    assert_eq!(dx.len(), dy.len(), "gelu_backward_slice: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { gelu_backward_slice_avx2(dx, dy) };
+        return;
+    }
+    for (x, dy) in dx.iter_mut().zip(dy) {
+        *x = dy * gelu_derivative(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gelu_backward_slice_avx2(dx: &mut [f32], dy: &[f32]) {
+    for (x, dy) in dx.iter_mut().zip(dy) {
+        *x = dy * gelu_derivative(*x);
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -204,6 +298,50 @@ mod tests {
         );
     }
 
+    /// Φ(x) = erfc(−x/√2) / 2 in f64.
+    fn normal_cdf_f64(x: f64) -> f64 {
+        0.5 * candle_core::cpu::erf::erfc_f64(-x * std::f64::consts::FRAC_1_SQRT_2)
+    }
+
+    #[test]
+    fn normal_cdf_and_gelu_keep_their_relative_accuracy_in_the_left_tail() {
+        // Measured: 4.0e-6 on [−10, −5] (rounding x²/2 to f32 before the exp: at
+        // x = −10 half an ulp of 50 is 1.9e-6), 1.3e-6 on [−5, −3], under 8e-7 on
+        // [−3, 10].
+        for (lo, hi, bound) in [
+            (-10.0, -5.0, 5e-6),
+            (-5.0, -3.0, 1.6e-6),
+            (-3.0, 10.0, 1e-6),
+        ] {
+            let (rel, _) = sweep(lo, hi, 61, normal_cdf, normal_cdf_f64);
+            eprintln!("normal_cdf on [{lo}, {hi}]: max relative error {rel:e}");
+            assert!(rel < bound, "[{lo}, {hi}]: max relative error {rel:e}");
+        }
+        // GELU away from 0, where x·Φ(x) ≈ x/2 would be subnormal in f32 and lose
+        // relative precision whatever computes it.
+        for (lo, hi, bound) in [
+            (-10.0, -5.0, 5e-6),
+            (-5.0, -3.0, 1.6e-6),
+            (-3.0, -1e-30, 1e-6),
+            (1e-30, 10.0, 1e-6),
+        ] {
+            let (rel, _) = sweep(lo, hi, 61, gelu, |x| x * normal_cdf_f64(x));
+            eprintln!("gelu on [{lo}, {hi}]: max relative error {rel:e}");
+            assert!(rel < bound, "gelu [{lo}, {hi}]: max relative error {rel:e}");
+        }
+    }
+
+    #[test]
+    fn gelu_derivative_is_accurate() {
+        // The derivative crosses 0 near x = −0.752, so the bound is absolute
+        // (the derivative is at most 1.13); measured 2.6e-7.
+        let (_, abs) = sweep(-10.0, 10.0, 61, gelu_derivative, |x| {
+            normal_cdf_f64(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+        });
+        eprintln!("gelu_derivative: max absolute error {abs:e}");
+        assert!(abs < 4e-7, "max absolute error {abs:e}");
+    }
+
     #[test]
     fn limits_nan_and_the_simd_copies_agree_with_the_scalar_functions() {
         assert_eq!(exp(0.0), 1.0);
@@ -219,6 +357,14 @@ mod tests {
         assert_eq!(tanh(-50.0), -1.0);
         assert_eq!(tanh(0.0), 0.0);
         assert!(tanh(-0.0).is_sign_negative());
+        assert_eq!(normal_cdf(f32::INFINITY), 1.0);
+        assert_eq!(normal_cdf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(gelu(f32::NEG_INFINITY), 0.0);
+        assert_eq!(gelu(f32::INFINITY), f32::INFINITY);
+        assert_eq!(gelu_derivative(f32::NEG_INFINITY), 0.0);
+        assert_eq!(gelu_derivative(f32::INFINITY), 1.0);
+        assert_eq!(gelu(0.0), 0.0);
+        assert!(gelu(f32::NAN).is_nan() && gelu_derivative(f32::NAN).is_nan());
         assert_eq!(tanh(f32::INFINITY), 1.0);
         // The slice functions (SIMD where the CPU has it) give the scalar
         // functions' bits, so results do not depend on the CPU.
@@ -227,12 +373,19 @@ mod tests {
             (exp_slice as fn(&mut [f32]), exp as fn(f32) -> f32),
             (sigmoid_slice, sigmoid),
             (tanh_slice, tanh),
+            (gelu_slice, gelu),
         ] {
             let mut ys = xs.clone();
             slice_fn(&mut ys);
             for (x, y) in xs.iter().zip(&ys) {
                 assert_eq!(y.to_bits(), f(*x).to_bits(), "at {x}");
             }
+        }
+        let dy: Vec<f32> = xs.iter().map(|x| 1.0 - 0.01 * x).collect();
+        let mut dx = xs.clone();
+        gelu_backward_slice(&mut dx, &dy);
+        for ((x, dy), dx) in xs.iter().zip(&dy).zip(&dx) {
+            assert_eq!(dx.to_bits(), (dy * gelu_derivative(*x)).to_bits(), "at {x}");
         }
     }
 }

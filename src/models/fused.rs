@@ -347,7 +347,9 @@ impl CustomOp2 for SoftmaxBwdOp {
 
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-/// GELU, erf form, fused, with the exact backward `Φ(x) + x·φ(x)`.
+/// GELU, erf form, fused, with the exact backward `Φ(x) + x·φ(x)`: `f32` through
+/// [`crate::fastmath::gelu`] and [`crate::fastmath::gelu_derivative`] (vectorized;
+/// accuracy in that module's docs), `f64` through libm's `erf`.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(GeluOp)
 }
@@ -360,6 +362,13 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let CpuStorage::F32(_) = s {
+            let x: &[f32] = slice(s, l, "gelu")?;
+            let mut out = x.to_vec();
+            out.par_chunks_mut(4096)
+                .for_each(crate::fastmath::gelu_slice);
+            return Ok((CpuStorage::F32(out), l.shape().clone()));
+        }
         let out = dispatch1!(s, l, "gelu", |x: T| map_rows::<T>(
             x,
             None,
@@ -402,6 +411,15 @@ impl CustomOp3 for GeluBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let CpuStorage::F32(_) = s1 {
+            let x: &[f32] = slice(s1, l1, "gelu")?;
+            let dy: &[f32] = slice(s3, l3, "gelu grad")?;
+            let mut out = x.to_vec();
+            out.par_chunks_mut(4096)
+                .zip(dy.par_chunks(4096))
+                .for_each(|(dx, dy)| crate::fastmath::gelu_backward_slice(dx, dy));
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
         let out = dispatch1!(s1, l1, "gelu", |x: T| {
             let y: &[T] = slice(s2, l2, "gelu output")?;
             let dy: &[T] = slice(s3, l3, "gelu grad")?;
