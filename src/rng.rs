@@ -56,12 +56,33 @@ impl SplitMix64 {
 
     /// A uniform float in `[0, 1)` with 53 random bits.
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        Self::unit_f64(self.next_u64())
     }
 
     /// The whole state: `SplitMix64::new(g.state())` continues `g`'s stream exactly.
     pub fn state(&self) -> u64 {
         self.state
+    }
+
+    /// The value the `i`-th next call to [`SplitMix64::next_u64`] would return
+    /// (`i = 0` is the next one), without advancing: the state moves by a constant
+    /// per draw, so any draw can be computed on its own (and draws split over
+    /// threads give the sequential stream's values).
+    pub fn peek_u64(&self, i: u64) -> u64 {
+        mix(self
+            .state
+            .wrapping_add(GAMMA.wrapping_mul(i.wrapping_add(1))))
+    }
+
+    /// Advances the generator by `n` draws at once, as `n` calls to
+    /// [`SplitMix64::next_u64`] would.
+    pub fn skip(&mut self, n: u64) {
+        self.state = self.state.wrapping_add(GAMMA.wrapping_mul(n));
+    }
+
+    /// The float [`SplitMix64::next_f64`] makes of 64 random bits.
+    pub fn unit_f64(bits: u64) -> f64 {
+        (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in [lo, hi).
@@ -124,6 +145,19 @@ mod tests {
                 16408922859458223821
             ]
         );
+    }
+
+    #[test]
+    fn peek_and_skip_follow_the_sequential_stream() {
+        let start = SplitMix64::new(0xdead_beef);
+        let mut seq = start;
+        for i in 0..1000 {
+            assert_eq!(start.peek_u64(i), seq.next_u64(), "draw {i}");
+        }
+        let mut jumped = start;
+        jumped.skip(1000);
+        assert_eq!(jumped, seq);
+        assert_eq!(jumped.next_f64(), seq.next_f64());
     }
 
     #[test]

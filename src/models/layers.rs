@@ -39,13 +39,28 @@ impl SharedRng {
         *self.0.lock().expect("rng lock poisoned") = SplitMix64::new(state);
     }
 
-    /// `n` values, each `scale` with probability `keep` and 0 otherwise.
+    /// `n` values, each `scale` with probability `keep` and 0 otherwise: value `i`
+    /// from the generator's `i`-th next draw, computed in parallel blocks
+    /// ([`SplitMix64::peek_u64`]), so the mask and the state after it are those of
+    /// `n` sequential draws.
     fn keep_mask(&self, n: usize, keep: f64, scale: f64) -> Vec<f32> {
+        use rayon::prelude::*;
+        const BLOCK: usize = 16384;
         let mut g = self.0.lock().expect("rng lock poisoned");
+        let start = *g;
         let scale = scale as f32;
-        (0..n)
-            .map(|_| if g.next_f64() < keep { scale } else { 0.0 })
-            .collect()
+        let mut mask = vec![0f32; n];
+        mask.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let first = (b * BLOCK) as u64;
+                for (j, m) in block.iter_mut().enumerate() {
+                    let u = SplitMix64::unit_f64(start.peek_u64(first + j as u64));
+                    *m = if u < keep { scale } else { 0.0 };
+                }
+            });
+        g.skip(n as u64);
+        mask
     }
 }
 
@@ -721,6 +736,23 @@ mod tests {
         let next = d.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
         assert_ne!(a, next, "a new mask every call");
         Ok(())
+    }
+
+    #[test]
+    fn dropout_masks_are_the_sequential_draws_of_the_generator() {
+        // Several parallel blocks and a ragged tail: the mask and the state after
+        // it must be those of one draw per element in order, so runs (and their
+        // checkpoints) do not depend on how the mask was split over threads.
+        let n = 3 * 16384 + 77;
+        let rng = SharedRng::new(11);
+        let mask = rng.keep_mask(n, 0.9, 1.0 / 0.9);
+        let mut seq = SplitMix64::new(11);
+        let scale = (1.0 / 0.9) as f32;
+        for (i, m) in mask.iter().enumerate() {
+            let want = if seq.next_f64() < 0.9 { scale } else { 0.0 };
+            assert_eq!(m.to_bits(), want.to_bits(), "element {i}");
+        }
+        assert_eq!(rng.state(), seq.state());
     }
 
     #[test]
