@@ -28,6 +28,7 @@ use super::complement::{ComplementOptions, Form};
 use super::cross_entropy::CrossEntropyOptions;
 use super::rows::{counted_rows, flatten_as, targets_to_host};
 use super::{complement_entropy_sum, cross_entropy_sum, LossSum};
+use crate::fastmath::exp_f64_slice;
 
 /// Which token-level loss a row kernel computes.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,30 @@ struct RowStats {
     entropy: f64,
 }
 
+thread_local! {
+    /// Per-thread scratch rows for the vectorized `exp` passes.
+    static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a zeroed-or-stale scratch slice of `n` f64s (every caller writes
+/// it before reading).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < n {
+            s.resize(n, 0.0);
+        }
+        f(&mut s[..n])
+    })
+}
+
+fn to_f64<T: Float>(x: T) -> f64 {
+    x.to_f64().unwrap_or(f64::NAN)
+}
+
+/// The row's statistics. Exponentials are taken in f64 ([`exp_f64_slice`],
+/// vectorized) of the differences `z − max` (computed in the logits' dtype), and
+/// summed in f64 in index order.
 fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
     match kind {
         Kind::CrossEntropy { smoothing } => {
@@ -58,14 +83,21 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
             for &x in z {
                 max = max.max(x);
             }
-            let (mut sum, mut total) = (0f64, 0f64);
-            for &x in z {
-                sum += (x - max).exp().to_f64().unwrap_or(f64::NAN);
-                total += x.to_f64().unwrap_or(f64::NAN);
-            }
-            let max = max.to_f64().unwrap_or(f64::NAN);
+            let (sum, total) = with_scratch(z.len(), |e| {
+                for (e, &x) in e.iter_mut().zip(z) {
+                    *e = to_f64(x - max);
+                }
+                exp_f64_slice(e);
+                let (mut sum, mut total) = (0f64, 0f64);
+                for (&e, &x) in e.iter().zip(z) {
+                    sum += e;
+                    total += to_f64(x);
+                }
+                (sum, total)
+            });
+            let max = to_f64(max);
             let lse = max + sum.ln();
-            let nll = lse - z[g].to_f64().unwrap_or(f64::NAN);
+            let nll = lse - to_f64(z[g]);
             let smooth = lse - total / z.len() as f64;
             RowStats {
                 value: (1.0 - smoothing) * nll + smoothing * smooth,
@@ -81,19 +113,26 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
                     max = max.max(x);
                 }
             }
-            let (mut sum, mut weighted) = (0f64, 0f64);
-            for (j, &x) in z.iter().enumerate() {
-                if j != g {
-                    let s = x - max;
-                    let e = s.exp().to_f64().unwrap_or(f64::NAN);
-                    sum += e;
-                    weighted += e * s.to_f64().unwrap_or(f64::NAN);
+            let (sum, weighted) = with_scratch(2 * z.len(), |buf| {
+                let (s, e) = buf.split_at_mut(z.len());
+                for ((s, e), &x) in s.iter_mut().zip(e.iter_mut()).zip(z) {
+                    *s = to_f64(x - max);
+                    *e = *s;
                 }
-            }
+                exp_f64_slice(e);
+                let (mut sum, mut weighted) = (0f64, 0f64);
+                for (j, (&s, &e)) in s.iter().zip(e.iter()).enumerate() {
+                    if j != g {
+                        sum += e;
+                        weighted += e * s;
+                    }
+                }
+                (sum, weighted)
+            });
             let entropy = sum.ln() - weighted / sum;
             RowStats {
                 value: -entropy,
-                max: max.to_f64().unwrap_or(f64::NAN),
+                max: to_f64(max),
                 log_sum: sum.ln(),
                 entropy,
             }
@@ -101,30 +140,44 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
     }
 }
 
-/// Writes `scale · ∂value/∂z` for one row into `out`, given the row's statistics.
+/// Writes `scale · ∂value/∂z` for one row into `out`, given the row's statistics
+/// (the probabilities through [`exp_f64_slice`], in f64).
 fn row_grad<T: Float>(z: &[T], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [T]) {
     match kind {
         Kind::CrossEntropy { smoothing } => {
             let uniform = smoothing / z.len() as f64;
-            for (j, (&x, o)) in z.iter().zip(out.iter_mut()).enumerate() {
-                let p = (x.to_f64().unwrap_or(f64::NAN) - st.max - st.log_sum).exp();
-                let mut d = p - uniform;
-                if j == g {
-                    d -= 1.0 - smoothing;
+            with_scratch(z.len(), |p| {
+                for (p, &x) in p.iter_mut().zip(z) {
+                    *p = to_f64(x) - st.max - st.log_sum;
                 }
-                *o = T::from(scale * d).unwrap_or(T::nan());
-            }
+                exp_f64_slice(p);
+                for (j, (&p, o)) in p.iter().zip(out.iter_mut()).enumerate() {
+                    let mut d = p - uniform;
+                    if j == g {
+                        d -= 1.0 - smoothing;
+                    }
+                    *o = T::from(scale * d).unwrap_or(T::nan());
+                }
+            });
         }
         Kind::Complement => {
             // ∂(−H)/∂z_j = q_j (log q_j + H) for j ≠ g, and 0 for the target.
-            for (j, (&x, o)) in z.iter().zip(out.iter_mut()).enumerate() {
-                *o = if j == g {
-                    T::zero()
-                } else {
-                    let log_q = x.to_f64().unwrap_or(f64::NAN) - st.max - st.log_sum;
-                    T::from(scale * log_q.exp() * (log_q + st.entropy)).unwrap_or(T::nan())
-                };
-            }
+            with_scratch(2 * z.len(), |buf| {
+                let (log_q, q) = buf.split_at_mut(z.len());
+                for ((l, q), &x) in log_q.iter_mut().zip(q.iter_mut()).zip(z) {
+                    *l = to_f64(x) - st.max - st.log_sum;
+                    *q = *l;
+                }
+                exp_f64_slice(q);
+                for (j, ((&l, &q), o)) in log_q.iter().zip(q.iter()).zip(out.iter_mut()).enumerate()
+                {
+                    *o = if j == g {
+                        T::zero()
+                    } else {
+                        T::from(scale * q * (l + st.entropy)).unwrap_or(T::nan())
+                    };
+                }
+            });
         }
     }
 }
