@@ -1000,6 +1000,177 @@ impl CustomOp2 for LstmLayerOp {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// One LSTM cell step (the attentional decoder, whose input feeding keeps the
+// recurrence outside any one op)
+
+/// One LSTM cell step: `gates [N, 4H]` (pre-activations in the order i, f, g, o,
+/// input and recurrent projections already summed) and `c_prev [N, H]` give
+/// `[2, N, H]`: the new h, then the new c (`c = σ(f)·c_prev + σ(i)·tanh(g)`,
+/// `h = σ(o)·tanh(c)`). One pass forward and one backward instead of the dozen
+/// elementwise ops (and their backward passes) of [`lstm_cell_ops`]; the same
+/// arithmetic as [`bilstm_layer`]'s cell (f32: vectorized activations and f32
+/// arithmetic; f64: libm).
+pub fn lstm_step(gates: &Tensor, c_prev: &Tensor) -> Result<Tensor> {
+    let (n, h4) = gates.dims2()?;
+    let (n_c, h) = c_prev.dims2()?;
+    if n != n_c || h4 != 4 * h {
+        candle_core::bail!(
+            "lstm step: gates {:?} and c_prev {:?}",
+            gates.dims(),
+            c_prev.dims()
+        );
+    }
+    gates
+        .contiguous()?
+        .apply_op2(&c_prev.to_dtype(gates.dtype())?.contiguous()?, LstmStepOp)
+}
+
+struct LstmStepOp;
+
+fn step_fwd<T: CellFloat>(gates: &[T], c_prev: &[T], h: usize) -> Vec<T> {
+    let n = c_prev.len() / h.max(1);
+    let mut out = vec![T::from_f64(0.0); 2 * n * h];
+    let (hs, cs) = out.split_at_mut(n * h);
+    hs.par_chunks_mut(h)
+        .zip(cs.par_chunks_mut(h))
+        .enumerate()
+        .for_each(|(r, (hr, cr))| {
+            let mut act = gates[r * 4 * h..(r + 1) * 4 * h].to_vec();
+            activate_gates_in_place(&mut act, h);
+            let cp = &c_prev[r * h..(r + 1) * h];
+            for j in 0..h {
+                cr[j] = act[h + j] * cp[j] + act[j] * act[2 * h + j];
+            }
+            hr.copy_from_slice(cr);
+            T::tanh_slice(hr);
+            for j in 0..h {
+                hr[j] = act[3 * h + j] * hr[j];
+            }
+        });
+    out
+}
+
+/// `[N, 5H]` flattened: the gates' gradient `[N, 4H]`, then `c_prev`'s `[N, H]`.
+fn step_bwd<T: CellFloat>(gates: &[T], c_prev: &[T], grad: &[T], h: usize) -> Vec<T> {
+    let n = c_prev.len() / h.max(1);
+    let one = T::from_f64(1.0);
+    let mut out = vec![T::from_f64(0.0); 5 * n * h];
+    let (dgates, dcp) = out.split_at_mut(4 * n * h);
+    let (dh_all, dc_all) = grad.split_at(n * h);
+    dgates
+        .par_chunks_mut(4 * h)
+        .zip(dcp.par_chunks_mut(h))
+        .enumerate()
+        .for_each(|(r, (dg, dcp))| {
+            let mut act = gates[r * 4 * h..(r + 1) * 4 * h].to_vec();
+            activate_gates_in_place(&mut act, h);
+            let cp = &c_prev[r * h..(r + 1) * h];
+            let mut tc: Vec<T> = (0..h)
+                .map(|j| act[h + j] * cp[j] + act[j] * act[2 * h + j])
+                .collect();
+            T::tanh_slice(&mut tc);
+            let (dh, dc) = (&dh_all[r * h..(r + 1) * h], &dc_all[r * h..(r + 1) * h]);
+            for j in 0..h {
+                let (i, f, g, og) = (act[j], act[h + j], act[2 * h + j], act[3 * h + j]);
+                let dct = dc[j] + dh[j] * og * (one - tc[j] * tc[j]);
+                dg[j] = dct * g * i * (one - i);
+                dg[h + j] = dct * cp[j] * f * (one - f);
+                dg[2 * h + j] = dct * i * (one - g * g);
+                dg[3 * h + j] = dh[j] * tc[j] * og * (one - og);
+                dcp[j] = dct * f;
+            }
+        });
+    out
+}
+
+/// `act ← [σ(i), σ(f), tanh(g), σ(o)]` in place.
+fn activate_gates_in_place<T: CellFloat>(act: &mut [T], h: usize) {
+    T::sigmoid_slice(&mut act[..2 * h]);
+    T::tanh_slice(&mut act[2 * h..3 * h]);
+    T::sigmoid_slice(&mut act[3 * h..]);
+}
+
+impl CustomOp2 for LstmStepOp {
+    fn name(&self) -> &'static str {
+        "cotext-lstm-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h) = l2.shape().dims2()?;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(step_fwd::<f32>(
+                slice(s1, l1, "lstm gates")?,
+                slice(s2, l2, "lstm c_prev")?,
+                h,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(step_fwd::<f64>(
+                slice(s1, l1, "lstm gates")?,
+                slice(s2, l2, "lstm c_prev")?,
+                h,
+            )),
+            _ => candle_core::bail!("fused lstm step: f32 or f64 only"),
+        };
+        Ok((out, Shape::from((2, n, h))))
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        c_prev: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, h) = c_prev.dims2()?;
+        let both = gates.apply_op3_no_bwd(c_prev, &grad.contiguous()?, &LstmStepBwdOp)?;
+        let dgates = both.narrow(0, 0, 4 * n * h)?.reshape((n, 4 * h))?;
+        let dc_prev = both.narrow(0, 4 * n * h, n * h)?.reshape((n, h))?;
+        Ok((Some(dgates), Some(dc_prev)))
+    }
+}
+
+struct LstmStepBwdOp;
+
+impl CustomOp3 for LstmStepBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-lstm-step-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h) = l2.shape().dims2()?;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(step_bwd::<f32>(
+                slice(s1, l1, "lstm gates")?,
+                slice(s2, l2, "lstm c_prev")?,
+                slice(s3, l3, "lstm grad")?,
+                h,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(step_bwd::<f64>(
+                slice(s1, l1, "lstm gates")?,
+                slice(s2, l2, "lstm c_prev")?,
+                slice(s3, l3, "lstm grad")?,
+                h,
+            )),
+            _ => candle_core::bail!("fused lstm step: f32 or f64 only"),
+        };
+        Ok((out, Shape::from(5 * n * h)))
+    }
+}
+
 /// The same masked LSTM step in plain candle ops (every device; the oracle for the
 /// fused kernel). `keep` is `[N, 1]`, 1 at real steps and 0 at padding.
 pub fn lstm_cell_ops(gates: &Tensor, state: &Tensor, keep: &Tensor) -> Result<Tensor> {
@@ -1236,6 +1407,50 @@ mod tests {
         let fw = Tensor::stack(&fw, 1)?; // [B, T, H]
         let bw = Tensor::stack(&bw, 1)?;
         Tensor::cat(&[fw, bw], 2)
+    }
+
+    #[test]
+    fn fused_lstm_step_matches_plain_ops_and_finite_differences() -> Result<()> {
+        // The decoder's cell against the plain-op oracle (every row kept), then
+        // finite differences in f64, then f32 against f64; h and c both used
+        // downstream, as the decoder uses them.
+        let (n, h) = (3, 5);
+        let g0 = (randn(&[n, 4 * h], 50)? * 2.0)?;
+        let c0 = randn(&[n, h], 51)?;
+        let up = randn(&[2, n, h], 52)?;
+        let gates = Var::from_tensor(&g0)?;
+        let c_prev = Var::from_tensor(&c0)?;
+        let fused = lstm_step(&gates, &c_prev)?;
+        let state = Tensor::stack(&[c0.zeros_like()?, c_prev.as_tensor().clone()], 0)?;
+        let keep = Tensor::ones((n, 1), DType::F64, &Device::Cpu)?;
+        let plain = lstm_cell_ops(&gates, &state, &keep)?;
+        assert!(max_abs_diff(&fused, &plain)? < 1e-12);
+        let gf = (&fused * &up)?.sum_all()?.backward()?;
+        let gp = (&plain * &up)?.sum_all()?.backward()?;
+        for (v, name) in [(&gates, "gates"), (&c_prev, "c_prev")] {
+            let diff = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap())?;
+            assert!(diff < 1e-12, "{name}: fused vs plain {diff}");
+        }
+        let loss = |g: &Tensor, c: &Tensor| (lstm_step(g, c)? * &up)?.sum_all()?.to_scalar::<f64>();
+        let fg = numeric_grad(&g0, &|g| loss(g, &c0))?;
+        let fc = numeric_grad(&c0, &|c| loss(&g0, c))?;
+        assert_close(gf.get(&gates).unwrap(), &fg, 1e-6, "d gates")?;
+        assert_close(gf.get(&c_prev).unwrap(), &fc, 1e-6, "d c_prev")?;
+        let g32 = Var::from_tensor(&g0.to_dtype(DType::F32)?)?;
+        let c32 = Var::from_tensor(&c0.to_dtype(DType::F32)?)?;
+        let fused32 = lstm_step(&g32, &c32)?;
+        let diff = max_abs_diff(&fused32.to_dtype(DType::F64)?, &plain)?;
+        assert!(diff < 2e-6, "f32 forward: {diff}");
+        let grads32 = (&fused32 * &up.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        for (v32, v, name) in [(&g32, &gates, "gates"), (&c32, &c_prev, "c_prev")] {
+            let got = grads32.get(v32).unwrap().to_dtype(DType::F64)?;
+            let diff = max_abs_diff(&got, gp.get(v).unwrap())?;
+            assert!(diff < 1e-5, "f32 d {name}: {diff}");
+        }
+        assert!(lstm_step(&g0, &c0.narrow(1, 0, h - 1)?).is_err());
+        Ok(())
     }
 
     #[test]

@@ -25,6 +25,7 @@ use candle_core::{Module, Result, Tensor};
 
 use super::select_rows;
 use crate::models::bilstm::BiLstm;
+use crate::models::fused;
 use crate::models::layers::{self, Dropout, SharedRng};
 use crate::models::params::{Init, Params};
 
@@ -393,12 +394,17 @@ impl LstmSeq2Seq {
                     layers::add_bias(&xin.matmul(w_ih_t)?, &w.bias[l])?.add(&rec)?
                 }
             };
-            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
-            let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
-            let g = gates.narrow(1, 2 * h, h)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
-            let c = ((f * &st.c[l])? + (i * g)?)?;
-            let hn = (o * c.tanh()?)?;
+            let (hn, c) = if fused::supported(&gates) {
+                let state = fused::lstm_step(&gates, &st.c[l])?;
+                (state.get(0)?, state.get(1)?)
+            } else {
+                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
+                let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
+                let g = gates.narrow(1, 2 * h, h)?.tanh()?;
+                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
+                let c = ((f * &st.c[l])? + (i * g)?)?;
+                ((o * c.tanh()?)?, c)
+            };
             x = hn.clone();
             hs.push(hn);
             cs.push(c);
