@@ -1104,19 +1104,11 @@ impl CustomOp2 for LstmStepOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, h) = l2.shape().dims2()?;
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(step_fwd::<f32>(
-                slice(s1, l1, "lstm gates")?,
-                slice(s2, l2, "lstm c_prev")?,
-                h,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(step_fwd::<f64>(
-                slice(s1, l1, "lstm gates")?,
-                slice(s2, l2, "lstm c_prev")?,
-                h,
-            )),
-            _ => candle_core::bail!("fused lstm step: f32 or f64 only"),
-        };
+        let out = dispatch1!(s1, l1, "lstm gates", |g: T| step_fwd::<T>(
+            g,
+            slice(s2, l2, "lstm c_prev")?,
+            h
+        ));
         Ok((out, Shape::from((2, n, h))))
     }
 
@@ -1152,21 +1144,12 @@ impl CustomOp3 for LstmStepBwdOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, h) = l2.shape().dims2()?;
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(step_bwd::<f32>(
-                slice(s1, l1, "lstm gates")?,
-                slice(s2, l2, "lstm c_prev")?,
-                slice(s3, l3, "lstm grad")?,
-                h,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(step_bwd::<f64>(
-                slice(s1, l1, "lstm gates")?,
-                slice(s2, l2, "lstm c_prev")?,
-                slice(s3, l3, "lstm grad")?,
-                h,
-            )),
-            _ => candle_core::bail!("fused lstm step: f32 or f64 only"),
-        };
+        let out = dispatch1!(s1, l1, "lstm gates", |g: T| step_bwd::<T>(
+            g,
+            slice(s2, l2, "lstm c_prev")?,
+            slice(s3, l3, "lstm grad")?,
+            h
+        ));
         Ok((out, Shape::from(5 * n * h)))
     }
 }
