@@ -3,7 +3,8 @@
 # depends on `cotext = { version = "0.1", default-features = false }` compiles.
 # Checks that
 #   1. cotext's own dependencies are then only candle-core, serde, rayon and
-#      num-traits, plus gemm on x86-64 (to turn on its AVX-512 kernels): all
+#      num-traits, plus gemm (the fused attention kernel calls it; on x86-64 with
+#      its AVX-512 kernels turned on): all
 #      already candle-core dependencies;
 #   2. none of the CLI's or the other rooms' crates is anywhere in the graph
 #      (tokenizers is, but only through candle-core 0.11, which depends on it

@@ -586,7 +586,10 @@ fn transformer_learns_to_reverse() -> cotext::Result<()> {
         max_len: 16,
         ..TransformerSeq2SeqConfig::default()
     });
-    let acc = learn_reversal(&cfg, 300, 3e-3)?;
+    // 400 updates: at 300, a change of the attention's rounding alone (scaling the
+    // scores by 1 ± 1e-6) moved the token accuracy between 0.84 and 1.0; at 400 it
+    // stays above 0.93 under the same changes.
+    let acc = learn_reversal(&cfg, 400, 3e-3)?;
     assert!(acc >= 0.9, "transformer reversal token accuracy {acc}");
     Ok(())
 }

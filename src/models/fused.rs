@@ -1172,6 +1172,414 @@ pub fn lstm_cell_ops(gates: &Tensor, state: &Tensor, keep: &Tensor) -> Result<Te
     Tensor::stack(&[hn, c], 0)
 }
 
+// ---------------------------------------------------------------------------------
+// Self-attention
+/// Multi-head self-attention's core, fused: from the packed projections
+/// `qkv [B, T, 3·D]` (per row `q | k | v`, each `[heads, dh]`), the key-padding
+/// `bias` (`B·T` values, `[B, 1, 1, T]` from
+/// [`key_padding_bias`](super::layers::key_padding_bias), added to every query's
+/// scores) and an optional dropout mask `keep` over the probabilities
+/// (`[B, heads, T, T]`, each value 0 or `1/(1−p)`), returns
+/// `(softmax(q·kᵀ·scale + bias) ⊙ keep)·v` with the heads merged, `[B, T, D]`.
+///
+/// Per batch row and head the two products are `gemm` calls on strided views of
+/// `qkv` (no split, transpose or copy), and the softmax is the fused one. The
+/// backward recomputes the probabilities instead of keeping them (as flash
+/// attention does) and writes the whole gradient of `qkv` as one tensor: autograd
+/// accumulates one gradient here instead of one per reshape, split, scale,
+/// transpose, mask, softmax and dropout of the unfused path. `bias` takes no
+/// gradient.
+pub fn self_attention(
+    qkv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    scale: f64,
+    keep: Option<Arc<Vec<f32>>>,
+) -> Result<Tensor> {
+    let (b, t, d3) = qkv.dims3()?;
+    if heads == 0 || !d3.is_multiple_of(3 * heads) || bias.elem_count() != b * t {
+        candle_core::bail!(
+            "self attention: qkv {:?} with {heads} heads and bias {:?}",
+            qkv.dims(),
+            bias.dims()
+        );
+    }
+    if let Some(k) = &keep {
+        if k.len() != b * heads * t * t {
+            candle_core::bail!(
+                "self attention: dropout mask of {} values for [{b}, {heads}, {t}, {t}]",
+                k.len()
+            );
+        }
+    }
+    let bias = bias.to_dtype(qkv.dtype())?.flatten_all()?.contiguous()?;
+    qkv.contiguous()?
+        .apply_op2(&bias, SelfAttentionOp { heads, scale, keep })
+}
+
+struct SelfAttentionOp {
+    heads: usize,
+    scale: f64,
+    keep: Option<Arc<Vec<f32>>>,
+}
+
+/// The element types of the attention kernel: `gemm`'s, with the softmax row of
+/// [`softmax_last_dim`] (`f32` vectorized, `f64` libm).
+trait AttnFloat: WithDType + CellFloat {
+    fn softmax_in_place(row: &mut [Self]);
+}
+
+impl AttnFloat for f32 {
+    fn softmax_in_place(row: &mut [f32]) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for v in row.iter_mut() {
+            *v -= max;
+        }
+        crate::fastmath::exp_slice(row);
+        let sum: f64 = row.iter().map(|&v| v as f64).sum();
+        let inv = (1.0 / sum) as f32;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+impl AttnFloat for f64 {
+    fn softmax_in_place(row: &mut [f64]) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// A strided `rows × cols` matrix inside a slice: element `(i, j)` at
+/// `off + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn check(&self, len: usize, rows: usize, cols: usize) {
+        let last = self.off + (rows.max(1) - 1) * self.rs + (cols.max(1) - 1) * self.cs;
+        assert!(
+            rows == 0 || cols == 0 || last < len,
+            "gemm view out of bounds"
+        );
+    }
+}
+
+/// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views, on this
+/// thread (the callers parallelize over batch rows).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: AttnFloat>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    dv: View,
+    lhs: &[T],
+    lv: View,
+    rhs: &[T],
+    rv: View,
+    beta: T,
+) {
+    dv.check(dst.len(), m, n);
+    lv.check(lhs.len(), m, k);
+    rv.check(rhs.len(), k, n);
+    // SAFETY: every view was checked to lie inside its slice; `dst` is borrowed
+    // mutably and does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dv.off),
+            dv.cs as isize,
+            dv.rs as isize,
+            false,
+            lhs.as_ptr().add(lv.off),
+            lv.cs as isize,
+            lv.rs as isize,
+            rhs.as_ptr().add(rv.off),
+            rv.cs as isize,
+            rv.rs as isize,
+            T::from_f64(0.0),
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The attention probabilities `softmax(q·kᵀ·scale + bias)` of one batch row's
+/// head `hi` into `p [T, T]` (before dropout). `x` is that row's `[T, 3D]`.
+fn attn_probs<T: AttnFloat>(x: &[T], bias: &[T], hi: usize, dh: usize, scale: T, p: &mut [T]) {
+    let t = bias.len();
+    let (d3, d) = (x.len() / t.max(1), x.len() / t.max(1) / 3);
+    let q = View {
+        off: hi * dh,
+        rs: d3,
+        cs: 1,
+    };
+    let kt = View {
+        off: d + hi * dh,
+        rs: 1,
+        cs: d3,
+    };
+    gemm_into(
+        (t, t, dh),
+        p,
+        View {
+            off: 0,
+            rs: t,
+            cs: 1,
+        },
+        x,
+        q,
+        x,
+        kt,
+        scale,
+    );
+    for row in p.chunks_mut(t) {
+        for (s, b) in row.iter_mut().zip(bias) {
+            *s += *b;
+        }
+        T::softmax_in_place(row);
+    }
+}
+
+fn keep_of<T: WithDType>(keep: &Option<Arc<Vec<f32>>>, from: usize, p: &mut [T]) {
+    if let Some(k) = keep {
+        let n = p.len();
+        for (v, m) in p.iter_mut().zip(&k[from..from + n]) {
+            *v *= T::from_f64(*m as f64);
+        }
+    }
+}
+
+fn attn_fwd<T: AttnFloat>(
+    qkv: &[T],
+    bias: &[T],
+    (b, t, h): (usize, usize, usize),
+    scale: f64,
+    keep: &Option<Arc<Vec<f32>>>,
+) -> Vec<T> {
+    let d = qkv.len() / (3 * b * t).max(1);
+    let dh = d / h;
+    let mut out = vec![T::from_f64(0.0); b * t * d];
+    out.par_chunks_mut(t * d).enumerate().for_each(|(bi, o)| {
+        let x = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+        let bias = &bias[bi * t..(bi + 1) * t];
+        let mut p = vec![T::from_f64(0.0); t * t];
+        for hi in 0..h {
+            attn_probs(x, bias, hi, dh, T::from_f64(scale), &mut p);
+            keep_of(keep, (bi * h + hi) * t * t, &mut p);
+            let v = View {
+                off: 2 * d + hi * dh,
+                rs: 3 * d,
+                cs: 1,
+            };
+            let dst = View {
+                off: hi * dh,
+                rs: d,
+                cs: 1,
+            };
+            gemm_into(
+                (t, dh, t),
+                o,
+                dst,
+                &p,
+                View {
+                    off: 0,
+                    rs: t,
+                    cs: 1,
+                },
+                x,
+                v,
+                T::from_f64(1.0),
+            );
+        }
+    });
+    out
+}
+
+/// The gradient of `qkv` given the output's gradient `grad [B, T, D]`.
+fn attn_bwd<T: AttnFloat>(
+    qkv: &[T],
+    bias: &[T],
+    grad: &[T],
+    (b, t, h): (usize, usize, usize),
+    scale: f64,
+    keep: &Option<Arc<Vec<f32>>>,
+) -> Vec<T> {
+    let d = qkv.len() / (3 * b * t).max(1);
+    let dh = d / h;
+    let sc = T::from_f64(scale);
+    let mut dqkv = vec![T::from_f64(0.0); qkv.len()];
+    dqkv.par_chunks_mut(t * 3 * d)
+        .enumerate()
+        .for_each(|(bi, dx)| {
+            let x = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+            let dout = &grad[bi * t * d..(bi + 1) * t * d];
+            let bias = &bias[bi * t..(bi + 1) * t];
+            let (mut p, mut g) = (vec![T::from_f64(0.0); t * t], vec![T::from_f64(0.0); t * t]);
+            let sq = View {
+                off: 0,
+                rs: t,
+                cs: 1,
+            };
+            let sq_t = View {
+                off: 0,
+                rs: 1,
+                cs: t,
+            };
+            for hi in 0..h {
+                let from = (bi * h + hi) * t * t;
+                let col = |part: usize| View {
+                    off: part * d + hi * dh,
+                    rs: 3 * d,
+                    cs: 1,
+                };
+                let col_t = |part: usize| View {
+                    off: part * d + hi * dh,
+                    rs: 1,
+                    cs: 3 * d,
+                };
+                let dov = View {
+                    off: hi * dh,
+                    rs: d,
+                    cs: 1,
+                };
+                attn_probs(x, bias, hi, dh, sc, &mut p);
+                // dV = (P ⊙ keep)ᵀ · dO.
+                g.copy_from_slice(&p);
+                keep_of(keep, from, &mut g);
+                gemm_into(
+                    (t, dh, t),
+                    dx,
+                    col(2),
+                    &g,
+                    sq_t,
+                    dout,
+                    dov,
+                    T::from_f64(1.0),
+                );
+                // dP = (dO · Vᵀ) ⊙ keep; dS = P ⊙ (dP − Σ dP ⊙ P), row by row.
+                gemm_into(
+                    (t, t, dh),
+                    &mut g,
+                    sq,
+                    dout,
+                    dov,
+                    x,
+                    col_t(2),
+                    T::from_f64(1.0),
+                );
+                keep_of(keep, from, &mut g);
+                for (gr, pr) in g.chunks_mut(t).zip(p.chunks(t)) {
+                    let dot: f64 = gr
+                        .iter()
+                        .zip(pr)
+                        .map(|(a, b)| a.to_f64() * b.to_f64())
+                        .sum();
+                    let dot = T::from_f64(dot);
+                    for (gv, pv) in gr.iter_mut().zip(pr) {
+                        *gv = *pv * (*gv - dot);
+                    }
+                }
+                // dQ = scale · dS · K; dK = scale · dSᵀ · Q.
+                gemm_into((t, dh, t), dx, col(0), &g, sq, x, col(1), sc);
+                gemm_into((t, dh, t), dx, col(1), &g, sq_t, x, col(0), sc);
+            }
+        });
+    dqkv
+}
+
+impl CustomOp2 for SelfAttentionOp {
+    fn name(&self) -> &'static str {
+        "cotext-self-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, t, d3) = l1.shape().dims3()?;
+        let dims = (b, t, self.heads);
+        let out = dispatch1!(s1, l1, "attention qkv", |x: T| attn_fwd::<T>(
+            x,
+            slice(s2, l2, "attention bias")?,
+            dims,
+            self.scale,
+            &self.keep
+        ));
+        Ok((out, Shape::from((b, t, d3 / 3))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = SelfAttentionBwdOp {
+            heads: self.heads,
+            scale: self.scale,
+            keep: self.keep.clone(),
+        };
+        let dqkv = qkv.apply_op3_no_bwd(bias, &grad.contiguous()?, &op)?;
+        Ok((Some(dqkv), None))
+    }
+}
+
+struct SelfAttentionBwdOp {
+    heads: usize,
+    scale: f64,
+    keep: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp3 for SelfAttentionBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-self-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, t, _) = l1.shape().dims3()?;
+        let dims = (b, t, self.heads);
+        let out = dispatch1!(s1, l1, "attention qkv", |x: T| attn_bwd::<T>(
+            x,
+            slice(s2, l2, "attention bias")?,
+            slice(s3, l3, "attention grad")?,
+            dims,
+            self.scale,
+            &self.keep
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1487,6 +1895,131 @@ mod tests {
             let diff = max_abs_diff(&got, gp.get(v).unwrap())?;
             assert!(diff < 1e-5, "f32 d {name}: {diff}");
         }
+        Ok(())
+    }
+
+    /// The unfused self-attention core in plain candle ops (the path
+    /// `MultiHeadAttention::forward` takes off the CPU).
+    fn self_attention_ops(
+        qkv: &Tensor,
+        bias: &Tensor,
+        h: usize,
+        scale: f64,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, d3) = qkv.dims3()?;
+        let (d, dh) = (d3 / 3, d3 / 3 / h);
+        let x = qkv
+            .reshape((b, t, 3, h, dh))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = (x.get(0)? * scale)?;
+        let (k, v) = (x.get(1)?, x.get(2)?);
+        let s = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&bias.reshape((b, 1, 1, t))?)?;
+        let p = crate::models::layers::softmax_last_dim_ops(&s)?;
+        let p = match keep {
+            Some(m) => (p * m)?,
+            None => p,
+        };
+        p.matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, d))
+    }
+
+    /// `[B, T]` key padding (the last `pad[i]` keys of row i) as the additive bias.
+    fn padding_bias(b: usize, t: usize, pad: &[usize], dtype: DType) -> Result<Tensor> {
+        let m: Vec<f32> = (0..b * t)
+            .map(|i| if i % t < t - pad[i / t] { 1.0 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(m, (b, t), &Device::Cpu)?;
+        crate::models::layers::key_padding_bias(&mask, dtype)
+    }
+
+    #[test]
+    fn fused_self_attention_matches_plain_ops_at_model_shapes() -> Result<()> {
+        // Shapes past the gemm kernels' tile sizes, in f32 as models train.
+        for (b, t, h, dh) in [
+            (5usize, 16usize, 2usize, 16usize),
+            (2, 33, 4, 8),
+            (3, 50, 4, 64),
+        ] {
+            let d = h * dh;
+            let scale = 1.0 / (dh as f64).sqrt();
+            let x0 = randn(&[b, t, 3 * d], 70)?.to_dtype(DType::F32)?;
+            let up = randn(&[b, t, d], 71)?.to_dtype(DType::F32)?;
+            let pad: Vec<usize> = (0..b).map(|i| (i * 5) % t).collect();
+            let bias = padding_bias(b, t, &pad, DType::F32)?;
+            let x = Var::from_tensor(&x0)?;
+            let fused = self_attention(&x, &bias, h, scale, None)?;
+            let plain = self_attention_ops(&x, &bias, h, scale, None)?;
+            let e = max_abs_diff(&fused, &plain)?;
+            assert!(e < 1e-5, "{b} {t} {h} {dh}: y {e}");
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gp = (&plain * &up)?.sum_all()?.backward()?;
+            let e = max_abs_diff(gf.get(&x).unwrap(), gp.get(&x).unwrap())?;
+            assert!(e < 1e-4, "{b} {t} {h} {dh}: dx {e}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_self_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
+        // 3 batch rows (one with padded keys), 7 positions, 2 heads of 4; with and
+        // without a dropout mask.
+        let (b, t, h, dh) = (3usize, 7usize, 2usize, 4usize);
+        let d = h * dh;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let x0 = (randn(&[b, t, 3 * d], 60)? * 1.5)?;
+        let up = randn(&[b, t, d], 61)?;
+        let bias = padding_bias(b, t, &[0, 3, 1], DType::F64)?;
+        let keep: Vec<f32> = randn(&[b * h * t * t], 62)?
+            .to_vec1::<f64>()?
+            .iter()
+            .map(|&u| if u > -1.0 { 1.0 / 0.8 } else { 0.0 })
+            .collect();
+        let keep_t =
+            Tensor::from_vec(keep.clone(), (b, h, t, t), &Device::Cpu)?.to_dtype(DType::F64)?;
+        for mask in [None, Some(Arc::new(keep))] {
+            let keep_ref = mask.as_ref().map(|_| &keep_t);
+            let x = Var::from_tensor(&x0)?;
+            let fused = self_attention(&x, &bias, h, scale, mask.clone())?;
+            let plain = self_attention_ops(&x, &bias, h, scale, keep_ref)?;
+            assert!(max_abs_diff(&fused, &plain)? < 1e-13);
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gp = (&plain * &up)?.sum_all()?.backward()?;
+            let (gf, gp) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+            assert!(max_abs_diff(gf, gp)? < 1e-13, "{}", max_abs_diff(gf, gp)?);
+            // A padded key takes no weight: its k and v get exactly zero gradient.
+            let row1 = gf.get(1)?.get(t - 1)?.to_vec1::<f64>()?;
+            assert!(row1[d..].iter().all(|&g| g == 0.0));
+            // Finite differences of the fused op itself.
+            let f = |x: &Tensor| -> Result<f64> {
+                (self_attention(x, &bias, h, scale, mask.clone())? * &up)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            assert_close(gf, &numeric_grad(&x0, &f)?, 1e-6, "d qkv")?;
+            // f32 against f64.
+            let x32 = Var::from_tensor(&x0.to_dtype(DType::F32)?)?;
+            let b32 = padding_bias(b, t, &[0, 3, 1], DType::F32)?;
+            let y32 = self_attention(&x32, &b32, h, scale, mask.clone())?;
+            let g32 = (&y32 * &up.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+            let y32 = y32.to_dtype(DType::F64)?;
+            assert!(max_abs_diff(&y32, &fused)? < 1e-5);
+            let g32 = g32.get(&x32).unwrap().to_dtype(DType::F64)?;
+            assert!(
+                max_abs_diff(&g32, gf)? < 1e-5,
+                "{}",
+                max_abs_diff(&g32, gf)?
+            );
+        }
+        // Shapes that do not fit are refused.
+        assert!(self_attention(&x0, &bias, 5, scale, None).is_err());
+        let short = Arc::new(vec![1.0f32; 10]);
+        assert!(self_attention(&x0, &bias, h, scale, Some(short)).is_err());
         Ok(())
     }
 }

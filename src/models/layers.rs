@@ -86,6 +86,17 @@ impl Dropout {
         self.p
     }
 
+    /// The mask [`Dropout::forward`] would multiply `n` values by (each 0 or
+    /// `1/(1−p)`, drawn from the same generator in the same order), for kernels that
+    /// apply dropout themselves; `None` when it would be the identity.
+    pub fn mask(&self, n: usize, train: bool) -> Option<Vec<f32>> {
+        if !train || self.p == 0.0 {
+            return None;
+        }
+        let keep = 1.0 - self.p;
+        Some(self.rng.keep_mask(n, keep, 1.0 / keep))
+    }
+
     /// Applies dropout when `train` is true.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.p == 0.0 {
@@ -504,7 +515,15 @@ impl MultiHeadAttention {
         let qkv = xs
             .reshape((b * t, d))?
             .matmul(&w.t()?)?
-            .apply(&|y: &Tensor| add_bias(y, &bqkv))?
+            .apply(&|y: &Tensor| add_bias(y, &bqkv))?;
+        if fused::supported(xs) && bias.dims() == [b, 1, 1, t] {
+            // One kernel from the packed projections to the merged heads.
+            let keep = self.dropout.mask(b * h * t * t, train).map(Arc::new);
+            let scale = 1.0 / (dh as f64).sqrt();
+            let ctx = fused::self_attention(&qkv.reshape((b, t, 3 * d))?, bias, h, scale, keep)?;
+            return self.output.forward(&ctx);
+        }
+        let qkv = qkv
             .reshape((b, t, 3, h, dh))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
