@@ -1035,9 +1035,11 @@ fn step_fwd<T: CellFloat>(gates: &[T], c_prev: &[T], h: usize) -> Vec<T> {
     hs.par_chunks_mut(h)
         .zip(cs.par_chunks_mut(h))
         .enumerate()
-        .for_each(|(r, (hr, cr))| {
-            let mut act = gates[r * 4 * h..(r + 1) * 4 * h].to_vec();
-            activate_gates_in_place(&mut act, h);
+        // One activation buffer per rayon job, not per row.
+        .for_each_init(Vec::new, |act, (r, (hr, cr))| {
+            act.clear();
+            act.extend_from_slice(&gates[r * 4 * h..(r + 1) * 4 * h]);
+            activate_gates_in_place(act, h);
             let cp = &c_prev[r * h..(r + 1) * h];
             for j in 0..h {
                 cr[j] = act[h + j] * cp[j] + act[j] * act[2 * h + j];
@@ -1062,25 +1064,29 @@ fn step_bwd<T: CellFloat>(gates: &[T], c_prev: &[T], grad: &[T], h: usize) -> Ve
         .par_chunks_mut(4 * h)
         .zip(dcp.par_chunks_mut(h))
         .enumerate()
-        .for_each(|(r, (dg, dcp))| {
-            let mut act = gates[r * 4 * h..(r + 1) * 4 * h].to_vec();
-            activate_gates_in_place(&mut act, h);
-            let cp = &c_prev[r * h..(r + 1) * h];
-            let mut tc: Vec<T> = (0..h)
-                .map(|j| act[h + j] * cp[j] + act[j] * act[2 * h + j])
-                .collect();
-            T::tanh_slice(&mut tc);
-            let (dh, dc) = (&dh_all[r * h..(r + 1) * h], &dc_all[r * h..(r + 1) * h]);
-            for j in 0..h {
-                let (i, f, g, og) = (act[j], act[h + j], act[2 * h + j], act[3 * h + j]);
-                let dct = dc[j] + dh[j] * og * (one - tc[j] * tc[j]);
-                dg[j] = dct * g * i * (one - i);
-                dg[h + j] = dct * cp[j] * f * (one - f);
-                dg[2 * h + j] = dct * i * (one - g * g);
-                dg[3 * h + j] = dh[j] * tc[j] * og * (one - og);
-                dcp[j] = dct * f;
-            }
-        });
+        // One pair of buffers per rayon job, not per row.
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(act, tc), (r, (dg, dcp))| {
+                act.clear();
+                act.extend_from_slice(&gates[r * 4 * h..(r + 1) * 4 * h]);
+                activate_gates_in_place(act, h);
+                let cp = &c_prev[r * h..(r + 1) * h];
+                tc.clear();
+                tc.extend((0..h).map(|j| act[h + j] * cp[j] + act[j] * act[2 * h + j]));
+                T::tanh_slice(tc);
+                let (dh, dc) = (&dh_all[r * h..(r + 1) * h], &dc_all[r * h..(r + 1) * h]);
+                for j in 0..h {
+                    let (i, f, g, og) = (act[j], act[h + j], act[2 * h + j], act[3 * h + j]);
+                    let dct = dc[j] + dh[j] * og * (one - tc[j] * tc[j]);
+                    dg[j] = dct * g * i * (one - i);
+                    dg[h + j] = dct * cp[j] * f * (one - f);
+                    dg[2 * h + j] = dct * i * (one - g * g);
+                    dg[3 * h + j] = dh[j] * tc[j] * og * (one - og);
+                    dcp[j] = dct * f;
+                }
+            },
+        );
     out
 }
 

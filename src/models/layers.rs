@@ -49,16 +49,19 @@ impl SharedRng {
         let mut g = self.0.lock().expect("rng lock poisoned");
         let start = *g;
         let scale = scale as f32;
-        let mut mask = vec![0f32; n];
-        mask.par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let first = (b * BLOCK) as u64;
-                for (j, m) in block.iter_mut().enumerate() {
-                    let u = SplitMix64::unit_f64(start.peek_u64(first + j as u64));
-                    *m = if u < keep { scale } else { 0.0 };
+        // Collected in place (no zero fill first), in blocks of at least BLOCK.
+        let mask: Vec<f32> = (0..n)
+            .into_par_iter()
+            .with_min_len(BLOCK)
+            .map(|i| {
+                let u = SplitMix64::unit_f64(start.peek_u64(i as u64));
+                if u < keep {
+                    scale
+                } else {
+                    0.0
                 }
-            });
+            })
+            .collect();
         g.skip(n as u64);
         mask
     }
