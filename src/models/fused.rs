@@ -533,32 +533,231 @@ impl CustomOp1 for SumLeadingOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = self.shape.elem_count();
-        let out = dispatch1!(s, l, "sum_leading", |g: T| {
-            let rows = g.len() / n.max(1);
-            let threads = rayon::current_num_threads().max(1);
-            // Each thread sums a block of rows; the partial sums are then added in order.
-            let per = rows.div_ceil(threads).max(64);
-            let partial: Vec<Vec<f64>> = g
-                .par_chunks(per * n.max(1))
-                .map(|block| {
-                    let mut acc = vec![0f64; n];
-                    for row in block.chunks_exact(n.max(1)) {
-                        for (a, v) in acc.iter_mut().zip(row) {
-                            *a += v.to_f64();
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            let mut total = vec![0f64; n];
-            for p in &partial {
-                for (t, v) in total.iter_mut().zip(p) {
-                    *t += v;
+        let out = dispatch1!(s, l, "sum_leading", |g: T| sum_rows::<T>(g, n));
+        Ok((out, self.shape.clone()))
+    }
+}
+
+/// The sum of the rows (each `n` values) of `g`: each thread sums a block of rows in
+/// f64, and the partial sums are then added in order.
+fn sum_rows<T: WithDType>(g: &[T], n: usize) -> Vec<T> {
+    let rows = g.len() / n.max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let per = rows.div_ceil(threads).max(64);
+    let partial: Vec<Vec<f64>> = g
+        .par_chunks(per * n.max(1))
+        .map(|block| {
+            let mut acc = vec![0f64; n];
+            for row in block.chunks_exact(n.max(1)) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v.to_f64();
                 }
             }
-            total.into_iter().map(T::from_f64).collect::<Vec<T>>()
+            acc
+        })
+        .collect();
+    let mut total = vec![0f64; n];
+    for p in &partial {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total.into_iter().map(T::from_f64).collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Linear layers
+
+/// `x·Wᵀ + b` for `x [.., in]`, `w [out, in]` and `b [out]`, as one autograd node.
+///
+/// The same arithmetic as candle's path (reshape to `[M, in]`, `matmul` with `Wᵀ`,
+/// reshape back, [`add_bias`]): each product is the `gemm` call candle's matmul
+/// makes, with the same operands, strides and threads, so values and gradients are
+/// bit for bit those of that path. What goes is the bookkeeping: candle's backward
+/// allocates a zero tensor and adds into it for every input of each of those five
+/// nodes, and transposes the weight's gradient through a strided add; here the
+/// backward writes `dx`, `dW` and `db` once each.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (out, din) = w.dims2()?;
+    if x.dims().last() != Some(&din) || b.dims() != [out] {
+        candle_core::bail!(
+            "linear: x {:?}, weight {:?}, bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    let dtype = x.dtype();
+    x.contiguous()?.apply_op3(
+        &w.to_dtype(dtype)?.contiguous()?,
+        &b.to_dtype(dtype)?.contiguous()?,
+        LinearOp,
+    )
+}
+
+/// `dst [m, n] = lhs · rhs` (row-major `dst`; `lhs` `m × k` and `rhs` `k × n` with
+/// the given (column, row) strides), exactly as candle's CPU matmul calls `gemm`.
+#[allow(clippy::too_many_arguments)]
+fn candle_gemm<T: AttnFloat>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    lhs: &[T],
+    (lcs, lrs): (usize, usize),
+    rhs: &[T],
+    (rcs, rrs): (usize, usize),
+) {
+    View {
+        off: 0,
+        rs: n,
+        cs: 1,
+    }
+    .check(dst.len(), m, n);
+    View {
+        off: 0,
+        rs: lrs,
+        cs: lcs,
+    }
+    .check(lhs.len(), m, k);
+    View {
+        off: 0,
+        rs: rrs,
+        cs: rcs,
+    }
+    .check(rhs.len(), k, n);
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were checked to lie inside their slices, and `dst` is
+    // an exclusive borrow that cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            T::from_f64(0.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "cotext-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, din) = l2.shape().dims2()?;
+        let rows = l1.shape().elem_count() / din.max(1);
+        let out_storage = dispatch1!(s1, l1, "linear x", |x: T| {
+            let w: &[T] = slice(s2, l2, "linear weight")?;
+            let b: &[T] = slice(s3, l3, "linear bias")?;
+            let mut y = vec![T::from_f64(0.0); rows * out];
+            // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
+            candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1));
+            let block = out * 16384usize.div_ceil(out.max(1));
+            y.par_chunks_mut(block.max(1)).for_each(|y| {
+                for row in y.chunks_exact_mut(out.max(1)) {
+                    for (v, b) in row.iter_mut().zip(b) {
+                        *v += *b;
+                    }
+                }
+            });
+            y
         });
-        Ok((out, self.shape.clone()))
+        let mut dims = l1.shape().dims().to_vec();
+        *dims.last_mut().expect("x has a last dimension") = out;
+        Ok((out_storage, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearBwdOp)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        let dx = all.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = all.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let db = all.narrow(0, nx + nw, b.elem_count())?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The backward of [`LinearOp`]: `(x, w, dy)` → `dx | dW | db`, flattened one after
+/// the other. `dx = dy·W` and `dWᵀ = xᵀ·dy` are the two products candle's matmul
+/// backward computes (`dWᵀ` then transposed into place), `db` the row sum of
+/// [`add_bias`]'s backward.
+struct LinearBwdOp;
+
+impl CustomOp3 for LinearBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, din) = l2.shape().dims2()?;
+        let rows = l1.shape().elem_count() / din.max(1);
+        let n = rows * din + out * din + out;
+        let all = dispatch1!(s1, l1, "linear x", |x: T| {
+            let w: &[T] = slice(s2, l2, "linear weight")?;
+            let dy: &[T] = slice(s3, l3, "linear grad")?;
+            let mut all = vec![T::from_f64(0.0); n];
+            let (dx, rest) = all.split_at_mut(rows * din);
+            let (dw, db) = rest.split_at_mut(out * din);
+            // dx [M, in] = dy [M, out] · W [out, in].
+            candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din));
+            // dWᵀ [in, out] = xᵀ (column stride in, row stride 1) · dy.
+            let mut dwt = vec![T::from_f64(0.0); din * out];
+            candle_gemm((din, out, rows), &mut dwt, x, (din, 1), dy, (1, out));
+            dw.par_chunks_mut(din.max(1))
+                .enumerate()
+                .for_each(|(o, row)| {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = dwt[i * out + o];
+                    }
+                });
+            db.copy_from_slice(&sum_rows(dy, out));
+            all
+        });
+        Ok((all, Shape::from(n)))
     }
 }
 
@@ -1179,54 +1378,125 @@ pub fn lstm_cell_ops(gates: &Tensor, state: &Tensor, keep: &Tensor) -> Result<Te
 }
 
 // ---------------------------------------------------------------------------------
-// Self-attention
+// Attention
+
 /// Multi-head self-attention's core, fused: from the packed projections
-/// `qkv [B, T, 3·D]` (per row `q | k | v`, each `[heads, dh]`), the key-padding
-/// `bias` (`B·T` values, `[B, 1, 1, T]` from
+/// `qkv [B, T, 3·D]` (per row `q | k | v`, each `[heads, dh]`), an optional additive
+/// key bias `key_bias` (`B·T` values, e.g. `[B, 1, 1, T]` from
 /// [`key_padding_bias`](super::layers::key_padding_bias), added to every query's
-/// scores) and an optional dropout mask `keep` over the probabilities
-/// (`[B, heads, T, T]`, each value 0 or `1/(1−p)`), returns
-/// `(softmax(q·kᵀ·scale + bias) ⊙ keep)·v` with the heads merged, `[B, T, D]`.
+/// scores), a causal mask when `causal` (query `i` sees keys `0..=i`; the others get
+/// the dtype's lowest finite score, so exactly zero weight, as
+/// [`causal_bias`](super::layers::causal_bias) gives) and an optional dropout mask
+/// `keep` over the probabilities (`[B, heads, T, T]`, each value 0 or `1/(1−p)`),
+/// returns `(softmax(q·kᵀ·scale + bias) ⊙ keep)·v` with the heads merged, `[B, T, D]`.
 ///
 /// Per batch row and head the two products are `gemm` calls on strided views of
 /// `qkv` (no split, transpose or copy), and the softmax is the fused one. The
 /// backward recomputes the probabilities instead of keeping them (as flash
 /// attention does) and writes the whole gradient of `qkv` as one tensor: autograd
 /// accumulates one gradient here instead of one per reshape, split, scale,
-/// transpose, mask, softmax and dropout of the unfused path. `bias` takes no
+/// transpose, mask, softmax and dropout of the unfused path. The bias takes no
 /// gradient.
 pub fn self_attention(
     qkv: &Tensor,
-    bias: &Tensor,
+    key_bias: Option<&Tensor>,
+    causal: bool,
     heads: usize,
     scale: f64,
     keep: Option<Arc<Vec<f32>>>,
 ) -> Result<Tensor> {
     let (b, t, d3) = qkv.dims3()?;
-    if heads == 0 || !d3.is_multiple_of(3 * heads) || bias.elem_count() != b * t {
-        candle_core::bail!(
-            "self attention: qkv {:?} with {heads} heads and bias {:?}",
-            qkv.dims(),
-            bias.dims()
-        );
+    if heads == 0 || !d3.is_multiple_of(3 * heads) {
+        candle_core::bail!("self attention: qkv {:?} with {heads} heads", qkv.dims());
     }
-    if let Some(k) = &keep {
-        if k.len() != b * heads * t * t {
-            candle_core::bail!(
-                "self attention: dropout mask of {} values for [{b}, {heads}, {t}, {t}]",
-                k.len()
-            );
-        }
-    }
-    let bias = bias.to_dtype(qkv.dtype())?.flatten_all()?.contiguous()?;
-    qkv.contiguous()?
-        .apply_op2(&bias, SelfAttentionOp { heads, scale, keep })
+    let p = AttnParams::new((b, t, t), heads, scale, key_bias, causal, keep, qkv.dtype())?;
+    qkv.contiguous()?.apply_op1(SelfAttentionOp(p))
 }
 
-struct SelfAttentionOp {
+/// Multi-head cross-attention's core, fused: queries `q [N, T, D]` attend to the
+/// packed keys and values `kv [N, S, 2·D]` (per row `k | v`, each `[heads, dh]`, as
+/// `MultiHeadAttention::cross_key_values` gives) with an optional additive key bias
+/// (`N·S` values, e.g. the source padding `[N, 1, 1, S]`) and dropout mask `keep`
+/// (`[N, heads, T, S]`); returns `(softmax(q·kᵀ·scale + bias) ⊙ keep)·v`, `[N, T, D]`.
+/// The same kernel as [`self_attention`]; its backward returns the gradients of `q`
+/// and `kv` as one tensor each.
+pub fn cross_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    key_bias: Option<&Tensor>,
     heads: usize,
     scale: f64,
     keep: Option<Arc<Vec<f32>>>,
+) -> Result<Tensor> {
+    let (n, t, d) = q.dims3()?;
+    let (nk, s, d2) = kv.dims3()?;
+    if heads == 0 || !d.is_multiple_of(heads) || nk != n || d2 != 2 * d {
+        candle_core::bail!(
+            "cross attention: q {:?} and kv {:?} with {heads} heads",
+            q.dims(),
+            kv.dims()
+        );
+    }
+    let p = AttnParams::new((n, t, s), heads, scale, key_bias, false, keep, q.dtype())?;
+    q.contiguous()?
+        .apply_op2(&kv.contiguous()?, CrossAttentionOp(p))
+}
+
+/// What one attention call needs besides its operands; shared by the forward and
+/// backward ops of both kernels.
+#[derive(Clone)]
+struct AttnParams {
+    /// Batch rows, queries per row, keys per row.
+    dims: (usize, usize, usize),
+    heads: usize,
+    scale: f64,
+    /// The additive key bias, `[B, S]` row-major.
+    bias: Option<Arc<Vec<f64>>>,
+    causal: bool,
+    /// The masked scores' value: the dtype's lowest finite one.
+    lowest: f64,
+    keep: Option<Arc<Vec<f32>>>,
+}
+
+impl AttnParams {
+    fn new(
+        (b, t, s): (usize, usize, usize),
+        heads: usize,
+        scale: f64,
+        key_bias: Option<&Tensor>,
+        causal: bool,
+        keep: Option<Arc<Vec<f32>>>,
+        dtype: DType,
+    ) -> Result<Self> {
+        let bias = match key_bias {
+            Some(k) if k.elem_count() != b * s => candle_core::bail!(
+                "attention: key bias {:?} for {b} rows of {s} keys",
+                k.dims()
+            ),
+            Some(k) => Some(Arc::new(k.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?)),
+            None => None,
+        };
+        if causal && t != s {
+            candle_core::bail!("attention: a causal mask needs as many queries as keys");
+        }
+        if let Some(k) = &keep {
+            if k.len() != b * heads * t * s {
+                candle_core::bail!(
+                    "attention: dropout mask of {} values for [{b}, {heads}, {t}, {s}]",
+                    k.len()
+                );
+            }
+        }
+        Ok(Self {
+            dims: (b, t, s),
+            heads,
+            scale,
+            bias,
+            causal,
+            lowest: crate::models::layers::lowest_finite(dtype),
+            keep,
+        })
+    }
 }
 
 /// The element types of the attention kernel: `gemm`'s, with the softmax row of
@@ -1265,7 +1535,7 @@ impl AttnFloat for f64 {
     }
 }
 
-/// A strided `rows × cols` matrix inside a slice: element `(i, j)` at
+/// A strided `rows × cols` matrix inside a buffer: element `(i, j)` at
 /// `off + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 struct View {
@@ -1282,14 +1552,53 @@ impl View {
             "gemm view out of bounds"
         );
     }
+
+    /// A row-major `[rows, n]` block.
+    fn dense(n: usize) -> Self {
+        Self {
+            off: 0,
+            rs: n,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[rows, n]` block.
+    fn dense_t(n: usize) -> Self {
+        Self {
+            off: 0,
+            rs: 1,
+            cs: n,
+        }
+    }
+}
+
+/// A destination buffer for [`gemm_into`]: the backward of self-attention writes
+/// the gradients of q, k and v into disjoint columns of one buffer, so it is held
+/// as a pointer rather than as three overlapping `&mut` slices.
+#[derive(Clone, Copy)]
+struct Dst<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+impl<T> Dst<T> {
+    fn new(buf: &mut [T]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
 }
 
 /// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views, on this
 /// thread (the callers parallelize over batch rows).
+///
+/// `dst` must come from a live `&mut` buffer (through [`Dst::new`]) that no other
+/// reference reads or writes while this runs, and it must not overlap `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_into<T: AttnFloat>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
+    dst: Dst<T>,
     dv: View,
     lhs: &[T],
     lv: View,
@@ -1297,17 +1606,17 @@ fn gemm_into<T: AttnFloat>(
     rv: View,
     beta: T,
 ) {
-    dv.check(dst.len(), m, n);
+    dv.check(dst.len, m, n);
     lv.check(lhs.len(), m, k);
     rv.check(rhs.len(), k, n);
-    // SAFETY: every view was checked to lie inside its slice; `dst` is borrowed
-    // mutably and does not alias `lhs` or `rhs`.
+    // SAFETY: every view was checked to lie inside its buffer; `dst` is exclusively
+    // ours for the call (above) and does not alias `lhs` or `rhs`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().add(dv.off),
+            dst.ptr.add(dv.off),
             dv.cs as isize,
             dv.rs as isize,
             false,
@@ -1327,38 +1636,96 @@ fn gemm_into<T: AttnFloat>(
     }
 }
 
-/// The attention probabilities `softmax(q·kᵀ·scale + bias)` of one batch row's
-/// head `hi` into `p [T, T]` (before dropout). `x` is that row's `[T, 3D]`.
-fn attn_probs<T: AttnFloat>(x: &[T], bias: &[T], hi: usize, dh: usize, scale: T, p: &mut [T]) {
-    let t = bias.len();
-    let (d3, d) = (x.len() / t.max(1), x.len() / t.max(1) / 3);
-    let q = View {
-        off: hi * dh,
-        rs: d3,
-        cs: 1,
-    };
-    let kt = View {
-        off: d + hi * dh,
-        rs: 1,
-        cs: d3,
-    };
-    gemm_into(
-        (t, t, dh),
-        p,
+/// Where one batch row's operands lie: `q` is a row-major `[T, ·]` block, `k` and
+/// `v` one `[S, ·]` block (the same block as `q` for self-attention); each part as
+/// (row stride, column offset), the head's columns following at `hi · dh`.
+#[derive(Clone, Copy)]
+struct RowLayout {
+    t: usize,
+    s: usize,
+    dh: usize,
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+}
+
+impl RowLayout {
+    fn self_attention(t: usize, d: usize, heads: usize) -> Self {
+        Self {
+            t,
+            s: t,
+            dh: d / heads,
+            q: (3 * d, 0),
+            k: (3 * d, d),
+            v: (3 * d, 2 * d),
+        }
+    }
+
+    fn cross_attention(t: usize, s: usize, d: usize, heads: usize) -> Self {
+        Self {
+            t,
+            s,
+            dh: d / heads,
+            q: (d, 0),
+            k: (2 * d, 0),
+            v: (2 * d, d),
+        }
+    }
+
+    /// Head `hi`'s part (`q`, `k` or `v`), `[rows, dh]`.
+    fn part(&self, (rs, off): (usize, usize), hi: usize) -> View {
         View {
-            off: 0,
-            rs: t,
+            off: off + hi * self.dh,
+            rs,
             cs: 1,
-        },
-        x,
-        q,
-        x,
-        kt,
-        scale,
+        }
+    }
+
+    /// The transpose of head `hi`'s part, `[dh, rows]`.
+    fn part_t(&self, (rs, off): (usize, usize), hi: usize) -> View {
+        View {
+            off: off + hi * self.dh,
+            rs: 1,
+            cs: rs,
+        }
+    }
+}
+
+/// The attention probabilities `softmax(q·kᵀ·scale + bias)` of one batch row's head
+/// `hi` into `p [T, S]` (before dropout); `qs` holds the row's queries and `kvs` its
+/// keys and values (see [`RowLayout`]), `bias` its `S` key biases.
+fn attn_probs<T: AttnFloat>(
+    qs: &[T],
+    kvs: &[T],
+    lay: &RowLayout,
+    hi: usize,
+    bias: Option<&[T]>,
+    par: &AttnParams,
+    p: &mut [T],
+) {
+    let (t, s) = (lay.t, lay.s);
+    gemm_into(
+        (t, s, lay.dh),
+        Dst::new(p),
+        View::dense(s),
+        qs,
+        lay.part(lay.q, hi),
+        kvs,
+        lay.part_t(lay.k, hi),
+        T::from_f64(par.scale),
     );
-    for row in p.chunks_mut(t) {
-        for (s, b) in row.iter_mut().zip(bias) {
-            *s += *b;
+    let lowest = T::from_f64(par.lowest);
+    for (i, row) in p.chunks_mut(s).enumerate() {
+        if let Some(bias) = bias {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += *b;
+            }
+        }
+        if par.causal {
+            // `lowest + score` rounds to `lowest` for any score a model makes.
+            for v in &mut row[i + 1..] {
+                *v = lowest;
+            }
         }
         T::softmax_in_place(row);
     }
@@ -1373,45 +1740,46 @@ fn keep_of<T: WithDType>(keep: &Option<Arc<Vec<f32>>>, from: usize, p: &mut [T])
     }
 }
 
-fn attn_fwd<T: AttnFloat>(
-    qkv: &[T],
-    bias: &[T],
-    (b, t, h): (usize, usize, usize),
-    scale: f64,
-    keep: &Option<Arc<Vec<f32>>>,
-) -> Vec<T> {
-    let d = qkv.len() / (3 * b * t).max(1);
-    let dh = d / h;
+/// Batch row `bi`'s key biases in `T`.
+fn bias_row<T: WithDType>(par: &AttnParams, bi: usize) -> Option<Vec<T>> {
+    let s = par.dims.2;
+    par.bias.as_ref().map(|b| {
+        b[bi * s..(bi + 1) * s]
+            .iter()
+            .map(|&v| T::from_f64(v))
+            .collect()
+    })
+}
+
+/// The forward: `out [B, T, D]` from the rows of `qs` (`[B, T, ·]`) and `kvs`
+/// (`[B, S, ·]`, the same buffer for self-attention).
+fn attn_fwd<T: AttnFloat>(qs: &[T], kvs: &[T], lay: RowLayout, par: &AttnParams) -> Vec<T> {
+    let (b, t, s) = par.dims;
+    let h = par.heads;
+    let (d, dh) = (h * lay.dh, lay.dh);
+    let (qn, kn) = (qs.len() / b.max(1), kvs.len() / b.max(1));
     let mut out = vec![T::from_f64(0.0); b * t * d];
     out.par_chunks_mut(t * d).enumerate().for_each(|(bi, o)| {
-        let x = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-        let bias = &bias[bi * t..(bi + 1) * t];
-        let mut p = vec![T::from_f64(0.0); t * t];
+        let (qs, kvs) = (&qs[bi * qn..(bi + 1) * qn], &kvs[bi * kn..(bi + 1) * kn]);
+        let bias = bias_row::<T>(par, bi);
+        let mut p = vec![T::from_f64(0.0); t * s];
+        let o = Dst::new(o);
         for hi in 0..h {
-            attn_probs(x, bias, hi, dh, T::from_f64(scale), &mut p);
-            keep_of(keep, (bi * h + hi) * t * t, &mut p);
-            let v = View {
-                off: 2 * d + hi * dh,
-                rs: 3 * d,
-                cs: 1,
-            };
+            attn_probs(qs, kvs, &lay, hi, bias.as_deref(), par, &mut p);
+            keep_of(&par.keep, (bi * h + hi) * t * s, &mut p);
             let dst = View {
                 off: hi * dh,
                 rs: d,
                 cs: 1,
             };
             gemm_into(
-                (t, dh, t),
+                (t, dh, s),
                 o,
                 dst,
                 &p,
-                View {
-                    off: 0,
-                    rs: t,
-                    cs: 1,
-                },
-                x,
-                v,
+                View::dense(s),
+                kvs,
+                lay.part(lay.v, hi),
                 T::from_f64(1.0),
             );
         }
@@ -1419,101 +1787,105 @@ fn attn_fwd<T: AttnFloat>(
     out
 }
 
-/// The gradient of `qkv` given the output's gradient `grad [B, T, D]`.
-fn attn_bwd<T: AttnFloat>(
-    qkv: &[T],
-    bias: &[T],
-    grad: &[T],
-    (b, t, h): (usize, usize, usize),
-    scale: f64,
-    keep: &Option<Arc<Vec<f32>>>,
-) -> Vec<T> {
-    let d = qkv.len() / (3 * b * t).max(1);
-    let dh = d / h;
-    let sc = T::from_f64(scale);
-    let mut dqkv = vec![T::from_f64(0.0); qkv.len()];
-    dqkv.par_chunks_mut(t * 3 * d)
-        .enumerate()
-        .for_each(|(bi, dx)| {
-            let x = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-            let dout = &grad[bi * t * d..(bi + 1) * t * d];
-            let bias = &bias[bi * t..(bi + 1) * t];
-            let (mut p, mut g) = (vec![T::from_f64(0.0); t * t], vec![T::from_f64(0.0); t * t]);
-            let sq = View {
-                off: 0,
-                rs: t,
-                cs: 1,
-            };
-            let sq_t = View {
-                off: 0,
-                rs: 1,
-                cs: t,
-            };
-            for hi in 0..h {
-                let from = (bi * h + hi) * t * t;
-                let col = |part: usize| View {
-                    off: part * d + hi * dh,
-                    rs: 3 * d,
-                    cs: 1,
-                };
-                let col_t = |part: usize| View {
-                    off: part * d + hi * dh,
-                    rs: 1,
-                    cs: 3 * d,
-                };
-                let dov = View {
-                    off: hi * dh,
-                    rs: d,
-                    cs: 1,
-                };
-                attn_probs(x, bias, hi, dh, sc, &mut p);
-                // dV = (P ⊙ keep)ᵀ · dO.
-                g.copy_from_slice(&p);
-                keep_of(keep, from, &mut g);
-                gemm_into(
-                    (t, dh, t),
-                    dx,
-                    col(2),
-                    &g,
-                    sq_t,
-                    dout,
-                    dov,
-                    T::from_f64(1.0),
-                );
-                // dP = (dO · Vᵀ) ⊙ keep; dS = P ⊙ (dP − Σ dP ⊙ P), row by row.
-                gemm_into(
-                    (t, t, dh),
-                    &mut g,
-                    sq,
-                    dout,
-                    dov,
-                    x,
-                    col_t(2),
-                    T::from_f64(1.0),
-                );
-                keep_of(keep, from, &mut g);
-                for (gr, pr) in g.chunks_mut(t).zip(p.chunks(t)) {
-                    let dot: f64 = gr
-                        .iter()
-                        .zip(pr)
-                        .map(|(a, b)| a.to_f64() * b.to_f64())
-                        .sum();
-                    let dot = T::from_f64(dot);
-                    for (gv, pv) in gr.iter_mut().zip(pr) {
-                        *gv = *pv * (*gv - dot);
-                    }
-                }
-                // dQ = scale · dS · K; dK = scale · dSᵀ · Q.
-                gemm_into((t, dh, t), dx, col(0), &g, sq, x, col(1), sc);
-                gemm_into((t, dh, t), dx, col(1), &g, sq_t, x, col(0), sc);
+/// One batch row's backward: from the output's gradient `dout [T, D]`, writes the
+/// gradients of its queries into `dq` and of its keys and values into `dkv`, laid
+/// out as `qs` and `kvs` (for self-attention `dq` and `dkv` are the same buffer).
+#[allow(clippy::too_many_arguments)]
+fn attn_bwd_row<T: AttnFloat>(
+    qs: &[T],
+    kvs: &[T],
+    dout: &[T],
+    lay: &RowLayout,
+    par: &AttnParams,
+    bi: usize,
+    dq: Dst<T>,
+    dkv: Dst<T>,
+) {
+    let (t, s, dh) = (lay.t, lay.s, lay.dh);
+    let h = par.heads;
+    let d = h * dh;
+    let sc = T::from_f64(par.scale);
+    let bias = bias_row::<T>(par, bi);
+    let (mut p, mut g) = (vec![T::from_f64(0.0); t * s], vec![T::from_f64(0.0); t * s]);
+    for hi in 0..h {
+        let from = (bi * h + hi) * t * s;
+        let dov = View {
+            off: hi * dh,
+            rs: d,
+            cs: 1,
+        };
+        attn_probs(qs, kvs, lay, hi, bias.as_deref(), par, &mut p);
+        // dV = (P ⊙ keep)ᵀ · dO.
+        g.copy_from_slice(&p);
+        keep_of(&par.keep, from, &mut g);
+        gemm_into(
+            (s, dh, t),
+            dkv,
+            lay.part(lay.v, hi),
+            &g,
+            View::dense_t(s),
+            dout,
+            dov,
+            T::from_f64(1.0),
+        );
+        // dP = (dO · Vᵀ) ⊙ keep; dS = P ⊙ (dP − Σ dP ⊙ P), row by row.
+        gemm_into(
+            (t, s, dh),
+            Dst::new(&mut g),
+            View::dense(s),
+            dout,
+            dov,
+            kvs,
+            lay.part_t(lay.v, hi),
+            T::from_f64(1.0),
+        );
+        keep_of(&par.keep, from, &mut g);
+        for (gr, pr) in g.chunks_mut(s).zip(p.chunks(s)) {
+            let dot: f64 = gr
+                .iter()
+                .zip(pr)
+                .map(|(a, b)| a.to_f64() * b.to_f64())
+                .sum();
+            let dot = T::from_f64(dot);
+            for (gv, pv) in gr.iter_mut().zip(pr) {
+                *gv = *pv * (*gv - dot);
             }
-        });
-    dqkv
+        }
+        // dQ = scale · dS · K; dK = scale · dSᵀ · Q.
+        let (qv, kv) = (lay.part(lay.q, hi), lay.part(lay.k, hi));
+        gemm_into((t, dh, s), dq, qv, &g, View::dense(s), kvs, kv, sc);
+        gemm_into((s, dh, t), dkv, kv, &g, View::dense_t(s), qs, qv, sc);
+    }
 }
 
-impl CustomOp2 for SelfAttentionOp {
+struct SelfAttentionOp(AttnParams);
+
+impl CustomOp1 for SelfAttentionOp {
     fn name(&self) -> &'static str {
         "cotext-self-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, t, d3) = l1.shape().dims3()?;
+        let lay = RowLayout::self_attention(t, d3 / 3, self.0.heads);
+        let out = dispatch1!(s1, l1, "attention qkv", |x: T| attn_fwd::<T>(
+            x, x, lay, &self.0
+        ));
+        Ok((out, Shape::from((b, t, d3 / 3))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = SelfAttentionBwdOp(self.0.clone());
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+/// The backward of [`SelfAttentionOp`]: `(qkv, grad)` → the gradient of `qkv`.
+struct SelfAttentionBwdOp(AttnParams);
+
+impl CustomOp2 for SelfAttentionBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-self-attention-bwd"
     }
 
     fn cpu_fwd(
@@ -1523,44 +1895,71 @@ impl CustomOp2 for SelfAttentionOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, t, d3) = l1.shape().dims3()?;
-        let dims = (b, t, self.heads);
-        let out = dispatch1!(s1, l1, "attention qkv", |x: T| attn_fwd::<T>(
-            x,
-            slice(s2, l2, "attention bias")?,
-            dims,
-            self.scale,
-            &self.keep
+        let (_, t, d3) = l1.shape().dims3()?;
+        let lay = RowLayout::self_attention(t, d3 / 3, self.0.heads);
+        let out = dispatch1!(s1, l1, "attention qkv", |x: T| {
+            let grad: &[T] = slice(s2, l2, "attention grad")?;
+            let mut dx = vec![T::from_f64(0.0); x.len()];
+            let (xn, gn) = (t * d3, t * d3 / 3);
+            dx.par_chunks_mut(xn).enumerate().for_each(|(bi, dxr)| {
+                let dst = Dst::new(dxr);
+                let (xr, gr) = (&x[bi * xn..(bi + 1) * xn], &grad[bi * gn..(bi + 1) * gn]);
+                attn_bwd_row(xr, xr, gr, &lay, &self.0, bi, dst, dst);
+            });
+            dx
+        });
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+struct CrossAttentionOp(AttnParams);
+
+impl CustomOp2 for CrossAttentionOp {
+    fn name(&self) -> &'static str {
+        "cotext-cross-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, t, d) = l1.shape().dims3()?;
+        let lay = RowLayout::cross_attention(t, self.0.dims.2, d, self.0.heads);
+        let out = dispatch1!(s1, l1, "attention q", |q: T| attn_fwd::<T>(
+            q,
+            slice(s2, l2, "attention kv")?,
+            lay,
+            &self.0
         ));
-        Ok((out, Shape::from((b, t, d3 / 3))))
+        Ok((out, Shape::from((n, t, d))))
     }
 
     fn bwd(
         &self,
-        qkv: &Tensor,
-        bias: &Tensor,
+        q: &Tensor,
+        kv: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = SelfAttentionBwdOp {
-            heads: self.heads,
-            scale: self.scale,
-            keep: self.keep.clone(),
-        };
-        let dqkv = qkv.apply_op3_no_bwd(bias, &grad.contiguous()?, &op)?;
-        Ok((Some(dqkv), None))
+        let op = CrossAttentionBwdOp(self.0.clone());
+        let both = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
+        let nq = q.elem_count();
+        let dq = both.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dkv = both.narrow(0, nq, kv.elem_count())?.reshape(kv.shape())?;
+        Ok((Some(dq), Some(dkv)))
     }
 }
 
-struct SelfAttentionBwdOp {
-    heads: usize,
-    scale: f64,
-    keep: Option<Arc<Vec<f32>>>,
-}
+/// The backward of [`CrossAttentionOp`]: `(q, kv, grad)` → the gradients of `q`
+/// and `kv`, flattened one after the other.
+struct CrossAttentionBwdOp(AttnParams);
 
-impl CustomOp3 for SelfAttentionBwdOp {
+impl CustomOp3 for CrossAttentionBwdOp {
     fn name(&self) -> &'static str {
-        "cotext-self-attention-bwd"
+        "cotext-cross-attention-bwd"
     }
 
     fn cpu_fwd(
@@ -1572,17 +1971,35 @@ impl CustomOp3 for SelfAttentionBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, t, _) = l1.shape().dims3()?;
-        let dims = (b, t, self.heads);
-        let out = dispatch1!(s1, l1, "attention qkv", |x: T| attn_bwd::<T>(
-            x,
-            slice(s2, l2, "attention bias")?,
-            slice(s3, l3, "attention grad")?,
-            dims,
-            self.scale,
-            &self.keep
-        ));
-        Ok((out, l1.shape().clone()))
+        let (n, t, d) = l1.shape().dims3()?;
+        let s = self.0.dims.2;
+        let lay = RowLayout::cross_attention(t, s, d, self.0.heads);
+        let (qn, kn) = (t * d, s * 2 * d);
+        let out = dispatch1!(s1, l1, "attention q", |q: T| {
+            let kv: &[T] = slice(s2, l2, "attention kv")?;
+            let grad: &[T] = slice(s3, l3, "attention grad")?;
+            let mut out = vec![T::from_f64(0.0); n * (qn + kn)];
+            let (dq, dkv) = out.split_at_mut(n * qn);
+            dq.par_chunks_mut(qn)
+                .zip(dkv.par_chunks_mut(kn))
+                .enumerate()
+                .for_each(|(bi, (dqr, dkvr))| {
+                    let (qr, kvr) = (&q[bi * qn..(bi + 1) * qn], &kv[bi * kn..(bi + 1) * kn]);
+                    let gr = &grad[bi * qn..(bi + 1) * qn];
+                    attn_bwd_row(
+                        qr,
+                        kvr,
+                        gr,
+                        &lay,
+                        &self.0,
+                        bi,
+                        Dst::new(dqr),
+                        Dst::new(dkvr),
+                    );
+                });
+            out
+        });
+        Ok((out, Shape::from(n * (qn + kn))))
     }
 }
 
@@ -1935,6 +2352,250 @@ mod tests {
             .reshape((b, t, d))
     }
 
+    #[test]
+    fn fused_linear_is_bit_for_bit_the_candle_path() -> Result<()> {
+        // Shapes past gemm's blocking (k > 256 splits the sum), 3-D and 2-D inputs.
+        for (dims, din, out) in [
+            (vec![3usize, 5], 7usize, 4usize),
+            (vec![4, 33], 256, 1024),
+            (vec![2, 9], 1024, 256),
+            (vec![70], 64, 3),
+        ] {
+            for dtype in [DType::F32, DType::F64] {
+                let mut xd = dims.clone();
+                xd.push(din);
+                let m: usize = dims.iter().product();
+                let x = Var::from_tensor(&randn(&xd, 100)?.to_dtype(dtype)?)?;
+                let w = Var::from_tensor(&randn(&[out, din], 101)?.to_dtype(dtype)?)?;
+                let b = Var::from_tensor(&randn(&[out], 102)?.to_dtype(dtype)?)?;
+                let mut yd = dims.clone();
+                yd.push(out);
+                let up = randn(&yd, 103)?.to_dtype(dtype)?;
+                let fused = linear(&x, &w, &b)?;
+                let plain = add_bias(
+                    &x.reshape((m, din))?
+                        .matmul(&w.t()?)?
+                        .reshape(yd.as_slice())?,
+                    &b,
+                )?;
+                assert_eq!(fused.dims(), plain.dims());
+                assert_eq!(max_abs_diff(&fused, &plain)?, 0.0, "{xd:?} {dtype:?}: y");
+                let gf = (&fused * &up)?.sum_all()?.backward()?;
+                let gp = (&plain * &up)?.sum_all()?.backward()?;
+                for (v, what) in [(&x, "x"), (&w, "w"), (&b, "b")] {
+                    let (a, c) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+                    assert_eq!(a.dims(), c.dims());
+                    assert_eq!(max_abs_diff(a, c)?, 0.0, "{xd:?} {dtype:?}: d{what}");
+                }
+            }
+        }
+        // Finite differences in f64.
+        let x0 = randn(&[2, 3, 5], 104)?;
+        let w0 = randn(&[4, 5], 105)?;
+        let b0 = randn(&[4], 106)?;
+        let up = randn(&[2, 3, 4], 107)?;
+        let (x, w, b) = (
+            Var::from_tensor(&x0)?,
+            Var::from_tensor(&w0)?,
+            Var::from_tensor(&b0)?,
+        );
+        let g = (linear(&x, &w, &b)? * &up)?.sum_all()?.backward()?;
+        let f = |x: &Tensor| -> Result<f64> {
+            (linear(x, &w0, &b0)? * &up)?.sum_all()?.to_scalar::<f64>()
+        };
+        assert_close(g.get(&x).unwrap(), &numeric_grad(&x0, &f)?, 1e-7, "dx")?;
+        let f = |w: &Tensor| -> Result<f64> {
+            (linear(&x0, w, &b0)? * &up)?.sum_all()?.to_scalar::<f64>()
+        };
+        assert_close(g.get(&w).unwrap(), &numeric_grad(&w0, &f)?, 1e-7, "dw")?;
+        let f = |b: &Tensor| -> Result<f64> {
+            (linear(&x0, &w0, b)? * &up)?.sum_all()?.to_scalar::<f64>()
+        };
+        assert_close(g.get(&b).unwrap(), &numeric_grad(&b0, &f)?, 1e-7, "db")?;
+        // Shapes that do not fit are refused.
+        assert!(linear(&x0, &w0.t()?, &b0).is_err());
+        assert!(linear(&x0, &w0, &randn(&[5], 108)?).is_err());
+        Ok(())
+    }
+
+    /// Attention in plain candle ops from separate `q [N, T, D]`, `k`, `v`
+    /// `[N, S, D]`: the oracle for both kernels, causal mask included.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_ops(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        causal: bool,
+        h: usize,
+        scale: f64,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (n, t, d) = q.dims3()?;
+        let s = k.dim(1)?;
+        let split = |x: &Tensor, r: usize| -> Result<Tensor> {
+            x.reshape((n, r, h, d / h))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k, v) = ((split(q, t)? * scale)?, split(k, s)?, split(v, s)?);
+        let mut sc = q.matmul(&k.t()?)?;
+        if let Some(b) = bias {
+            sc = sc.broadcast_add(&b.reshape((n, 1, 1, s))?)?;
+        }
+        if causal {
+            let cb = crate::models::layers::causal_bias(t, q.dtype(), q.device())?;
+            sc = sc.broadcast_add(&cb)?;
+        }
+        let p = crate::models::layers::softmax_last_dim_ops(&sc)?;
+        let p = match keep {
+            Some(m) => (p * m)?,
+            None => p,
+        };
+        p.matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, t, d))
+    }
+
+    fn dropout_keep(
+        len: usize,
+        seed: u64,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<(Arc<Vec<f32>>, Tensor)> {
+        let keep: Vec<f32> = randn(&[len], seed)?
+            .to_vec1::<f64>()?
+            .iter()
+            .map(|&u| if u > -1.0 { 1.0 / 0.8 } else { 0.0 })
+            .collect();
+        let t = Tensor::from_vec(keep.clone(), dims, &Device::Cpu)?.to_dtype(DType::F64)?;
+        Ok((Arc::new(keep), t))
+    }
+
+    #[test]
+    fn fused_causal_self_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
+        // 2 batch rows, 6 positions, 3 heads of 2; causal alone, causal with padded
+        // keys, and with a dropout mask.
+        let (b, t, h, dh) = (2usize, 6usize, 3usize, 2usize);
+        let d = h * dh;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let x0 = (randn(&[b, t, 3 * d], 80)? * 1.5)?;
+        let up = randn(&[b, t, d], 81)?;
+        let pad = padding_bias(b, t, &[2, 0], DType::F64)?;
+        let (keep, keep_t) = dropout_keep(b * h * t * t, 82, (b, h, t, t))?;
+        for (bias, mask) in [(None, None), (Some(&pad), None), (None, Some(keep))] {
+            let keep_ref = mask.as_ref().map(|_| &keep_t);
+            let x = Var::from_tensor(&x0)?;
+            let fused = self_attention(&x, bias, true, h, scale, mask.clone())?;
+            let (q, k, v) = (
+                x.narrow(2, 0, d)?,
+                x.narrow(2, d, d)?,
+                x.narrow(2, 2 * d, d)?,
+            );
+            let plain = attention_ops(&q, &k, &v, bias, true, h, scale, keep_ref)?;
+            assert!(max_abs_diff(&fused, &plain)? < 1e-13);
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gp = (&plain * &up)?.sum_all()?.backward()?;
+            let (gf, gp) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+            assert!(max_abs_diff(gf, gp)? < 1e-13, "{}", max_abs_diff(gf, gp)?);
+            // The first query sees only the first key (a softmax of one score), so
+            // its q gets exactly zero gradient.
+            let first = gf.get(0)?.get(0)?.to_vec1::<f64>()?;
+            assert!(first[..d].iter().all(|&g| g == 0.0));
+            let f = |x: &Tensor| -> Result<f64> {
+                (self_attention(x, bias, true, h, scale, mask.clone())? * &up)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            assert_close(gf, &numeric_grad(&x0, &f)?, 1e-6, "d qkv (causal)")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_cross_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
+        // 3 rows, 4 queries attending to 7 keys (padded in two rows), 2 heads of 3;
+        // with and without a dropout mask; then model shapes in f32.
+        let (n, t, s, h, dh) = (3usize, 4usize, 7usize, 2usize, 3usize);
+        let d = h * dh;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let q0 = randn(&[n, t, d], 90)?;
+        let kv0 = (randn(&[n, s, 2 * d], 91)? * 1.5)?;
+        let up = randn(&[n, t, d], 92)?;
+        let bias = padding_bias(n, s, &[0, 4, 1], DType::F64)?;
+        let (keep, keep_t) = dropout_keep(n * h * t * s, 93, (n, h, t, s))?;
+        for mask in [None, Some(keep)] {
+            let keep_ref = mask.as_ref().map(|_| &keep_t);
+            let (q, kv) = (Var::from_tensor(&q0)?, Var::from_tensor(&kv0)?);
+            let fused = cross_attention(&q, &kv, Some(&bias), h, scale, mask.clone())?;
+            let (k, v) = (kv.narrow(2, 0, d)?, kv.narrow(2, d, d)?);
+            let plain = attention_ops(&q, &k, &v, Some(&bias), false, h, scale, keep_ref)?;
+            assert!(max_abs_diff(&fused, &plain)? < 1e-13);
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gp = (&plain * &up)?.sum_all()?.backward()?;
+            for (var, what) in [(&q, "q"), (&kv, "kv")] {
+                let (a, b) = (gf.get(var).unwrap(), gp.get(var).unwrap());
+                assert!(
+                    max_abs_diff(a, b)? < 1e-13,
+                    "d {what}: {}",
+                    max_abs_diff(a, b)?
+                );
+            }
+            // Row 1's last four keys are padding: no gradient reaches them.
+            let dkv = gf.get(&kv).unwrap().get(1)?;
+            assert!(
+                dkv.narrow(0, s - 4, 4)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f64>()?
+                    == 0.0
+            );
+            let fq = |x: &Tensor| -> Result<f64> {
+                (cross_attention(x, &kv0, Some(&bias), h, scale, mask.clone())? * &up)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            assert_close(gf.get(&q).unwrap(), &numeric_grad(&q0, &fq)?, 1e-6, "d q")?;
+            let fkv = |x: &Tensor| -> Result<f64> {
+                (cross_attention(&q0, x, Some(&bias), h, scale, mask.clone())? * &up)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            assert_close(
+                gf.get(&kv).unwrap(),
+                &numeric_grad(&kv0, &fkv)?,
+                1e-6,
+                "d kv",
+            )?;
+        }
+        for (n, t, s, h, dh) in [
+            (4usize, 17usize, 23usize, 4usize, 16usize),
+            (2, 40, 9, 8, 32),
+        ] {
+            let d = h * dh;
+            let scale = 1.0 / (dh as f64).sqrt();
+            let q = Var::from_tensor(&randn(&[n, t, d], 94)?.to_dtype(DType::F32)?)?;
+            let kv = Var::from_tensor(&randn(&[n, s, 2 * d], 95)?.to_dtype(DType::F32)?)?;
+            let up = randn(&[n, t, d], 96)?.to_dtype(DType::F32)?;
+            let pad: Vec<usize> = (0..n).map(|i| (i * 3) % s).collect();
+            let bias = padding_bias(n, s, &pad, DType::F32)?;
+            let fused = cross_attention(&q, &kv, Some(&bias), h, scale, None)?;
+            let (k, v) = (kv.narrow(2, 0, d)?, kv.narrow(2, d, d)?);
+            let plain = attention_ops(&q, &k, &v, Some(&bias), false, h, scale, None)?;
+            assert!(max_abs_diff(&fused, &plain)? < 1e-5);
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gp = (&plain * &up)?.sum_all()?.backward()?;
+            for var in [&q, &kv] {
+                let e = max_abs_diff(gf.get(var).unwrap(), gp.get(var).unwrap())?;
+                assert!(e < 1e-4, "{n} {t} {s} {h} {dh}: {e}");
+            }
+        }
+        // Shapes that do not fit are refused.
+        assert!(cross_attention(&q0, &kv0, Some(&bias), 4, scale, None).is_err());
+        assert!(cross_attention(&q0, &q0, Some(&bias), h, scale, None).is_err());
+        let wrong = padding_bias(n, t, &[0, 0, 0], DType::F64)?;
+        assert!(cross_attention(&q0, &kv0, Some(&wrong), h, scale, None).is_err());
+        Ok(())
+    }
+
     /// `[B, T]` key padding (the last `pad[i]` keys of row i) as the additive bias.
     fn padding_bias(b: usize, t: usize, pad: &[usize], dtype: DType) -> Result<Tensor> {
         let m: Vec<f32> = (0..b * t)
@@ -1959,7 +2620,7 @@ mod tests {
             let pad: Vec<usize> = (0..b).map(|i| (i * 5) % t).collect();
             let bias = padding_bias(b, t, &pad, DType::F32)?;
             let x = Var::from_tensor(&x0)?;
-            let fused = self_attention(&x, &bias, h, scale, None)?;
+            let fused = self_attention(&x, Some(&bias), false, h, scale, None)?;
             let plain = self_attention_ops(&x, &bias, h, scale, None)?;
             let e = max_abs_diff(&fused, &plain)?;
             assert!(e < 1e-5, "{b} {t} {h} {dh}: y {e}");
@@ -1991,7 +2652,7 @@ mod tests {
         for mask in [None, Some(Arc::new(keep))] {
             let keep_ref = mask.as_ref().map(|_| &keep_t);
             let x = Var::from_tensor(&x0)?;
-            let fused = self_attention(&x, &bias, h, scale, mask.clone())?;
+            let fused = self_attention(&x, Some(&bias), false, h, scale, mask.clone())?;
             let plain = self_attention_ops(&x, &bias, h, scale, keep_ref)?;
             assert!(max_abs_diff(&fused, &plain)? < 1e-13);
             let gf = (&fused * &up)?.sum_all()?.backward()?;
@@ -2003,7 +2664,7 @@ mod tests {
             assert!(row1[d..].iter().all(|&g| g == 0.0));
             // Finite differences of the fused op itself.
             let f = |x: &Tensor| -> Result<f64> {
-                (self_attention(x, &bias, h, scale, mask.clone())? * &up)?
+                (self_attention(x, Some(&bias), false, h, scale, mask.clone())? * &up)?
                     .sum_all()?
                     .to_scalar::<f64>()
             };
@@ -2011,7 +2672,7 @@ mod tests {
             // f32 against f64.
             let x32 = Var::from_tensor(&x0.to_dtype(DType::F32)?)?;
             let b32 = padding_bias(b, t, &[0, 3, 1], DType::F32)?;
-            let y32 = self_attention(&x32, &b32, h, scale, mask.clone())?;
+            let y32 = self_attention(&x32, Some(&b32), false, h, scale, mask.clone())?;
             let g32 = (&y32 * &up.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
             let y32 = y32.to_dtype(DType::F64)?;
             assert!(max_abs_diff(&y32, &fused)? < 1e-5);
@@ -2023,9 +2684,9 @@ mod tests {
             );
         }
         // Shapes that do not fit are refused.
-        assert!(self_attention(&x0, &bias, 5, scale, None).is_err());
+        assert!(self_attention(&x0, Some(&bias), false, 5, scale, None).is_err());
         let short = Arc::new(vec![1.0f32; 10]);
-        assert!(self_attention(&x0, &bias, h, scale, Some(short)).is_err());
+        assert!(self_attention(&x0, Some(&bias), false, h, scale, Some(short)).is_err());
         Ok(())
     }
 }

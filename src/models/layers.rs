@@ -298,6 +298,10 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.weight().dtype() == xs.dtype() {
             return match self.bias() {
+                // Sequence layers: one node (the same gemm calls, bit for bit).
+                Some(b) if fused::supported(xs) && xs.rank() >= 3 => {
+                    fused::linear(xs, self.weight(), b)
+                }
                 // candle_nn's matmul, then the bias through `add_bias`.
                 Some(b) if fused::supported(xs) => add_bias(
                     &candle_nn::Linear::new(self.weight().clone(), None).forward(xs)?,
@@ -419,6 +423,16 @@ pub fn lowest_finite(dtype: DType) -> f64 {
     }
 }
 
+/// The causal bias `[1, 1, T, T]`: 0 on and below the diagonal, the dtype's lowest
+/// finite value above it (so a future key gets exactly zero weight).
+pub fn causal_bias(t: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
+    let lowest = lowest_finite(dtype);
+    let v: Vec<f64> = (0..t * t)
+        .map(|k| if k % t > k / t { lowest } else { 0.0 })
+        .collect();
+    Tensor::from_vec(v, (1, 1, t, t), dev)?.to_dtype(dtype)
+}
+
 /// The additive attention bias `[B, 1, 1, T]` for a key padding mask `[B, T]`:
 /// 0 at real keys, the dtype's lowest finite value at padding (as HF BERT, so a
 /// padded key gets exactly zero weight).
@@ -503,6 +517,25 @@ impl MultiHeadAttention {
     /// Attends `xs [B, T, D]` to itself; `bias [B, 1, 1, T]` from [`key_padding_bias`].
     /// Returns `[B, T, D]` after the output projection.
     pub fn forward(&self, xs: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        self.self_attend(xs, Some(bias), false, train)
+    }
+
+    /// Causal self-attention over `xs [B, T, D]`: query `i` sees keys `0..=i` (a
+    /// decoder's teacher-forced pass; no key padding mask, since padded targets are
+    /// never attended to by a real one). Returns `[B, T, D]` after the output
+    /// projection; the same as [`MultiHeadAttention::attend`] with every key and
+    /// [`causal_bias`].
+    pub fn forward_causal(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.self_attend(xs, None, true, train)
+    }
+
+    fn self_attend(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        causal: bool,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, t, d) = xs.dims3()?;
         let h = self.heads;
         let dh = d / h;
@@ -515,15 +548,19 @@ impl MultiHeadAttention {
         let bk = self.bias_of(&self.key, d, xs)?;
         let bv = self.bias_of(&self.value, d, xs)?;
         let bqkv = Tensor::cat(&[bq, bk, bv], 0)?.to_dtype(xs.dtype())?;
-        let qkv = xs
-            .reshape((b * t, d))?
-            .matmul(&w.t()?)?
-            .apply(&|y: &Tensor| add_bias(y, &bqkv))?;
-        if fused::supported(xs) && bias.dims() == [b, 1, 1, t] {
+        let qkv = if fused::supported(xs) {
+            fused::linear(xs, &w, &bqkv)?
+        } else {
+            xs.reshape((b * t, d))?
+                .matmul(&w.t()?)?
+                .apply(&|y: &Tensor| add_bias(y, &bqkv))?
+        };
+        if fused::supported(xs) && bias.is_none_or(|m| m.dims() == [b, 1, 1, t]) {
             // One kernel from the packed projections to the merged heads.
             let keep = self.dropout.mask(b * h * t * t, train).map(Arc::new);
             let scale = 1.0 / (dh as f64).sqrt();
-            let ctx = fused::self_attention(&qkv.reshape((b, t, 3 * d))?, bias, h, scale, keep)?;
+            let qkv = qkv.reshape((b, t, 3 * d))?;
+            let ctx = fused::self_attention(&qkv, bias, causal, h, scale, keep)?;
             return self.output.forward(&ctx);
         }
         let qkv = qkv
@@ -534,7 +571,13 @@ impl MultiHeadAttention {
         let q = (qkv.get(0)? * (1.0 / (dh as f64).sqrt()))?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        if causal {
+            scores = scores.broadcast_add(&causal_bias(t, xs.dtype(), xs.device())?)?;
+        }
         let probs = softmax_last_dim(&scores)?;
         let probs = self.dropout.forward(&probs, train)?;
         let ctx = probs
@@ -543,6 +586,50 @@ impl MultiHeadAttention {
             .contiguous()?
             .reshape((b, t, d))?;
         self.output.forward(&ctx)
+    }
+
+    /// The keys and values of `xs [N, S, D]` packed as `[N, S, 2·D]` (per row
+    /// `k | v`, one matmul), for [`MultiHeadAttention::cross_attend`].
+    pub fn cross_key_values(&self, xs: &Tensor) -> Result<Tensor> {
+        let (n, s, d) = xs.dims3()?;
+        let w = Tensor::cat(&[self.key.weight(), self.value.weight()], 0)?.to_dtype(xs.dtype())?;
+        let bk = self.bias_of(&self.key, d, xs)?;
+        let bv = self.bias_of(&self.value, d, xs)?;
+        let bkv = Tensor::cat(&[bk, bv], 0)?.to_dtype(xs.dtype())?;
+        if fused::supported(xs) {
+            return fused::linear(xs, &w, &bkv);
+        }
+        xs.reshape((n * s, d))?
+            .matmul(&w.t()?)?
+            .apply(&|y: &Tensor| add_bias(y, &bkv))?
+            .reshape((n, s, 2 * d))
+    }
+
+    /// Attends queries from `xs [N, T, D]` to the packed keys and values
+    /// `kv [N, S, 2·D]` of [`MultiHeadAttention::cross_key_values`], with the key
+    /// padding `bias [N, 1, 1, S]`; returns `[N, T, D]` after the output projection.
+    /// Dropout applies to the probabilities when `train`. On the CPU (f32, f64) one
+    /// fused kernel ([`fused::cross_attention`]); elsewhere [`MultiHeadAttention::attend`].
+    pub fn cross_attend(
+        &self,
+        xs: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (n, t, d) = xs.dims3()?;
+        let s = kv.dim(1)?;
+        let h = self.heads;
+        if fused::supported(xs) && bias.dims() == [n, 1, 1, s] {
+            let q = self.query.forward(xs)?;
+            let keep = self.dropout.mask(n * h * t * s, train).map(Arc::new);
+            let scale = 1.0 / ((d / h) as f64).sqrt();
+            let ctx = fused::cross_attention(&q, kv, Some(bias), h, scale, keep)?;
+            return self.output.forward(&ctx);
+        }
+        let k = split_heads(&kv.narrow(2, 0, d)?, h)?;
+        let v = split_heads(&kv.narrow(2, d, d)?, h)?;
+        self.attend(xs, &k, &v, Some(bias), train)
     }
 
     /// Keys and values `[N, heads, S, dh]` of `xs [N, S, D]`.

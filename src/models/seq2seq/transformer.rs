@@ -17,7 +17,7 @@
 //! activation of [`layers::Activation`].
 
 use crate::models::layers::Embedding;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 
 use super::select_rows;
 use crate::models::layers::{
@@ -199,8 +199,8 @@ pub(crate) struct TransformerSeq2Seq {
 pub(crate) struct TransformerEncoded {
     /// Source key padding bias `[N, 1, 1, S]`.
     bias: Tensor,
-    /// Per decoder layer, the cross-attention keys and values `[N, heads, S, dh]`.
-    cross: Vec<(Tensor, Tensor)>,
+    /// Per decoder layer, the cross-attention keys and values packed as `[N, S, 2·d]`.
+    cross: Vec<Tensor>,
 }
 
 impl TransformerEncoded {
@@ -210,7 +210,7 @@ impl TransformerEncoded {
             cross: self
                 .cross
                 .iter()
-                .map(|(k, v)| Ok((select_rows(k, idx)?, select_rows(v, idx)?)))
+                .map(|kv| select_rows(kv, idx))
                 .collect::<Result<_>>()?,
         })
     }
@@ -249,16 +249,6 @@ impl TransformerState {
     pub(crate) fn rows(&self) -> usize {
         self.rows
     }
-}
-
-/// The causal bias `[1, 1, T, T]`: 0 on and below the diagonal, the dtype's lowest
-/// finite value above it (so a future key gets exactly zero weight).
-fn causal_bias(t: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
-    let lowest = layers::lowest_finite(dtype);
-    let v: Vec<f64> = (0..t * t)
-        .map(|k| if k % t > k / t { lowest } else { 0.0 })
-        .collect();
-    Tensor::from_vec(v, (1, 1, t, t), dev)?.to_dtype(dtype)
 }
 
 impl TransformerSeq2Seq {
@@ -434,36 +424,41 @@ impl TransformerSeq2Seq {
         let cross = self
             .decoder
             .iter()
-            .map(|l| l.cross_attn.key_values(&memory))
+            .map(|l| l.cross_attn.cross_key_values(&memory))
             .collect::<Result<_>>()?;
         Ok(TransformerEncoded { bias, cross })
     }
 
-    /// Runs the decoder stack over `y [N, T, d]` (embedded) with self-attention keys
-    /// and values `self_kv(layer, k, v)` → the ones to attend to.
+    /// Runs the decoder stack over `y [N, T, d]` (embedded): teacher-forced with a
+    /// causal mask when `cache` is `None`, else one step that attends to the cached
+    /// self-attention keys and values (and extends them).
     fn decode_layers(
         &self,
         mut y: Tensor,
         enc: &TransformerEncoded,
-        self_bias: Option<&Tensor>,
         mut cache: Option<&mut Vec<Option<(Tensor, Tensor)>>>,
         train: bool,
     ) -> Result<Tensor> {
         for (i, l) in self.decoder.iter().enumerate() {
             let h = l.ln_self.forward(&y)?;
-            let (mut k, mut v) = l.self_attn.key_values(&h)?;
-            if let Some(cache) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cache[i] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
+            // No dropout on the attention probabilities in this model.
+            let a = match cache.as_deref_mut() {
+                None => l.self_attn.forward_causal(&h, false)?,
+                Some(cache) => {
+                    let (mut k, mut v) = l.self_attn.key_values(&h)?;
+                    if let Some((pk, pv)) = &cache[i] {
+                        k = Tensor::cat(&[pk, &k], 2)?;
+                        v = Tensor::cat(&[pv, &v], 2)?;
+                    }
+                    cache[i] = Some((k.clone(), v.clone()));
+                    l.self_attn.attend(&h, &k, &v, None, false)?
                 }
-                cache[i] = Some((k.clone(), v.clone()));
-            }
-            let a = l.self_attn.attend(&h, &k, &v, self_bias, false)?;
+            };
             y = (&y + self.dropout.forward(&a, train)?)?;
             let h = l.ln_cross.forward(&y)?;
-            let (ck, cv) = &enc.cross[i];
-            let a = l.cross_attn.attend(&h, ck, cv, Some(&enc.bias), false)?;
+            let a = l
+                .cross_attn
+                .cross_attend(&h, &enc.cross[i], &enc.bias, false)?;
             y = (&y + self.dropout.forward(&a, train)?)?;
             let f = l.ffn.forward(&l.ln_ffn.forward(&y)?)?;
             y = (&y + self.dropout.forward(&f, train)?)?;
@@ -486,10 +481,8 @@ impl TransformerSeq2Seq {
         train: bool,
     ) -> Result<Tensor> {
         let enc = self.encode(src, mask, train)?;
-        let (_, t) = tgt_in.dims2()?;
         let y = self.embed(&self.tgt_embedding, tgt_in, 0, train)?;
-        let causal = causal_bias(t, y.dtype(), y.device())?;
-        self.decode_layers(y, &enc, Some(&causal), None, train)
+        self.decode_layers(y, &enc, None, train)
     }
 
     /// The output projection's weight `[V, d]` (the shared embedding when tied); no
@@ -530,7 +523,7 @@ impl TransformerSeq2Seq {
         let n = prev.dim(0)?;
         let y = self.embed(&self.tgt_embedding, &prev.reshape((n, 1))?, st.pos, false)?;
         let mut cache = st.cache.clone();
-        let y = self.decode_layers(y, enc, None, Some(&mut cache), false)?;
+        let y = self.decode_layers(y, enc, Some(&mut cache), false)?;
         let logits = self.project(&y.reshape((n, self.d_model))?)?;
         Ok((
             logits,
