@@ -762,6 +762,123 @@ impl CustomOp3 for LinearBwdOp {
 }
 
 // ---------------------------------------------------------------------------------
+// Per-step slices of a sequence (the LSTM decoder's time loop)
+
+/// The `T` slices `xs[0], …, xs[T−1]` of `xs [T, ..]` along its first dimension,
+/// with a backward that assembles their gradients into one tensor once.
+///
+/// Autograd's `get`/`narrow` pads every slice's gradient back to the full shape
+/// with zeros and adds it into the full gradient: `T` full-size passes (about four
+/// memory passes each) for a loop that takes every step, 16% of the LSTM
+/// translator's update here. These slices instead keep their gradients aside; the
+/// first one to receive a gradient also hands autograd a zero gradient for the
+/// whole (so that the assembling node runs), and an identity node in front of the
+/// slices, which autograd reaches only after every slice, stacks them (zeros for a
+/// slice that took no gradient). Same values and gradients as `xs.get(s)`.
+///
+/// Off the CPU, or for a tensor that tracks no gradient, plain `get`.
+pub fn unstack(xs: &Tensor) -> Result<Vec<Tensor>> {
+    let t = xs.dim(0)?;
+    if !supported(xs) || !xs.track_op() {
+        return (0..t).map(|s| xs.get(s)).collect();
+    }
+    let stash = Arc::new(std::sync::Mutex::new(Stash {
+        slots: vec![None; t],
+        entered: false,
+    }));
+    let anchored = xs.contiguous()?.apply_op1(AssembleOp(stash.clone()))?;
+    (0..t)
+        .map(|s| {
+            anchored.apply_op1(TakeStepOp {
+                s,
+                stash: stash.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The slices' gradients between the backward of the slices and of [`AssembleOp`].
+struct Stash {
+    slots: Vec<Option<Tensor>>,
+    /// Whether a slice has given autograd the whole tensor's (zero) gradient.
+    entered: bool,
+}
+
+fn lock(stash: &std::sync::Mutex<Stash>) -> Result<std::sync::MutexGuard<'_, Stash>> {
+    stash
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("unstack: a backward pass panicked".into()))
+}
+
+/// Identity forward; its backward stacks the slices' kept gradients.
+struct AssembleOp(Arc<std::sync::Mutex<Stash>>);
+
+impl CustomOp1 for AssembleOp {
+    fn name(&self) -> &'static str {
+        "cotext-unstack-assemble"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s, l, "unstack", |x: T| Vec::<T>::from(x));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+        // `_grad` is the zero gradient the first slice entered; the slices' own
+        // gradients are in the stash (autograd runs this after all of them).
+        let slots = {
+            let mut st = lock(&self.0)?;
+            st.entered = false;
+            std::mem::replace(&mut st.slots, vec![None; arg.dim(0)?])
+        };
+        let step = Shape::from(&arg.dims()[1..]);
+        let parts = slots
+            .into_iter()
+            .map(|g| match g {
+                Some(g) => Ok(g),
+                None => Tensor::zeros(step.clone(), arg.dtype(), arg.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Tensor::stack(&parts, 0)?))
+    }
+}
+
+/// Slice `s` of an [`AssembleOp`] output; its backward keeps the gradient aside.
+struct TakeStepOp {
+    s: usize,
+    stash: Arc<std::sync::Mutex<Stash>>,
+}
+
+impl CustomOp1 for TakeStepOp {
+    fn name(&self) -> &'static str {
+        "cotext-unstack-step"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        let n = dims[1..].iter().product::<usize>();
+        let i = self.s;
+        let out = dispatch1!(s, l, "unstack", |x: T| Vec::<T>::from(&x[i * n..(i + 1) * n]));
+        Ok((out, Shape::from(&dims[1..])))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut st = lock(&self.stash)?;
+        let kept = match st.slots[self.s].take() {
+            Some(prev) => (prev + grad)?,
+            None => grad.clone(),
+        };
+        st.slots[self.s] = Some(kept);
+        if st.entered {
+            return Ok(None);
+        }
+        st.entered = true;
+        let zero = Tensor::zeros((), arg.dtype(), arg.device())?;
+        Ok(Some(zero.broadcast_as(arg.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Multiplication by a constant (dropout masks)
 
 /// `xs ⊙ c` where `c` (a dropout mask) takes no gradient: autograd's `mul` would also
@@ -2350,6 +2467,44 @@ mod tests {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, d))
+    }
+
+    #[test]
+    fn unstack_gives_get_s_values_and_gradients() -> Result<()> {
+        // A recurrence over every slice (as the LSTM decoder runs), one over some
+        // slices only, and a second backward pass over the same graph.
+        let x0 = randn(&[5, 3, 4], 110)?;
+        let w = randn(&[4, 4], 111)?;
+        let run = |x: &Tensor, take: &[usize], split: bool| -> Result<Tensor> {
+            let steps = if split {
+                unstack(x)?
+            } else {
+                (0..5).map(|s| x.get(s)).collect::<Result<Vec<_>>>()?
+            };
+            let mut h = Tensor::zeros((3, 4), DType::F64, &Device::Cpu)?;
+            let mut outs = vec![];
+            for &s in take {
+                h = (&steps[s] + h.matmul(&w)?)?.tanh()?;
+                outs.push(h.clone());
+            }
+            Tensor::stack(&outs, 0)?.sqr()?.sum_all()
+        };
+        for take in [&[0usize, 1, 2, 3, 4][..], &[1, 3], &[4]] {
+            let x = Var::from_tensor(&x0)?;
+            let (a, b) = (run(&x, take, true)?, run(&x, take, false)?);
+            assert_eq!(a.to_scalar::<f64>()?, b.to_scalar::<f64>()?);
+            let (ga, gb) = (a.backward()?, b.backward()?);
+            let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+            assert_eq!(max_abs_diff(ga, gb)?, 0.0, "{take:?}");
+            // The same graph again: the stash starts empty each pass.
+            let again = a.backward()?;
+            assert_eq!(max_abs_diff(again.get(&x).unwrap(), gb)?, 0.0);
+        }
+        // Without gradient tracking it is plain `get`.
+        let plain = unstack(&x0)?;
+        assert_eq!(plain.len(), 5);
+        assert_eq!(max_abs_diff(&plain[2], &x0.get(2)?)?, 0.0);
+        Ok(())
     }
 
     #[test]

@@ -467,8 +467,9 @@ impl LstmSeq2Seq {
             .contiguous()?;
         let mut st = self.start(&enc)?;
         let mut tildes = Vec::with_capacity(t);
-        for s in 0..t {
-            let (tilde, next) = self.dec_step(&w, &pre.get(s)?, &st, &enc, train)?;
+        // Per-step slices whose gradients are assembled once, not padded per step.
+        for pre_s in fused::unstack(&pre)? {
+            let (tilde, next) = self.dec_step(&w, &pre_s, &st, &enc, train)?;
             tildes.push(tilde);
             st = next;
         }
