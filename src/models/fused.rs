@@ -858,7 +858,9 @@ impl CustomOp1 for TakeStepOp {
         let dims = l.shape().dims();
         let n = dims[1..].iter().product::<usize>();
         let i = self.s;
-        let out = dispatch1!(s, l, "unstack", |x: T| Vec::<T>::from(&x[i * n..(i + 1) * n]));
+        let out = dispatch1!(s, l, "unstack", |x: T| Vec::<T>::from(
+            &x[i * n..(i + 1) * n]
+        ));
         Ok((out, Shape::from(&dims[1..])))
     }
 
@@ -2447,26 +2449,13 @@ mod tests {
         scale: f64,
         keep: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, t, d3) = qkv.dims3()?;
-        let (d, dh) = (d3 / 3, d3 / 3 / h);
-        let x = qkv
-            .reshape((b, t, 3, h, dh))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = (x.get(0)? * scale)?;
-        let (k, v) = (x.get(1)?, x.get(2)?);
-        let s = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&bias.reshape((b, 1, 1, t))?)?;
-        let p = crate::models::layers::softmax_last_dim_ops(&s)?;
-        let p = match keep {
-            Some(m) => (p * m)?,
-            None => p,
-        };
-        p.matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, d))
+        let d = qkv.dim(2)? / 3;
+        let (q, k, v) = (
+            qkv.narrow(2, 0, d)?,
+            qkv.narrow(2, d, d)?,
+            qkv.narrow(2, 2 * d, d)?,
+        );
+        attention_ops(&q, &k, &v, Some(bias), false, h, scale, keep)
     }
 
     #[test]
@@ -2626,46 +2615,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_causal_self_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
-        // 2 batch rows, 6 positions, 3 heads of 2; causal alone, causal with padded
-        // keys, and with a dropout mask.
-        let (b, t, h, dh) = (2usize, 6usize, 3usize, 2usize);
-        let d = h * dh;
-        let scale = 1.0 / (dh as f64).sqrt();
-        let x0 = (randn(&[b, t, 3 * d], 80)? * 1.5)?;
-        let up = randn(&[b, t, d], 81)?;
-        let pad = padding_bias(b, t, &[2, 0], DType::F64)?;
-        let (keep, keep_t) = dropout_keep(b * h * t * t, 82, (b, h, t, t))?;
-        for (bias, mask) in [(None, None), (Some(&pad), None), (None, Some(keep))] {
-            let keep_ref = mask.as_ref().map(|_| &keep_t);
-            let x = Var::from_tensor(&x0)?;
-            let fused = self_attention(&x, bias, true, h, scale, mask.clone())?;
-            let (q, k, v) = (
-                x.narrow(2, 0, d)?,
-                x.narrow(2, d, d)?,
-                x.narrow(2, 2 * d, d)?,
-            );
-            let plain = attention_ops(&q, &k, &v, bias, true, h, scale, keep_ref)?;
-            assert!(max_abs_diff(&fused, &plain)? < 1e-13);
-            let gf = (&fused * &up)?.sum_all()?.backward()?;
-            let gp = (&plain * &up)?.sum_all()?.backward()?;
-            let (gf, gp) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
-            assert!(max_abs_diff(gf, gp)? < 1e-13, "{}", max_abs_diff(gf, gp)?);
-            // The first query sees only the first key (a softmax of one score), so
-            // its q gets exactly zero gradient.
-            let first = gf.get(0)?.get(0)?.to_vec1::<f64>()?;
-            assert!(first[..d].iter().all(|&g| g == 0.0));
-            let f = |x: &Tensor| -> Result<f64> {
-                (self_attention(x, bias, true, h, scale, mask.clone())? * &up)?
-                    .sum_all()?
-                    .to_scalar::<f64>()
-            };
-            assert_close(gf, &numeric_grad(&x0, &f)?, 1e-6, "d qkv (causal)")?;
-        }
-        Ok(())
-    }
-
-    #[test]
     fn fused_cross_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
         // 3 rows, 4 queries attending to 7 keys (padded in two rows), 2 heads of 3;
         // with and without a dropout mask; then model shapes in f32.
@@ -2790,53 +2739,68 @@ mod tests {
     #[test]
     fn fused_self_attention_matches_plain_ops_and_finite_differences() -> Result<()> {
         // 3 batch rows (one with padded keys), 7 positions, 2 heads of 4; with and
-        // without a dropout mask.
+        // without a dropout mask; key padding alone, causal with key padding, and
+        // causal alone (the decoder's case).
         let (b, t, h, dh) = (3usize, 7usize, 2usize, 4usize);
         let d = h * dh;
         let scale = 1.0 / (dh as f64).sqrt();
         let x0 = (randn(&[b, t, 3 * d], 60)? * 1.5)?;
         let up = randn(&[b, t, d], 61)?;
         let bias = padding_bias(b, t, &[0, 3, 1], DType::F64)?;
-        let keep: Vec<f32> = randn(&[b * h * t * t], 62)?
-            .to_vec1::<f64>()?
-            .iter()
-            .map(|&u| if u > -1.0 { 1.0 / 0.8 } else { 0.0 })
-            .collect();
-        let keep_t =
-            Tensor::from_vec(keep.clone(), (b, h, t, t), &Device::Cpu)?.to_dtype(DType::F64)?;
-        for mask in [None, Some(Arc::new(keep))] {
-            let keep_ref = mask.as_ref().map(|_| &keep_t);
-            let x = Var::from_tensor(&x0)?;
-            let fused = self_attention(&x, Some(&bias), false, h, scale, mask.clone())?;
-            let plain = self_attention_ops(&x, &bias, h, scale, keep_ref)?;
-            assert!(max_abs_diff(&fused, &plain)? < 1e-13);
-            let gf = (&fused * &up)?.sum_all()?.backward()?;
-            let gp = (&plain * &up)?.sum_all()?.backward()?;
-            let (gf, gp) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
-            assert!(max_abs_diff(gf, gp)? < 1e-13, "{}", max_abs_diff(gf, gp)?);
-            // A padded key takes no weight: its k and v get exactly zero gradient.
-            let row1 = gf.get(1)?.get(t - 1)?.to_vec1::<f64>()?;
-            assert!(row1[d..].iter().all(|&g| g == 0.0));
-            // Finite differences of the fused op itself.
-            let f = |x: &Tensor| -> Result<f64> {
-                (self_attention(x, Some(&bias), false, h, scale, mask.clone())? * &up)?
-                    .sum_all()?
-                    .to_scalar::<f64>()
+        let b32 = padding_bias(b, t, &[0, 3, 1], DType::F32)?;
+        let (keep, keep_t) = dropout_keep(b * h * t * t, 62, (b, h, t, t))?;
+        for (padded, causal) in [(true, false), (true, true), (false, true)] {
+            let (bias, b32) = if padded {
+                (Some(&bias), Some(&b32))
+            } else {
+                (None, None)
             };
-            assert_close(gf, &numeric_grad(&x0, &f)?, 1e-6, "d qkv")?;
-            // f32 against f64.
-            let x32 = Var::from_tensor(&x0.to_dtype(DType::F32)?)?;
-            let b32 = padding_bias(b, t, &[0, 3, 1], DType::F32)?;
-            let y32 = self_attention(&x32, Some(&b32), false, h, scale, mask.clone())?;
-            let g32 = (&y32 * &up.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
-            let y32 = y32.to_dtype(DType::F64)?;
-            assert!(max_abs_diff(&y32, &fused)? < 1e-5);
-            let g32 = g32.get(&x32).unwrap().to_dtype(DType::F64)?;
-            assert!(
-                max_abs_diff(&g32, gf)? < 1e-5,
-                "{}",
-                max_abs_diff(&g32, gf)?
-            );
+            for mask in [None, Some(keep.clone())] {
+                let keep_ref = mask.as_ref().map(|_| &keep_t);
+                let x = Var::from_tensor(&x0)?;
+                let fused = self_attention(&x, bias, causal, h, scale, mask.clone())?;
+                let (q, k, v) = (
+                    x.narrow(2, 0, d)?,
+                    x.narrow(2, d, d)?,
+                    x.narrow(2, 2 * d, d)?,
+                );
+                let plain = attention_ops(&q, &k, &v, bias, causal, h, scale, keep_ref)?;
+                assert!(max_abs_diff(&fused, &plain)? < 1e-13);
+                let gf = (&fused * &up)?.sum_all()?.backward()?;
+                let gp = (&plain * &up)?.sum_all()?.backward()?;
+                let (gf, gp) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+                assert!(max_abs_diff(gf, gp)? < 1e-13, "{}", max_abs_diff(gf, gp)?);
+                if padded {
+                    // A padded key takes no weight: its k and v get exactly zero gradient.
+                    let row1 = gf.get(1)?.get(t - 1)?.to_vec1::<f64>()?;
+                    assert!(row1[d..].iter().all(|&g| g == 0.0));
+                }
+                if causal {
+                    // The first query sees only the first key (a softmax of one
+                    // score), so its q gets exactly zero gradient.
+                    let first = gf.get(0)?.get(0)?.to_vec1::<f64>()?;
+                    assert!(first[..d].iter().all(|&g| g == 0.0));
+                }
+                // Finite differences of the fused op itself.
+                let f = |x: &Tensor| -> Result<f64> {
+                    (self_attention(x, bias, causal, h, scale, mask.clone())? * &up)?
+                        .sum_all()?
+                        .to_scalar::<f64>()
+                };
+                assert_close(gf, &numeric_grad(&x0, &f)?, 1e-6, "d qkv")?;
+                // f32 against f64.
+                let x32 = Var::from_tensor(&x0.to_dtype(DType::F32)?)?;
+                let y32 = self_attention(&x32, b32, causal, h, scale, mask.clone())?;
+                let g32 = (&y32 * &up.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+                let y32 = y32.to_dtype(DType::F64)?;
+                assert!(max_abs_diff(&y32, &fused)? < 1e-5);
+                let g32 = g32.get(&x32).unwrap().to_dtype(DType::F64)?;
+                assert!(
+                    max_abs_diff(&g32, gf)? < 1e-5,
+                    "{}",
+                    max_abs_diff(&g32, gf)?
+                );
+            }
         }
         // Shapes that do not fit are refused.
         assert!(self_attention(&x0, Some(&bias), false, 5, scale, None).is_err());
