@@ -474,9 +474,12 @@ pub fn masked_max(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// Multi-head attention, parameterised like BERT (separate query, key, value and
 /// output projections with biases): the one attention of every model.
 /// [`MultiHeadAttention::forward`] is self-attention with a key padding mask (the
-/// three input projections run as one matmul against their concatenated weights);
-/// [`MultiHeadAttention::key_values`] and [`MultiHeadAttention::attend`] split it
-/// for cross-attention and for decoding with a key/value cache.
+/// three input projections run as one matmul against their concatenated weights),
+/// [`MultiHeadAttention::forward_causal`] its causal form (a decoder's teacher-forced
+/// pass); [`MultiHeadAttention::cross_key_values`] and
+/// [`MultiHeadAttention::cross_attend`] are cross-attention, and
+/// [`MultiHeadAttention::key_values`] with [`MultiHeadAttention::attend`] decoding
+/// with a key/value cache.
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
     query: Linear,
