@@ -471,6 +471,20 @@ pub fn add_bias(xs: &Tensor, b: &Tensor) -> Result<Tensor> {
         .apply_op2(&b.to_dtype(xs.dtype())?.contiguous()?, AddBiasOp)
 }
 
+/// `y[r] += b` for every row `r` of `y` (rows of `b.len()` values), in parallel
+/// blocks of whole rows of at least 16 Ki values (small tensors stay on one thread).
+fn add_rows<T: WithDType>(y: &mut [T], b: &[T]) {
+    let n = b.len().max(1);
+    let block = n * 16384usize.div_ceil(n);
+    y.par_chunks_mut(block).for_each(|y| {
+        for row in y.chunks_exact_mut(n) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += *b;
+            }
+        }
+    });
+}
+
 struct AddBiasOp;
 
 impl CustomOp2 for AddBiasOp {
@@ -487,19 +501,8 @@ impl CustomOp2 for AddBiasOp {
     ) -> Result<(CpuStorage, Shape)> {
         let out = dispatch1!(s1, l1, "add_bias", |x: T| {
             let b: &[T] = slice(s2, l2, "bias")?;
-            let n = b.len().max(1);
-            // Whole rows per block: at least 16 Ki values, so small tensors stay on one thread.
-            let block = n * 16384usize.div_ceil(n);
-            let mut out = vec![T::from_f64(0.0); x.len()];
-            out.par_chunks_mut(block)
-                .zip(x.par_chunks(block))
-                .for_each(|(o, x)| {
-                    for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                        for ((o, x), b) in o.iter_mut().zip(x).zip(b) {
-                            *o = *x + *b;
-                        }
-                    }
-                });
+            let mut out = x.to_vec();
+            add_rows(&mut out, b);
             out
         });
         Ok((out, l1.shape().clone()))
@@ -606,55 +609,24 @@ fn candle_gemm<T: AttnFloat>(
     rhs: &[T],
     (rcs, rrs): (usize, usize),
 ) {
-    View {
-        off: 0,
-        rs: n,
-        cs: 1,
-    }
-    .check(dst.len(), m, n);
-    View {
-        off: 0,
-        rs: lrs,
-        cs: lcs,
-    }
-    .check(lhs.len(), m, k);
-    View {
-        off: 0,
-        rs: rrs,
-        cs: rcs,
-    }
-    .check(rhs.len(), k, n);
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the three views were checked to lie inside their slices, and `dst` is
-    // an exclusive borrow that cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            T::from_f64(0.0),
-            T::from_f64(1.0),
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    let view = |rs: usize, cs: usize| View { off: 0, rs, cs };
+    gemm_with(
+        (m, n, k),
+        Dst::new(dst),
+        view(n, 1),
+        lhs,
+        view(lrs, lcs),
+        rhs,
+        view(rrs, rcs),
+        T::from_f64(1.0),
+        parallelism,
+    );
 }
 
 struct LinearOp;
@@ -681,14 +653,7 @@ impl CustomOp3 for LinearOp {
             let mut y = vec![T::from_f64(0.0); rows * out];
             // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
             candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1));
-            let block = out * 16384usize.div_ceil(out.max(1));
-            y.par_chunks_mut(block.max(1)).for_each(|y| {
-                for row in y.chunks_exact_mut(out.max(1)) {
-                    for (v, b) in row.iter_mut().zip(b) {
-                        *v += *b;
-                    }
-                }
-            });
+            add_rows(&mut y, b);
             y
         });
         let mut dims = l1.shape().dims().to_vec();
@@ -1710,12 +1675,38 @@ impl<T> Dst<T> {
 }
 
 /// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views, on this
-/// thread (the callers parallelize over batch rows).
+/// thread (the callers parallelize over batch rows); see [`gemm_with`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: AttnFloat>(
+    dims: (usize, usize, usize),
+    dst: Dst<T>,
+    dv: View,
+    lhs: &[T],
+    lv: View,
+    rhs: &[T],
+    rv: View,
+    beta: T,
+) {
+    gemm_with(
+        dims,
+        dst,
+        dv,
+        lhs,
+        lv,
+        rhs,
+        rv,
+        beta,
+        gemm::Parallelism::None,
+    )
+}
+
+/// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views: the one place
+/// that calls `gemm` (`dst` is written, not read).
 ///
 /// `dst` must come from a live `&mut` buffer (through [`Dst::new`]) that no other
 /// reference reads or writes while this runs, and it must not overlap `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into<T: AttnFloat>(
+fn gemm_with<T: AttnFloat>(
     (m, n, k): (usize, usize, usize),
     dst: Dst<T>,
     dv: View,
@@ -1724,6 +1715,7 @@ fn gemm_into<T: AttnFloat>(
     rhs: &[T],
     rv: View,
     beta: T,
+    parallelism: gemm::Parallelism,
 ) {
     dv.check(dst.len, m, n);
     lv.check(lhs.len(), m, k);
@@ -1750,7 +1742,7 @@ fn gemm_into<T: AttnFloat>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
