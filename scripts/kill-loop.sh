@@ -23,8 +23,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 export HF_HOME="$work/hf" HF_ENDPOINT="http://127.0.0.1:9"
-# A checkpoint after every step (eval_every = 1), so kills land in saves often.
-cat > tiny.toml <<TOML
+# A checkpoint after every step (checkpoint_every = 1, dev every 3 updates), so
+# kills land in saves often, in both kinds of save. The uninterrupted reference
+# run (ref.toml) saves only at evaluations: saving must not change training.
+cat > ref.toml <<TOML
 [data]
 dataset = "sst5"
 data_dir = "$DATA"
@@ -42,15 +44,16 @@ hidden = 16
 objective = "cot"
 batch_size = 8
 max_steps = 80
-eval_every = 1
+eval_every = 3
 log_every = 1
 TOML
+{ cat ref.toml; echo "checkpoint_every = 1"; } > tiny.toml
 
 checkpoint_file() { # run, file: the live checkpoint's file (no jq needed)
   echo "$1/$(sed -n 's/.*"dir": *"\(ckpt-[0-9]*\)".*/\1/p' "$1/state.json")/$2"
 }
 
-"$BIN" train -q --config tiny.toml --out ref > /dev/null 2>&1
+"$BIN" train -q --config ref.toml --out ref > /dev/null 2>&1
 RANDOM="$SEED"
 kills=0 torn=0 divergent=0 rounds=0 restarts=0 resumes=0
 started="$(date +%s)"
@@ -89,8 +92,9 @@ while [ "$kills" -lt "$KILLS" ]; do
   done
   [ -f "$run/state.json" ] || continue
   if ! cmp -s "$(checkpoint_file ref model.safetensors)" "$(checkpoint_file "$run" model.safetensors)" ||
-     ! cmp -s "$(checkpoint_file ref optim.safetensors)" "$(checkpoint_file "$run" optim.safetensors)"; then
-    echo "round $rounds: final weights differ from the uninterrupted run" >&2
+     ! cmp -s "$(checkpoint_file ref optim.safetensors)" "$(checkpoint_file "$run" optim.safetensors)" ||
+     ! cmp -s "$(checkpoint_file ref best.safetensors)" "$(checkpoint_file "$run" best.safetensors)"; then
+    echo "round $rounds: final or best weights differ from the uninterrupted run" >&2
     divergent=$((divergent + 1))
   fi
   # Every line whole (the reader refuses a bad line before the last one) and the

@@ -410,6 +410,89 @@ fn sigterm_saves_a_checkpoint_and_exits_130() {
 }
 
 #[test]
+fn kill_9_between_evaluations_resumes_from_the_last_checkpoint_every() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data, "checkpoint_every = 2\n");
+    let mut child = command(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "train.eval_every=100000",
+            "--out",
+            "run",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    // The line of step 5 is written after the save of step 4.
+    let started = Instant::now();
+    while !std::fs::read_to_string(tmp.path().join("run/metrics.jsonl"))
+        .is_ok_and(|m| m.lines().count() >= 5)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no training after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: nothing is saved on the way out
+    child.wait().unwrap();
+    let saved = Checkpoint::read(&tmp.path().join("run"))
+        .unwrap()
+        .expect("a checkpoint between evaluations");
+    let step = saved.state.step;
+    assert!(
+        step >= 4 && step % 2 == 0 && !saved.state.finished && saved.state.best.is_none(),
+        "step {step}, finished {}",
+        saved.state.finished
+    );
+    // Resumed to a budget a few updates on, it ends where a run that never saved
+    // between evaluations (and was never killed) ends.
+    let total = format!("train.max_steps={}", step + 3);
+    let o = cotext(
+        tmp.path(),
+        &["train", "-q", "--resume", "--set", &total, "--out", "run"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let plain = config(tmp.path(), &data, "");
+    let o = cotext(
+        tmp.path(),
+        &[
+            "train",
+            "-q",
+            "--config",
+            plain.to_str().unwrap(),
+            "--set",
+            &total,
+            "--set",
+            "train.eval_every=100000",
+            "--out",
+            "straight",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let file = |run: &str, name: &str| {
+        let c = Checkpoint::read(&tmp.path().join(run)).unwrap().unwrap();
+        std::fs::read(c.verify(name).unwrap()).unwrap()
+    };
+    for name in [checkpoint::MODEL, checkpoint::OPTIM, checkpoint::BEST] {
+        assert!(
+            file("run", name) == file("straight", name),
+            "{name} differs"
+        );
+    }
+}
+
+#[test]
 fn translate_on_a_classification_run_says_what_it_is() {
     let Some(data) = shared() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -333,6 +333,12 @@ pub struct TrainSettings {
     /// Evaluate on the dev split every this many updates; default: every epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<u64>,
+    /// Also save a checkpoint every this many updates between evaluations, so a
+    /// killed run (a preempted machine, `kill -9`) loses at most that many updates
+    /// on `--resume`; the trained weights are the same with or without it. Default:
+    /// checkpoints only at evaluations and at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
     /// Metric for the best checkpoint and early stopping. Default `"accuracy"`.
     #[serde(default)]
     pub metric: Metric,
@@ -454,6 +460,9 @@ impl RunConfig {
         }
         if t.eval_every == Some(0) {
             return Err("train.eval_every must be at least 1".into());
+        }
+        if t.checkpoint_every == Some(0) {
+            return Err("train.checkpoint_every must be at least 1".into());
         }
         if let ComplementLrScale::Fixed(x) = t.complement_lr_scale {
             if !(x.is_finite() && x > 0.0) {

@@ -219,6 +219,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "train.precision",
     "train.eval_batch_size",
     "train.log_every",
+    "train.checkpoint_every",
     "data.data_dir",
     "decode",
 ];
@@ -647,6 +648,11 @@ pub fn run<T: Task>(
             }
             state.stopped_early = early_stop;
             state.finished = early_stop || state.step >= total;
+            save_checkpoint(run, task, stepper, &state, &mut live)?;
+        } else if t
+            .checkpoint_every
+            .is_some_and(|every| state.step % every == 0)
+        {
             save_checkpoint(run, task, stepper, &state, &mut live)?;
         }
         if stop.load(Ordering::SeqCst) && !state.finished {

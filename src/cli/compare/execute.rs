@@ -49,6 +49,7 @@ const VIEW_KEYS: &[&str] = &[
     "data.data_dir",
     "train.eval_batch_size",
     "train.log_every",
+    "train.checkpoint_every",
 ];
 
 /// What to do with a run directory that already holds a run.
