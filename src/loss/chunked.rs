@@ -32,7 +32,7 @@ use crate::fastmath::exp_f64_slice;
 
 /// Which token-level loss a row kernel computes.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// `(1 − ε)(lse − z_g) + ε(lse − mean z)`.
     CrossEntropy { smoothing: f64 },
     /// `Σ_{j≠g} q_j log q_j = −H_c`.
@@ -41,15 +41,42 @@ pub(super) enum Kind {
 
 /// Per-row statistics of the streaming passes, in f64.
 #[derive(Debug, Clone, Copy, Default)]
-struct RowStats {
+pub(crate) struct RowStats {
     /// The row's loss (before normalization).
-    value: f64,
+    pub value: f64,
     /// Max over the softmax's support.
-    max: f64,
+    pub max: f64,
     /// ln Σ exp(z − max) over the support.
-    log_sum: f64,
+    pub log_sum: f64,
+    /// Σ exp(z − max) over the support (set by the `f32` kernels, which use it).
+    pub sum: f64,
     /// For complement entropy: H_c.
-    entropy: f64,
+    pub entropy: f64,
+}
+
+/// A logits element type with row kernels: `f64` through the generic ones below
+/// (`f64` exponentials), `f32` through [`super::row_kernels`] (vectorized).
+pub(crate) trait RowFloat: Float + Send + Sync {
+    fn row_stats(z: &[Self], g: usize, kind: Kind) -> RowStats;
+    fn row_grad(z: &[Self], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [Self]);
+}
+
+impl RowFloat for f64 {
+    fn row_stats(z: &[f64], g: usize, kind: Kind) -> RowStats {
+        row_stats(z, g, kind)
+    }
+    fn row_grad(z: &[f64], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [f64]) {
+        row_grad(z, g, kind, st, scale, out)
+    }
+}
+
+impl RowFloat for f32 {
+    fn row_stats(z: &[f32], g: usize, kind: Kind) -> RowStats {
+        super::row_kernels::row_stats(z, g, kind)
+    }
+    fn row_grad(z: &[f32], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [f32]) {
+        super::row_kernels::row_grad(z, g, kind, st, scale, out)
+    }
 }
 
 thread_local! {
@@ -73,10 +100,12 @@ fn to_f64<T: Float>(x: T) -> f64 {
     x.to_f64().unwrap_or(f64::NAN)
 }
 
-/// The row's statistics. Exponentials are taken in f64 ([`exp_f64_slice`],
-/// vectorized) of the differences `z − max` (computed in the logits' dtype), and
-/// summed in f64 in index order.
-fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
+/// The row's statistics, for `f64` logits ([`RowFloat`]; `f32` logits take the
+/// vectorized kernels of `row_kernels.rs`, which the tests there hold to these).
+/// Exponentials are taken in f64 ([`exp_f64_slice`], vectorized) of the
+/// differences `z − max` (computed in the logits' dtype), and summed in f64 in
+/// index order.
+pub(super) fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
     match kind {
         Kind::CrossEntropy { smoothing } => {
             let mut max = T::neg_infinity();
@@ -103,6 +132,7 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
                 value: (1.0 - smoothing) * nll + smoothing * smooth,
                 max,
                 log_sum: sum.ln(),
+                sum,
                 entropy: 0.0,
             }
         }
@@ -134,6 +164,7 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
                 value: -entropy,
                 max: to_f64(max),
                 log_sum: sum.ln(),
+                sum,
                 entropy,
             }
         }
@@ -142,7 +173,14 @@ fn row_stats<T: Float>(z: &[T], g: usize, kind: Kind) -> RowStats {
 
 /// Writes `scale · ∂value/∂z` for one row into `out`, given the row's statistics
 /// (the probabilities through [`exp_f64_slice`], in f64).
-fn row_grad<T: Float>(z: &[T], g: usize, kind: Kind, st: &RowStats, scale: f64, out: &mut [T]) {
+pub(super) fn row_grad<T: Float>(
+    z: &[T],
+    g: usize,
+    kind: Kind,
+    st: &RowStats,
+    scale: f64,
+    out: &mut [T],
+) {
     match kind {
         Kind::CrossEntropy { smoothing } => {
             let uniform = smoothing / z.len() as f64;
@@ -199,7 +237,7 @@ struct RowLossOp {
 }
 
 impl RowLossOp {
-    fn values<T: Float + Send + Sync>(&self, z: &[T], targets: &[u32], v: usize) -> Vec<T> {
+    fn values<T: RowFloat>(&self, z: &[T], targets: &[u32], v: usize) -> Vec<T> {
         let stats: Vec<RowStats> = z
             .par_chunks(v)
             .zip(targets.par_iter())
@@ -207,7 +245,7 @@ impl RowLossOp {
                 if self.ignore_index == Some(g) {
                     RowStats::default()
                 } else {
-                    row_stats(row, g as usize, self.kind)
+                    T::row_stats(row, g as usize, self.kind)
                 }
             })
             .collect();
@@ -281,13 +319,7 @@ struct RowGradOp {
 }
 
 impl RowGradOp {
-    fn grads<T: Float + Send + Sync>(
-        &self,
-        z: &[T],
-        targets: &[u32],
-        upstream: &[f64],
-        v: usize,
-    ) -> Vec<T> {
+    fn grads<T: RowFloat>(&self, z: &[T], targets: &[u32], upstream: &[f64], v: usize) -> Vec<T> {
         let mut out = vec![T::zero(); z.len()];
         let cached = self.stats.len() == targets.len();
         out.par_chunks_mut(v)
@@ -299,9 +331,9 @@ impl RowGradOp {
                     let st = if cached {
                         self.stats[i]
                     } else {
-                        row_stats(row, g as usize, self.kind)
+                        T::row_stats(row, g as usize, self.kind)
                     };
-                    row_grad(row, g as usize, self.kind, &st, up, o);
+                    T::row_grad(row, g as usize, self.kind, &st, up, o);
                 }
             });
         out
@@ -622,7 +654,7 @@ pub fn projected_token_loss(
 
 /// Replaces each row of `z` by `scale · ∂value/∂z` (zero for ignored rows) and
 /// returns the unscaled sum of the row values.
-fn value_and_grad_in_place<T: Float + Send + Sync>(
+fn value_and_grad_in_place<T: RowFloat>(
     z: &mut [T],
     targets: &[i64],
     vocab: usize,
@@ -638,11 +670,11 @@ fn value_and_grad_in_place<T: Float + Send + Sync>(
                 return 0.0;
             }
             let g = g as usize;
-            let st = row_stats(row, g, kind);
+            let st = T::row_stats(row, g, kind);
             // row_grad reads the row while writing the output: go through a copy of
             // one row (V values), not of the chunk.
             let input = row.to_vec();
-            row_grad(&input, g, kind, &st, scale, row);
+            T::row_grad(&input, g, kind, &st, scale, row);
             st.value
         })
         .sum()

@@ -32,6 +32,7 @@ mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod hierarchy;
+mod row_kernels;
 mod rows;
 
 pub use chunked::{
