@@ -451,7 +451,7 @@ fn kill_9_between_evaluations_resumes_from_the_last_checkpoint_every() {
         .expect("a checkpoint between evaluations");
     let step = saved.state.step;
     assert!(
-        step >= 4 && step % 2 == 0 && !saved.state.finished && saved.state.best.is_none(),
+        step >= 4 && step.is_multiple_of(2) && !saved.state.finished && saved.state.best.is_none(),
         "step {step}, finished {}",
         saved.state.finished
     );
