@@ -359,13 +359,12 @@ fn a_torn_metrics_line_is_dropped_on_resume() {
     }
 }
 
-#[test]
-fn sigterm_saves_a_checkpoint_and_exits_130() {
-    let Some(data) = shared() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &data, "");
+/// Starts `cotext train` on `cfg` into `dir/run` with no end in sight (no
+/// evaluation either), stderr piped, and returns it once `metrics.jsonl` holds
+/// `lines` lines.
+fn training_without_end(dir: &Path, cfg: &Path, lines: usize) -> std::process::Child {
     let child = command(
-        tmp.path(),
+        dir,
         &[
             "train",
             "-q",
@@ -383,17 +382,26 @@ fn sigterm_saves_a_checkpoint_and_exits_130() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Wait until it trains (a metrics line), then ask it to stop as `timeout` would.
     let started = Instant::now();
-    while !std::fs::read_to_string(tmp.path().join("run/metrics.jsonl"))
-        .is_ok_and(|m| m.lines().count() >= 3)
+    while !std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+        .is_ok_and(|m| m.lines().count() >= lines)
     {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no training after 60 s"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_130() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &data, "");
+    // Once it trains (three metrics lines), ask it to stop as `timeout` would.
+    let child = training_without_end(tmp.path(), &cfg, 3);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -414,36 +422,8 @@ fn kill_9_between_evaluations_resumes_from_the_last_checkpoint_every() {
     let Some(data) = shared() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &data, "checkpoint_every = 2\n");
-    let mut child = command(
-        tmp.path(),
-        &[
-            "train",
-            "-q",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--set",
-            "train.max_steps=100000",
-            "--set",
-            "train.eval_every=100000",
-            "--out",
-            "run",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
     // The line of step 5 is written after the save of step 4.
-    let started = Instant::now();
-    while !std::fs::read_to_string(tmp.path().join("run/metrics.jsonl"))
-        .is_ok_and(|m| m.lines().count() >= 5)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no training after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = training_without_end(tmp.path(), &cfg, 5);
     child.kill().unwrap(); // SIGKILL: nothing is saved on the way out
     child.wait().unwrap();
     let saved = Checkpoint::read(&tmp.path().join("run"))
