@@ -599,7 +599,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `dst [m, n] = lhs · rhs` (row-major `dst`; `lhs` `m × k` and `rhs` `k × n` with
-/// the given (column, row) strides), exactly as candle's CPU matmul calls `gemm`.
+/// the given (column, row) strides): the products of candle's CPU matmul, with
+/// the same operands and strides.
+///
+/// With more than one thread (candle's thread rule, `RAYON_NUM_THREADS`), `dst` is
+/// cut into one block of rows (or of columns, when it is wider than tall) per
+/// thread, and each block is one single-threaded `gemm` call. Each element is still
+/// the same dot product, accumulated in the same order over `k`, so the values are
+/// the bits of one multi-threaded `gemm` call (tested against candle's matmul), but
+/// on the small shapes of these models it runs faster: `gemm`'s own threading gains
+/// little below a few hundred rows (docs/performance.md, "Seventh round").
 #[allow(clippy::too_many_arguments)]
 fn candle_gemm<T: AttnFloat>(
     (m, n, k): (usize, usize, usize),
@@ -610,23 +619,63 @@ fn candle_gemm<T: AttnFloat>(
     (rcs, rrs): (usize, usize),
 ) {
     let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    let view = |rs: usize, cs: usize| View { off: 0, rs, cs };
-    gemm_with(
-        (m, n, k),
-        Dst::new(dst),
-        view(n, 1),
-        lhs,
-        view(lrs, lcs),
-        rhs,
-        view(rrs, rcs),
-        T::from_f64(1.0),
-        parallelism,
-    );
+    let view = |off: usize, rs: usize, cs: usize| View { off, rs, cs };
+    let one = T::from_f64(1.0);
+    // Blocks of at least 16 rows or columns: the width of an AVX-512 register.
+    let parts = threads.min(m.max(n) / 16).max(1);
+    if parts == 1 {
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        gemm_with(
+            (m, n, k),
+            Dst::new(dst),
+            view(0, n, 1),
+            lhs,
+            view(0, lrs, lcs),
+            rhs,
+            view(0, rrs, rcs),
+            one,
+            parallelism,
+        );
+        return;
+    }
+    let by_rows = m >= n;
+    let len = if by_rows { m } else { n };
+    let chunk = len.div_ceil(parts).div_ceil(16) * 16;
+    let dst = Dst::new(dst);
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        let (at, size) = (i * chunk, chunk.min(len - i * chunk));
+        // Disjoint blocks of `dst`: rows `at..at + size`, or those columns.
+        let (dims, dv, lv, rv) = if by_rows {
+            (
+                (size, n, k),
+                view(at * n, n, 1),
+                view(at * lrs, lrs, lcs),
+                view(0, rrs, rcs),
+            )
+        } else {
+            (
+                (m, size, k),
+                view(at, n, 1),
+                view(0, lrs, lcs),
+                view(at * rcs, rrs, rcs),
+            )
+        };
+        gemm_with(
+            dims,
+            dst,
+            dv,
+            lhs,
+            lv,
+            rhs,
+            rv,
+            one,
+            gemm::Parallelism::None,
+        );
+    });
 }
 
 struct LinearOp;
@@ -1664,6 +1713,12 @@ struct Dst<T> {
     ptr: *mut T,
     len: usize,
 }
+
+// SAFETY: a `Dst` is a pointer into one live `&mut` buffer (see `Dst::new`); the one
+// caller that shares it between threads (`candle_gemm`) has each thread write a
+// disjoint block of elements, and returns only after every thread is done.
+unsafe impl<T: Send> Send for Dst<T> {}
+unsafe impl<T: Send> Sync for Dst<T> {}
 
 impl<T> Dst<T> {
     fn new(buf: &mut [T]) -> Self {
