@@ -501,6 +501,10 @@ fn threads() -> usize {
 fn main() -> Result<()> {
     // As the cotext binary does.
     cotext::malloc::tune();
+    cotext::threads::install(run)
+}
+
+fn run() -> Result<()> {
     let Some(args) = parse_args()? else {
         return Ok(());
     };

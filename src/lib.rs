@@ -17,6 +17,7 @@
 //! | [`train`] | the training loop: objectives (CE, COT, GCE, HCOT), optimizers with saveable state, LR schedules, clipping, checkpoints, run configs |
 //! | [`runlog`] | `metrics.jsonl`: the typed lines a run appends (training progress, evaluations), written by [`train`], read by [`report`] |
 //! | [`malloc`] | glibc heap settings that keep a training step's buffers out of `mmap` |
+//! | [`threads`] | the rayon pool a command runs inside, so that parallel kernels do not wait on a sleeping pool |
 //! | [`fsio`] | atomic file writes (temp file, fsync, rename) for everything cotext saves |
 //! | [`rng`] | the seeded SplitMix64 generator shared by init, dropout and shuffling |
 //! | [`metrics`] | accuracy, macro-F1, confusion matrices; BLEU and chrF identical to sacreBLEU |
@@ -61,6 +62,8 @@ pub mod rng;
 pub mod runlog;
 #[cfg(feature = "full")]
 pub mod task;
+#[cfg(feature = "full")]
+pub mod threads;
 #[cfg(feature = "full")]
 pub mod tokenize;
 #[cfg(feature = "full")]

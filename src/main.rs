@@ -10,7 +10,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Keep a training step's freed buffers in the heap (fewer page faults).
     cotext::malloc::tune();
-    match cli::run() {
+    // Run inside the rayon pool, so that parallel kernels share work with this
+    // thread instead of handing it over and waiting.
+    match cotext::threads::install(cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed pipe (`cotext ... | head`) is not a failure.
