@@ -13,7 +13,10 @@
 //!
 //! [`install`] is what the `cotext` binary and the benchmarks do first thing; a
 //! program that reuses cotext's models or losses in its own training loop gains the
-//! same by running that loop inside it.
+//! same by running that loop inside it. candle 0.11's `Device::with_context` is the
+//! same idea with candle's own pool (measured level with this one); cotext builds
+//! its own so that the work keeps a main thread's 8 MiB stack
+//! ([`STACK_BYTES`]) rather than a spawned thread's 2 MiB.
 
 /// Stack of the pool's threads: the 8 MiB of a Linux main thread, which is where
 /// the work ran before (a spawned thread's default is 2 MiB).
