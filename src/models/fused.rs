@@ -728,8 +728,9 @@ impl CustomOp3 for LinearOp {
 }
 
 /// The backward of [`LinearOp`]: `(x, w, dy)` → `dx | dW | db`, flattened one after
-/// the other. `dx = dy·W` and `dWᵀ = xᵀ·dy` are the two products candle's matmul
-/// backward computes (`dWᵀ` then transposed into place), `db` the row sum of
+/// the other. `dx = dy·W` is the product candle's matmul backward computes; `dW =
+/// dyᵀ·x` is written in its own layout, where candle computes `dWᵀ = xᵀ·dy` and
+/// transposes it (the same sums, so the same bits: tested); `db` the row sum of
 /// [`add_bias`]'s backward.
 struct LinearBwdOp;
 
@@ -758,20 +759,114 @@ impl CustomOp3 for LinearBwdOp {
             let (dw, db) = rest.split_at_mut(out * din);
             // dx [M, in] = dy [M, out] · W [out, in].
             candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din));
-            // dWᵀ [in, out] = xᵀ (column stride in, row stride 1) · dy.
-            let mut dwt = vec![T::from_f64(0.0); din * out];
-            candle_gemm((din, out, rows), &mut dwt, x, (din, 1), dy, (1, out));
-            dw.par_chunks_mut(din.max(1))
-                .enumerate()
-                .for_each(|(o, row)| {
-                    for (i, v) in row.iter_mut().enumerate() {
-                        *v = dwt[i * out + o];
-                    }
-                });
+            // dW [out, in] = dyᵀ (column stride out, row stride 1) · x, written in
+            // place: each element the sum candle's `xᵀ · dy` forms for `dWᵀ`.
+            candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din));
             db.copy_from_slice(&sum_rows(dy, out));
             all
         });
         Ok((all, Shape::from(n)))
+    }
+}
+
+/// `a · wᵀ` for `a [M, K]` and a weight `w [N, K]`, as one autograd node: the
+/// product of `a.matmul(&w.t())` without the transposed view.
+///
+/// The forward is candle's product (same operands and strides), cut by thread as in
+/// [`candle_gemm`]; the backward writes `da = g · w` and `dw = gᵀ · a` straight into
+/// their own shapes. candle's path computes `dwᵀ = aᵀ · g` and hands it through the
+/// transpose's backward, so the weight's gradient arrives as a transposed view and
+/// is added into the running sum element by element in strides: in the LSTM
+/// decoder, once per weight per time step. Each element of `dw` is the same sum of
+/// the same products in the same order either way (tested bit for bit).
+pub fn matmul_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (_, k) = a.dims2()?;
+    let (_, kw) = w.dims2()?;
+    if k != kw || a.dtype() != w.dtype() {
+        candle_core::bail!(
+            "matmul_t: a {:?} {:?}, w {:?} {:?}",
+            a.dims(),
+            a.dtype(),
+            w.dims(),
+            w.dtype()
+        );
+    }
+    a.contiguous()?.apply_op2(&w.contiguous()?, MatmulTOp)
+}
+
+struct MatmulTOp;
+
+impl CustomOp2 for MatmulTOp {
+    fn name(&self) -> &'static str {
+        "cotext-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let out = dispatch1!(s1, l1, "matmul_t a", |a: T| {
+            let w: &[T] = slice(s2, l2, "matmul_t w")?;
+            let mut y = vec![T::from_f64(0.0); m * n];
+            // a [M, K] (column stride 1, row stride K) times wᵀ (K, 1).
+            candle_gemm((m, n, k), &mut y, a, (1, k), w, (k, 1));
+            y
+        });
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let all = a.apply_op3_no_bwd(w, &grad.contiguous()?, &MatmulTBwdOp)?;
+        let na = a.elem_count();
+        let da = all.narrow(0, 0, na)?.reshape(a.shape())?;
+        let dw = all.narrow(0, na, w.elem_count())?.reshape(w.shape())?;
+        Ok((Some(da), Some(dw)))
+    }
+}
+
+/// The backward of [`MatmulTOp`]: `(a, w, g)` → `da | dw`, flattened one after the
+/// other.
+struct MatmulTBwdOp;
+
+impl CustomOp3 for MatmulTBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-matmul-t-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let all = dispatch1!(s1, l1, "matmul_t a", |a: T| {
+            let w: &[T] = slice(s2, l2, "matmul_t w")?;
+            let g: &[T] = slice(s3, l3, "matmul_t grad")?;
+            let mut all = vec![T::from_f64(0.0); m * k + n * k];
+            let (da, dw) = all.split_at_mut(m * k);
+            // da [M, K] = g [M, N] · w [N, K].
+            candle_gemm((m, k, n), da, g, (1, n), w, (1, k));
+            // dw [N, K] = gᵀ (column stride N, row stride 1) · a [M, K].
+            candle_gemm((n, k, m), dw, g, (n, 1), a, (1, k));
+            all
+        });
+        Ok((all, Shape::from(m * k + n * k)))
     }
 }
 
@@ -2540,6 +2635,41 @@ mod tests {
         let plain = unstack(&x0)?;
         assert_eq!(plain.len(), 5);
         assert_eq!(max_abs_diff(&plain[2], &x0.get(2)?)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn matmul_t_is_bit_for_bit_the_candle_path() -> Result<()> {
+        // The LSTM decoder's shapes (few rows, k past gemm's blocking), odd sizes.
+        for (m, k, n) in [
+            (64usize, 256usize, 1024usize),
+            (64, 512, 256),
+            (7, 5, 3),
+            (130, 33, 70),
+        ] {
+            for dtype in [DType::F32, DType::F64] {
+                let a = Var::from_tensor(&randn(&[m, k], 110)?.to_dtype(dtype)?)?;
+                let w = Var::from_tensor(&randn(&[n, k], 111)?.to_dtype(dtype)?)?;
+                let up = randn(&[m, n], 112)?.to_dtype(dtype)?;
+                let fused = matmul_t(&a, &w)?;
+                let plain = a.matmul(&w.t()?)?;
+                assert_eq!(fused.dims(), plain.dims());
+                assert_eq!(
+                    max_abs_diff(&fused, &plain)?,
+                    0.0,
+                    "{m}x{k}x{n} {dtype:?}: y"
+                );
+                let gf = (&fused * &up)?.sum_all()?.backward()?;
+                let gp = (&plain * &up)?.sum_all()?.backward()?;
+                for (v, what) in [(&a, "a"), (&w, "w")] {
+                    let (x, y) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+                    assert_eq!(x.dims(), y.dims());
+                    assert_eq!(max_abs_diff(x, y)?, 0.0, "{m}x{k}x{n} {dtype:?}: d{what}");
+                }
+            }
+        }
+        // A mismatched inner size is refused.
+        assert!(matmul_t(&randn(&[2, 3], 1)?, &randn(&[4, 5], 2)?).is_err());
         Ok(())
     }
 

@@ -215,14 +215,26 @@ impl LstmState {
 struct DecWeights {
     /// Layer 0's embedding part `[E, 4H]`.
     w_emb_t: Tensor,
-    /// Layer 0's input-feeding part `[H, 4H]`.
-    w_feed_t: Tensor,
-    /// Layers ≥ 1's input weights `[H, 4H]` (index 0 unused: `None`).
-    w_ih_t: Vec<Option<Tensor>>,
-    w_hh_t: Vec<Tensor>,
+    /// Layer 0's input-feeding part of `W_ih` `[4H, H]` (contiguous).
+    w_feed: Tensor,
+    /// Layers ≥ 1's input weights `[4H, H]` (index 0 unused: `None`).
+    w_ih: Vec<Option<Tensor>>,
+    /// The recurrent weights `[4H, H]`.
+    w_hh: Vec<Tensor>,
     /// `b_ih + b_hh` per layer `[4H]`.
     bias: Vec<Tensor>,
-    combine_t: Tensor,
+    /// The attentional combination `[H, 2H]`.
+    combine: Tensor,
+}
+
+/// `x · wᵀ` for a weight `w [out, in]`: one node with the weight's gradient in its
+/// own layout on the CPU ([`fused::matmul_t`]), candle's matmul elsewhere.
+fn mm_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused::supported(x) {
+        fused::matmul_t(x, w)
+    } else {
+        x.matmul(&w.t()?)
+    }
 }
 
 impl LstmSeq2Seq {
@@ -344,30 +356,20 @@ impl LstmSeq2Seq {
         let l0 = &self.decoder[0];
         Ok(DecWeights {
             w_emb_t: l0.w_ih.narrow(1, 0, e)?.t()?,
-            w_feed_t: l0.w_ih.narrow(1, e, h)?.t()?,
-            w_ih_t: self
+            w_feed: l0.w_ih.narrow(1, e, h)?.contiguous()?,
+            w_ih: self
                 .decoder
                 .iter()
                 .enumerate()
-                .map(|(i, l)| {
-                    if i == 0 {
-                        Ok(None)
-                    } else {
-                        l.w_ih.t().map(Some)
-                    }
-                })
-                .collect::<Result<_>>()?,
-            w_hh_t: self
-                .decoder
-                .iter()
-                .map(|l| l.w_hh.t())
-                .collect::<Result<_>>()?,
+                .map(|(i, l)| (i > 0).then(|| l.w_ih.clone()))
+                .collect(),
+            w_hh: self.decoder.iter().map(|l| l.w_hh.clone()).collect(),
             bias: self
                 .decoder
                 .iter()
                 .map(|l| &l.b_ih + &l.b_hh)
                 .collect::<Result<_>>()?,
-            combine_t: self.combine.t()?,
+            combine: self.combine.clone(),
         })
     }
 
@@ -386,12 +388,12 @@ impl LstmSeq2Seq {
         let mut cs = Vec::with_capacity(self.decoder.len());
         let mut x = st.feed.clone();
         for l in 0..self.decoder.len() {
-            let rec = st.h[l].matmul(&w.w_hh_t[l])?;
-            let gates = match &w.w_ih_t[l] {
-                None => ((pre0 + x.matmul(&w.w_feed_t)?)? + rec)?,
-                Some(w_ih_t) => {
+            let rec = mm_t(&st.h[l], &w.w_hh[l])?;
+            let gates = match &w.w_ih[l] {
+                None => ((pre0 + mm_t(&x, &w.w_feed)?)? + rec)?,
+                Some(w_ih) => {
                     let xin = self.dropout.forward(&x, train)?;
-                    layers::add_bias(&xin.matmul(w_ih_t)?, &w.bias[l])?.add(&rec)?
+                    layers::add_bias(&mm_t(&xin, w_ih)?, &w.bias[l])?.add(&rec)?
                 }
             };
             let (hn, c) = if fused::supported(&gates) {
@@ -416,7 +418,7 @@ impl LstmSeq2Seq {
             .broadcast_add(&enc.bias)?; // [N, 1, S]
         let probs = layers::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&enc.memory)?.squeeze(1)?; // [N, H]
-        let tilde = Tensor::cat(&[&ctx, &x], 1)?.matmul(&w.combine_t)?.tanh()?;
+        let tilde = mm_t(&Tensor::cat(&[&ctx, &x], 1)?, &w.combine)?.tanh()?;
         Ok((
             tilde.clone(),
             LstmState {
