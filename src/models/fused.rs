@@ -28,6 +28,19 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
     }
 }
 
+/// The gradients a backward op wrote one after the other into the flat `packed`,
+/// cut back into tensors of `shapes` (in order), each wrapped for autograd.
+fn unpack<const N: usize>(packed: &Tensor, shapes: [&Shape; N]) -> Result<[Option<Tensor>; N]> {
+    let mut at = 0;
+    let mut out = [const { None }; N];
+    for (slot, shape) in out.iter_mut().zip(shapes) {
+        let n = shape.elem_count();
+        *slot = Some(packed.narrow(0, at, n)?.reshape(shape)?);
+        at += n;
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------
 // Layer norm
 
@@ -719,11 +732,8 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearBwdOp)?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        let dx = all.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = all.narrow(0, nx, nw)?.reshape(w.shape())?;
-        let db = all.narrow(0, nx + nw, b.elem_count())?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let [dx, dw, db] = unpack(&all, [x.shape(), w.shape(), b.shape()])?;
+        Ok((dx, dw, db))
     }
 }
 
@@ -828,10 +838,8 @@ impl CustomOp2 for MatmulTOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let all = a.apply_op3_no_bwd(w, &grad.contiguous()?, &MatmulTBwdOp)?;
-        let na = a.elem_count();
-        let da = all.narrow(0, 0, na)?.reshape(a.shape())?;
-        let dw = all.narrow(0, na, w.elem_count())?.reshape(w.shape())?;
-        Ok((Some(da), Some(dw)))
+        let [da, dw] = unpack(&all, [a.shape(), w.shape()])?;
+        Ok((da, dw))
     }
 }
 
@@ -1552,11 +1560,9 @@ impl CustomOp2 for LstmStepOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, h) = c_prev.dims2()?;
         let both = gates.apply_op3_no_bwd(c_prev, &grad.contiguous()?, &LstmStepBwdOp)?;
-        let dgates = both.narrow(0, 0, 4 * n * h)?.reshape((n, 4 * h))?;
-        let dc_prev = both.narrow(0, 4 * n * h, n * h)?.reshape((n, h))?;
-        Ok((Some(dgates), Some(dc_prev)))
+        let [dgates, dc_prev] = unpack(&both, [gates.shape(), c_prev.shape()])?;
+        Ok((dgates, dc_prev))
     }
 }
 
@@ -2207,10 +2213,8 @@ impl CustomOp2 for CrossAttentionOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let op = CrossAttentionBwdOp(self.0.clone());
         let both = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
-        let nq = q.elem_count();
-        let dq = both.narrow(0, 0, nq)?.reshape(q.shape())?;
-        let dkv = both.narrow(0, nq, kv.elem_count())?.reshape(kv.shape())?;
-        Ok((Some(dq), Some(dkv)))
+        let [dq, dkv] = unpack(&both, [q.shape(), kv.shape()])?;
+        Ok((dq, dkv))
     }
 }
 
