@@ -691,6 +691,33 @@ fn candle_gemm<T: AttnFloat>(
     });
 }
 
+/// `x · Wᵀ` `[M, out]` for a row-major `x [M, in]` and weight `W [out, in]`: the
+/// forward product of [`linear`] and [`matmul_t`].
+fn times_wt<T: AttnFloat>(x: &[T], w: &[T], (rows, out, din): (usize, usize, usize)) -> Vec<T> {
+    let mut y = vec![T::from_f64(0.0); rows * out];
+    // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
+    candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1));
+    y
+}
+
+/// The input and weight gradients of `y = x · Wᵀ` for the upstream gradient `dy
+/// [M, out]`: `dx = dy · W` `[M, in]` and `dW = dyᵀ · x` `[out, in]`, each written
+/// in its own layout (each element of `dW` the sum candle's `xᵀ · dy` forms for
+/// `dWᵀ`, so the same bits).
+fn times_wt_grads<T: AttnFloat>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    (rows, out, din): (usize, usize, usize),
+    dx: &mut [T],
+    dw: &mut [T],
+) {
+    // dx [M, in] = dy [M, out] · W [out, in].
+    candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din));
+    // dW [out, in] = dyᵀ (column stride out, row stride 1) · x [M, in].
+    candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din));
+}
+
 struct LinearOp;
 
 impl CustomOp3 for LinearOp {
@@ -712,9 +739,7 @@ impl CustomOp3 for LinearOp {
         let out_storage = dispatch1!(s1, l1, "linear x", |x: T| {
             let w: &[T] = slice(s2, l2, "linear weight")?;
             let b: &[T] = slice(s3, l3, "linear bias")?;
-            let mut y = vec![T::from_f64(0.0); rows * out];
-            // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
-            candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1));
+            let mut y = times_wt(x, w, (rows, out, din));
             add_rows(&mut y, b);
             y
         });
@@ -767,11 +792,7 @@ impl CustomOp3 for LinearBwdOp {
             let mut all = vec![T::from_f64(0.0); n];
             let (dx, rest) = all.split_at_mut(rows * din);
             let (dw, db) = rest.split_at_mut(out * din);
-            // dx [M, in] = dy [M, out] · W [out, in].
-            candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din));
-            // dW [out, in] = dyᵀ (column stride out, row stride 1) · x, written in
-            // place: each element the sum candle's `xᵀ · dy` forms for `dWᵀ`.
-            candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din));
+            times_wt_grads(x, w, dy, (rows, out, din), dx, dw);
             db.copy_from_slice(&sum_rows(dy, out));
             all
         });
@@ -822,10 +843,7 @@ impl CustomOp2 for MatmulTOp {
         let (n, _) = l2.shape().dims2()?;
         let out = dispatch1!(s1, l1, "matmul_t a", |a: T| {
             let w: &[T] = slice(s2, l2, "matmul_t w")?;
-            let mut y = vec![T::from_f64(0.0); m * n];
-            // a [M, K] (column stride 1, row stride K) times wᵀ (K, 1).
-            candle_gemm((m, n, k), &mut y, a, (1, k), w, (k, 1));
-            y
+            times_wt(a, w, (m, n, k))
         });
         Ok((out, Shape::from((m, n))))
     }
@@ -868,10 +886,7 @@ impl CustomOp3 for MatmulTBwdOp {
             let g: &[T] = slice(s3, l3, "matmul_t grad")?;
             let mut all = vec![T::from_f64(0.0); m * k + n * k];
             let (da, dw) = all.split_at_mut(m * k);
-            // da [M, K] = g [M, N] · w [N, K].
-            candle_gemm((m, k, n), da, g, (1, n), w, (1, k));
-            // dw [N, K] = gᵀ (column stride N, row stride 1) · a [M, K].
-            candle_gemm((n, k, m), dw, g, (n, 1), a, (1, k));
+            times_wt_grads(a, w, g, (m, n, k), da, dw);
             all
         });
         Ok((all, Shape::from(m * k + n * k)))
