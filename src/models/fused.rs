@@ -630,6 +630,7 @@ fn candle_gemm<T: AttnFloat>(
     (lcs, lrs): (usize, usize),
     rhs: &[T],
     (rcs, rrs): (usize, usize),
+    accumulate: bool,
 ) {
     let threads = candle_core::utils::get_num_threads();
     let view = |off: usize, rs: usize, cs: usize| View { off, rs, cs };
@@ -651,6 +652,7 @@ fn candle_gemm<T: AttnFloat>(
             rhs,
             view(0, rrs, rcs),
             one,
+            accumulate,
             parallelism,
         );
         return;
@@ -686,6 +688,7 @@ fn candle_gemm<T: AttnFloat>(
             rhs,
             rv,
             one,
+            accumulate,
             gemm::Parallelism::None,
         );
     });
@@ -696,14 +699,14 @@ fn candle_gemm<T: AttnFloat>(
 fn times_wt<T: AttnFloat>(x: &[T], w: &[T], (rows, out, din): (usize, usize, usize)) -> Vec<T> {
     let mut y = vec![T::from_f64(0.0); rows * out];
     // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
-    candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1));
+    candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1), false);
     y
 }
 
 /// The input and weight gradients of `y = x · Wᵀ` for the upstream gradient `dy
 /// [M, out]`: `dx = dy · W` `[M, in]` and `dW = dyᵀ · x` `[out, in]`, each written
 /// in its own layout (each element of `dW` the sum candle's `xᵀ · dy` forms for
-/// `dWᵀ`, so the same bits).
+/// `dWᵀ`, so the same bits); with `add_dw`, `dW` is added into `dw` instead.
 fn times_wt_grads<T: AttnFloat>(
     x: &[T],
     w: &[T],
@@ -711,11 +714,12 @@ fn times_wt_grads<T: AttnFloat>(
     (rows, out, din): (usize, usize, usize),
     dx: &mut [T],
     dw: &mut [T],
+    add_dw: bool,
 ) {
     // dx [M, in] = dy [M, out] · W [out, in].
-    candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din));
+    candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din), false);
     // dW [out, in] = dyᵀ (column stride out, row stride 1) · x [M, in].
-    candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din));
+    candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din), add_dw);
 }
 
 struct LinearOp;
@@ -792,7 +796,7 @@ impl CustomOp3 for LinearBwdOp {
             let mut all = vec![T::from_f64(0.0); n];
             let (dx, rest) = all.split_at_mut(rows * din);
             let (dw, db) = rest.split_at_mut(out * din);
-            times_wt_grads(x, w, dy, (rows, out, din), dx, dw);
+            times_wt_grads(x, w, dy, (rows, out, din), dx, dw, false);
             db.copy_from_slice(&sum_rows(dy, out));
             all
         });
@@ -886,7 +890,7 @@ impl CustomOp3 for MatmulTBwdOp {
             let g: &[T] = slice(s3, l3, "matmul_t grad")?;
             let mut all = vec![T::from_f64(0.0); m * k + n * k];
             let (da, dw) = all.split_at_mut(m * k);
-            times_wt_grads(a, w, g, (m, n, k), da, dw);
+            times_wt_grads(a, w, g, (m, n, k), da, dw, false);
             all
         });
         Ok((all, Shape::from(m * k + n * k)))
@@ -1009,6 +1013,387 @@ impl CustomOp1 for TakeStepOp {
         st.entered = true;
         let zero = Tensor::zeros((), arg.dtype(), arg.device())?;
         Ok(Some(zero.broadcast_as(arg.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Operands every step of a loop reads (the LSTM decoder's weights and memory)
+
+/// A tensor that every step of a loop reads, whose gradients the steps add in place
+/// into one buffer; [`matmul_t_shared`] and [`cross_attention_shared`] take it.
+///
+/// Autograd gives each step's gradient of a weight a tensor of its own and adds it
+/// into the weight's running sum, a new full-size tensor each time: in the LSTM
+/// decoder, four weight matrices (1 MiB each at the shipped size), the attentional
+/// combination and the attention memory, at every step. Here each step's backward
+/// product is added straight into one buffer (`gemm` reading its destination: the
+/// sum rounded once, the addition autograd makes, in the order autograd makes
+/// them); the first step to run hands autograd a zero gradient so that the identity
+/// node in front of the steps runs, and that node, which autograd reaches only after
+/// every step, hands the sum on. The same values and gradients as the plain tensor
+/// (bit for bit for [`matmul_t_shared`]: tested).
+///
+/// Off the CPU, or for a tensor that tracks no gradient (evaluation), it is the
+/// tensor itself and the ops take their plain paths.
+#[derive(Clone)]
+pub struct Shared {
+    tensor: Tensor,
+    sum: Option<Arc<std::sync::Mutex<SharedSum>>>,
+}
+
+/// The steps' summed gradient, between their backward and the anchor's.
+struct SharedSum {
+    buf: Option<CpuStorage>,
+    /// Whether a step has given autograd the (zero) gradient of the anchor.
+    entered: bool,
+}
+
+/// `xs` as a [`Shared`] operand for the steps of one forward pass.
+pub fn share(xs: &Tensor) -> Result<Shared> {
+    if !supported(xs) || !xs.track_op() {
+        return Ok(Shared {
+            tensor: xs.clone(),
+            sum: None,
+        });
+    }
+    let sum = Arc::new(std::sync::Mutex::new(SharedSum {
+        buf: None,
+        entered: false,
+    }));
+    let tensor = xs.contiguous()?.apply_op1(SharedAnchorOp(sum.clone()))?;
+    Ok(Shared {
+        tensor,
+        sum: Some(sum),
+    })
+}
+
+impl Shared {
+    /// The tensor the steps read (behind the anchor when gradients are summed).
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// Runs `add` on the buffer of the summed gradient (zeros before the first step).
+    fn add_grad<T: WithDType>(&self, add: impl FnOnce(&mut [T])) -> Result<()> {
+        let Some(sum) = &self.sum else {
+            candle_core::bail!("shared operand: no gradient is summed");
+        };
+        let mut st = sum.lock().map_err(|_| {
+            candle_core::Error::Msg("shared operand: a backward pass panicked".into())
+        })?;
+        let mut buf = match st.buf.take() {
+            Some(b) => T::cpu_storage_data(b)?,
+            None => vec![T::zero(); self.tensor.elem_count()],
+        };
+        add(&mut buf);
+        st.buf = Some(T::to_cpu_storage_owned(buf));
+        Ok(())
+    }
+
+    /// The gradient a step returns for the anchor: zero (broadcast) from the first
+    /// step autograd runs, so that the anchor's backward runs; none from the others.
+    fn step_grad(&self) -> Result<Option<Tensor>> {
+        let Some(sum) = &self.sum else {
+            return Ok(None);
+        };
+        let mut st = sum.lock().map_err(|_| {
+            candle_core::Error::Msg("shared operand: a backward pass panicked".into())
+        })?;
+        if st.entered {
+            return Ok(None);
+        }
+        st.entered = true;
+        let t = &self.tensor;
+        Ok(Some(
+            Tensor::zeros((), t.dtype(), t.device())?.broadcast_as(t.shape())?,
+        ))
+    }
+}
+
+/// Identity forward; its backward hands on the steps' summed gradient.
+struct SharedAnchorOp(Arc<std::sync::Mutex<SharedSum>>);
+
+impl CustomOp1 for SharedAnchorOp {
+    fn name(&self) -> &'static str {
+        "cotext-shared-anchor"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch1!(s, l, "shared", |x: T| Vec::<T>::from(x));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+        // `_grad` is the zero gradient the first step entered.
+        let buf = {
+            let mut st = self.0.lock().map_err(|_| {
+                candle_core::Error::Msg("shared operand: a backward pass panicked".into())
+            })?;
+            st.entered = false;
+            st.buf.take()
+        };
+        match buf {
+            Some(CpuStorage::F32(v)) => Ok(Some(Tensor::from_vec(v, arg.shape(), arg.device())?)),
+            Some(CpuStorage::F64(v)) => Ok(Some(Tensor::from_vec(v, arg.shape(), arg.device())?)),
+            Some(_) => candle_core::bail!("shared operand: f32 or f64 only"),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `a · wᵀ` as [`matmul_t`], plus `add` (`[M, N]`) when given, for a weight `w [N,
+/// K]` that every step of a loop reads: its gradient is added into `w`'s shared sum
+/// (the same bits as autograd's sum). The addition is `gemm`'s, into a copy of
+/// `add`: `add + a · wᵀ` rounded once, as `add + matmul_t(a, w)` rounds it (for `K`
+/// within one of `gemm`'s depth blocks, 512 or more), with one node instead of two.
+pub fn matmul_t_shared(a: &Tensor, w: &Shared, add: Option<&Tensor>) -> Result<Tensor> {
+    if w.sum.is_none() {
+        let y = if supported(a) {
+            matmul_t(a, w.tensor())?
+        } else {
+            a.matmul(&w.tensor().t()?)?
+        };
+        return match add {
+            Some(add) => add + y,
+            None => Ok(y),
+        };
+    }
+    let (m, k) = a.dims2()?;
+    let (n, kw) = w.tensor.dims2()?;
+    if k != kw || a.dtype() != w.tensor.dtype() {
+        candle_core::bail!(
+            "matmul_t: a {:?} {:?}, w {:?} {:?}",
+            a.dims(),
+            a.dtype(),
+            w.tensor.dims(),
+            w.tensor.dtype()
+        );
+    }
+    let a = a.contiguous()?;
+    match add {
+        None => a.apply_op2(&w.tensor, MatmulTSharedOp(w.clone())),
+        Some(add) => {
+            if add.dims() != [m, n] || add.dtype() != a.dtype() {
+                candle_core::bail!(
+                    "matmul_t: adding {:?} {:?} to [{m}, {n}]",
+                    add.dims(),
+                    add.dtype()
+                );
+            }
+            a.apply_op3(&w.tensor, &add.contiguous()?, MatmulTAddSharedOp(w.clone()))
+        }
+    }
+}
+
+/// `add + a · wᵀ` (see [`matmul_t_shared`]).
+struct MatmulTAddSharedOp(Shared);
+
+impl CustomOp3 for MatmulTAddSharedOp {
+    fn name(&self) -> &'static str {
+        "cotext-matmul-t-add-shared"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let out = dispatch1!(s1, l1, "matmul_t a", |a: T| {
+            let w: &[T] = slice(s2, l2, "matmul_t w")?;
+            let mut y = Vec::<T>::from(slice::<T>(s3, l3, "matmul_t add")?);
+            candle_gemm((m, n, k), &mut y, a, (1, k), w, (k, 1), true);
+            y
+        });
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        w: &Tensor,
+        _add: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let da = a.apply_op3_no_bwd(w, &grad, &MatmulTSharedBwdOp(self.0.clone()))?;
+        Ok((Some(da), self.0.step_grad()?, Some(grad)))
+    }
+}
+
+struct MatmulTSharedOp(Shared);
+
+impl CustomOp2 for MatmulTSharedOp {
+    fn name(&self) -> &'static str {
+        "cotext-matmul-t-shared"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        MatmulTOp.cpu_fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = a.apply_op3_no_bwd(w, &grad.contiguous()?, &MatmulTSharedBwdOp(self.0.clone()))?;
+        Ok((Some(da), self.0.step_grad()?))
+    }
+}
+
+/// The backward of [`MatmulTSharedOp`]: `(a, w, g)` → `da`, with `gᵀ · a` added into
+/// the weight's shared sum.
+struct MatmulTSharedBwdOp(Shared);
+
+impl CustomOp3 for MatmulTSharedBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-matmul-t-shared-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let da = dispatch1!(s1, l1, "matmul_t a", |a: T| {
+            let w: &[T] = slice(s2, l2, "matmul_t w")?;
+            let g: &[T] = slice(s3, l3, "matmul_t grad")?;
+            let mut da = vec![T::from_f64(0.0); m * k];
+            self.0.add_grad::<T>(|dw| {
+                times_wt_grads(a, w, g, (m, n, k), &mut da, dw, true);
+            })?;
+            da
+        });
+        Ok((da, Shape::from((m, k))))
+    }
+}
+
+/// Cross-attention as [`cross_attention`], for keys and values `kv` that every step
+/// of a loop reads: their gradient is added into `kv`'s shared sum.
+pub fn cross_attention_shared(
+    q: &Tensor,
+    kv: &Shared,
+    key_bias: Option<&Tensor>,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if kv.sum.is_none() {
+        return cross_attention(q, kv.tensor(), key_bias, heads, scale, None);
+    }
+    let (n, t, d) = q.dims3()?;
+    let (nk, s, d2) = kv.tensor.dims3()?;
+    if heads == 0 || !d.is_multiple_of(heads) || nk != n || d2 != 2 * d {
+        candle_core::bail!(
+            "cross attention: q {:?} and kv {:?} with {heads} heads",
+            q.dims(),
+            kv.tensor.dims()
+        );
+    }
+    let p = AttnParams::new((n, t, s), heads, scale, key_bias, false, None, q.dtype())?;
+    q.contiguous()?
+        .apply_op2(&kv.tensor, CrossAttentionSharedOp(p, kv.clone()))
+}
+
+struct CrossAttentionSharedOp(AttnParams, Shared);
+
+impl CustomOp2 for CrossAttentionSharedOp {
+    fn name(&self) -> &'static str {
+        "cotext-cross-attention-shared"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        CrossAttentionOp(self.0.clone()).cpu_fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = CrossAttentionSharedBwdOp(self.0.clone(), self.1.clone());
+        let dq = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
+        Ok((Some(dq), self.1.step_grad()?))
+    }
+}
+
+/// The backward of [`CrossAttentionSharedOp`]: `(q, kv, grad)` → the gradient of
+/// `q`, with that of `kv` added into its shared sum.
+struct CrossAttentionSharedBwdOp(AttnParams, Shared);
+
+impl CustomOp3 for CrossAttentionSharedBwdOp {
+    fn name(&self) -> &'static str {
+        "cotext-cross-attention-shared-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, t, d) = l1.shape().dims3()?;
+        let s = self.0.dims.2;
+        let lay = RowLayout::cross_attention(t, s, d, self.0.heads);
+        let (qn, kn) = (t * d, s * 2 * d);
+        let dq = dispatch1!(s1, l1, "attention q", |q: T| {
+            let kv: &[T] = slice(s2, l2, "attention kv")?;
+            let grad: &[T] = slice(s3, l3, "attention grad")?;
+            let mut dq = vec![T::from_f64(0.0); n * qn];
+            self.1.add_grad::<T>(|dkv| {
+                dq.par_chunks_mut(qn)
+                    .zip(dkv.par_chunks_mut(kn))
+                    .enumerate()
+                    .for_each(|(bi, (dqr, dkvr))| {
+                        let (qr, kvr) = (&q[bi * qn..(bi + 1) * qn], &kv[bi * kn..(bi + 1) * kn]);
+                        let gr = &grad[bi * qn..(bi + 1) * qn];
+                        attn_bwd_row(
+                            qr,
+                            kvr,
+                            gr,
+                            &lay,
+                            &self.0,
+                            bi,
+                            Dst::new(dqr),
+                            Dst::new(dkvr),
+                            true,
+                        );
+                    });
+            })?;
+            dq
+        });
+        Ok((dq, Shape::from((n, t, d))))
     }
 }
 
@@ -1867,12 +2252,18 @@ fn gemm_into<T: AttnFloat>(
         rhs,
         rv,
         beta,
+        false,
         gemm::Parallelism::None,
     )
 }
 
-/// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views: the one place
-/// that calls `gemm` (`dst` is written, not read).
+/// `dst = beta · lhs · rhs` (`m × k` times `k × n`) on strided views, or with
+/// `accumulate` `dst += beta · lhs · rhs`: the one place that calls `gemm`.
+///
+/// Accumulating, `gemm` adds its finished sum into `dst` with one rounding
+/// (`fma(beta, Σ, dst)`), the addition autograd would make, as long as `k` fits in
+/// one of `gemm`'s depth blocks (a few hundred; the callers' `k` is a batch of rows
+/// or one query).
 ///
 /// `dst` must come from a live `&mut` buffer (through [`Dst::new`]) that no other
 /// reference reads or writes while this runs, and it must not overlap `lhs` or `rhs`.
@@ -1886,6 +2277,7 @@ fn gemm_with<T: AttnFloat>(
     rhs: &[T],
     rv: View,
     beta: T,
+    accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
     dv.check(dst.len, m, n);
@@ -1901,14 +2293,14 @@ fn gemm_with<T: AttnFloat>(
             dst.ptr.add(dv.off),
             dv.cs as isize,
             dv.rs as isize,
-            false,
+            accumulate,
             lhs.as_ptr().add(lv.off),
             lv.cs as isize,
             lv.rs as isize,
             rhs.as_ptr().add(rv.off),
             rv.cs as isize,
             rv.rs as isize,
-            T::from_f64(0.0),
+            T::from_f64(if accumulate { 1.0 } else { 0.0 }),
             beta,
             false,
             false,
@@ -2070,8 +2462,9 @@ fn attn_fwd<T: AttnFloat>(qs: &[T], kvs: &[T], lay: RowLayout, par: &AttnParams)
 }
 
 /// One batch row's backward: from the output's gradient `dout [T, D]`, writes the
-/// gradients of its queries into `dq` and of its keys and values into `dkv`, laid
-/// out as `qs` and `kvs` (for self-attention `dq` and `dkv` are the same buffer).
+/// gradients of its queries into `dq` and of its keys and values into `dkv` (adds
+/// them into `dkv` with `add_dkv`), laid out as `qs` and `kvs` (for self-attention
+/// `dq` and `dkv` are the same buffer).
 #[allow(clippy::too_many_arguments)]
 fn attn_bwd_row<T: AttnFloat>(
     qs: &[T],
@@ -2082,6 +2475,7 @@ fn attn_bwd_row<T: AttnFloat>(
     bi: usize,
     dq: Dst<T>,
     dkv: Dst<T>,
+    add_dkv: bool,
 ) {
     let (t, s, dh) = (lay.t, lay.s, lay.dh);
     let h = par.heads;
@@ -2100,7 +2494,7 @@ fn attn_bwd_row<T: AttnFloat>(
         // dV = (P ⊙ keep)ᵀ · dO.
         g.copy_from_slice(&p);
         keep_of(&par.keep, from, &mut g);
-        gemm_into(
+        gemm_with(
             (s, dh, t),
             dkv,
             lay.part(lay.v, hi),
@@ -2109,6 +2503,8 @@ fn attn_bwd_row<T: AttnFloat>(
             dout,
             dov,
             T::from_f64(1.0),
+            add_dkv,
+            gemm::Parallelism::None,
         );
         // dP = (dO · Vᵀ) ⊙ keep; dS = P ⊙ (dP − Σ dP ⊙ P), row by row.
         gemm_into(
@@ -2136,7 +2532,18 @@ fn attn_bwd_row<T: AttnFloat>(
         // dQ = scale · dS · K; dK = scale · dSᵀ · Q.
         let (qv, kv) = (lay.part(lay.q, hi), lay.part(lay.k, hi));
         gemm_into((t, dh, s), dq, qv, &g, View::dense(s), kvs, kv, sc);
-        gemm_into((s, dh, t), dkv, kv, &g, View::dense_t(s), qs, qv, sc);
+        gemm_with(
+            (s, dh, t),
+            dkv,
+            kv,
+            &g,
+            View::dense_t(s),
+            qs,
+            qv,
+            sc,
+            add_dkv,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -2186,7 +2593,7 @@ impl CustomOp2 for SelfAttentionBwdOp {
             dx.par_chunks_mut(xn).enumerate().for_each(|(bi, dxr)| {
                 let dst = Dst::new(dxr);
                 let (xr, gr) = (&x[bi * xn..(bi + 1) * xn], &grad[bi * gn..(bi + 1) * gn]);
-                attn_bwd_row(xr, xr, gr, &lay, &self.0, bi, dst, dst);
+                attn_bwd_row(xr, xr, gr, &lay, &self.0, bi, dst, dst, false);
             });
             dx
         });
@@ -2275,6 +2682,7 @@ impl CustomOp3 for CrossAttentionBwdOp {
                         bi,
                         Dst::new(dqr),
                         Dst::new(dkvr),
+                        false,
                     );
                 });
             out
@@ -2689,6 +3097,102 @@ mod tests {
         }
         // A mismatched inner size is refused.
         assert!(matmul_t(&randn(&[2, 3], 1)?, &randn(&[4, 5], 2)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn shared_weight_gradients_are_autograds_sums_bit_for_bit() -> Result<()> {
+        // A recurrence `h ← tanh(x_t + h · Wᵀ)` and one without the addition, over
+        // steps that all read W: the LSTM decoder's shape (64 rows, 256 → 1024,
+        // a square recurrent weight) and odd sizes; then the same graph's backward
+        // a second time (the sum starts empty each pass).
+        for (m, d, steps) in [(64usize, 256usize, 4usize), (3, 5, 6), (17, 40, 3)] {
+            for dtype in [DType::F32, DType::F64] {
+                let w = Var::from_tensor(&randn(&[d, d], 120)?.affine(0.1, 0.0)?.to_dtype(dtype)?)?;
+                let h0 = Var::from_tensor(&randn(&[m, d], 121)?.to_dtype(dtype)?)?;
+                let xs = Var::from_tensor(&randn(&[steps, m, d], 122)?.to_dtype(dtype)?)?;
+                for add in [true, false] {
+                    let run = |shared: bool| -> Result<Tensor> {
+                        let sw = share(&w)?;
+                        let mut h = h0.as_tensor().clone();
+                        for t in 0..steps {
+                            let x = xs.get(t)?;
+                            let pre = match (shared, add) {
+                                (true, true) => matmul_t_shared(&h, &sw, Some(&x))?,
+                                (true, false) => matmul_t_shared(&h, &sw, None)?,
+                                (false, true) => (&x + matmul_t(&h, &w)?)?,
+                                (false, false) => matmul_t(&h, &w)?,
+                            };
+                            h = pre.tanh()?;
+                        }
+                        h.sqr()?.sum_all()
+                    };
+                    let (a, b) = (run(true)?, run(false)?);
+                    let what = format!("{m}x{d}x{steps} {dtype:?} add={add}");
+                    assert_eq!(max_abs_diff(&a, &b)?, 0.0, "{what}: value");
+                    for pass in 0..2 {
+                        let (ga, gb) = (a.backward()?, b.backward()?);
+                        for (v, name) in [(&w, "w"), (&h0, "h0"), (&xs, "xs")] {
+                            if !add && name == "xs" {
+                                continue;
+                            }
+                            let (x, y) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+                            assert_eq!(max_abs_diff(x, y)?, 0.0, "{what} pass {pass}: d{name}");
+                        }
+                    }
+                }
+            }
+        }
+        // Without gradients (evaluation) it is the plain product.
+        let w = randn(&[4, 3], 1)?;
+        let sw = share(&w)?;
+        assert!(sw.sum.is_none());
+        let a = randn(&[2, 3], 2)?;
+        let add = randn(&[2, 4], 3)?;
+        let y = matmul_t_shared(&a, &sw, Some(&add))?;
+        assert_eq!(max_abs_diff(&y, &(&add + a.matmul(&w.t()?)?)?)?, 0.0);
+        let tracked = Var::from_tensor(&w)?;
+        assert!(matmul_t_shared(&randn(&[2, 5], 4)?, &share(tracked.as_tensor())?, None).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn shared_cross_attention_sums_the_steps_gradients() -> Result<()> {
+        // Steps whose queries attend to the same keys and values (the LSTM
+        // decoder's Luong attention: one query a row) against the unshared op,
+        // whose per-step gradients autograd sums; with a padding bias, 1 and 2 heads.
+        let (n, s, d, steps) = (3usize, 5usize, 8usize, 4usize);
+        let mut bias = vec![0f64; n * s];
+        bias[s - 1] = -1e9;
+        bias[2 * s - 2..2 * s].fill(-1e9);
+        let bias = Tensor::from_vec(bias, (n, 1, s), &Device::Cpu)?;
+        for heads in [1usize, 2] {
+            let kv = Var::from_tensor(&randn(&[n, s, 2 * d], 130)?)?;
+            let q0 = Var::from_tensor(&randn(&[n, 1, d], 131)?)?;
+            let wq = randn(&[d, d], 132)?.affine(0.3, 0.0)?;
+            let run = |shared: bool| -> Result<Tensor> {
+                let skv = share(&kv)?;
+                let mut q = q0.as_tensor().clone();
+                let mut total = q.zeros_like()?;
+                for _ in 0..steps {
+                    let ctx = if shared {
+                        cross_attention_shared(&q, &skv, Some(&bias), heads, 0.5)?
+                    } else {
+                        cross_attention(&q, &kv, Some(&bias), heads, 0.5, None)?
+                    };
+                    total = (total + &ctx)?;
+                    q = ctx.broadcast_matmul(&wq)?.tanh()?;
+                }
+                total.sqr()?.sum_all()? + q.sum_all()?
+            };
+            let (a, b) = (run(true)?, run(false)?);
+            assert!(max_abs_diff(&a, &b)? < 1e-12, "{heads} heads: value");
+            let (ga, gb) = (a.backward()?, b.backward()?);
+            for (v, name) in [(&kv, "kv"), (&q0, "q0")] {
+                let diff = max_abs_diff(ga.get(v).unwrap(), gb.get(v).unwrap())?;
+                assert!(diff < 1e-12, "{heads} heads: d{name} {diff}");
+            }
+        }
         Ok(())
     }
 

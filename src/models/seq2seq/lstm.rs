@@ -17,8 +17,11 @@
 //!   decoder) and on `h̃_t` before the output projection (the fed-back `h̃_t` is not
 //!   dropped).
 //!
-//! The decoder cannot precompute its inputs (input feeding), so its step is plain
-//! candle ops; only layer 0's embedding projection is one matmul for all steps.
+//! The decoder cannot precompute its inputs (input feeding), so it runs step by
+//! step; layer 0's embedding projection is one matmul for all steps. On the CPU each
+//! step's products and attention are fused nodes that add their gradients of the
+//! weights and of the encoder's keys and values into one buffer per forward pass
+//! ([`fused::Shared`]), instead of autograd's new full-size sum at every step.
 
 use crate::models::layers::Embedding;
 use candle_core::{Module, Result, Tensor};
@@ -161,10 +164,9 @@ pub(crate) struct LstmSeq2Seq {
 /// The encoder's output for attention, one row per hypothesis.
 #[derive(Debug, Clone)]
 pub(crate) struct LstmEncoded {
-    /// `h̄ [N, S, H]`, zero at padding.
-    memory: Tensor,
-    /// The attention keys transposed, `[N, H, S]` (`W_a h̄_s`, or `h̄_s / √H`).
-    keys_t: Tensor,
+    /// The attention keys and values side by side, `[N, S, 2H]`: per source
+    /// position `W_a h̄_s` (or `h̄_s / √H`) and then `h̄_s` (zero at padding).
+    kv: Tensor,
     /// Key padding bias `[N, 1, S]`.
     bias: Tensor,
     /// The encoder's final state `[N, H]`.
@@ -174,15 +176,14 @@ pub(crate) struct LstmEncoded {
 impl LstmEncoded {
     pub(crate) fn select(&self, idx: &Tensor) -> Result<Self> {
         Ok(Self {
-            memory: select_rows(&self.memory, idx)?,
-            keys_t: select_rows(&self.keys_t, idx)?,
+            kv: select_rows(&self.kv, idx)?,
             bias: select_rows(&self.bias, idx)?,
             last: select_rows(&self.last, idx)?,
         })
     }
 
     pub(crate) fn rows(&self) -> usize {
-        self.memory.dim(0).unwrap_or(0)
+        self.kv.dim(0).unwrap_or(0)
     }
 }
 
@@ -211,30 +212,41 @@ impl LstmState {
     }
 }
 
-/// Transposed views and summed biases, computed once per forward / step.
+/// Transposed views and summed biases, computed once per forward / step. The
+/// weights every step reads are [`fused::Shared`]: on the CPU the steps add their
+/// gradients into one buffer each instead of autograd's new sum per step.
 struct DecWeights {
     /// Layer 0's embedding part `[E, 4H]`.
     w_emb_t: Tensor,
     /// Layer 0's input-feeding part of `W_ih` `[4H, H]` (contiguous).
-    w_feed: Tensor,
+    w_feed: fused::Shared,
     /// Layers ≥ 1's input weights `[4H, H]` (index 0 unused: `None`).
-    w_ih: Vec<Option<Tensor>>,
+    w_ih: Vec<Option<fused::Shared>>,
     /// The recurrent weights `[4H, H]`.
-    w_hh: Vec<Tensor>,
+    w_hh: Vec<fused::Shared>,
     /// `b_ih + b_hh` per layer `[4H]`.
     bias: Vec<Tensor>,
     /// The attentional combination `[H, 2H]`.
-    combine: Tensor,
+    combine: fused::Shared,
 }
 
-/// `x · wᵀ` for a weight `w [out, in]`: one node with the weight's gradient in its
-/// own layout on the CPU ([`fused::matmul_t`]), candle's matmul elsewhere.
-fn mm_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// Luong attention of the decoder's top state `x [N, H]` over the encoder's keys
+/// and values `kv [N, S, 2H]` with the key padding bias `[N, 1, S]`: the context
+/// `Σ_s softmax(x · k_s + bias)_s v_s`, `[N, H]`. On the CPU one fused node whose
+/// gradient of `kv` is summed in place ([`fused::cross_attention_shared`]); plain
+/// candle ops elsewhere.
+fn attend(x: &Tensor, kv: &fused::Shared, bias: &Tensor) -> Result<Tensor> {
+    let h = x.dim(1)?;
+    let q = x.unsqueeze(1)?;
     if fused::supported(x) {
-        fused::matmul_t(x, w)
-    } else {
-        x.matmul(&w.t()?)
+        return fused::cross_attention_shared(&q, kv, Some(bias), 1, 1.0)?.squeeze(1);
     }
+    let kv = kv.tensor();
+    let keys_t = kv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
+    let values = kv.narrow(2, h, h)?.contiguous()?;
+    let scores = q.matmul(&keys_t)?.broadcast_add(bias)?; // [N, 1, S]
+    let probs = layers::softmax_last_dim(&scores)?;
+    probs.matmul(&values)?.squeeze(1)
 }
 
 impl LstmSeq2Seq {
@@ -331,11 +343,10 @@ impl LstmSeq2Seq {
                 .reshape((b, s, h))?,
             None => (&memory * (1.0 / (h as f64).sqrt()))?,
         };
-        let keys_t = keys.transpose(1, 2)?.contiguous()?;
+        let kv = Tensor::cat(&[&keys, &memory], 2)?;
         let bias = layers::key_padding_bias(mask, memory.dtype())?.reshape((b, 1, s))?;
         Ok(LstmEncoded {
-            memory,
-            keys_t,
+            kv,
             bias,
             last: out.last,
         })
@@ -356,20 +367,24 @@ impl LstmSeq2Seq {
         let l0 = &self.decoder[0];
         Ok(DecWeights {
             w_emb_t: l0.w_ih.narrow(1, 0, e)?.t()?,
-            w_feed: l0.w_ih.narrow(1, e, h)?.contiguous()?,
+            w_feed: fused::share(&l0.w_ih.narrow(1, e, h)?.contiguous()?)?,
             w_ih: self
                 .decoder
                 .iter()
                 .enumerate()
-                .map(|(i, l)| (i > 0).then(|| l.w_ih.clone()))
-                .collect(),
-            w_hh: self.decoder.iter().map(|l| l.w_hh.clone()).collect(),
+                .map(|(i, l)| (i > 0).then(|| fused::share(&l.w_ih)).transpose())
+                .collect::<Result<_>>()?,
+            w_hh: self
+                .decoder
+                .iter()
+                .map(|l| fused::share(&l.w_hh))
+                .collect::<Result<_>>()?,
             bias: self
                 .decoder
                 .iter()
                 .map(|l| &l.b_ih + &l.b_hh)
                 .collect::<Result<_>>()?,
-            combine: self.combine.clone(),
+            combine: fused::share(&self.combine)?,
         })
     }
 
@@ -380,7 +395,7 @@ impl LstmSeq2Seq {
         w: &DecWeights,
         pre0: &Tensor,
         st: &LstmState,
-        enc: &LstmEncoded,
+        (kv, enc): (&fused::Shared, &LstmEncoded),
         train: bool,
     ) -> Result<(Tensor, LstmState)> {
         let h = self.hidden;
@@ -388,14 +403,16 @@ impl LstmSeq2Seq {
         let mut cs = Vec::with_capacity(self.decoder.len());
         let mut x = st.feed.clone();
         for l in 0..self.decoder.len() {
-            let rec = mm_t(&st.h[l], &w.w_hh[l])?;
-            let gates = match &w.w_ih[l] {
-                None => ((pre0 + mm_t(&x, &w.w_feed)?)? + rec)?,
+            // The input's part, then the recurrent product added to it (each sum
+            // rounded as `(input + bias) + recurrent` by plain additions).
+            let input = match &w.w_ih[l] {
+                None => fused::matmul_t_shared(&x, &w.w_feed, Some(pre0))?,
                 Some(w_ih) => {
                     let xin = self.dropout.forward(&x, train)?;
-                    layers::add_bias(&mm_t(&xin, w_ih)?, &w.bias[l])?.add(&rec)?
+                    layers::add_bias(&fused::matmul_t_shared(&xin, w_ih, None)?, &w.bias[l])?
                 }
             };
+            let gates = fused::matmul_t_shared(&st.h[l], &w.w_hh[l], Some(&input))?;
             let (hn, c) = if fused::supported(&gates) {
                 let state = fused::lstm_step(&gates, &st.c[l])?;
                 (state.get(0)?, state.get(1)?)
@@ -412,13 +429,9 @@ impl LstmSeq2Seq {
             cs.push(c);
         }
         // Luong attention of the top state over the encoder outputs.
-        let scores = x
-            .unsqueeze(1)?
-            .matmul(&enc.keys_t)?
-            .broadcast_add(&enc.bias)?; // [N, 1, S]
-        let probs = layers::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&enc.memory)?.squeeze(1)?; // [N, H]
-        let tilde = mm_t(&Tensor::cat(&[&ctx, &x], 1)?, &w.combine)?.tanh()?;
+        let ctx = attend(&x, kv, &enc.bias)?; // [N, H]
+        let tilde =
+            fused::matmul_t_shared(&Tensor::cat(&[&ctx, &x], 1)?, &w.combine, None)?.tanh()?;
         Ok((
             tilde.clone(),
             LstmState {
@@ -430,11 +443,20 @@ impl LstmSeq2Seq {
     }
 
     /// Logits `[N, V]` of `h̃ [N, H]`, in the compute dtype (the vocabulary-wide
-    /// matmul is where mixed precision pays).
+    /// matmul is where mixed precision pays). On the CPU one [`fused::linear`] node
+    /// (the same bits as the matmul and bias addition, without autograd's second
+    /// `[N, V]` gradient buffer).
     fn project(&self, tilde: &Tensor) -> Result<Tensor> {
         let cd = self.tgt_embedding.compute_dtype();
-        let logits = tilde.to_dtype(cd)?.matmul(&self.out_w.to_dtype(cd)?.t()?)?;
-        layers::add_bias(&logits, &self.out_b.to_dtype(cd)?)
+        let (x, w, b) = (
+            tilde.to_dtype(cd)?,
+            self.out_w.to_dtype(cd)?,
+            self.out_b.to_dtype(cd)?,
+        );
+        if fused::supported(&x) {
+            return fused::linear(&x, &w, &b);
+        }
+        layers::add_bias(&x.matmul(&w.t()?)?, &b)
     }
 
     /// Layer 0's input projection of target embeddings `[N, E]` (in the compute
@@ -468,10 +490,11 @@ impl LstmSeq2Seq {
             .transpose(0, 1)?
             .contiguous()?;
         let mut st = self.start(&enc)?;
+        let kv = fused::share(&enc.kv)?;
         let mut tildes = Vec::with_capacity(t);
         // Per-step slices whose gradients are assembled once, not padded per step.
         for pre_s in fused::unstack(&pre)? {
-            let (tilde, next) = self.dec_step(&w, &pre_s, &st, &enc, train)?;
+            let (tilde, next) = self.dec_step(&w, &pre_s, &st, (&kv, &enc), train)?;
             tildes.push(tilde);
             st = next;
         }
@@ -508,7 +531,8 @@ impl LstmSeq2Seq {
         let w = self.weights()?;
         let emb = self.tgt_embedding.forward(prev)?;
         let pre0 = self.project_embedding(&w, &emb)?;
-        let (tilde, next) = self.dec_step(&w, &pre0, st, enc, false)?;
+        let kv = fused::share(&enc.kv)?;
+        let (tilde, next) = self.dec_step(&w, &pre0, st, (&kv, enc), false)?;
         Ok((self.project(&tilde)?, next))
     }
 }

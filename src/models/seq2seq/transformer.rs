@@ -20,6 +20,7 @@ use crate::models::layers::Embedding;
 use candle_core::{Module, Result, Tensor};
 
 use super::select_rows;
+use crate::models::fused;
 use crate::models::layers::{
     self, Activation, Dropout, FeedForward, LayerNorm, MultiHeadAttention, SharedRng,
 };
@@ -468,7 +469,12 @@ impl TransformerSeq2Seq {
 
     /// `[N, d]` → logits `[N, V]`.
     fn project(&self, y: &Tensor) -> Result<Tensor> {
-        y.matmul(&self.out_w.to_dtype(y.dtype())?.t()?)
+        let w = self.out_w.to_dtype(y.dtype())?;
+        if fused::supported(y) {
+            // The same bits; the weight's gradient written in its own layout.
+            return fused::matmul_t(y, &w);
+        }
+        y.matmul(&w.t()?)
     }
 
     /// Teacher-forced decoder outputs `[B, T, d]` (after the final norm), the input
