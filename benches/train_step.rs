@@ -501,6 +501,7 @@ fn threads() -> usize {
 fn main() -> Result<()> {
     // As the cotext binary does.
     cotext::malloc::tune();
+    cotext::threads::spin_less();
     cotext::threads::install(run)
 }
 

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Keep a training step's freed buffers in the heap (fewer page faults).
     cotext::malloc::tune();
+    // candle's elementwise workers spin less between ops (unless the user says).
+    cotext::threads::spin_less();
     // Run inside the rayon pool, so that parallel kernels share work with this
     // thread instead of handing it over and waiting.
     match cotext::threads::install(cli::run) {

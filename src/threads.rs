@@ -18,6 +18,28 @@
 //! its own so that the work keeps a main thread's 8 MiB stack
 //! ([`STACK_BYTES`]) rather than a spawned thread's 2 MiB.
 
+/// The spin limit cotext gives candle's elementwise worker threads
+/// (`CANDLE_BARRIER_POOL_SPIN_LIMIT`) unless the environment sets one: 1,000 turns
+/// instead of candle 0.11's 25,000.
+///
+/// Between two elementwise ops candle's worker spins, on a core the rayon pool also
+/// needs, before it parks: 13–18% of the samples of an LSTM translator's update
+/// (docs/performance.md, "What remains"). `train_step` with 1,000, same Intel Xeon,
+/// 2 threads, three rounds against the default: transformer-sst5 and minilm-sst2
+/// 6% faster, the others within their noise, none slower beyond it; the same bits.
+pub const CANDLE_SPIN_LIMIT: u32 = 1_000;
+
+/// Sets `CANDLE_BARRIER_POOL_SPIN_LIMIT` to [`CANDLE_SPIN_LIMIT`] when it is unset.
+/// candle reads it once, when its first elementwise op starts its workers, so call
+/// this first thing in `main`, before any thread starts (it changes the process
+/// environment); the `cotext` binary and the benchmarks do.
+pub fn spin_less() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, CANDLE_SPIN_LIMIT.to_string());
+    }
+}
+
 /// Stack of the pool's threads: the 8 MiB of a Linux main thread, which is where
 /// the work ran before (a spawned thread's default is 2 MiB).
 pub const STACK_BYTES: usize = 8 << 20;
