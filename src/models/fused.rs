@@ -1041,6 +1041,15 @@ pub struct Shared {
     sum: Option<Arc<std::sync::Mutex<SharedSum>>>,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dims", &self.tensor.dims())
+            .field("summed", &self.sum.is_some())
+            .finish()
+    }
+}
+
 /// The steps' summed gradient, between their backward and the anchor's.
 struct SharedSum {
     buf: Option<CpuStorage>,

@@ -23,6 +23,8 @@
 //! weights and of the encoder's keys and values into one buffer per forward pass
 //! ([`fused::Shared`]), instead of autograd's new full-size sum at every step.
 
+use std::sync::Arc;
+
 use crate::models::layers::Embedding;
 use candle_core::{Module, Result, Tensor};
 
@@ -171,6 +173,9 @@ pub(crate) struct LstmEncoded {
     bias: Tensor,
     /// The encoder's final state `[N, H]`.
     last: Tensor,
+    /// The decoder's weights as its steps read them, built once when encoding for
+    /// evaluation (a decode's steps reuse them), `None` in training.
+    weights: Option<Arc<DecWeights>>,
 }
 
 impl LstmEncoded {
@@ -179,6 +184,7 @@ impl LstmEncoded {
             kv: select_rows(&self.kv, idx)?,
             bias: select_rows(&self.bias, idx)?,
             last: select_rows(&self.last, idx)?,
+            weights: self.weights.clone(),
         })
     }
 
@@ -212,9 +218,10 @@ impl LstmState {
     }
 }
 
-/// Transposed views and summed biases, computed once per forward / step. The
-/// weights every step reads are [`fused::Shared`]: on the CPU the steps add their
-/// gradients into one buffer each instead of autograd's new sum per step.
+/// Transposed views and summed biases, computed once per forward pass or decode.
+/// The weights every step reads are [`fused::Shared`]: on the CPU the steps add
+/// their gradients into one buffer each instead of autograd's new sum per step.
+#[derive(Debug)]
 struct DecWeights {
     /// Layer 0's embedding part `[E, 4H]`.
     w_emb_t: Tensor,
@@ -345,10 +352,13 @@ impl LstmSeq2Seq {
         };
         let kv = Tensor::cat(&[&keys, &memory], 2)?;
         let bias = layers::key_padding_bias(mask, memory.dtype())?.reshape((b, 1, s))?;
+        // Evaluation decodes step by step: build the decoder's weights once here.
+        let weights = (!train).then(|| self.weights().map(Arc::new)).transpose()?;
         Ok(LstmEncoded {
             kv,
             bias,
             last: out.last,
+            weights,
         })
     }
 
@@ -479,7 +489,10 @@ impl LstmSeq2Seq {
         let enc = self.encode(src, mask, train)?;
         let (b, t) = tgt_in.dims2()?;
         let (e, h) = (self.embed_dim, self.hidden);
-        let w = self.weights()?;
+        let w = match &enc.weights {
+            Some(w) => w.clone(),
+            None => Arc::new(self.weights()?),
+        };
         let emb = self
             .dropout
             .forward(&self.tgt_embedding.forward(tgt_in)?, train)?;
@@ -528,7 +541,10 @@ impl LstmSeq2Seq {
         st: &LstmState,
         prev: &Tensor,
     ) -> Result<(Tensor, LstmState)> {
-        let w = self.weights()?;
+        let w = match &enc.weights {
+            Some(w) => w.clone(),
+            None => Arc::new(self.weights()?),
+        };
         let emb = self.tgt_embedding.forward(prev)?;
         let pre0 = self.project_embedding(&w, &emb)?;
         let kv = fused::share(&enc.kv)?;
