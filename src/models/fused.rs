@@ -940,10 +940,18 @@ struct Stash {
     entered: bool,
 }
 
-fn lock(stash: &std::sync::Mutex<Stash>) -> Result<std::sync::MutexGuard<'_, Stash>> {
-    stash
+/// Locks the state a loop's backward ops share; `what` names it if a backward pass
+/// panicked while holding it.
+fn lock<'a, S>(state: &'a std::sync::Mutex<S>, what: &str) -> Result<std::sync::MutexGuard<'a, S>> {
+    state
         .lock()
-        .map_err(|_| candle_core::Error::Msg("unstack: a backward pass panicked".into()))
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: a backward pass panicked")))
+}
+
+/// The forward of an identity node: a copy of its contiguous input.
+fn identity_fwd(s: &CpuStorage, l: &Layout, what: &str) -> Result<(CpuStorage, Shape)> {
+    let out = dispatch1!(s, l, what, |x: T| Vec::<T>::from(x));
+    Ok((out, l.shape().clone()))
 }
 
 /// Identity forward; its backward stacks the slices' kept gradients.
@@ -955,15 +963,14 @@ impl CustomOp1 for AssembleOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch1!(s, l, "unstack", |x: T| Vec::<T>::from(x));
-        Ok((out, l.shape().clone()))
+        identity_fwd(s, l, "unstack")
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
         // `_grad` is the zero gradient the first slice entered; the slices' own
         // gradients are in the stash (autograd runs this after all of them).
         let slots = {
-            let mut st = lock(&self.0)?;
+            let mut st = lock(&self.0, "unstack")?;
             st.entered = false;
             std::mem::replace(&mut st.slots, vec![None; arg.dim(0)?])
         };
@@ -1001,7 +1008,7 @@ impl CustomOp1 for TakeStepOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let mut st = lock(&self.stash)?;
+        let mut st = lock(&self.stash, "unstack")?;
         let kept = match st.slots[self.s].take() {
             Some(prev) => (prev + grad)?,
             None => grad.clone(),
@@ -1087,9 +1094,7 @@ impl Shared {
         let Some(sum) = &self.sum else {
             candle_core::bail!("shared operand: no gradient is summed");
         };
-        let mut st = sum.lock().map_err(|_| {
-            candle_core::Error::Msg("shared operand: a backward pass panicked".into())
-        })?;
+        let mut st = lock(sum, "shared operand")?;
         let mut buf = match st.buf.take() {
             Some(b) => T::cpu_storage_data(b)?,
             None => vec![T::zero(); self.tensor.elem_count()],
@@ -1105,9 +1110,7 @@ impl Shared {
         let Some(sum) = &self.sum else {
             return Ok(None);
         };
-        let mut st = sum.lock().map_err(|_| {
-            candle_core::Error::Msg("shared operand: a backward pass panicked".into())
-        })?;
+        let mut st = lock(sum, "shared operand")?;
         if st.entered {
             return Ok(None);
         }
@@ -1128,16 +1131,13 @@ impl CustomOp1 for SharedAnchorOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch1!(s, l, "shared", |x: T| Vec::<T>::from(x));
-        Ok((out, l.shape().clone()))
+        identity_fwd(s, l, "shared operand")
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
         // `_grad` is the zero gradient the first step entered.
         let buf = {
-            let mut st = self.0.lock().map_err(|_| {
-                candle_core::Error::Msg("shared operand: a backward pass panicked".into())
-            })?;
+            let mut st = lock(&self.0, "shared operand")?;
             st.entered = false;
             st.buf.take()
         };
@@ -1375,30 +1375,13 @@ impl CustomOp3 for CrossAttentionSharedBwdOp {
         let (n, t, d) = l1.shape().dims3()?;
         let s = self.0.dims.2;
         let lay = RowLayout::cross_attention(t, s, d, self.0.heads);
-        let (qn, kn) = (t * d, s * 2 * d);
+        let qn = t * d;
         let dq = dispatch1!(s1, l1, "attention q", |q: T| {
             let kv: &[T] = slice(s2, l2, "attention kv")?;
             let grad: &[T] = slice(s3, l3, "attention grad")?;
             let mut dq = vec![T::from_f64(0.0); n * qn];
             self.1.add_grad::<T>(|dkv| {
-                dq.par_chunks_mut(qn)
-                    .zip(dkv.par_chunks_mut(kn))
-                    .enumerate()
-                    .for_each(|(bi, (dqr, dkvr))| {
-                        let (qr, kvr) = (&q[bi * qn..(bi + 1) * qn], &kv[bi * kn..(bi + 1) * kn]);
-                        let gr = &grad[bi * qn..(bi + 1) * qn];
-                        attn_bwd_row(
-                            qr,
-                            kvr,
-                            gr,
-                            &lay,
-                            &self.0,
-                            bi,
-                            Dst::new(dqr),
-                            Dst::new(dkvr),
-                            true,
-                        );
-                    });
+                cross_attn_bwd(q, kv, grad, &lay, &self.0, (&mut dq, dkv), true)
             })?;
             dq
         });
@@ -2556,6 +2539,40 @@ fn attn_bwd_row<T: AttnFloat>(
     }
 }
 
+/// Cross-attention's backward over every batch row, in parallel: writes the
+/// gradient of the queries `q [N, T, D]` into `dq` and writes (or with `add_dkv`
+/// adds) that of the keys and values `kv [N, S, 2·D]` into `dkv`.
+fn cross_attn_bwd<T: AttnFloat>(
+    q: &[T],
+    kv: &[T],
+    grad: &[T],
+    lay: &RowLayout,
+    par: &AttnParams,
+    (dq, dkv): (&mut [T], &mut [T]),
+    add_dkv: bool,
+) {
+    let d = lay.dh * par.heads;
+    let (qn, kn) = (lay.t * d, lay.s * 2 * d);
+    dq.par_chunks_mut(qn)
+        .zip(dkv.par_chunks_mut(kn))
+        .enumerate()
+        .for_each(|(bi, (dqr, dkvr))| {
+            let (qr, kvr) = (&q[bi * qn..(bi + 1) * qn], &kv[bi * kn..(bi + 1) * kn]);
+            let gr = &grad[bi * qn..(bi + 1) * qn];
+            attn_bwd_row(
+                qr,
+                kvr,
+                gr,
+                lay,
+                par,
+                bi,
+                Dst::new(dqr),
+                Dst::new(dkvr),
+                add_dkv,
+            );
+        });
+}
+
 struct SelfAttentionOp(AttnParams);
 
 impl CustomOp1 for SelfAttentionOp {
@@ -2676,24 +2693,7 @@ impl CustomOp3 for CrossAttentionBwdOp {
             let grad: &[T] = slice(s3, l3, "attention grad")?;
             let mut out = vec![T::from_f64(0.0); n * (qn + kn)];
             let (dq, dkv) = out.split_at_mut(n * qn);
-            dq.par_chunks_mut(qn)
-                .zip(dkv.par_chunks_mut(kn))
-                .enumerate()
-                .for_each(|(bi, (dqr, dkvr))| {
-                    let (qr, kvr) = (&q[bi * qn..(bi + 1) * qn], &kv[bi * kn..(bi + 1) * kn]);
-                    let gr = &grad[bi * qn..(bi + 1) * qn];
-                    attn_bwd_row(
-                        qr,
-                        kvr,
-                        gr,
-                        &lay,
-                        &self.0,
-                        bi,
-                        Dst::new(dqr),
-                        Dst::new(dkvr),
-                        false,
-                    );
-                });
+            cross_attn_bwd(q, kv, grad, &lay, &self.0, (dq, dkv), false);
             out
         });
         Ok((out, Shape::from(n * (qn + kn))))
