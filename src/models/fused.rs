@@ -3111,19 +3111,27 @@ mod tests {
 
     #[test]
     fn shared_weight_gradients_are_autograds_sums_bit_for_bit() -> Result<()> {
-        // A recurrence `h ← tanh(x_t + h · Wᵀ)` and one without the addition, over
-        // steps that all read W: the LSTM decoder's shape (64 rows, 256 → 1024,
-        // a square recurrent weight) and odd sizes; then the same graph's backward
-        // a second time (the sum starts empty each pass).
-        for (m, d, steps) in [(64usize, 256usize, 4usize), (3, 5, 6), (17, 40, 3)] {
+        // A recurrence `h ← tanh(x_t + h · Wᵀ)[:, ..in]` and one without the
+        // addition, over steps that all read `W [out, in]`: the LSTM decoder's shapes
+        // (64 rows, 256 → 1024 gates; 256 → 256) and odd sizes; then the same
+        // graph's backward a second time (the sum starts empty each pass).
+        for (m, din, dout, steps) in [
+            (64usize, 256usize, 1024usize, 4usize),
+            (64, 256, 256, 3),
+            (3, 5, 5, 6),
+            (17, 13, 40, 3),
+        ] {
             for dtype in [DType::F32, DType::F64] {
-                let w = Var::from_tensor(&randn(&[d, d], 120)?.affine(0.1, 0.0)?.to_dtype(dtype)?)?;
-                let h0 = Var::from_tensor(&randn(&[m, d], 121)?.to_dtype(dtype)?)?;
-                let xs = Var::from_tensor(&randn(&[steps, m, d], 122)?.to_dtype(dtype)?)?;
+                let w = randn(&[dout, din], 120)?.affine(0.1, 0.0)?;
+                let w = Var::from_tensor(&w.to_dtype(dtype)?)?;
+                let h0 = Var::from_tensor(&randn(&[m, din], 121)?.to_dtype(dtype)?)?;
+                let xs = randn(&[steps, m, dout], 122)?;
+                let xs = Var::from_tensor(&xs.to_dtype(dtype)?)?;
                 for add in [true, false] {
                     let run = |shared: bool| -> Result<Tensor> {
                         let sw = share(&w)?;
                         let mut h = h0.as_tensor().clone();
+                        let mut total = Tensor::zeros((), dtype, &Device::Cpu)?;
                         for t in 0..steps {
                             let x = xs.get(t)?;
                             let pre = match (shared, add) {
@@ -3132,12 +3140,14 @@ mod tests {
                                 (false, true) => (&x + matmul_t(&h, &w)?)?,
                                 (false, false) => matmul_t(&h, &w)?,
                             };
-                            h = pre.tanh()?;
+                            let y = pre.tanh()?;
+                            total = (total + y.sqr()?.sum_all()?)?;
+                            h = y.narrow(1, 0, din)?;
                         }
-                        h.sqr()?.sum_all()
+                        Ok(total)
                     };
                     let (a, b) = (run(true)?, run(false)?);
-                    let what = format!("{m}x{d}x{steps} {dtype:?} add={add}");
+                    let what = format!("{m}x{din}x{dout}x{steps} {dtype:?} add={add}");
                     assert_eq!(max_abs_diff(&a, &b)?, 0.0, "{what}: value");
                     for pass in 0..2 {
                         let (ga, gb) = (a.backward()?, b.backward()?);
