@@ -815,8 +815,15 @@ impl CustomOp3 for LinearBwdOp {
 /// decoder, once per weight per time step. Each element of `dw` is the same sum of
 /// the same products in the same order either way (tested bit for bit).
 pub fn matmul_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (_, k) = a.dims2()?;
-    let (_, kw) = w.dims2()?;
+    matmul_t_dims(a, w)?;
+    a.contiguous()?.apply_op2(&w.contiguous()?, MatmulTOp)
+}
+
+/// The output's `(M, N)` of `a [M, K] · w [N, K]ᵀ`, or an error naming both operands
+/// when their inner sizes or dtypes differ.
+fn matmul_t_dims(a: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
+    let (m, k) = a.dims2()?;
+    let (n, kw) = w.dims2()?;
     if k != kw || a.dtype() != w.dtype() {
         candle_core::bail!(
             "matmul_t: a {:?} {:?}, w {:?} {:?}",
@@ -826,7 +833,7 @@ pub fn matmul_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
             w.dtype()
         );
     }
-    a.contiguous()?.apply_op2(&w.contiguous()?, MatmulTOp)
+    Ok((m, n))
 }
 
 struct MatmulTOp;
@@ -1167,17 +1174,7 @@ pub fn matmul_t_shared(a: &Tensor, w: &Shared, add: Option<&Tensor>) -> Result<T
             None => Ok(y),
         };
     }
-    let (m, k) = a.dims2()?;
-    let (n, kw) = w.tensor.dims2()?;
-    if k != kw || a.dtype() != w.tensor.dtype() {
-        candle_core::bail!(
-            "matmul_t: a {:?} {:?}, w {:?} {:?}",
-            a.dims(),
-            a.dtype(),
-            w.tensor.dims(),
-            w.tensor.dtype()
-        );
-    }
+    let (m, n) = matmul_t_dims(a, &w.tensor)?;
     let a = a.contiguous()?;
     match add {
         None => a.apply_op2(&w.tensor, MatmulTSharedOp(w.clone())),
