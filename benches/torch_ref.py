@@ -493,7 +493,7 @@ def minilm_dir():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", choices=sorted(WORKLOADS))
+    ap.add_argument("--workload", choices=sorted([*WORKLOADS, "loss"]))
     ap.add_argument("--objective", choices=["ce", "cot"], default="ce")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)

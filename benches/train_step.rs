@@ -277,9 +277,13 @@ fn loss_bench(args: &Args, dev: &Device) -> Result<()> {
         };
         let grads = value.backward()?;
         let g = grads.get(z).context("no gradient")?;
-        // Reading one value waits for the backward kernels.
+        // Reading one value waits for the backward kernels. `copy` first: candle's
+        // `to_vec1` of a view on a device copies the view's whole storage to the
+        // host (the full gradient), which the first H200 run timed instead of the
+        // loss.
         g.narrow(0, 0, 1)?
             .narrow(1, 0, 1)?
+            .copy()?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;

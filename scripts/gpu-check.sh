@@ -30,13 +30,18 @@
 #
 # Options (--remote): --steps N (20), --warmup W (3), --budget S (seconds before
 # the remaining benchmark cases are skipped; 420), --quick (2 steps, 1 warm-up:
-# a smoke run), --device SPEC (cuda), --python PATH (python3).
+# a smoke run), --device SPEC (cuda), --python PATH (python3), --workloads LIST
+# (the training benchmarks, comma-separated; all five train_step workloads),
+# --precisions LIST (f32,bf16), --skip LIST (sections to leave out: tests, cli,
+# bench, loss).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 STAGE=$ROOT/.gpu
 
-remote=0 steps=20 warmup=3 budget=420 device=cuda python=python3
+remote=0 steps=20 warmup=3 budget=420 device=cuda python=python3 skip=
+workloads=transformer-multi30k,minilm-sst2,lstm-multi30k,transformer-sst5,bilstm-sst5
+precisions=f32,bf16
 while [ $# -gt 0 ]; do
     case "$1" in
         --remote) remote=1 ;;
@@ -46,7 +51,10 @@ while [ $# -gt 0 ]; do
         --quick) steps=2 warmup=1 ;;
         --device) device=$2; shift ;;
         --python) python=$2; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        --workloads) workloads=$2; shift ;;
+        --precisions) precisions=$2; shift ;;
+        --skip) skip=$2; shift ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "gpu-check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -127,6 +135,7 @@ for f in "$BIN"/*.xz; do
 done
 chmod +x "$BIN"/* 2>/dev/null
 run() { bash "$STAGE/run-env.sh" "$@"; }
+wanted() { case ",$skip," in *",$1,"*) return 1 ;; esac; }
 elapsed() { echo $(( $(date +%s) - START )); }
 md() { printf '%s\n' "$*" >> "$REPORT"; }
 
@@ -163,35 +172,62 @@ if [ -n "$missing" ]; then
 fi
 
 # --- 2. device tests
+if wanted tests; then
 md "## Device tests (tests/device.rs, COTEXT_TEST_DEVICE=$device)"
 md
 COTEXT_TEST_DEVICE=$device run "$BIN/device-tests" > "$OUT/logs/device-tests.log" 2>&1
 rc=$?
 [ $rc = 0 ] || failures=$((failures + 1))
 md "Exit status $rc ($(elapsed) s into the check)."
-md '```text'; grep -E '^test |test result|panicked|assert' "$OUT/logs/device-tests.log" | head -40 >> "$REPORT"; md '```'
+md '```text'; grep -E '^test |test result|panicked|assert|^failed|Error|error:' "$OUT/logs/device-tests.log" | head -60 >> "$REPORT"; md '```'
 md
+fi
 
 # --- 3. end-to-end CLI runs on the device
+if wanted cli; then
 md "## cotext train on $device"
 md
-md "| run | status | wall s | result |"
-md "| --- | --- | --- | --- |"
+md "The f32 runs are repeated with \`--device cpu\` on the same machine: the last column is the"
+md "largest relative difference between the two runs' logged losses (every training log line and"
+md "every evaluation in metrics.jsonl)."
+md
+md "| run | status | wall s | result | losses vs the same run on the CPU |"
+md "| --- | --- | --- | --- | ---: |"
+# cli_case NAME TWIN ARGS...: trains on the device; TWIN=cpu also trains on the CPU
+# and compares the logged losses.
 cli_case() {
-    local name=$1; shift
-    local t0=$(date +%s) rc result
+    local name=$1 twin=$2; shift 2
+    local t0=$(date +%s) rc result diff="–"
     run "$BIN/cotext" train -q --data-dir "$STAGE/data" --device "$device" --out "$OUT/runs/$name" "$@" > "$OUT/logs/cli-$name.log" 2>&1
     rc=$?
     [ $rc = 0 ] || failures=$((failures + 1))
+    local wall=$(( $(date +%s) - t0 ))
     result=$(grep -iE 'test (bleu|accuracy)|bleu|accuracy' "$OUT/logs/cli-$name.log" | tail -1 | tr '|' '/' | cut -c1-160)
-    md "| $name | $([ $rc = 0 ] && echo ok || echo "FAILED ($rc)") | $(( $(date +%s) - t0 )) | ${result:-see logs/cli-$name.log} |"
+    if [ "$twin" = cpu ] && [ $rc = 0 ]; then
+        run "$BIN/cotext" train -q --data-dir "$STAGE/data" --device cpu --out "$OUT/runs/$name-cpu" "$@" > "$OUT/logs/cli-$name-cpu.log" 2>&1 \
+            && diff=$("$python" - "$OUT/runs/$name/metrics.jsonl" "$OUT/runs/$name-cpu/metrics.jsonl" <<'EOF'
+import json, sys
+def losses(path):
+    return [json.loads(l).get("loss") for l in open(path) if l.strip()]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+if len(a) != len(b) or None in a or None in b:
+    print(f"logs differ ({len(a)} and {len(b)} lines)")
+else:
+    print(f"{max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)):.1e} ({len(a)} losses)")
+EOF
+) || diff="CPU run failed"
+    fi
+    md "| $name | $([ $rc = 0 ] && echo ok || echo "FAILED ($rc)") | $wall | ${result:-see logs/cli-$name.log} | $diff |"
 }
 M30K=(--config configs/multi30k-de-en-transformer.toml --set train.max_steps=60 --set train.eval_every=60
       --set data.eval_limit=100 --set decode.beam=2)
-cli_case m30k-transformer-ce-f32 "${M30K[@]}" --objective ce
-cli_case m30k-transformer-cot-bf16 "${M30K[@]}" --objective cot --precision bf16
-cli_case sst2-bilstm-cot-bf16 --config configs/sst2-bilstm.toml --objective cot --precision bf16 --set train.max_steps=60 --set train.eval_every=60 --set data.eval_limit=400
+cli_case m30k-transformer-ce-f32 cpu "${M30K[@]}" --objective ce
+cli_case m30k-transformer-cot-bf16 - "${M30K[@]}" --objective cot --precision bf16
+cli_case m30k-lstm-cot-f32 cpu --config configs/multi30k-de-en-lstm.toml --set train.max_steps=60 \
+    --set train.eval_every=60 --set data.eval_limit=100 --set decode.beam=2 --objective cot
+cli_case sst2-bilstm-cot-bf16 - --config configs/sst2-bilstm.toml --objective cot --precision bf16 --set train.max_steps=60 --set train.eval_every=60 --set data.eval_limit=400
 md
+fi
 
 # --- 4. benchmarks
 bench_case() {  # side, then the benchmark's own arguments
@@ -224,8 +260,9 @@ bench_case() {  # side, then the benchmark's own arguments
         "$line" "$base" "$peak" "$*" >> "$RAW"
 }
 export COTEXT_MINILM="$STAGE/minilm"
-for w in transformer-multi30k minilm-sst2; do
-    for p in f32 bf16; do
+wanted bench || workloads=
+for w in ${workloads//,/ }; do
+    for p in ${precisions//,/ }; do
         for o in ce cot; do
             extra=(); [ "$w" = minilm-sst2 ] && extra=(--random-init)
             bench_case cotext --workload "$w" --objective "$o" --precision "$p" "${extra[@]}"
@@ -235,10 +272,15 @@ for w in transformer-multi30k minilm-sst2; do
 done
 # Fused loss kernel vs the unfused path: in training (the config's chunked_loss is
 # true) and alone on Multi30k-sized (1920 × 8000) and large (4096 × 32000) logits.
-for o in ce cot; do
-    bench_case cotext --workload transformer-multi30k --objective "$o" --precision f32 --chunked false
-done
-for shape in "1920 8000 f32" "4096 32000 f32" "4096 32000 bf16"; do
+shapes=("1920 8000 f32" "4096 32000 f32" "4096 32000 bf16")
+wanted loss || shapes=()
+case ",$workloads," in
+    *,transformer-multi30k,*)
+        for o in ce cot; do
+            bench_case cotext --workload transformer-multi30k --objective "$o" --precision f32 --chunked false
+        done ;;
+esac
+for shape in "${shapes[@]}"; do
     set -- $shape
     for o in ce cot; do
         bench_case cotext --workload loss --objective "$o" --precision "$3" --rows "$1" --vocab "$2" --chunked true
@@ -273,19 +315,22 @@ def find(side, chunked=None, **kw):
 
 print("## Training throughput and peak GPU memory: cotext vs PyTorch eager\n")
 print(f"One process per case; {warmup} warm-up and {steps} timed updates (COT: two forward and backward")
-print("passes per update), AdamW. Tokens/s counts source + target tokens (Multi30k shapes: 64 pairs")
-print("of up to 30 + 30 tokens, vocabulary 8000) or input tokens (MiniLM: 32 sentences of up to 40")
-print("tokens, random weights of all-MiniLM-L6-v2's shapes). Peak memory: nvidia-smi memory.used,")
+print("passes per update), AdamW, the synthetic batches of benches/train_step.rs. Tokens/s counts source")
+print("+ target tokens (Multi30k shapes: 64 pairs of up to 30 + 30 tokens, vocabulary 8000) or input")
+print("tokens (classifiers; MiniLM with random weights of all-MiniLM-L6-v2's shapes). Peak memory: nvidia-smi memory.used,")
 print("sampled every 20 ms, minus the idle level (CUDA context included, PyTorch's cache included);")
 print("PyTorch's own max_memory_allocated in the last column. bf16 = cotext's `--precision bf16`")
 print("vs torch.autocast(bfloat16), f32 weights and optimizer on both sides.\n")
 print("| workload | objective | precision | cotext tok/s | PyTorch tok/s | cotext / PyTorch | cotext peak MiB | PyTorch peak MiB | PyTorch allocated MiB |")
 print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for w in ("transformer-multi30k", "minilm-sst2"):
+workloads = list(dict.fromkeys(r["workload"] for r in rows if r.get("workload") not in (None, "loss")))
+for w in workloads:
     for p in ("f32", "bf16"):
         for o in ("ce", "cot"):
             c = find("cotext", workload=w, objective=o, precision=p)
             t = find("pytorch", workload=w, objective=o, precision=p)
+            if not c and not t:
+                continue
             ratio = c["tokens_per_s"] / t["tokens_per_s"] if c and t else None
             print(f"| {w} | {o} | {p} | {fmt(c and c['tokens_per_s'])} | {fmt(t and t['tokens_per_s'])} | "
                   f"{fmt(ratio, 2)} | {fmt(c and c.get('peak_gpu_mib'))} | {fmt(t and t.get('peak_gpu_mib'))} | "

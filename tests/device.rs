@@ -458,7 +458,7 @@ fn decode_options(beam: usize) -> DecodeOptions {
 fn translators_train_and_decode_on_the_device_like_on_the_host() {
     let dev = device();
     let vocab = 30;
-    for (name, cfg) in translators() {
+    each_case(translators(), |name, cfg| {
         let mut runs: Vec<(Seq2Seq, Vec<StepReport>)> = Vec::new();
         for d in [Device::Cpu, dev.clone()] {
             let model = cfg.build(vocab, PAD, DType::F32, &d, 3).unwrap();
@@ -500,7 +500,21 @@ fn translators_train_and_decode_on_the_device_like_on_the_host() {
             beams.iter().flatten().all(|&t| (t as usize) < vocab),
             "{name}: beam search ids"
         );
+    });
+}
+
+/// Runs `body` on every named case, then fails naming each case that panicked:
+/// one model failing on a device does not hide whether the others pass (each
+/// panic's message is printed as it happens).
+fn each_case<T>(cases: Vec<(&'static str, T)>, mut body: impl FnMut(&'static str, T)) {
+    let mut failed = Vec::new();
+    for (name, case) in cases {
+        let run = std::panic::AssertUnwindSafe(|| body(name, case));
+        if std::panic::catch_unwind(run).is_err() {
+            failed.push(name);
+        }
     }
+    assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
 fn model_varmap(m: &Seq2Seq) -> candle_nn::VarMap {
@@ -585,7 +599,7 @@ fn mixed_precision_trains_with_f32_master_weights() {
             );
         }
 
-        for (name, cfg) in translators() {
+        each_case(translators(), |name, cfg| {
             // The same 30 updates in f32 and in the compute dtype: the curves agree.
             let mut curves = Vec::new();
             for dt in [DType::F32, compute] {
@@ -629,7 +643,7 @@ fn mixed_precision_trains_with_f32_master_weights() {
                 half[29],
                 full[29]
             );
-        }
+        });
     }
 }
 

@@ -256,6 +256,21 @@ fn attend(x: &Tensor, kv: &fused::Shared, bias: &Tensor) -> Result<Tensor> {
     probs.matmul(&values)?.squeeze(1)
 }
 
+/// Layer 0's embedding part of `W_ih [4H, E + H]`, transposed: `[E, 4H]`. On the
+/// CPU a strided view (gemm reads any strides). `packed` (every other device)
+/// copies the slice first, so the transpose is a packed column-major matrix:
+/// cuBLAS (and Metal) multiply only matrices packed along one dimension, and
+/// refuse the view's row stride of `E + H` (seen on an H200: "matmul is only
+/// supported for contiguous tensors").
+fn embedding_part_t(w_ih: &Tensor, e: usize, packed: bool) -> Result<Tensor> {
+    let part = w_ih.narrow(1, 0, e)?;
+    if packed {
+        part.contiguous()?.t()
+    } else {
+        part.t()
+    }
+}
+
 impl LstmSeq2Seq {
     pub(crate) fn build(
         cfg: &LstmSeq2SeqConfig,
@@ -376,7 +391,7 @@ impl LstmSeq2Seq {
         let (e, h) = (self.embed_dim, self.hidden);
         let l0 = &self.decoder[0];
         Ok(DecWeights {
-            w_emb_t: l0.w_ih.narrow(1, 0, e)?.t()?,
+            w_emb_t: embedding_part_t(&l0.w_ih, e, !l0.w_ih.device().is_cpu())?,
             w_feed: fused::share(&l0.w_ih.narrow(1, e, h)?.contiguous()?)?,
             w_ih: self
                 .decoder
@@ -550,5 +565,46 @@ impl LstmSeq2Seq {
         let kv = fused::share(&enc.kv)?;
         let (tilde, next) = self.dec_step(&w, &pre0, st, (&kv, enc), false)?;
         Ok((self.project(&tilde)?, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Whether a right-hand side `[k, n]` passes candle's cuBLAS layout check
+    /// (`gemm_config` in candle-core's CUDA backend): packed row-major or packed
+    /// column-major.
+    fn cublas_accepts(rhs: &Tensor) -> bool {
+        let (k, n) = rhs.dims2().unwrap();
+        let st = rhs.stride();
+        ((st[1] == 1 || n == 1) && (st[0] == n || k == 1))
+            || ((st[1] == k || n == 1) && (st[0] == 1 || k == 1))
+    }
+
+    #[test]
+    fn the_embedding_part_is_packed_off_the_cpu() {
+        let (h, e) = (8, 6);
+        let w = Tensor::randn(0f32, 1.0, (4 * h, e + h), &Device::Cpu).unwrap();
+        let view = embedding_part_t(&w, e, false).unwrap();
+        let packed = embedding_part_t(&w, e, true).unwrap();
+        // The strided view is what the CPU multiplies, and what cuBLAS refused.
+        assert!(!cublas_accepts(&view), "{:?}", view.stride());
+        assert!(cublas_accepts(&packed), "{:?}", packed.stride());
+        // Same values, and the same product bit for bit on the CPU.
+        let x = Tensor::randn(0f32, 1.0, (5, e), &Device::Cpu).unwrap();
+        let a = x.matmul(&view).unwrap().flatten_all().unwrap();
+        let b = x.matmul(&packed).unwrap().flatten_all().unwrap();
+        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        let diff = (view.to_dtype(DType::F64).unwrap() - packed.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
     }
 }
