@@ -503,6 +503,7 @@ def main():
     ap.add_argument("--random-init", action="store_true")
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--dropout", type=float, help="overrides the config's model.dropout (train_step's --set model.dropout=P)")
     args = ap.parse_args()
     if args.list:
         print("\n".join([*WORKLOADS, "loss"]))
@@ -533,6 +534,8 @@ def main():
     config_path, shape = WORKLOADS[args.workload]
     config = tomllib.loads((ROOT / config_path).read_text())
     mc, tc = config["model"], config.get("train", {})
+    if args.dropout is not None:
+        mc["dropout"] = args.dropout
     seed = tc.get("seed", 0)
     torch.manual_seed(seed)
     kind = mc["kind"]

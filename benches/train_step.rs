@@ -24,7 +24,9 @@
 //! ```
 //!
 //! `--chunked true|false` overrides `train.chunked_loss` (on CUDA: the fused loss
-//! kernel or the plain path); `--random-init` gives MiniLM random weights of the
+//! kernel or the plain path); `--set KEY=VALUE` (repeatable) overrides any other
+//! key of the workload's config, as `cotext train --set` does (e.g.
+//! `--set model.dropout=0`: how much of an update dropout costs); `--random-init` gives MiniLM random weights of the
 //! checkpoint's shapes (speed does not depend on the values), so only its
 //! `config.json` is needed; the `loss` workload times one token-level loss forward
 //! and backward on random logits `[rows, vocab]` in the precision's dtype.
@@ -146,6 +148,8 @@ struct Args {
     random_init: bool,
     rows: usize,
     vocab: usize,
+    /// `--set KEY=VALUE` overrides of the workload's config, after the benchmark's own.
+    sets: Vec<String>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -160,6 +164,7 @@ fn parse_args() -> Result<Option<Args>> {
         random_init: false,
         rows: 4096,
         vocab: 32000,
+        sets: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -175,6 +180,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--random-init" => args.random_init = true,
             "--rows" => args.rows = value("--rows")?.parse().context("--rows")?,
             "--vocab" => args.vocab = value("--vocab")?.parse().context("--vocab")?,
+            "--set" => args.sets.push(value("--set")?),
             "--list" => {
                 for w in WORKLOADS {
                     println!("{}", w.name);
@@ -546,6 +552,7 @@ fn run() -> Result<()> {
         }
         overrides.push(format!("model.path={:?}", dir.display().to_string()));
     }
+    overrides.extend(args.sets.iter().cloned());
     let config_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(w.config);
     let config = RunConfig::load(&config_path, &overrides)?;
     let t = &config.train;
@@ -673,6 +680,7 @@ fn run() -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "clip_norm": t.clip_norm,
         "chunked_loss": t.chunked_loss,
+        "sets": args.sets,
         "last_loss": loss,
     });
     println!("{line}");

@@ -272,6 +272,14 @@ for w in ${workloads//,/ }; do
 done
 # Fused loss kernel vs the unfused path: in training (the config's chunked_loss is
 # true) and alone on Multi30k-sized (1920 × 8000) and large (4096 × 32000) logits.
+# What dropout costs: cotext draws every mask on the host and copies it to the card.
+case ",$workloads," in
+    *,transformer-multi30k,*)
+        for o in ce cot; do
+            bench_case cotext --workload transformer-multi30k --objective "$o" --precision f32 --set model.dropout=0
+            bench_case pytorch --workload transformer-multi30k --objective "$o" --precision f32 --dropout 0
+        done ;;
+esac
 shapes=("1920 8000 f32" "4096 32000 f32" "4096 32000 bf16")
 wanted loss || shapes=()
 case ",$workloads," in
@@ -305,11 +313,15 @@ def chunk_flag(r):
     a = r.get("args", "")
     return True if "--chunked true" in a else False if "--chunked false" in a else None
 
-def find(side, chunked=None, **kw):
-    """The result of `side` with these fields (and, for cotext, this --chunked)."""
+def no_dropout(r):
+    return "dropout" in r.get("args", "")
+
+def find(side, chunked=None, ablated=False, **kw):
+    """The result of `side` with these fields (and, for cotext, this --chunked;
+    `ablated`: the dropout-free case)."""
     for r in ok:
         if r["side"] == side and all(r.get(k) == v for k, v in kw.items()) \
-                and (side != "cotext" or chunk_flag(r) == chunked):
+                and (side != "cotext" or chunk_flag(r) == chunked) and no_dropout(r) == ablated:
             return r
     return None
 
@@ -335,6 +347,19 @@ for w in workloads:
             print(f"| {w} | {o} | {p} | {fmt(c and c['tokens_per_s'])} | {fmt(t and t['tokens_per_s'])} | "
                   f"{fmt(ratio, 2)} | {fmt(c and c.get('peak_gpu_mib'))} | {fmt(t and t.get('peak_gpu_mib'))} | "
                   f"{fmt(t and t.get('max_memory_allocated_mib'))} |")
+
+print("\n## What dropout costs\n")
+print("transformer-multi30k, f32, with the config's dropout (0.1) and without it (cotext `--set model.dropout=0`,")
+print("PyTorch `--dropout 0`); cotext draws its masks on the host and copies them to the card.\n")
+print("| objective | cotext tok/s with / without | PyTorch tok/s with / without |")
+print("| --- | ---: | ---: |")
+for o in ("ce", "cot"):
+    c, c0 = find("cotext", workload="transformer-multi30k", objective=o, precision="f32"), \
+        find("cotext", ablated=True, workload="transformer-multi30k", objective=o, precision="f32")
+    t, t0 = find("pytorch", workload="transformer-multi30k", objective=o, precision="f32"), \
+        find("pytorch", ablated=True, workload="transformer-multi30k", objective=o, precision="f32")
+    print(f"| {o} | {fmt(c and c['tokens_per_s'])} / {fmt(c0 and c0['tokens_per_s'])} | "
+          f"{fmt(t and t['tokens_per_s'])} / {fmt(t0 and t0['tokens_per_s'])} |")
 
 print("\n## Fused loss kernel vs the unfused path\n")
 print("Training (transformer-multi30k, f32): `train.chunked_loss = true` (on CUDA the fused kernel) vs false (plain candle ops).\n")
