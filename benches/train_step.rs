@@ -26,8 +26,8 @@
 //! `--chunked true|false` overrides `train.chunked_loss` (on CUDA: the fused loss
 //! kernel or the plain path); `--set KEY=VALUE` (repeatable) overrides any other
 //! key of the workload's config, as `cotext train --set` does (e.g.
-//! `--set model.dropout=0`: how much of an update dropout costs); `--random-init` gives MiniLM random weights of the
-//! checkpoint's shapes (speed does not depend on the values), so only its
+//! `--set model.dropout=0`: how much of an update dropout costs); `--random-init`
+//! gives MiniLM random weights of the checkpoint's shapes (speed does not depend on the values), so only its
 //! `config.json` is needed; the `loss` workload times one token-level loss forward
 //! and backward on random logits `[rows, vocab]` in the precision's dtype.
 //!

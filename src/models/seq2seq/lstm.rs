@@ -259,9 +259,9 @@ fn attend(x: &Tensor, kv: &fused::Shared, bias: &Tensor) -> Result<Tensor> {
 /// Layer 0's embedding part of `W_ih [4H, E + H]`, transposed: `[E, 4H]`. On the
 /// CPU a strided view (gemm reads any strides). `packed` (every other device)
 /// copies the slice first, so the transpose is a packed column-major matrix:
-/// cuBLAS (and Metal) multiply only matrices packed along one dimension, and
-/// refuse the view's row stride of `E + H` (seen on an H200: "matmul is only
-/// supported for contiguous tensors").
+/// candle's cuBLAS matmul takes only matrices packed along one dimension and
+/// refuses the view's row stride of `E + H` (seen on an H200: "matmul is only
+/// supported for contiguous tensors"); Metal, untested, gets the packed copy too.
 fn embedding_part_t(w_ih: &Tensor, e: usize, packed: bool) -> Result<Tensor> {
     let part = w_ih.narrow(1, 0, e)?;
     if packed {
