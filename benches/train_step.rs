@@ -45,7 +45,7 @@ use cotext::loss::{self, ComplementOptions, CrossEntropyOptions, Normalization};
 use cotext::models::{Bert, HfBertConfig, Model, Params, Seq2Seq, SharedRng};
 use cotext::rng::SplitMix64;
 use cotext::train::{
-    parse_device, LossConfig, Objective, OptimizerConfig, Precision, RunConfig, Stepper,
+    parse_device, Head, LossConfig, Objective, OptimizerConfig, Precision, RunConfig, Stepper,
 };
 
 /// Seed of the synthetic batch (`torch_ref.py` uses the same).
@@ -613,6 +613,7 @@ fn run() -> Result<()> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let projects = losses.projects(&objective);
     let mut stepper = Stepper::new(objective, losses, vars, t.optimizer.clone())?;
     let batch = Batch::synthetic(w.shape)?.on_device(&dev)?;
 
@@ -638,7 +639,19 @@ fn run() -> Result<()> {
                 },
             ) => stepper.step(
                 &[((src.clone(), mask.clone(), tgt_in.clone()), tgt_out.clone())],
-                |(s, k, ti): &(Tensor, Tensor, Tensor)| m.forward(s, k, ti, true),
+                // As `cotext train` does (train/translate.rs): the loss fused with
+                // the output layer on the CPU in f32, the logits elsewhere.
+                |(s, k, ti): &(Tensor, Tensor, Tensor)| -> candle_core::Result<Head> {
+                    if !(m.projects_on_host() && projects) {
+                        return m.forward(s, k, ti, true).map(Head::Logits);
+                    }
+                    let (weight, bias) = m.output_layer();
+                    Ok(Head::Projected {
+                        hidden: m.forward_hidden(s, k, ti, true)?,
+                        weight,
+                        bias,
+                    })
+                },
             )?,
             _ => unreachable!("the batch is drawn for the workload's shape"),
         };

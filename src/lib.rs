@@ -45,6 +45,8 @@ pub mod error;
 pub mod fastmath;
 #[cfg(feature = "full")]
 pub mod fsio;
+
+pub(crate) mod gemm;
 #[cfg(feature = "full")]
 pub mod infer;
 pub mod loss;

@@ -7,9 +7,9 @@
 //!   size `[rows, V]` in the forward pass; its backward writes exactly one `[rows, V]`
 //!   buffer, the gradient. (candle's autograd then adds it into a fresh
 //!   accumulation buffer of the same size: see the memory table in `docs/performance.md`.)
-//! * [`projected_token_loss`] takes the hidden states and the output projection
-//!   instead, and computes the logits `chunk_rows` rows at a time: the full
-//!   `[rows, V]` logits never exist, and the extra memory is one chunk.
+//! * [`super::projected_token_loss`] (`projected.rs`) takes the hidden states and
+//!   the output projection instead, and computes the logits `chunk_rows` rows at a
+//!   time: the full `[rows, V]` logits never exist, and the extra memory is one chunk.
 //!
 //! Both are equal to the plain path to rounding (sums are accumulated in f64), and
 //! both support only [`Form::Exact`], the form worth running at scale. The row
@@ -18,15 +18,13 @@
 //! accumulation, bf16/f16/f32 logits read in place, the backward one elementwise
 //! kernel); on Metal they fall back to the plain path.
 
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
 use super::complement::{ComplementOptions, Form};
 use super::cross_entropy::CrossEntropyOptions;
-use super::rows::{counted_rows, flatten_as, targets_to_host};
+use super::rows::{counted_rows, flatten_as};
 use super::{complement_entropy_sum, cross_entropy_sum, LossSum};
 use crate::fastmath::exp_f64_slice;
 
@@ -504,157 +502,9 @@ pub fn chunked_complement_entropy_sum(
     })
 }
 
-/// The loss [`projected_token_loss`] computes.
-#[derive(Debug, Clone, Copy)]
-pub enum ProjectedLoss {
-    /// Cross-entropy, as [`super::cross_entropy`].
-    CrossEntropy(CrossEntropyOptions),
-    /// Complement entropy, as [`super::complement_entropy`] ([`Form::Exact`] only).
-    Complement(ComplementOptions),
-}
-
-/// A token-level loss fused with the output projection `logits = h Wᵀ + b`,
-/// computed `chunk_rows` rows at a time so the `[rows, V]` logits never exist whole.
-///
-/// * `hidden`: `[N, H]` or `[B, T, H]` (f32 or f64);
-/// * `weight`: `[V, H]` (a tied embedding matrix works as it is);
-/// * `bias`: `[V]` or `None`;
-/// * `targets`: `[N]` or `[B, T]`, `u32` or `i64`.
-///
-/// Returns the same [`LossSum`] as the plain loss on `hidden·weightᵀ + bias`, and a
-/// graph that gives `hidden`, `weight` and `bias` the same gradients (first order).
-/// Each chunk's logits are turned into their gradient in place and contracted with
-/// `weight` and `hidden` at once, so the extra memory is one `[chunk_rows, V]` block
-/// plus gradients of the size of the inputs. A `chunk_rows` of 0 picks about 8 Mi
-/// logits per chunk.
-pub fn projected_token_loss(
-    hidden: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    targets: &Tensor,
-    loss: &ProjectedLoss,
-    chunk_rows: usize,
-) -> Result<LossSum> {
-    const WHAT: &str = "projected_token_loss";
-    let (kind, ignore_index, normalization) = match loss {
-        ProjectedLoss::CrossEntropy(o) => {
-            o.check(WHAT)?;
-            (
-                Kind::CrossEntropy {
-                    smoothing: o.label_smoothing,
-                },
-                o.ignore_index,
-                None,
-            )
-        }
-        ProjectedLoss::Complement(o) => {
-            if o.form != Form::Exact {
-                bail!("{WHAT}: only Form::Exact has a chunked kernel");
-            }
-            (Kind::Complement, o.ignore_index, Some(o.normalization))
-        }
-    };
-    // Half-precision hidden states (mixed precision) are projected in f32.
-    let hidden = &match hidden.dtype() {
-        DType::BF16 | DType::F16 => hidden.to_dtype(DType::F32)?,
-        _ => hidden.clone(),
-    };
-    let dtype = hidden.dtype();
-    if !matches!(dtype, DType::F32 | DType::F64) {
-        bail!("{WHAT}: hidden states must be f32 or f64 (got {dtype:?})");
-    }
-    let width = hidden.dim(D::Minus1)?;
-    let (vocab, w_width) = weight.dims2()?;
-    if w_width != width {
-        bail!("{WHAT}: weight is [{vocab}, {w_width}] but hidden states have width {width}");
-    }
-    if let Some(b) = bias {
-        if b.dims() != [vocab] {
-            bail!("{WHAT}: bias must be [{vocab}] (got {:?})", b.dims());
-        }
-    }
-    let rows = hidden.elem_count() / width;
-    let h = hidden.reshape((rows, width))?;
-    let host = targets_to_host(targets, WHAT)?;
-    if host.len() != rows {
-        bail!(
-            "{WHAT}: {} targets for {rows} rows of hidden states (shapes {:?} and {:?})",
-            host.len(),
-            hidden.dims(),
-            targets.dims()
-        );
-    }
-    let count = counted_rows(&host, vocab, ignore_index, WHAT)?.len();
-    if vocab < 2 && normalization.is_some() {
-        bail!("{WHAT}: complement entropy needs at least 2 classes (got {vocab})");
-    }
-    let scale = normalization.map_or(1.0, |n| 1.0 / n.divisor(vocab));
-    let chunk = if chunk_rows == 0 {
-        (8 << 20) / vocab.max(1)
-    } else {
-        chunk_rows
-    }
-    .max(1);
-
-    let (h_d, w_d) = (h.detach(), weight.detach());
-    let w_t = w_d.t()?;
-    let b_d = bias.map(Tensor::detach);
-    let mut value = 0f64;
-    let mut d_hidden = Vec::new();
-    let mut d_weight = w_d.zeros_like()?;
-    let mut d_bias = b_d.as_ref().map(Tensor::zeros_like).transpose()?;
-    let mut start = 0;
-    while start < rows {
-        let len = chunk.min(rows - start);
-        let h_c = h_d.narrow(0, start, len)?;
-        let mut logits = h_c.matmul(&w_t)?;
-        if let Some(b) = &b_d {
-            logits = logits.broadcast_add(b)?;
-        }
-        let t_c = &host[start..start + len];
-        let (chunk_value, grad) = match dtype {
-            DType::F32 => {
-                let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
-                drop(logits);
-                let v = value_and_grad_in_place(&mut z, t_c, vocab, kind, ignore_index, scale);
-                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
-            }
-            _ => {
-                let mut z = logits.flatten_all()?.to_vec1::<f64>()?;
-                drop(logits);
-                let v = value_and_grad_in_place(&mut z, t_c, vocab, kind, ignore_index, scale);
-                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
-            }
-        };
-        value += chunk_value;
-        d_hidden.push(grad.matmul(&w_d)?);
-        d_weight = (d_weight + grad.t()?.matmul(&h_c)?)?;
-        if let Some(db) = &mut d_bias {
-            *db = (&*db + grad.sum(0)?)?;
-        }
-        start += len;
-    }
-    if rows == 0 {
-        let zero = Tensor::zeros((), dtype, hidden.device())?;
-        return Ok(LossSum {
-            sum: zero,
-            count: 0,
-        });
-    }
-    let d_hidden = Tensor::cat(&d_hidden, 0)?;
-    // A scalar whose value is `value` and whose gradients are the ones computed
-    // above: the linear surrogate Σ x·dx minus its own detached value.
-    let mut surrogate = ((&h * &d_hidden)?.sum_all()? + (weight * &d_weight)?.sum_all()?)?;
-    if let (Some(b), Some(db)) = (bias, &d_bias) {
-        surrogate = (surrogate + (b * db)?.sum_all()?)?;
-    }
-    let sum = ((&surrogate - surrogate.detach())? + value * scale)?;
-    Ok(LossSum { sum, count })
-}
-
 /// Replaces each row of `z` by `scale · ∂value/∂z` (zero for ignored rows) and
 /// returns the unscaled sum of the row values.
-fn value_and_grad_in_place<T: RowFloat>(
+pub(super) fn value_and_grad_in_place<T: RowFloat>(
     z: &mut [T],
     targets: &[i64],
     vocab: usize,

@@ -32,12 +32,13 @@ mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod hierarchy;
+mod projected;
 mod row_kernels;
 mod rows;
 
 pub use chunked::{
     chunked_complement_entropy, chunked_complement_entropy_sum, chunked_cross_entropy,
-    chunked_cross_entropy_sum, projected_token_loss, ProjectedLoss,
+    chunked_cross_entropy_sum,
 };
 pub use complement::{
     complement_entropy, complement_entropy_sum, guided_complement_entropy,
@@ -47,6 +48,7 @@ pub use cross_entropy::{cross_entropy, cross_entropy_sum, CrossEntropyOptions};
 pub use hierarchy::{
     hierarchical_complement_entropy, hierarchical_complement_entropy_sum, LabelHierarchy,
 };
+pub use projected::{projected_token_loss, projected_token_loss_and_correct, ProjectedLoss};
 pub use rows::count_targets;
 
 use candle_core::{Result, Tensor};

@@ -190,10 +190,6 @@ impl Task for ClassifyTask<'_> {
         self.model.forward(ids, mask, train)
     }
 
-    fn ignore_index(&self) -> Option<u32> {
-        None
-    }
-
     fn evaluate(&self) -> Result<Option<Evaluation>> {
         let Some(dev) = self.dev else { return Ok(None) };
         let (r, loss) = evaluate(

@@ -297,7 +297,10 @@ pub struct TrainSettings {
     pub clip_norm: Option<f64>,
     /// Use the chunked loss kernels (same values and gradients as the plain ones,
     /// a fraction of the memory over large vocabularies; see `docs/performance.md`,
-    /// "Memory and speed of the token-level paths"). Default false.
+    /// "Memory and speed of the token-level paths"). Translation on the CPU in f32
+    /// then trains CE and COT's complement step on the loss fused with the output
+    /// layer (`projected_token_loss`): no `[B·T, V]` logits, no work on padding.
+    /// Default false.
     #[serde(default)]
     pub chunked_loss: bool,
     /// Cross-entropy label smoothing. Default 0.

@@ -24,7 +24,8 @@ pub use config::{
 pub use optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 pub use step::{
-    ComplementLrScale, LossConfig, NonFinite, Objective, ObjectiveKind, StepReport, Stepper,
+    count_correct, ComplementLrScale, Head, LossConfig, NonFinite, Objective, ObjectiveKind,
+    StepReport, Stepper,
 };
 
 use std::path::Path;

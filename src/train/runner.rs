@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, BestWeights, Checkpoint};
 use super::config::{RunConfig, TrainSettings};
-use super::step::Stepper;
+pub use super::step::count_correct;
+use super::step::{Head, Stepper};
 use crate::data::{BatchCursor, Batcher, BatcherConfig};
 use crate::error::{Error, Result};
 use crate::fsio::atomic_write;
@@ -91,8 +92,13 @@ pub trait Task {
     fn batch(&self, indices: &[usize]) -> Result<(Self::Input, Tensor, usize)>;
     /// The model's forward pass: logits `[N, K]` or `[B, T, V]`.
     fn forward(&self, input: &Self::Input, train: bool) -> candle_core::Result<Tensor>;
-    /// A target id that counts for nothing (padding), if any.
-    fn ignore_index(&self) -> Option<u32>;
+
+    /// The training forward pass as the loss takes it: by default the logits of
+    /// [`Task::forward`]; a task can hand over its hidden states and output layer
+    /// instead ([`Head::Projected`]) to train on a large vocabulary without them.
+    fn train_head(&self, input: &Self::Input) -> candle_core::Result<Head> {
+        self.forward(input, true).map(Head::Logits)
+    }
     /// Evaluates on the dev split (`None` when there is none).
     fn evaluate(&self) -> Result<Option<Evaluation>>;
     /// The model being trained.
@@ -377,31 +383,6 @@ fn save_checkpoint<T: Task>(
     Ok(())
 }
 
-/// Correct argmax predictions and counted targets, for logits `[N, K]` with
-/// targets `[N]` or logits `[B, T, V]` with targets `[B, T]`; `ignore` targets do
-/// not count.
-pub fn count_correct(
-    logits: &Tensor,
-    targets: &Tensor,
-    ignore: Option<u32>,
-) -> candle_core::Result<(usize, usize)> {
-    let pred = logits
-        .argmax(logits.rank() - 1)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
-    let gold = targets.flatten_all()?.to_vec1::<u32>()?;
-    let mut correct = 0;
-    let mut seen = 0;
-    for (p, g) in pred.iter().zip(&gold) {
-        if Some(*g) == ignore {
-            continue;
-        }
-        seen += 1;
-        correct += usize::from(p == g);
-    }
-    Ok((correct, seen))
-}
-
 /// Trains `task` with `stepper` into `run` as `settings` say, or resumes the run
 /// there (`options.resume`). `stop` is polled after every update (Ctrl-C sets it):
 /// the checkpoint is then saved and [`LoopEnd::Interrupted`] returned. On a fresh
@@ -497,7 +478,6 @@ pub fn run<T: Task>(
         );
     }
 
-    let ignore = task.ignore_index();
     let bar = progress_bar(options.progress, total, state.step);
     let started = Instant::now();
     let mut tokens_seen = 0usize;
@@ -516,26 +496,14 @@ pub fn run<T: Task>(
             let Some(batch) = batches.next() else { break };
             let (input, targets, tokens) = task.batch(&batch.indices)?;
             tokens_seen += tokens;
-            micro.push(((input, targets.clone()), targets));
+            micro.push((input, targets));
         }
         if micro.is_empty() {
             return Err(Error::Config("the training split yields no batch".into()));
         }
         let lr = t.schedule.lr(t.optimizer.lr(), state.step, total);
         stepper.set_learning_rate(lr);
-        let (mut correct, mut seen, mut passes) = (0usize, 0usize, 0usize);
-        let micro_len = micro.len();
-        let report = stepper.step(&micro, |(input, targets)| {
-            let logits = task.forward(input, true)?;
-            // Training accuracy from the first (CE) pass only.
-            if passes < micro_len {
-                let (c, s) = count_correct(&logits, targets, ignore)?;
-                correct += c;
-                seen += s;
-            }
-            passes += 1;
-            Ok(logits)
-        })?;
+        let report = stepper.step(&micro, |input| task.train_head(input))?;
         let report = match report {
             Ok(r) => r,
             Err(bad) => {
@@ -553,8 +521,8 @@ pub fn run<T: Task>(
         state.cursor = batches.cursor();
         state.rng_state = task.rng_state();
         window.0 += report.loss;
-        window.1 += correct;
-        window.2 += seen;
+        window.1 += report.correct;
+        window.2 += report.count;
         complement_sum += report.complement.unwrap_or(0.0);
         let tok_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(state.step);

@@ -218,6 +218,101 @@ pub struct LossConfig {
     pub chunked: bool,
 }
 
+/// What a model's training forward pass hands the loss: its logits, or the
+/// hidden states before its output layer together with that layer, so that the
+/// token-level losses run fused with the projection
+/// ([`loss::projected_token_loss`]) and the `[B·T, V]` logits never exist.
+///
+/// The projected form is used for cross-entropy and COT's passes when
+/// [`LossConfig::chunked`] is set and the complement's form is exact (see
+/// [`LossConfig::projects`]); every other loss gets the logits computed from it.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// Logits `[N, K]` or `[B, T, V]`.
+    Logits(Tensor),
+    /// `logits = hidden · weightᵀ + bias`.
+    Projected {
+        /// `[N, H]` or `[B, T, H]`.
+        hidden: Tensor,
+        /// `[V, H]`.
+        weight: Tensor,
+        /// `[V]`, if the layer has one.
+        bias: Option<Tensor>,
+    },
+}
+
+impl From<Tensor> for Head {
+    fn from(logits: Tensor) -> Self {
+        Head::Logits(logits)
+    }
+}
+
+impl Head {
+    /// The logits (computed, for the projected form: `[.., V]` with the hidden
+    /// states' leading dimensions).
+    pub fn logits(&self) -> Result<Tensor> {
+        match self {
+            Head::Logits(l) => Ok(l.clone()),
+            Head::Projected {
+                hidden,
+                weight,
+                bias,
+            } => {
+                let mut dims = hidden.dims().to_vec();
+                let width = dims.pop().unwrap_or(1);
+                let rows = hidden.elem_count() / width.max(1);
+                let mut logits = hidden
+                    .reshape((rows, width))?
+                    .matmul(&weight.to_dtype(hidden.dtype())?.t()?)?;
+                if let Some(b) = bias {
+                    logits = logits.broadcast_add(&b.to_dtype(hidden.dtype())?)?;
+                }
+                dims.push(weight.dim(0)?);
+                logits.reshape(dims)
+            }
+        }
+    }
+}
+
+/// How many of the counted targets (those other than `ignore`) the logits' argmax
+/// predicts, and how many targets were counted.
+pub fn count_correct(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore: Option<u32>,
+) -> candle_core::Result<(usize, usize)> {
+    let pred = logits
+        .argmax(logits.rank() - 1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    let gold = targets.flatten_all()?.to_vec1::<u32>()?;
+    let mut correct = 0;
+    let mut seen = 0;
+    for (p, g) in pred.iter().zip(&gold) {
+        if Some(*g) == ignore {
+            continue;
+        }
+        seen += 1;
+        correct += usize::from(p == g);
+    }
+    Ok((correct, seen))
+}
+
+impl LossConfig {
+    /// Whether every loss of `objective` has a projected kernel under these
+    /// settings ([`Head::Projected`] then never computes the logits): chunked
+    /// losses, and cross-entropy or COT with the exact complement. Other objectives
+    /// work on a projected head too, through its logits.
+    pub fn projects(&self, objective: &Objective) -> bool {
+        self.chunked
+            && match objective {
+                Objective::CrossEntropy => true,
+                Objective::Cot => self.complement.form == loss::Form::Exact,
+                _ => false,
+            }
+    }
+}
+
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -229,6 +324,8 @@ pub struct StepReport {
     pub complement: Option<f64>,
     /// Counted targets (examples or non-pad tokens) in the step.
     pub count: usize,
+    /// How many of them the first (primary) pass predicted right (argmax).
+    pub correct: usize,
     /// Global gradient norm of the primary update, before clipping.
     pub grad_norm: f64,
 }
@@ -320,17 +417,19 @@ impl Stepper {
 
     /// One step over `micro` batches (`(input, targets)` pairs; one pair is a plain
     /// step). `forward` runs the model in training mode on an input and returns
-    /// logits `[N, K]` or `[B, T, V]`. Gradients of the micro-batches are summed
+    /// logits `[N, K]` or `[B, T, V]` (or a [`Head`]). Gradients of the micro-batches are summed
     /// with each micro-batch's loss divided by the step's total target count, so the
     /// update equals that of one big batch.
     ///
     /// Returns `Ok(Err(NonFinite))`, without touching the weights of the failing
     /// pass, when a loss or gradient norm is NaN or infinite.
-    pub fn step<B>(
+    pub fn step<B, O: Into<Head>>(
         &mut self,
         micro: &[(B, Tensor)],
-        mut forward: impl FnMut(&B) -> Result<Tensor>,
+        forward: impl FnMut(&B) -> Result<O>,
     ) -> Result<std::result::Result<StepReport, NonFinite>> {
+        let mut forward = forward;
+        let mut forward = |b: &B| forward(b).map(Into::into);
         let ignore = match self.objective {
             Objective::CrossEntropy => self.losses.cross_entropy.ignore_index,
             _ => self
@@ -368,30 +467,64 @@ impl Stepper {
             }
         };
         let objective = &self.objective;
-        let primary_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
-            Ok(match objective {
+        let primary_loss = |head: &Head, targets: &Tensor, accuracy: bool| -> Result<Parts> {
+            if let (
+                Head::Projected {
+                    hidden,
+                    weight,
+                    bias,
+                },
+                Objective::CrossEntropy | Objective::Cot,
+                true,
+            ) = (head, objective, losses.chunked)
+            {
+                let which = loss::ProjectedLoss::CrossEntropy(losses.cross_entropy);
+                let (sum, correct) = loss::projected_token_loss_and_correct(
+                    hidden,
+                    weight,
+                    bias.as_ref(),
+                    targets,
+                    &which,
+                    0,
+                )?;
+                return Ok(Parts::one(sum.sum).with_correct(correct));
+            }
+            let logits = head.logits()?;
+            let parts = match objective {
                 Objective::Gce { alpha } => Parts::one(
-                    loss::guided_complement_entropy_sum(logits, targets, *alpha, &complement_opts)?
-                        .sum,
+                    loss::guided_complement_entropy_sum(
+                        &logits,
+                        targets,
+                        *alpha,
+                        &complement_opts,
+                    )?
+                    .sum,
                 ),
                 Objective::CotJoint { weight } => {
-                    let ce = cross_entropy(logits, targets)?.sum;
-                    let c = flat_complement(logits, targets)?.sum;
+                    let ce = cross_entropy(&logits, targets)?.sum;
+                    let c = flat_complement(&logits, targets)?.sum;
                     Parts {
                         minimized: (&ce + c.affine(*weight, 0.0)?)?,
                         primary: ce,
                         complement: Some(c),
+                        correct: None,
                     }
                 }
-                _ => Parts::one(cross_entropy(logits, targets)?.sum),
+                _ => Parts::one(cross_entropy(&logits, targets)?.sum),
+            };
+            Ok(if accuracy {
+                parts.with_correct(count_correct(&logits, targets, ignore)?.0)
+            } else {
+                parts
             })
         };
         let Accumulated {
             minimized,
             primary: value,
             complement: joint_complement,
+            correct,
             mut grads,
-        } = accumulate(micro, total, &mut forward, primary_loss)?;
+        } = accumulate(micro, total, &mut forward, primary_loss, true)?;
         if !minimized.is_finite() {
             let pass = if value.is_finite() {
                 "complement"
@@ -417,18 +550,40 @@ impl Stepper {
 
         let complement = match (objective, &mut self.complement) {
             (Objective::Cot | Objective::Hcot(_), Some(opt)) => {
-                let complement_loss = |logits: &Tensor, targets: &Tensor| -> Result<Parts> {
+                let complement_loss = |head: &Head, targets: &Tensor, _: bool| -> Result<Parts> {
+                    if let (
+                        Head::Projected {
+                            hidden,
+                            weight,
+                            bias,
+                        },
+                        Objective::Cot,
+                        true,
+                    ) = (head, objective, chunked_complement)
+                    {
+                        let which = loss::ProjectedLoss::Complement(complement_opts);
+                        let sum = loss::projected_token_loss(
+                            hidden,
+                            weight,
+                            bias.as_ref(),
+                            targets,
+                            &which,
+                            0,
+                        )?;
+                        return Ok(Parts::one(sum.sum));
+                    }
+                    let logits = head.logits()?;
                     Ok(Parts::one(match objective {
                         Objective::Hcot(h) => {
                             loss::hierarchical_complement_entropy_sum(
-                                logits,
+                                &logits,
                                 targets,
                                 h,
                                 &complement_opts,
                             )?
                             .sum
                         }
-                        _ => flat_complement(logits, targets)?.sum,
+                        _ => flat_complement(&logits, targets)?.sum,
                     }))
                 };
                 // Algorithm 1: a second forward pass with the weights the CE step
@@ -437,7 +592,7 @@ impl Stepper {
                     minimized: value,
                     mut grads,
                     ..
-                } = accumulate(micro, total, &mut forward, complement_loss)?;
+                } = accumulate(micro, total, &mut forward, complement_loss, false)?;
                 if !value.is_finite() {
                     return Ok(Err(NonFinite {
                         pass: "complement",
@@ -476,6 +631,7 @@ impl Stepper {
             loss: value,
             complement,
             count: total,
+            correct,
             grad_norm,
         }))
     }
@@ -511,6 +667,8 @@ struct Parts {
     minimized: Tensor,
     primary: Tensor,
     complement: Option<Tensor>,
+    /// Targets the pass predicted right, when it was asked to count them.
+    correct: Option<usize>,
 }
 
 impl Parts {
@@ -519,6 +677,14 @@ impl Parts {
             minimized: sum.clone(),
             primary: sum,
             complement: None,
+            correct: None,
+        }
+    }
+
+    fn with_correct(self, correct: usize) -> Self {
+        Parts {
+            correct: Some(correct),
+            ..self
         }
     }
 }
@@ -542,24 +708,31 @@ struct Accumulated {
     primary: f64,
     /// Its complement part, for the joint objective.
     complement: Option<f64>,
+    /// Targets predicted right (0 unless counted).
+    correct: usize,
     grads: GradStore,
 }
 
 /// Forward + backward over every micro-batch; returns the values and the summed
-/// gradients of the minimized loss.
+/// gradients of the minimized loss (and, with `accuracy`, the targets predicted
+/// right).
 fn accumulate<B>(
     micro: &[(B, Tensor)],
     total: usize,
-    forward: &mut impl FnMut(&B) -> Result<Tensor>,
-    loss_fn: impl Fn(&Tensor, &Tensor) -> Result<Parts>,
+    forward: &mut impl FnMut(&B) -> Result<Head>,
+    loss_fn: impl Fn(&Head, &Tensor, bool) -> Result<Parts>,
+    accuracy: bool,
 ) -> Result<Accumulated> {
+    let mut correct = 0;
     let mut minimized = 0.0;
     let mut primary = 0.0;
     let mut complement: Option<f64> = None;
     let mut acc: Option<GradStore> = None;
     for (input, targets) in micro {
-        let logits = forward(input)?;
-        let parts = loss_fn(&logits, targets)?;
+        let head = forward(input)?;
+        let parts = loss_fn(&head, targets, accuracy)?;
+        drop(head);
+        correct += parts.correct.unwrap_or(0);
         let scaled = LossSum {
             sum: parts.minimized.clone(),
             count: 0,
@@ -595,6 +768,7 @@ fn accumulate<B>(
         minimized,
         primary,
         complement,
+        correct,
         grads,
     })
 }

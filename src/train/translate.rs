@@ -16,6 +16,7 @@ use super::checkpoint::{self, atomic_write};
 use super::config::{Metric, RunConfig};
 use super::runner::{Evaluation, Task, TrainOptions};
 use super::session;
+use super::step::Head;
 use crate::error::{Error, Result};
 use crate::infer::translate::{corpus_bleu, decode_options, teacher_forced, translate_ids};
 use crate::models::seq2seq::Seq2Seq;
@@ -76,6 +77,7 @@ pub fn train(
     let test = split(&config.data.test_split)?;
 
     let model = build_model(config, &tokenizer, &device)?;
+    let losses = task::loss_config(config, Some(pad));
     let loop_task = TranslateTask {
         model: &model,
         tokenizer: &tokenizer,
@@ -86,11 +88,12 @@ pub fn train(
         bos,
         eos,
         device: &device,
+        projected: model.projects_on_host() && losses.projects(&objective),
     };
     session::train(
         &loop_task,
         objective,
-        task::loss_config(config, Some(pad)),
+        losses,
         config,
         run,
         options,
@@ -154,6 +157,9 @@ struct TranslateTask<'a> {
     bos: u32,
     eos: u32,
     device: &'a Device,
+    /// Train on the hidden states and output layer ([`Head::Projected`]): on the
+    /// CPU in f32, when the objective's losses all have the projected kernel.
+    projected: bool,
 }
 
 impl Task for TranslateTask<'_> {
@@ -189,8 +195,20 @@ impl Task for TranslateTask<'_> {
         self.model.forward(src, mask, tgt_in, train)
     }
 
-    fn ignore_index(&self) -> Option<u32> {
-        Some(self.pad)
+    fn train_head(&self, (src, mask, tgt_in): &Self::Input) -> candle_core::Result<Head> {
+        if !self.projected {
+            return self
+                .model
+                .forward(src, mask, tgt_in, true)
+                .map(Head::Logits);
+        }
+        let hidden = self.model.forward_hidden(src, mask, tgt_in, true)?;
+        let (weight, bias) = self.model.output_layer();
+        Ok(Head::Projected {
+            hidden,
+            weight,
+            bias,
+        })
     }
 
     fn evaluate(&self) -> Result<Option<Evaluation>> {

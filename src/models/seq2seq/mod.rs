@@ -105,6 +105,9 @@ impl Seq2SeqConfig {
             vocab,
             pad,
             dtype,
+            host_float: device.is_cpu()
+                && dtype == compute
+                && matches!(dtype, DType::F32 | DType::F64),
         })
     }
 }
@@ -193,6 +196,8 @@ pub struct Seq2Seq {
     vocab: usize,
     pad: u32,
     dtype: DType,
+    /// Weights and computation in one host float type (f32 or f64, on the CPU).
+    host_float: bool,
 }
 
 impl std::fmt::Debug for Seq2Seq {
@@ -277,6 +282,15 @@ impl Seq2Seq {
             Net::Lstm(m) => m.forward_hidden(src, src_mask, tgt_in, train),
             Net::Transformer(m) => m.forward_hidden(src, src_mask, tgt_in, train),
         }
+    }
+
+    /// Whether training should hand the loss [`Seq2Seq::forward_hidden`] and
+    /// [`Seq2Seq::output_layer`] rather than [`Seq2Seq::forward`]'s logits: on the
+    /// CPU, with weights and computation in f32 (or f64), where
+    /// [`crate::loss::projected_token_loss`] runs as one fused node with the same
+    /// values. Elsewhere (GPU, mixed precision) the logits path is the one to take.
+    pub fn projects_on_host(&self) -> bool {
+        self.host_float
     }
 
     /// The output projection: weight `[V, H]` (the target embedding table when
