@@ -454,6 +454,41 @@ impl CustomOp3 for ProjectedOp {
     }
 }
 
+/// One chunk of the surrogate path on the host: the logits `[len, V]` read back,
+/// the rows predicted right counted (with `setup.accuracy`), then turned into
+/// their gradient; returns the chunk's unscaled value sum, the count and the
+/// gradient on the logits' device.
+fn host_chunk<T: RowFloat + PartialOrd + WithDType>(
+    logits: &Tensor,
+    targets: &[i64],
+    ignore_index: Option<u32>,
+    setup: Setup,
+) -> Result<(f64, usize, Tensor)> {
+    let (len, vocab) = logits.dims2()?;
+    let mut z = logits.flatten_all()?.to_vec1::<T>()?;
+    let mut correct = 0;
+    if setup.accuracy {
+        for (row, &g) in z.chunks(vocab).zip(targets) {
+            if ignore_index.is_none_or(|i| i64::from(i) != g) {
+                correct += usize::from(predicts(row, g as usize));
+            }
+        }
+    }
+    let value = value_and_grad_in_place(
+        &mut z,
+        targets,
+        vocab,
+        setup.kind,
+        ignore_index,
+        setup.scale,
+    );
+    Ok((
+        value,
+        correct,
+        Tensor::from_vec(z, (len, vocab), logits.device())?,
+    ))
+}
+
 /// The chunk loop on other devices, through candle's ops: each chunk's logits are
 /// read back to the host, turned into their gradient there and contracted on the
 /// device. Returns a scalar whose value is the loss sum and whose gradients are the
@@ -468,7 +503,6 @@ fn surrogate(
     setup: Setup,
 ) -> Result<(Tensor, usize)> {
     let (rows, _) = h.dims2()?;
-    let vocab = weight.dim(0)?;
     let dtype = h.dtype();
     let (h_d, w_d) = (h.detach(), weight.detach());
     let w_t = w_d.t()?;
@@ -486,47 +520,12 @@ fn surrogate(
             logits = logits.broadcast_add(b)?;
         }
         let t_c = &host[start..start + len];
-        let counted = |row: usize| ignore_index.is_none_or(|i| i64::from(i) != t_c[row]);
-        let (chunk_value, grad) = match dtype {
-            DType::F32 => {
-                let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
-                drop(logits);
-                if setup.accuracy {
-                    correct += (0..len)
-                        .filter(|&r| counted(r))
-                        .filter(|&r| predicts(&z[r * vocab..(r + 1) * vocab], t_c[r] as usize))
-                        .count();
-                }
-                let v = value_and_grad_in_place(
-                    &mut z,
-                    t_c,
-                    vocab,
-                    setup.kind,
-                    ignore_index,
-                    setup.scale,
-                );
-                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
-            }
-            _ => {
-                let mut z = logits.flatten_all()?.to_vec1::<f64>()?;
-                drop(logits);
-                if setup.accuracy {
-                    correct += (0..len)
-                        .filter(|&r| counted(r))
-                        .filter(|&r| predicts(&z[r * vocab..(r + 1) * vocab], t_c[r] as usize))
-                        .count();
-                }
-                let v = value_and_grad_in_place(
-                    &mut z,
-                    t_c,
-                    vocab,
-                    setup.kind,
-                    ignore_index,
-                    setup.scale,
-                );
-                (v, Tensor::from_vec(z, (len, vocab), h.device())?)
-            }
+        let (chunk_value, chunk_correct, grad) = match dtype {
+            DType::F32 => host_chunk::<f32>(&logits, t_c, ignore_index, setup)?,
+            _ => host_chunk::<f64>(&logits, t_c, ignore_index, setup)?,
         };
+        drop(logits);
+        correct += chunk_correct;
         value += chunk_value;
         d_hidden.push(grad.matmul(&w_d)?);
         d_weight = (d_weight + grad.t()?.matmul(&h_c)?)?;
@@ -677,6 +676,58 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The other devices' path (run here on the CPU) against the CPU op: the same
+    /// value, gradients and count.
+    #[test]
+    fn the_surrogate_path_matches_the_op() {
+        let (n, hd, v) = (23, 8, 50);
+        let (h0, w0, b0) = (
+            tensor(&[n, hd], 4, 1.0),
+            tensor(&[v, hd], 5, 1.0),
+            tensor(&[v], 6, 0.3),
+        );
+        let tv: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
+        let host: Vec<i64> = tv.iter().map(|&t| i64::from(t)).collect();
+        let t = Tensor::new(tv.as_slice(), &Device::Cpu).unwrap();
+        let co = ComplementOptions::default().with_ignore_index(0);
+        let setup = Setup {
+            kind: Kind::Complement,
+            scale: 1.0 / co.normalization.divisor(v),
+            chunk: 6,
+            accuracy: true,
+        };
+        let a = [&h0, &w0, &b0].map(|x| Var::from_tensor(x).unwrap());
+        let (sum_a, right_a) = surrogate(&a[0], &a[1], Some(&a[2]), &host, Some(0), setup).unwrap();
+        let b = [&h0, &w0, &b0].map(|x| Var::from_tensor(x).unwrap());
+        let (sum_b, right_b) = projected_token_loss_and_correct(
+            &b[0],
+            &b[1],
+            Some(&b[2]),
+            &t,
+            &ProjectedLoss::Complement(co),
+            6,
+        )
+        .unwrap();
+        assert_eq!(right_a, right_b);
+        let (x, y) = (
+            sum_a.to_scalar::<f32>().unwrap(),
+            sum_b.sum.to_scalar::<f32>().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-6 * y.abs(), "{x} vs {y}");
+        let (ga, gb) = (sum_a.backward().unwrap(), sum_b.sum.backward().unwrap());
+        for k in 0..3 {
+            let d = (ga.get(&a[k]).unwrap() - gb.get(&b[k]).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-6, "input {k}: {d}");
         }
     }
 
