@@ -52,8 +52,11 @@ fn read(run: &Path, file: &str) -> Vec<u8> {
 fn translation_resume_continues_exactly() {
     let Some(data) = shared() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    for objective in ["ce", "cot"] {
-        let cfg = config(tmp.path(), &data, objective, LSTM, "");
+    // The chunked loss trains on the projected head (the loss fused with the
+    // output layer); the plain one on the logits.
+    for (objective, chunked) in [("ce", false), ("cot", false), ("ce", true), ("cot", true)] {
+        let name = format!("{objective}-chunked-{chunked}");
+        let cfg = config(tmp.path(), &data, &name, LSTM, "");
         let cfg = cfg.to_str().unwrap();
         let args = |steps: u32, out: &Path| -> Vec<String> {
             [
@@ -70,12 +73,17 @@ fn translation_resume_continues_exactly() {
             .iter()
             .map(|s| s.to_string())
             .chain([
+                format!("train.chunked_loss={chunked}"),
+                "--set".into(),
+                "train.log_every=1".into(),
+                "--set".into(),
                 format!("train.max_steps={steps}"),
                 "--out".into(),
                 out.display().to_string(),
             ])
             .collect()
         };
+        let objective = name.as_str();
         let straight = tmp.path().join(format!("straight-{objective}"));
         let o = cotext(
             tmp.path(),
@@ -119,7 +127,27 @@ fn translation_resume_continues_exactly() {
             read(&split, "optim.safetensors") == read(&straight, "optim.safetensors"),
             "{objective}: optimizer state differs"
         );
-        if objective == "cot" {
+        // The logged training losses too, to the last bit.
+        let losses = |run: &Path| -> Vec<String> {
+            String::from_utf8(read(run, "metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains("\"lr\""))
+                .filter_map(|l| l.split("\"loss\":").nth(1))
+                .map(|rest| rest.split(',').next().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(
+            losses(&split),
+            losses(&straight),
+            "{objective}: logged losses"
+        );
+        assert_eq!(
+            losses(&straight).len(),
+            6,
+            "{objective}: a train line every step"
+        );
+        if objective.starts_with("cot") {
             let metrics = String::from_utf8(read(&straight, "metrics.jsonl")).unwrap();
             assert!(
                 metrics.contains("\"complement\""),

@@ -527,5 +527,8 @@ pub(super) fn value_and_grad_in_place<T: RowFloat>(
             T::row_grad(&input, g, kind, &st, scale, row);
             st.value
         })
+        // Summed in row order: the same bits however rayon split the rows.
+        .collect::<Vec<f64>>()
+        .into_iter()
         .sum()
 }

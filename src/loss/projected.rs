@@ -200,8 +200,8 @@ fn predicts<T: PartialOrd + Copy>(row: &[T], g: usize) -> bool {
 }
 
 /// Each row of `z` (one per target) replaced by `scale · ∂value/∂z`; returns the
-/// rows' unscaled value sum and, with `accuracy`, how many rows predict their
-/// target (read before the row is overwritten).
+/// rows' unscaled value sum (in row order) and, with `accuracy`, how many rows
+/// predict their target (read before the row is overwritten).
 fn rows_to_grads<T: RowFloat + PartialOrd>(
     z: &mut [T],
     targets: &[u32],
@@ -220,7 +220,11 @@ fn rows_to_grads<T: RowFloat + PartialOrd>(
             T::row_grad(&input, g, setup.kind, &st, setup.scale, row);
             (st.value, right)
         })
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        // Summed in row order, so the value does not depend on how rayon split the
+        // rows (a resumed run logs the same bits).
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// The gradients the forward pass computed, for the backward pass.

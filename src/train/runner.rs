@@ -482,7 +482,9 @@ pub fn run<T: Task>(
     let started = Instant::now();
     let mut tokens_seen = 0usize;
     let mut batches = batcher.iter_from(state.cursor);
-    let mut window = (0.0f64, 0usize, 0usize); // loss sum, correct, counted since last log
+    // Loss sum, correct, counted and updates since the last log line (a resumed run
+    // starts an empty window, whatever its step).
+    let mut window = (0.0f64, 0usize, 0usize, 0usize);
     let mut complement_sum = 0.0f64;
     let mut early_stop = false;
     while state.step < total && !early_stop && !state.finished {
@@ -523,6 +525,7 @@ pub fn run<T: Task>(
         window.0 += report.loss;
         window.1 += report.correct;
         window.2 += report.count;
+        window.3 += 1;
         complement_sum += report.complement.unwrap_or(0.0);
         let tok_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(state.step);
@@ -533,7 +536,7 @@ pub fn run<T: Task>(
             tok_per_s
         ));
         if state.step % t.log_every == 0 || state.step == total {
-            let n = (state.step - 1) % t.log_every + 1;
+            let n = window.3.max(1);
             crate::runlog::append(
                 run,
                 &LogLine::Train(TrainLine {
@@ -560,7 +563,7 @@ pub fn run<T: Task>(
                     started.elapsed().as_secs_f64()
                 );
             }
-            window = (0.0, 0, 0);
+            window = (0.0, 0, 0, 0);
             complement_sum = 0.0;
         }
         let epoch_end = state.cursor.epoch != epoch || batches.cursor().batch == 0;
