@@ -274,6 +274,35 @@ impl Head {
     }
 }
 
+impl Head {
+    /// For a projected head, `which` through the fused kernel: the loss sum and
+    /// (with `accuracy`) the targets predicted right; `None` for logits.
+    fn projected_loss(
+        &self,
+        targets: &Tensor,
+        which: &loss::ProjectedLoss,
+        accuracy: bool,
+    ) -> Result<Option<(Tensor, usize)>> {
+        let Head::Projected {
+            hidden,
+            weight,
+            bias,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let bias = bias.as_ref();
+        Ok(Some(if accuracy {
+            let (sum, correct) =
+                loss::projected_token_loss_and_correct(hidden, weight, bias, targets, which, 0)?;
+            (sum.sum, correct)
+        } else {
+            let sum = loss::projected_token_loss(hidden, weight, bias, targets, which, 0)?;
+            (sum.sum, 0)
+        }))
+    }
+}
+
 /// How many of the counted targets (those other than `ignore`) the logits' argmax
 /// predicts, and how many targets were counted.
 pub fn count_correct(
@@ -468,26 +497,11 @@ impl Stepper {
         };
         let objective = &self.objective;
         let primary_loss = |head: &Head, targets: &Tensor, accuracy: bool| -> Result<Parts> {
-            if let (
-                Head::Projected {
-                    hidden,
-                    weight,
-                    bias,
-                },
-                Objective::CrossEntropy | Objective::Cot,
-                true,
-            ) = (head, objective, losses.chunked)
-            {
+            if matches!(objective, Objective::CrossEntropy | Objective::Cot) && losses.chunked {
                 let which = loss::ProjectedLoss::CrossEntropy(losses.cross_entropy);
-                let (sum, correct) = loss::projected_token_loss_and_correct(
-                    hidden,
-                    weight,
-                    bias.as_ref(),
-                    targets,
-                    &which,
-                    0,
-                )?;
-                return Ok(Parts::one(sum.sum).with_correct(correct));
+                if let Some((sum, correct)) = head.projected_loss(targets, &which, accuracy)? {
+                    return Ok(Parts::one(sum).with_correct(correct));
+                }
             }
             let logits = head.logits()?;
             let parts = match objective {
@@ -551,26 +565,11 @@ impl Stepper {
         let complement = match (objective, &mut self.complement) {
             (Objective::Cot | Objective::Hcot(_), Some(opt)) => {
                 let complement_loss = |head: &Head, targets: &Tensor, _: bool| -> Result<Parts> {
-                    if let (
-                        Head::Projected {
-                            hidden,
-                            weight,
-                            bias,
-                        },
-                        Objective::Cot,
-                        true,
-                    ) = (head, objective, chunked_complement)
-                    {
+                    if matches!(objective, Objective::Cot) && chunked_complement {
                         let which = loss::ProjectedLoss::Complement(complement_opts);
-                        let sum = loss::projected_token_loss(
-                            hidden,
-                            weight,
-                            bias.as_ref(),
-                            targets,
-                            &which,
-                            0,
-                        )?;
-                        return Ok(Parts::one(sum.sum));
+                        if let Some((sum, _)) = head.projected_loss(targets, &which, false)? {
+                            return Ok(Parts::one(sum));
+                        }
                     }
                     let logits = head.logits()?;
                     Ok(Parts::one(match objective {
