@@ -89,6 +89,38 @@ pub(crate) fn candle_gemm<T: WithDType>(
     });
 }
 
+/// `y = x · Wᵀ` `[M, out]` for a row-major `x [M, in]` and weight `W [out, in]`,
+/// written into `y`: the forward product of the fused linear layers and of the
+/// projected token loss.
+pub(crate) fn times_wt_into<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    (rows, out, din): (usize, usize, usize),
+    y: &mut [T],
+) {
+    // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
+    candle_gemm((rows, out, din), y, x, (1, din), w, (din, 1), false);
+}
+
+/// The input and weight gradients of `y = x · Wᵀ` for the upstream gradient `dy
+/// [M, out]`: `dx = dy · W` `[M, in]` and `dW = dyᵀ · x` `[out, in]`, each written
+/// in its own layout (each element of `dW` the sum candle's `xᵀ · dy` forms for
+/// `dWᵀ`, so the same bits); with `add_dw`, `dW` is added into `dw` instead.
+pub(crate) fn times_wt_grads<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    (rows, out, din): (usize, usize, usize),
+    dx: &mut [T],
+    dw: &mut [T],
+    add_dw: bool,
+) {
+    // dx [M, in] = dy [M, out] · W [out, in].
+    candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din), false);
+    // dW [out, in] = dyᵀ (column stride out, row stride 1) · x [M, in].
+    candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din), add_dw);
+}
+
 /// A strided `rows × cols` matrix inside a buffer: element `(i, j)` at
 /// `off + i·rs + j·cs`.
 #[derive(Clone, Copy)]

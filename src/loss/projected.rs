@@ -28,7 +28,7 @@ use super::complement::{ComplementOptions, Form};
 use super::cross_entropy::CrossEntropyOptions;
 use super::rows::{counted_rows, targets_to_host};
 use super::LossSum;
-use crate::gemm::candle_gemm;
+use crate::gemm::{times_wt_grads, times_wt_into};
 
 /// The loss [`projected_token_loss`] computes.
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +290,7 @@ impl ProjectedOp {
                 dst.copy_from_slice(&h[r * width..(r + 1) * width]);
             }
             // z [len, V] = h_c · Wᵀ (+ b).
-            candle_gemm((len, vocab, width), z, hc, (1, width), w, (width, 1), false);
+            times_wt_into(hc, w, (len, vocab, width), z);
             if let Some(b) = b {
                 z.par_chunks_mut(vocab).for_each(|row| {
                     for (x, &bb) in row.iter_mut().zip(b) {
@@ -302,24 +302,7 @@ impl ProjectedOp {
             value += v;
             correct += c;
             // dh_c [len, H] = g · W; dW [V, H] += gᵀ · h_c; db += Σ_rows g.
-            candle_gemm(
-                (len, width, vocab),
-                dhc,
-                z,
-                (1, vocab),
-                w,
-                (1, width),
-                false,
-            );
-            candle_gemm(
-                (vocab, width, len),
-                &mut dw,
-                z,
-                (vocab, 1),
-                hc,
-                (1, width),
-                i > 0,
-            );
+            times_wt_grads(hc, w, z, (len, vocab, width), dhc, &mut dw, i > 0);
             if let Some(db) = &mut db {
                 let z: &[T] = z;
                 db.par_chunks_mut(256).enumerate().for_each(|(j, part)| {

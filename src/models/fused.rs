@@ -16,7 +16,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::gemm::{candle_gemm, gemm_into, gemm_with, Dst, View};
+use crate::gemm::{candle_gemm, gemm_into, gemm_with, times_wt_grads, times_wt_into, Dst, View};
 
 /// Whether the fused kernels can run on `xs` (CPU, f32 or f64).
 pub fn supported(xs: &Tensor) -> bool {
@@ -615,30 +615,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x · Wᵀ` `[M, out]` for a row-major `x [M, in]` and weight `W [out, in]`: the
 /// forward product of [`linear`] and [`matmul_t`].
-fn times_wt<T: AttnFloat>(x: &[T], w: &[T], (rows, out, din): (usize, usize, usize)) -> Vec<T> {
-    let mut y = vec![T::from_f64(0.0); rows * out];
-    // x [M, in] (column stride 1, row stride in) times Wᵀ (1, in).
-    candle_gemm((rows, out, din), &mut y, x, (1, din), w, (din, 1), false);
+fn times_wt<T: AttnFloat>(x: &[T], w: &[T], dims: (usize, usize, usize)) -> Vec<T> {
+    let mut y = vec![T::from_f64(0.0); dims.0 * dims.1];
+    times_wt_into(x, w, dims, &mut y);
     y
-}
-
-/// The input and weight gradients of `y = x · Wᵀ` for the upstream gradient `dy
-/// [M, out]`: `dx = dy · W` `[M, in]` and `dW = dyᵀ · x` `[out, in]`, each written
-/// in its own layout (each element of `dW` the sum candle's `xᵀ · dy` forms for
-/// `dWᵀ`, so the same bits); with `add_dw`, `dW` is added into `dw` instead.
-fn times_wt_grads<T: AttnFloat>(
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    (rows, out, din): (usize, usize, usize),
-    dx: &mut [T],
-    dw: &mut [T],
-    add_dw: bool,
-) {
-    // dx [M, in] = dy [M, out] · W [out, in].
-    candle_gemm((rows, din, out), dx, dy, (1, out), w, (1, din), false);
-    // dW [out, in] = dyᵀ (column stride out, row stride 1) · x [M, in].
-    candle_gemm((out, din, rows), dw, dy, (out, 1), x, (1, din), add_dw);
 }
 
 struct LinearOp;

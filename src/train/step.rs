@@ -272,9 +272,7 @@ impl Head {
             }
         }
     }
-}
 
-impl Head {
     /// For a projected head, `which` through the fused kernel: the loss sum and
     /// (with `accuracy`) the targets predicted right; `None` for logits.
     fn projected_loss(
@@ -455,9 +453,8 @@ impl Stepper {
     pub fn step<B, O: Into<Head>>(
         &mut self,
         micro: &[(B, Tensor)],
-        forward: impl FnMut(&B) -> Result<O>,
+        mut forward: impl FnMut(&B) -> Result<O>,
     ) -> Result<std::result::Result<StepReport, NonFinite>> {
-        let mut forward = forward;
         let mut forward = |b: &B| forward(b).map(Into::into);
         let ignore = match self.objective {
             Objective::CrossEntropy => self.losses.cross_entropy.ignore_index,
